@@ -1,0 +1,15 @@
+//! Pure core of multiwan: TOML config → validated model → plan of kernel state.
+//!
+//! Nothing in this crate performs I/O, spawns processes, reads the clock or talks to the
+//! kernel. Everything is a function of its arguments, so every decision multiwan makes can be
+//! tested in microseconds without root. The `multiwan` crate interprets plans against the
+//! kernel.
+
+pub mod config;
+pub mod duration;
+pub mod model;
+pub mod net;
+pub mod plan;
+
+pub use model::{load, Config, ConfigError, Diagnostic};
+pub use plan::{plan, Facts, Plan};

@@ -1,0 +1,1042 @@
+//! The validated domain model. [`load`] turns config text into a [`Config`] or into *all*
+//! the problems found, each with `file:line:col`, the key path and what would be valid.
+//!
+//! **Invariant:** a `Config` value is always valid: names are unique, references resolve,
+//! marks/tables/priorities fit in the space multiwan owns. The planner relies on it.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::ops::Range;
+use std::time::Duration;
+
+use toml::Spanned;
+
+use crate::config::{self, NumOrStr, RawCheck, SpannedList};
+use crate::duration;
+use crate::net::{Ipv4Net, PortRange};
+
+/// Longest uplink and rule name (nft chain names and env vars stay short and readable).
+pub const MAX_NAME_LEN: usize = 15;
+/// Largest uplink weight.
+pub const MAX_WEIGHT: u32 = 1000;
+/// Largest tier number.
+pub const MAX_TIER: u32 = 255;
+
+/// A validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub lan: Lan,
+    pub uplinks: Vec<Uplink>,
+    pub balance: Balance,
+    pub rules: Vec<Rule>,
+    pub kernel: KernelOpts,
+}
+
+/// The LAN side: new connections entering on these interfaces are balanced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lan {
+    pub interfaces: Vec<String>,
+}
+
+/// One internet uplink.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Uplink {
+    pub name: String,
+    pub interface: String,
+    pub gateway: Option<Ipv4Addr>,
+    pub weight: u32,
+    pub tier: u32,
+    pub snat: Snat,
+    pub check: Check,
+}
+
+/// Source NAT for connections leaving over an uplink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Snat {
+    /// The interface's current address (`masquerade`), following address changes.
+    Auto,
+    /// No address translation (routed public addresses on the LAN).
+    None,
+    /// A fixed address.
+    To(Ipv4Addr),
+}
+
+/// How an uplink's health is checked (used by the daemon).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Check {
+    pub method: CheckMethod,
+    pub targets: Vec<SocketAddrV4>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub down_after: u32,
+    pub up_after: u32,
+    pub min_targets: u32,
+}
+
+/// Probe method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckMethod {
+    Icmp,
+    Tcp,
+    Dns,
+}
+
+/// `[balance]`
+#[derive(Debug, Clone, PartialEq)]
+pub struct Balance {
+    pub method: Method,
+    pub local: bool,
+    pub when_all_down: WhenAllDown,
+}
+
+/// How new connections are spread over the candidate uplinks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// Exact weighted rotation.
+    RoundRobin,
+    /// Weighted random choice.
+    Random,
+    /// Every connection of one source address on the same uplink.
+    SrcHash,
+    /// Every connection of one source/destination pair on the same uplink.
+    SrcDstHash,
+}
+
+impl Method {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::RoundRobin => "round-robin",
+            Method::Random => "random",
+            Method::SrcHash => "src-hash",
+            Method::SrcDstHash => "src-dst-hash",
+        }
+    }
+}
+
+/// What new connections get when no candidate uplink is usable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhenAllDown {
+    /// Refuse with ICMP network unreachable (fast failure for clients).
+    Unreachable,
+    /// Drop silently.
+    Blackhole,
+    /// Use the main routing table.
+    Main,
+}
+
+/// A traffic rule; the first matching rule decides a new connection's candidates.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rule {
+    pub name: String,
+    pub src: Vec<Ipv4Net>,
+    pub dst: Vec<Ipv4Net>,
+    pub proto: Option<Proto>,
+    pub sport: Vec<PortRange>,
+    pub dport: Vec<PortRange>,
+    /// Indexes into [`Config::uplinks`], in the order written.
+    pub uplinks: Vec<usize>,
+    pub mode: Mode,
+}
+
+/// Transport protocol selector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    Tcp,
+    Udp,
+    Icmp,
+}
+
+impl Proto {
+    /// The nft / config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+            Proto::Icmp => "icmp",
+        }
+    }
+}
+
+/// What a rule does with its uplinks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Spread by weight among the rule's usable uplinks (lowest tier first).
+    Balance,
+    /// The first usable uplink in list order.
+    Failover,
+    /// No balancing: the main routing table decides.
+    Bypass,
+}
+
+/// The kernel resources multiwan owns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelOpts {
+    /// Bits of the packet/connection mark that belong to multiwan (contiguous).
+    pub mark_mask: u32,
+    /// Routing table of the multipath default route; uplink N uses `table_base + N`.
+    pub table_base: u32,
+    /// First `ip rule` priority; multiwan uses `rule_priority ..= rule_priority + 4`.
+    pub rule_priority: u32,
+}
+
+/// Default mark mask: bits 16..24, clear of the bits kube-proxy, Docker and wg-quick use.
+pub const DEFAULT_MARK_MASK: u32 = 0x00ff_0000;
+/// Default routing table base.
+pub const DEFAULT_TABLE_BASE: u32 = 1000;
+/// Default first rule priority.
+pub const DEFAULT_RULE_PRIORITY: u32 = 1000;
+/// Number of consecutive rule priorities multiwan uses.
+pub const RULE_PRIORITY_SPAN: u32 = 5;
+
+impl Default for KernelOpts {
+    fn default() -> Self {
+        Self {
+            mark_mask: DEFAULT_MARK_MASK,
+            table_base: DEFAULT_TABLE_BASE,
+            rule_priority: DEFAULT_RULE_PRIORITY,
+        }
+    }
+}
+
+impl KernelOpts {
+    /// Shift of the lowest bit of the mask.
+    pub fn mark_shift(&self) -> u32 {
+        self.mark_mask.trailing_zeros()
+    }
+
+    /// Largest value representable under the mask (all ones).
+    pub fn mark_max(&self) -> u32 {
+        self.mark_mask >> self.mark_shift()
+    }
+
+    /// The number of uplink ids available: all-ones and all-ones-minus-one are reserved
+    /// for "no uplink" and "main table".
+    pub fn id_capacity(&self) -> u32 {
+        self.mark_max().saturating_sub(2)
+    }
+
+    /// The mark of uplink id `id`.
+    pub fn mark_of(&self, id: u32) -> u32 {
+        id << self.mark_shift()
+    }
+
+    /// The mark meaning "use the main table" (rule mode bypass, when_all_down = main).
+    pub fn mark_main(&self) -> u32 {
+        (self.mark_max() - 1) << self.mark_shift()
+    }
+
+    /// The mark meaning "no usable uplink".
+    pub fn mark_none(&self) -> u32 {
+        self.mark_max() << self.mark_shift()
+    }
+
+    /// The routing table of uplink id `id`.
+    pub fn table_of(&self, id: u32) -> u32 {
+        self.table_base + id
+    }
+}
+
+/// Default check settings, chosen to detect a dead upstream in under a second.
+pub mod check_defaults {
+    use std::time::Duration;
+    pub const INTERVAL: Duration = Duration::from_millis(200);
+    pub const TIMEOUT: Duration = Duration::from_millis(300);
+    pub const DOWN_AFTER: u32 = 3;
+    pub const UP_AFTER: u32 = 5;
+    pub const MIN_TARGETS: u32 = 1;
+    pub const DNS_PORT: u16 = 53;
+}
+
+/// One problem in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub file: String,
+    pub line: usize,
+    pub col: usize,
+    /// Key path such as `uplink[1].gateway`.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}:{}:{}: {}", self.file, self.line, self.col, self.message)
+        } else {
+            write!(
+                f,
+                "{}:{}:{}: {}: {}",
+                self.file, self.line, self.col, self.key, self.message
+            )
+        }
+    }
+}
+
+/// Every problem found in a config file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, d) in self.diagnostics.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{d}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Parses and validates config text. `file` is only used in diagnostics.
+pub fn load(file: &str, text: &str) -> Result<Config, ConfigError> {
+    let mut v = Validator {
+        file,
+        text,
+        diags: Vec::new(),
+    };
+    let raw = match config::parse(text) {
+        Ok(raw) => raw,
+        Err(e) => {
+            let span = e.span().unwrap_or(0..0);
+            let msg = e.message().trim().to_string();
+            let key = key_from_toml_message(&msg);
+            v.push(span, &key, msg);
+            return Err(v.finish());
+        }
+    };
+    let cfg = v.config(raw);
+    if v.diags.is_empty() {
+        match cfg {
+            Some(cfg) => Ok(cfg),
+            None => {
+                // Unreachable by construction: every `None` path pushes a diagnostic. Kept as a
+                // guard so a bug shows up as an error rather than a panic.
+                v.push(0..0, "", "invalid configuration".to_string());
+                Err(v.finish())
+            }
+        }
+    } else {
+        Err(v.finish())
+    }
+}
+
+fn key_from_toml_message(msg: &str) -> String {
+    // toml reports unknown keys as "unknown field `x`, expected one of ..."; the span
+    // already points at the key, so the message suffices. Keep the key path empty.
+    let _ = msg;
+    String::new()
+}
+
+struct Validator<'a> {
+    file: &'a str,
+    text: &'a str,
+    diags: Vec<Diagnostic>,
+}
+
+fn is_valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_NAME_LEN
+        && s
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+fn is_valid_ifname(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 15
+        && s != "."
+        && s != ".."
+        && s
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'/' && b != b'"' && b != b'\\')
+}
+
+impl<'a> Validator<'a> {
+    fn finish(self) -> ConfigError {
+        ConfigError {
+            diagnostics: self.diags,
+        }
+    }
+
+    fn line_col(&self, offset: usize) -> (usize, usize) {
+        let offset = offset.min(self.text.len());
+        let before = &self.text[..offset];
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+        let col = before[line_start..].chars().count() + 1;
+        (line, col)
+    }
+
+    fn push(&mut self, span: Range<usize>, key: &str, message: String) {
+        let (line, col) = self.line_col(span.start);
+        self.diags.push(Diagnostic {
+            file: self.file.to_string(),
+            line,
+            col,
+            key: key.to_string(),
+            message,
+        });
+    }
+
+    fn config(&mut self, raw: config::RawConfig) -> Option<Config> {
+        let lan = self.lan(raw.lan);
+        let kernel = self.kernel(raw.kernel.as_ref(), raw.uplink.len());
+        let uplinks = self.uplinks(&raw.uplink);
+        let balance = self.balance(raw.balance.as_ref());
+        let rules = self.rules(&raw.rule, uplinks.as_deref());
+        Some(Config {
+            lan: lan?,
+            uplinks: uplinks?,
+            balance: balance?,
+            rules: rules?,
+            kernel: kernel?,
+        })
+    }
+
+    fn lan(&mut self, raw: Option<Spanned<config::RawLan>>) -> Option<Lan> {
+        let Some(raw) = raw else {
+            self.push(
+                0..0,
+                "lan",
+                "missing [lan] section: add `[lan]` with `interfaces = [\"eth0\"]`".into(),
+            );
+            return None;
+        };
+        let span = raw.span();
+        let Some(list) = raw.into_inner().interfaces else {
+            self.push(
+                span,
+                "lan.interfaces",
+                "missing key: the LAN interfaces whose new connections are balanced, e.g. [\"eth0\"]".into(),
+            );
+            return None;
+        };
+        if list.get_ref().is_empty() {
+            self.push(
+                list.span(),
+                "lan.interfaces",
+                "must name at least one interface".into(),
+            );
+            return None;
+        }
+        let mut ok = true;
+        let mut seen = BTreeSet::new();
+        let mut out = Vec::new();
+        for (i, s) in list.get_ref().iter().enumerate() {
+            let key = format!("lan.interfaces[{i}]");
+            if !is_valid_ifname(s.get_ref()) {
+                self.push(
+                    s.span(),
+                    &key,
+                    format!(
+                        "invalid interface name {:?} (1..=15 printable characters, no '/')",
+                        s.get_ref()
+                    ),
+                );
+                ok = false;
+            } else if !seen.insert(s.get_ref().clone()) {
+                self.push(s.span(), &key, format!("{:?} is listed twice", s.get_ref()));
+                ok = false;
+            } else {
+                out.push(s.get_ref().clone());
+            }
+        }
+        ok.then_some(Lan { interfaces: out })
+    }
+
+    fn int_in(
+        &mut self,
+        v: Option<&Spanned<i64>>,
+        key: &str,
+        default: u32,
+        range: std::ops::RangeInclusive<u32>,
+    ) -> Option<u32> {
+        let Some(v) = v else { return Some(default) };
+        let n = *v.get_ref();
+        if n < i64::from(*range.start()) || n > i64::from(*range.end()) {
+            self.push(
+                v.span(),
+                key,
+                format!(
+                    "{n} is out of range (expected {}..={})",
+                    range.start(),
+                    range.end()
+                ),
+            );
+            return None;
+        }
+        u32::try_from(n).ok()
+    }
+
+    fn kernel(
+        &mut self,
+        raw: Option<&Spanned<config::RawKernel>>,
+        uplink_count: usize,
+    ) -> Option<KernelOpts> {
+        let mut k = KernelOpts::default();
+        let Some(raw) = raw else { return Some(k) };
+        let raw = raw.get_ref();
+        let mut ok = true;
+        if let Some(m) = &raw.mark_mask {
+            let parsed = match m.get_ref() {
+                NumOrStr::Num(n) => u32::try_from(*n).ok(),
+                NumOrStr::Str(s) => {
+                    let s = s.trim();
+                    match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+                        Some(hex) => u32::from_str_radix(hex, 16).ok(),
+                        None => s.parse().ok(),
+                    }
+                }
+            };
+            match parsed {
+                None => {
+                    self.push(
+                        m.span(),
+                        "kernel.mark_mask",
+                        format!(
+                            "invalid mask {:?}: expected a 32-bit number such as \"0x00ff0000\"",
+                            m.get_ref().to_text()
+                        ),
+                    );
+                    ok = false;
+                }
+                Some(mask) => {
+                    let contiguous = mask != 0 && {
+                        let shifted = mask >> mask.trailing_zeros();
+                        shifted & (shifted.wrapping_add(1)) == 0
+                    };
+                    let probe = KernelOpts {
+                        mark_mask: mask,
+                        ..k
+                    };
+                    if !contiguous {
+                        self.push(
+                            m.span(),
+                            "kernel.mark_mask",
+                            format!("mask {mask:#010x} must be one run of contiguous set bits, e.g. 0x00ff0000"),
+                        );
+                        ok = false;
+                    } else if (probe.id_capacity() as usize) < uplink_count.max(1) {
+                        self.push(
+                            m.span(),
+                            "kernel.mark_mask",
+                            format!(
+                                "mask {mask:#010x} leaves room for {} uplinks but {uplink_count} are configured; use more bits",
+                                probe.id_capacity()
+                            ),
+                        );
+                        ok = false;
+                    } else {
+                        k.mark_mask = mask;
+                    }
+                }
+            }
+        }
+        if let Some(t) = &raw.table_base {
+            match self.int_in(Some(t), "kernel.table_base", 0, 1..=0x7fff_0000) {
+                Some(base) => {
+                    let top = base + k.id_capacity();
+                    if (base..=top).any(|t| (253..=255).contains(&t)) {
+                        self.push(
+                            t.span(),
+                            "kernel.table_base",
+                            format!(
+                                "tables {base}..={top} would include the kernel's reserved tables 253..=255 (default, main, local); choose a base above 255 or a smaller mark_mask"
+                            ),
+                        );
+                        ok = false;
+                    } else {
+                        k.table_base = base;
+                    }
+                }
+                None => ok = false,
+            }
+        }
+        if let Some(p) = &raw.rule_priority {
+            match self.int_in(
+                Some(p),
+                "kernel.rule_priority",
+                0,
+                1..=32765 - RULE_PRIORITY_SPAN,
+            ) {
+                Some(p) => k.rule_priority = p,
+                None => ok = false,
+            }
+        }
+        ok.then_some(k)
+    }
+
+    fn uplinks(&mut self, raw: &[Spanned<config::RawUplink>]) -> Option<Vec<Uplink>> {
+        if raw.is_empty() {
+            self.push(
+                0..0,
+                "uplink",
+                "no [[uplink]] configured: add at least one".into(),
+            );
+            return None;
+        }
+        let mut ok = true;
+        let mut out = Vec::new();
+        let mut names = BTreeSet::new();
+        for (i, u) in raw.iter().enumerate() {
+            match self.uplink(i, u, &mut names) {
+                Some(up) => out.push(up),
+                None => ok = false,
+            }
+        }
+        // Two uplinks may share an interface only when they are told apart by gateway
+        // (seed 004 §4.2.5: two routers on one Ethernet segment).
+        for (i, a) in out.iter().enumerate() {
+            for b in out.iter().skip(i + 1) {
+                if a.interface == b.interface
+                    && (a.gateway.is_none() || b.gateway.is_none() || a.gateway == b.gateway)
+                {
+                    let span = raw[out.iter().position(|x| x.name == b.name).unwrap_or(0)]
+                        .get_ref()
+                        .interface
+                        .as_ref()
+                        .map(|s| s.span())
+                        .unwrap_or(0..0);
+                    self.push(
+                        span,
+                        &format!("uplink[{}].interface", out.iter().position(|x| x.name == b.name).unwrap_or(0)),
+                        format!(
+                            "uplinks {:?} and {:?} both use {:?}; two uplinks can share an interface only with different gateways",
+                            a.name, b.name, a.interface
+                        ),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(out)
+    }
+
+    fn uplink(
+        &mut self,
+        i: usize,
+        u: &Spanned<config::RawUplink>,
+        names: &mut BTreeSet<String>,
+    ) -> Option<Uplink> {
+        let span = u.span();
+        let u = u.get_ref();
+        let p = |k: &str| format!("uplink[{i}].{k}");
+        let mut ok = true;
+        let name = match &u.name {
+            None => {
+                self.push(span.clone(), &p("name"), "missing key: every uplink needs a name such as \"isp1\"".into());
+                None
+            }
+            Some(n) if !is_valid_name(n.get_ref()) => {
+                self.push(
+                    n.span(),
+                    &p("name"),
+                    format!(
+                        "invalid name {:?}: use 1..=15 characters from a-z, 0-9, '_' and '-'",
+                        n.get_ref()
+                    ),
+                );
+                None
+            }
+            Some(n) if !names.insert(n.get_ref().clone()) => {
+                self.push(n.span(), &p("name"), format!("duplicate uplink name {:?}", n.get_ref()));
+                None
+            }
+            Some(n) => Some(n.get_ref().clone()),
+        };
+        let interface = match &u.interface {
+            None => {
+                self.push(span.clone(), &p("interface"), "missing key: the uplink's network interface, e.g. \"eth1\" or \"ppp0\"".into());
+                None
+            }
+            Some(s) if !is_valid_ifname(s.get_ref()) => {
+                self.push(
+                    s.span(),
+                    &p("interface"),
+                    format!("invalid interface name {:?} (1..=15 printable characters, no '/')", s.get_ref()),
+                );
+                None
+            }
+            Some(s) => Some(s.get_ref().clone()),
+        };
+        let gateway = match &u.gateway {
+            None => None,
+            Some(g) => match g.get_ref().parse::<Ipv4Addr>() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    self.push(
+                        g.span(),
+                        &p("gateway"),
+                        format!("invalid IPv4 address {:?} (e.g. \"10.37.1.1\"; omit the key for point-to-point links)", g.get_ref()),
+                    );
+                    ok = false;
+                    None
+                }
+            },
+        };
+        let weight = self.int_in(u.weight.as_ref(), &p("weight"), 1, 1..=MAX_WEIGHT);
+        let tier = self.int_in(u.tier.as_ref(), &p("tier"), 1, 1..=MAX_TIER);
+        let snat = match &u.snat {
+            None => Some(Snat::Auto),
+            Some(s) => match s.get_ref().as_str() {
+                "auto" => Some(Snat::Auto),
+                "none" => Some(Snat::None),
+                other => match other.parse::<Ipv4Addr>() {
+                    Ok(a) => Some(Snat::To(a)),
+                    Err(_) => {
+                        self.push(
+                            s.span(),
+                            &p("snat"),
+                            format!("invalid value {other:?}: expected \"auto\", \"none\" or an IPv4 address"),
+                        );
+                        None
+                    }
+                },
+            },
+        };
+        let check = self.check(i, span, u.check.as_ref(), gateway);
+        Some(Uplink {
+            name: name?,
+            interface: interface?,
+            gateway: if ok { gateway } else { return None },
+            weight: weight?,
+            tier: tier?,
+            snat: snat?,
+            check: check?,
+        })
+    }
+
+    fn duration(&mut self, v: Option<&Spanned<String>>, key: &str, default: Duration) -> Option<Duration> {
+        let Some(v) = v else { return Some(default) };
+        match duration::parse(v.get_ref()) {
+            Ok(d) if d.is_zero() => {
+                self.push(v.span(), key, "must be greater than zero".into());
+                None
+            }
+            Ok(d) if d > Duration::from_secs(3600) => {
+                self.push(v.span(), key, format!("{:?} is too long (at most 1h)", v.get_ref()));
+                None
+            }
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.push(v.span(), key, e.to_string());
+                None
+            }
+        }
+    }
+
+    fn check(
+        &mut self,
+        i: usize,
+        uplink_span: Range<usize>,
+        raw: Option<&Spanned<RawCheck>>,
+        gateway: Option<Ipv4Addr>,
+    ) -> Option<Check> {
+        let p = |k: &str| format!("uplink[{i}].check.{k}");
+        let empty = RawCheck {
+            targets: None,
+            method: None,
+            interval: None,
+            timeout: None,
+            down_after: None,
+            up_after: None,
+            min_targets: None,
+        };
+        let (c, span) = match raw {
+            Some(r) => (r.get_ref(), r.span()),
+            None => (&empty, uplink_span),
+        };
+        let method = match &c.method {
+            None => Some(CheckMethod::Icmp),
+            Some(m) => match m.get_ref().as_str() {
+                "icmp" => Some(CheckMethod::Icmp),
+                "tcp" => Some(CheckMethod::Tcp),
+                "dns" => Some(CheckMethod::Dns),
+                other => {
+                    self.push(m.span(), &p("method"), format!("unknown method {other:?}: expected \"icmp\", \"tcp\" or \"dns\""));
+                    None
+                }
+            },
+        };
+        let interval = self.duration(c.interval.as_ref(), &p("interval"), check_defaults::INTERVAL);
+        let timeout = self.duration(c.timeout.as_ref(), &p("timeout"), check_defaults::TIMEOUT);
+        let down_after = self.int_in(c.down_after.as_ref(), &p("down_after"), check_defaults::DOWN_AFTER, 1..=1000);
+        let up_after = self.int_in(c.up_after.as_ref(), &p("up_after"), check_defaults::UP_AFTER, 1..=1000);
+        let method = method?;
+        let targets = self.targets(c.targets.as_ref(), method, gateway, span, &p("targets"));
+        let targets = targets?;
+        let min_targets = match &c.min_targets {
+            None => Some(check_defaults::MIN_TARGETS.min(targets.len() as u32)),
+            Some(v) => self.int_in(Some(v), &p("min_targets"), 1, 1..=(targets.len().max(1) as u32)),
+        };
+        Some(Check {
+            method,
+            targets,
+            interval: interval?,
+            timeout: timeout?,
+            down_after: down_after?,
+            up_after: up_after?,
+            min_targets: min_targets?,
+        })
+    }
+
+    fn targets(
+        &mut self,
+        raw: Option<&SpannedList>,
+        method: CheckMethod,
+        gateway: Option<Ipv4Addr>,
+        span: Range<usize>,
+        key: &str,
+    ) -> Option<Vec<SocketAddrV4>> {
+        let default_port = match method {
+            CheckMethod::Icmp => Some(0),
+            CheckMethod::Dns => Some(check_defaults::DNS_PORT),
+            CheckMethod::Tcp => None,
+        };
+        let Some(list) = raw else {
+            return match (gateway, default_port) {
+                (Some(g), Some(port)) => Some(vec![SocketAddrV4::new(g, port)]),
+                (None, _) => {
+                    self.push(span, key, "missing key: an uplink without a gateway needs explicit check targets".into());
+                    None
+                }
+                (Some(_), None) => {
+                    self.push(span, key, "missing key: method \"tcp\" needs targets written as \"ip:port\"".into());
+                    None
+                }
+            };
+        };
+        if list.get_ref().is_empty() {
+            self.push(list.span(), key, "must list at least one target".into());
+            return None;
+        }
+        let mut ok = true;
+        let mut out = Vec::new();
+        for (j, t) in list.get_ref().iter().enumerate() {
+            let k = format!("{key}[{j}]");
+            let s = t.get_ref();
+            let parsed = match method {
+                CheckMethod::Icmp => s.parse::<Ipv4Addr>().map(|a| SocketAddrV4::new(a, 0)).map_err(|_| {
+                    format!("invalid target {s:?}: icmp targets are IPv4 addresses such as \"10.37.1.1\"")
+                }),
+                CheckMethod::Tcp => s.parse::<SocketAddrV4>().map_err(|_| {
+                    format!("invalid target {s:?}: tcp targets are written \"ip:port\", e.g. \"10.37.1.1:443\"")
+                }),
+                CheckMethod::Dns => s
+                    .parse::<SocketAddrV4>()
+                    .or_else(|_| s.parse::<Ipv4Addr>().map(|a| SocketAddrV4::new(a, check_defaults::DNS_PORT)))
+                    .map_err(|_| format!("invalid target {s:?}: dns targets are resolver addresses, \"ip\" or \"ip:port\"")),
+            };
+            match parsed {
+                Ok(a) if method == CheckMethod::Tcp && a.port() == 0 => {
+                    self.push(t.span(), &k, format!("invalid target {s:?}: port 0 cannot be probed"));
+                    ok = false;
+                }
+                Ok(a) => out.push(a),
+                Err(m) => {
+                    self.push(t.span(), &k, m);
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(out)
+    }
+
+    fn balance(&mut self, raw: Option<&Spanned<config::RawBalance>>) -> Option<Balance> {
+        let mut b = Balance {
+            method: Method::RoundRobin,
+            local: true,
+            when_all_down: WhenAllDown::Unreachable,
+        };
+        let Some(raw) = raw else { return Some(b) };
+        let raw = raw.get_ref();
+        let mut ok = true;
+        if let Some(m) = &raw.method {
+            match m.get_ref().as_str() {
+                "round-robin" => b.method = Method::RoundRobin,
+                "random" => b.method = Method::Random,
+                "src-hash" => b.method = Method::SrcHash,
+                "src-dst-hash" => b.method = Method::SrcDstHash,
+                other => {
+                    self.push(m.span(), "balance.method", format!("unknown method {other:?}: expected \"round-robin\", \"random\", \"src-hash\" or \"src-dst-hash\""));
+                    ok = false;
+                }
+            }
+        }
+        if let Some(l) = &raw.local {
+            b.local = *l.get_ref();
+        }
+        if let Some(w) = &raw.when_all_down {
+            match w.get_ref().as_str() {
+                "unreachable" => b.when_all_down = WhenAllDown::Unreachable,
+                "blackhole" => b.when_all_down = WhenAllDown::Blackhole,
+                "main" => b.when_all_down = WhenAllDown::Main,
+                other => {
+                    self.push(w.span(), "balance.when_all_down", format!("unknown value {other:?}: expected \"unreachable\", \"blackhole\" or \"main\""));
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(b)
+    }
+
+    fn nets(&mut self, raw: Option<&SpannedList>, key: &str) -> Option<Vec<Ipv4Net>> {
+        let Some(list) = raw else { return Some(Vec::new()) };
+        if list.get_ref().is_empty() {
+            self.push(list.span(), key, "empty list matches nothing; remove the key to match any address".into());
+            return None;
+        }
+        let mut ok = true;
+        let mut out = Vec::new();
+        for (j, s) in list.get_ref().iter().enumerate() {
+            match s.get_ref().parse::<Ipv4Net>() {
+                Ok(n) => out.push(n),
+                Err(e) => {
+                    self.push(s.span(), &format!("{key}[{j}]"), format!("{e} (expected an IPv4 address or CIDR such as \"192.168.0.0/24\")"));
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(out)
+    }
+
+    fn ports(&mut self, raw: Option<&Spanned<Vec<Spanned<NumOrStr>>>>, key: &str) -> Option<Vec<PortRange>> {
+        let Some(list) = raw else { return Some(Vec::new()) };
+        if list.get_ref().is_empty() {
+            self.push(list.span(), key, "empty list matches nothing; remove the key to match any port".into());
+            return None;
+        }
+        let mut ok = true;
+        let mut out = Vec::new();
+        for (j, s) in list.get_ref().iter().enumerate() {
+            match s.get_ref().to_text().parse::<PortRange>() {
+                Ok(r) => out.push(r),
+                Err(e) => {
+                    self.push(s.span(), &format!("{key}[{j}]"), e);
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(out)
+    }
+
+    fn rules(&mut self, raw: &[Spanned<config::RawRule>], uplinks: Option<&[Uplink]>) -> Option<Vec<Rule>> {
+        let mut ok = true;
+        let mut out = Vec::new();
+        let mut names = BTreeSet::new();
+        for (i, r) in raw.iter().enumerate() {
+            let span = r.span();
+            let r = r.get_ref();
+            let p = |k: &str| format!("rule[{i}].{k}");
+            let name = match &r.name {
+                None => {
+                    self.push(span.clone(), &p("name"), "missing key: every rule needs a name such as \"web\"".into());
+                    None
+                }
+                Some(n) if !is_valid_name(n.get_ref()) => {
+                    self.push(n.span(), &p("name"), format!("invalid name {:?}: use 1..=15 characters from a-z, 0-9, '_' and '-'", n.get_ref()));
+                    None
+                }
+                Some(n) if !names.insert(n.get_ref().clone()) => {
+                    self.push(n.span(), &p("name"), format!("duplicate rule name {:?}", n.get_ref()));
+                    None
+                }
+                Some(n) => Some(n.get_ref().clone()),
+            };
+            let src = self.nets(r.src.as_ref(), &p("src"));
+            let dst = self.nets(r.dst.as_ref(), &p("dst"));
+            let proto = match &r.proto {
+                None => Some(None),
+                Some(s) => match s.get_ref().as_str() {
+                    "tcp" => Some(Some(Proto::Tcp)),
+                    "udp" => Some(Some(Proto::Udp)),
+                    "icmp" => Some(Some(Proto::Icmp)),
+                    other => {
+                        self.push(s.span(), &p("proto"), format!("unknown protocol {other:?}: expected \"tcp\", \"udp\" or \"icmp\""));
+                        None
+                    }
+                },
+            };
+            let sport = self.ports(r.sport.as_ref(), &p("sport"));
+            let dport = self.ports(r.dport.as_ref(), &p("dport"));
+            if let Some(Some(pr)) = proto {
+                if pr == Proto::Icmp {
+                    for (k, v) in [("sport", &r.sport), ("dport", &r.dport)] {
+                        if let Some(v) = v {
+                            self.push(v.span(), &p(k), "ports need proto = \"tcp\" or \"udp\"".into());
+                            ok = false;
+                        }
+                    }
+                }
+            } else if proto == Some(None) {
+                for (k, v) in [("sport", &r.sport), ("dport", &r.dport)] {
+                    if let Some(v) = v {
+                        self.push(v.span(), &p(k), "ports need proto = \"tcp\" or \"udp\" in the same rule".into());
+                        ok = false;
+                    }
+                }
+            }
+            let mode = match &r.mode {
+                None => Some(Mode::Balance),
+                Some(m) => match m.get_ref().as_str() {
+                    "balance" => Some(Mode::Balance),
+                    "failover" => Some(Mode::Failover),
+                    "bypass" => Some(Mode::Bypass),
+                    other => {
+                        self.push(m.span(), &p("mode"), format!("unknown mode {other:?}: expected \"balance\", \"failover\" or \"bypass\""));
+                        None
+                    }
+                },
+            };
+            let refs = match (&r.uplinks, uplinks) {
+                (None, Some(all)) => Some((0..all.len()).collect::<Vec<_>>()),
+                (None, None) => None,
+                (Some(list), _) if mode == Some(Mode::Bypass) => {
+                    self.push(list.span(), &p("uplinks"), "mode \"bypass\" uses the main routing table; remove `uplinks`".into());
+                    None
+                }
+                (Some(list), _) if list.get_ref().is_empty() => {
+                    self.push(list.span(), &p("uplinks"), "must name at least one uplink (or remove the key to use all)".into());
+                    None
+                }
+                (Some(list), all) => {
+                    let mut idx = Vec::new();
+                    let mut good = true;
+                    for (j, n) in list.get_ref().iter().enumerate() {
+                        let k = format!("rule[{i}].uplinks[{j}]");
+                        match all.and_then(|all| all.iter().position(|u| &u.name == n.get_ref())) {
+                            Some(x) if idx.contains(&x) => {
+                                self.push(n.span(), &k, format!("{:?} is listed twice", n.get_ref()));
+                                good = false;
+                            }
+                            Some(x) => idx.push(x),
+                            None => {
+                                if let Some(all) = all {
+                                    let known: Vec<_> = all.iter().map(|u| u.name.as_str()).collect();
+                                    self.push(n.span(), &k, format!("no uplink named {:?} (known: {})", n.get_ref(), known.join(", ")));
+                                }
+                                good = false;
+                            }
+                        }
+                    }
+                    good.then_some(idx)
+                }
+            };
+            match (name, src, dst, proto, sport, dport, refs, mode) {
+                (Some(name), Some(src), Some(dst), Some(proto), Some(sport), Some(dport), Some(uplinks), Some(mode)) => {
+                    out.push(Rule { name, src, dst, proto, sport, dport, uplinks, mode })
+                }
+                _ => ok = false,
+            }
+        }
+        ok.then_some(out)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,172 @@
+//! Small IPv4 value types used by the config and the plan: prefixes and port ranges.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::str::FromStr;
+
+/// An IPv4 address with a prefix length, e.g. `192.168.0.0/24` or a host `10.0.0.1/32`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Ipv4Net {
+    addr: Ipv4Addr,
+    prefix: u8,
+}
+
+impl Ipv4Net {
+    /// Builds a prefix; host bits must be zero.
+    pub fn new(addr: Ipv4Addr, prefix: u8) -> Option<Self> {
+        if prefix > 32 {
+            return None;
+        }
+        let net = Self { addr, prefix };
+        (u32::from(addr) & !net.mask() == 0).then_some(net)
+    }
+
+    /// The network address.
+    pub fn addr(&self) -> Ipv4Addr {
+        self.addr
+    }
+
+    /// The prefix length.
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+
+    fn mask(&self) -> u32 {
+        if self.prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - self.prefix)
+        }
+    }
+
+    /// Whether `ip` is inside this prefix.
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        u32::from(ip) & self.mask() == u32::from(self.addr)
+    }
+}
+
+impl fmt::Display for Ipv4Net {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.prefix == 32 {
+            write!(f, "{}", self.addr)
+        } else {
+            write!(f, "{}/{}", self.addr, self.prefix)
+        }
+    }
+}
+
+/// Why a prefix did not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NetParseError {
+    #[error("invalid IPv4 address {0:?}")]
+    Addr(String),
+    #[error("invalid prefix length in {0:?} (expected 0..=32)")]
+    Prefix(String),
+    #[error("{input:?} has host bits set; did you mean {suggestion}?")]
+    HostBits { input: String, suggestion: String },
+}
+
+impl FromStr for Ipv4Net {
+    type Err = NetParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (a, p) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: Ipv4Addr = a.parse().map_err(|_| NetParseError::Addr(s.to_string()))?;
+        let prefix: u8 = match p {
+            None => 32,
+            Some(p) => p
+                .parse()
+                .ok()
+                .filter(|p| *p <= 32)
+                .ok_or_else(|| NetParseError::Prefix(s.to_string()))?,
+        };
+        Self::new(addr, prefix).ok_or_else(|| {
+            let mask = if prefix == 0 {
+                0
+            } else {
+                u32::MAX << (32 - prefix)
+            };
+            NetParseError::HostBits {
+                input: s.to_string(),
+                suggestion: format!("{}/{}", Ipv4Addr::from(u32::from(addr) & mask), prefix),
+            }
+        })
+    }
+}
+
+/// An inclusive port range; a single port has `lo == hi`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PortRange {
+    pub lo: u16,
+    pub hi: u16,
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.lo == self.hi {
+            write!(f, "{}", self.lo)
+        } else {
+            write!(f, "{}-{}", self.lo, self.hi)
+        }
+    }
+}
+
+impl FromStr for PortRange {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("invalid port {s:?}: expected 1..=65535 or a range such as \"8000-8080\"");
+        let port = |p: &str| p.trim().parse::<u16>().ok().filter(|p| *p > 0);
+        let (lo, hi) = match s.split_once('-') {
+            Some((a, b)) => (port(a).ok_or_else(bad)?, port(b).ok_or_else(bad)?),
+            None => {
+                let p = port(s).ok_or_else(bad)?;
+                (p, p)
+            }
+        };
+        if lo > hi {
+            return Err(format!("invalid port range {s:?}: start is above end"));
+        }
+        Ok(Self { lo, hi })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes() {
+        let n: Ipv4Net = "192.168.0.0/24".parse().unwrap();
+        assert!(n.contains("192.168.0.7".parse().unwrap()));
+        assert!(!n.contains("192.168.1.7".parse().unwrap()));
+        assert_eq!(n.to_string(), "192.168.0.0/24");
+        let h: Ipv4Net = "10.0.0.1".parse().unwrap();
+        assert_eq!(h.prefix(), 32);
+        assert_eq!(h.to_string(), "10.0.0.1");
+        assert!(matches!(
+            "10.0.0.1/24".parse::<Ipv4Net>(),
+            Err(NetParseError::HostBits { .. })
+        ));
+        assert!("10.0.0/24".parse::<Ipv4Net>().is_err());
+        assert!("10.0.0.0/33".parse::<Ipv4Net>().is_err());
+        let all: Ipv4Net = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains("8.8.8.8".parse().unwrap()));
+    }
+
+    #[test]
+    fn ports() {
+        assert_eq!("80".parse::<PortRange>(), Ok(PortRange { lo: 80, hi: 80 }));
+        assert_eq!(
+            "8000-8080".parse::<PortRange>(),
+            Ok(PortRange { lo: 8000, hi: 8080 })
+        );
+        assert!("0".parse::<PortRange>().is_err());
+        assert!("90-80".parse::<PortRange>().is_err());
+        assert!("65536".parse::<PortRange>().is_err());
+        assert!("http".parse::<PortRange>().is_err());
+    }
+}

@@ -1,0 +1,267 @@
+use super::*;
+use crate::model::load;
+use proptest::prelude::*;
+
+fn cfg(text: &str) -> Config {
+    load("t.toml", text).expect("valid config")
+}
+
+const TWO: &str = r#"
+[lan]
+interfaces = ["eth0"]
+[[uplink]]
+name = "isp1"
+interface = "eth1"
+gateway = "10.37.1.1"
+weight = 3
+[[uplink]]
+name = "isp2"
+interface = "eth2"
+gateway = "10.37.2.1"
+[[uplink]]
+name = "lte"
+interface = "wwan0"
+gateway = "10.37.3.1"
+tier = 2
+"#;
+
+fn all_usable(c: &Config) -> BTreeSet<String> {
+    c.uplinks.iter().map(|u| u.name.clone()).collect()
+}
+
+fn ids(c: &Config) -> BTreeMap<String, u32> {
+    assign_ids(c, &BTreeMap::new()).expect("ids")
+}
+
+#[test]
+fn ids_are_stable_across_reorder_and_removal() {
+    let c = cfg(TWO);
+    let first = ids(&c);
+    assert_eq!(first["isp1"], 1);
+    assert_eq!(first["isp2"], 2);
+    assert_eq!(first["lte"], 3);
+    // isp1 removed, a new uplink added in front: survivors keep their ids, new one reuses 1.
+    let c2 = cfg(&TWO.replace("name = \"isp1\"", "name = \"fibre\""));
+    let second = assign_ids(&c2, &first).expect("ids");
+    assert_eq!(second["isp2"], 2);
+    assert_eq!(second["lte"], 3);
+    assert_eq!(second["fibre"], 1);
+}
+
+#[test]
+fn smooth_rotation_is_exact_and_spread() {
+    assert_eq!(smooth_rotation(&[3, 1]), vec![0, 0, 1, 0]);
+    assert_eq!(smooth_rotation(&[1, 1]), vec![0, 1]);
+    let r = smooth_rotation(&[5, 3, 2]);
+    assert_eq!(r.len(), 10);
+    assert_eq!(r.iter().filter(|x| **x == 0).count(), 5);
+    assert_eq!(r.iter().filter(|x| **x == 2).count(), 2);
+}
+
+#[test]
+fn tier_two_is_unused_while_tier_one_is_usable() {
+    let c = cfg(TWO);
+    let p = plan(&c, &ids(&c), &all_usable(&c), &Facts::default());
+    assert!(p.nft.contains("numgen inc mod 4 vmap { 0-1 : goto up_isp1, 2 : goto up_isp2, 3 : goto up_isp1 }"), "{}", p.nft);
+    assert!(!p.nft.contains("goto up_lte }"));
+    let d = &p.policies.last().expect("default").decision;
+    assert_eq!(
+        d,
+        &Decision::Spread {
+            method: Method::RoundRobin,
+            shares: vec![("isp1".into(), 3), ("isp2".into(), 1)]
+        }
+    );
+}
+
+#[test]
+fn tiers_fall_through_and_all_down_is_unreachable() {
+    let c = cfg(TWO);
+    let only_lte: BTreeSet<String> = ["lte".to_string()].into();
+    let p = plan(&c, &ids(&c), &only_lte, &Facts::default());
+    assert!(p.nft.contains("chain policy_default {\n\t\tgoto up_lte\n"), "{}", p.nft);
+    let none = BTreeSet::new();
+    let p = plan(&c, &ids(&c), &none, &Facts::default());
+    assert!(p.nft.contains("chain policy_default {\n\t\tgoto to_none\n"));
+    assert!(p.rules.iter().any(|r| r.fwmark == Some((0xff0000, 0xff0000)) && r.action == RuleAction::Unreachable));
+    // No multipath route when nothing is usable.
+    assert!(!p.routes.iter().any(|r| r.table == 1000));
+}
+
+#[test]
+fn when_all_down_main_and_blackhole() {
+    let c = cfg(&format!("{TWO}[balance]\nwhen_all_down = \"main\"\n"));
+    let p = plan(&c, &ids(&c), &BTreeSet::new(), &Facts::default());
+    assert!(p.nft.contains("chain policy_default {\n\t\tgoto to_main\n"));
+    let c = cfg(&format!("{TWO}[balance]\nwhen_all_down = \"blackhole\"\n"));
+    let p = plan(&c, &ids(&c), &BTreeSet::new(), &Facts::default());
+    assert!(p.rules.iter().any(|r| r.fwmark == Some((0xff0000, 0xff0000)) && r.action == RuleAction::Blackhole));
+}
+
+#[test]
+fn rules_and_modes() {
+    let text = format!(
+        "{TWO}
+[[rule]]
+name = \"web\"
+src = [\"192.168.0.228\"]
+proto = \"tcp\"
+dport = [\"80\", \"8000-8080\"]
+uplinks = [\"isp2\"]
+[[rule]]
+name = \"voip\"
+proto = \"udp\"
+mode = \"failover\"
+uplinks = [\"lte\", \"isp1\"]
+[[rule]]
+name = \"lan2lan\"
+dst = [\"10.0.0.0/8\"]
+mode = \"bypass\"
+"
+    );
+    let c = cfg(&text);
+    let p = plan(&c, &ids(&c), &all_usable(&c), &Facts::default());
+    assert!(p.nft.contains("ip saddr 192.168.0.228 meta l4proto tcp th dport { 80, 8000-8080 } counter goto rule_web"), "{}", p.nft);
+    assert!(p.nft.contains("chain rule_web {\n\t\tgoto up_isp2\n"));
+    assert!(p.nft.contains("chain rule_voip {\n\t\tgoto up_lte\n"), "failover takes list order, not tiers");
+    assert!(p.nft.contains("ip daddr 10.0.0.0/8 counter goto rule_lan2lan"));
+    assert!(p.nft.contains("chain rule_lan2lan {\n\t\tgoto to_main\n"));
+    // Failover moves on when the first is down.
+    let without_lte: BTreeSet<String> = ["isp1".to_string(), "isp2".to_string()].into();
+    let p = plan(&c, &ids(&c), &without_lte, &Facts::default());
+    assert!(p.nft.contains("chain rule_voip {\n\t\tgoto up_isp1\n"));
+}
+
+#[test]
+fn policy_routing_layout() {
+    let c = cfg(TWO);
+    let mut facts = Facts { links: Some(BTreeMap::new()) };
+    let links = facts.links.as_mut().expect("links");
+    links.insert("eth1".into(), Link { up: true, addrs: vec!["10.37.1.253".parse().expect("ip")] });
+    links.insert("eth2".into(), Link { up: true, addrs: vec!["10.37.2.253".parse().expect("ip")] });
+    // wwan0 does not exist: no route, no sysctl, but its mark still resolves to unreachable.
+    let p = plan(&c, &ids(&c), &all_usable(&c), &facts);
+    let lines: Vec<String> = p.rules.iter().map(|r| r.args().join(" ")).collect();
+    assert_eq!(
+        lines,
+        vec![
+            "priority 1000 lookup main suppress_prefixlength 0 protocol 77",
+            "priority 1001 fwmark 0x10000/0xff0000 lookup 1001 protocol 77",
+            "priority 1001 fwmark 0x20000/0xff0000 lookup 1002 protocol 77",
+            "priority 1001 fwmark 0x30000/0xff0000 lookup 1003 protocol 77",
+            "priority 1001 fwmark 0xfe0000/0xff0000 lookup 254 protocol 77",
+            "priority 1002 fwmark 0x10000/0xff0000 unreachable protocol 77",
+            "priority 1002 fwmark 0x20000/0xff0000 unreachable protocol 77",
+            "priority 1002 fwmark 0x30000/0xff0000 unreachable protocol 77",
+            "priority 1002 fwmark 0xff0000/0xff0000 unreachable protocol 77",
+            "priority 1003 from 10.37.1.253 lookup 1001 protocol 77",
+            "priority 1003 from 10.37.2.253 lookup 1002 protocol 77",
+            "priority 1004 lookup 1000 protocol 77",
+        ]
+    );
+    let routes: Vec<String> = p.routes.iter().map(|r| r.args().join(" ")).collect();
+    assert_eq!(
+        routes,
+        vec![
+            "default table 1000 proto 77 nexthop via 10.37.1.1 dev eth1 weight 3 nexthop via 10.37.2.1 dev eth2 weight 1",
+            "default via 10.37.1.1 dev eth1 table 1001 proto 77",
+            "default via 10.37.2.1 dev eth2 table 1002 proto 77",
+        ]
+    );
+    assert_eq!(p.sysctls.len(), 3);
+    assert_eq!(p.sysctls[1].proc_path(), "/proc/sys/net/ipv4/conf/eth1/rp_filter");
+}
+
+#[test]
+fn hash_failure_moves_only_the_failed_uplinks_buckets() {
+    let alive = hash_buckets(&[1, 1, 1], &[true, true, true]);
+    let one_dead = hash_buckets(&[1, 1, 1], &[true, false, true]);
+    assert_eq!(alive.len(), HASH_BUCKETS as usize);
+    for (a, b) in alive.iter().zip(&one_dead) {
+        if *a != 1 {
+            assert_eq!(a, b, "a bucket of a healthy uplink moved");
+        } else {
+            assert_ne!(*b, 1);
+        }
+    }
+    let counts = |v: &[usize], x| v.iter().filter(|y| **y == x).count();
+    assert_eq!(counts(&hash_buckets(&[3, 1], &[true, true]), 0), 192);
+}
+
+#[test]
+fn same_inputs_same_bytes() {
+    let c = cfg(TWO);
+    let a = plan(&c, &ids(&c), &all_usable(&c), &Facts::default());
+    let b = plan(&c, &ids(&c), &all_usable(&c), &Facts::default());
+    assert_eq!(a, b);
+    assert!(a.nft.contains(&format!("comment \"multiwan {}\"", a.digest)));
+    let d = plan(&c, &ids(&c), &["isp2".to_string()].into(), &Facts::default());
+    assert_ne!(a.digest, d.digest);
+}
+
+fn config_with(weights: &[u32], tiers: &[u32]) -> Config {
+    let mut t = String::from("[lan]\ninterfaces=[\"lan0\"]\n");
+    for (i, (w, tier)) in weights.iter().zip(tiers).enumerate() {
+        t += &format!(
+            "[[uplink]]\nname=\"u{i}\"\ninterface=\"wan{i}\"\ngateway=\"10.{}.{}.1\"\nweight={w}\ntier={tier}\n",
+            i / 200,
+            i % 200
+        );
+    }
+    cfg(&t)
+}
+
+proptest! {
+    #[test]
+    fn rotation_gives_exact_weights(weights in proptest::collection::vec(1u32..50, 1..8)) {
+        let r = smooth_rotation(&weights);
+        prop_assert_eq!(r.len() as u32, weights.iter().sum::<u32>());
+        for (i, w) in weights.iter().enumerate() {
+            prop_assert_eq!(r.iter().filter(|x| **x == i).count() as u32, *w);
+        }
+    }
+
+    #[test]
+    fn marks_tables_never_collide_and_never_route_via_unusable(
+        weights in proptest::collection::vec(1u32..20, 1..10),
+        tiers_seed in proptest::collection::vec(1u32..4, 10),
+        usable_bits in proptest::collection::vec(any::<bool>(), 10),
+    ) {
+        let tiers: Vec<u32> = tiers_seed[..weights.len()].to_vec();
+        let c = config_with(&weights, &tiers);
+        let ids = assign_ids(&c, &BTreeMap::new()).expect("ids");
+        let marks: BTreeSet<u32> = ids.values().map(|i| c.kernel.mark_of(*i)).collect();
+        prop_assert_eq!(marks.len(), c.uplinks.len());
+        prop_assert!(!marks.contains(&c.kernel.mark_main()));
+        prop_assert!(!marks.contains(&c.kernel.mark_none()));
+        for m in &marks { prop_assert_eq!(m & !c.kernel.mark_mask, 0); }
+        let tables: BTreeSet<u32> = ids.values().map(|i| c.kernel.table_of(*i)).collect();
+        prop_assert_eq!(tables.len(), c.uplinks.len());
+        prop_assert!(!tables.contains(&c.kernel.table_base));
+
+        let usable: BTreeSet<String> = c.uplinks.iter().zip(&usable_bits)
+            .filter(|(_, b)| **b).map(|(u, _)| u.name.clone()).collect();
+        let p = plan(&c, &ids, &usable, &Facts::default());
+        match &p.policies.last().expect("default").decision {
+            Decision::Spread { shares, .. } => {
+                let min_tier = c.uplinks.iter().filter(|u| usable.contains(&u.name)).map(|u| u.tier).min();
+                for (name, _) in shares {
+                    prop_assert!(usable.contains(name), "{} is not usable", name);
+                    let u = c.uplinks.iter().find(|u| &u.name == name).expect("known");
+                    prop_assert_eq!(Some(u.tier), min_tier);
+                }
+            }
+            Decision::NoUplink => prop_assert!(usable.is_empty()),
+            Decision::Main => prop_assert!(false, "main only with when_all_down = main"),
+        }
+        // The balancing chain never jumps to an unusable uplink.
+        let policy = p.nft.split("chain policy_default {").nth(1).expect("policy").split('}').next().expect("body").to_string();
+        for u in &c.uplinks {
+            if !usable.contains(&u.name) {
+                let a = format!("up_{} ", u.name);
+                let b = format!("up_{}\n", u.name);
+                prop_assert!(!policy.contains(&a) && !policy.contains(&b), "{} is unusable", &u.name);
+            }
+        }
+    }
+}
