@@ -85,7 +85,9 @@ mod tests {
 
     #[test]
     fn rejects_garbage() {
-        for bad in ["", "ms", "1", "1x", "1.s", ".5s", "1.0001s", "-1s", "1 s", "1ss"] {
+        for bad in [
+            "", "ms", "1", "1x", "1.s", ".5s", "1.0001s", "-1s", "1 s", "1ss",
+        ] {
             assert!(parse(bad).is_err(), "{bad:?} should be rejected");
         }
     }

@@ -263,7 +263,11 @@ pub struct Diagnostic {
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.key.is_empty() {
-            write!(f, "{}:{}:{}: {}", self.file, self.line, self.col, self.message)
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.file, self.line, self.col, self.message
+            )
         } else {
             write!(
                 f,
@@ -341,8 +345,7 @@ struct Validator<'a> {
 fn is_valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= MAX_NAME_LEN
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
@@ -351,8 +354,7 @@ fn is_valid_ifname(s: &str) -> bool {
         && s.len() <= 15
         && s != "."
         && s != ".."
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_graphic() && b != b'/' && b != b'"' && b != b'\\')
 }
 
@@ -629,7 +631,11 @@ impl<'a> Validator<'a> {
         let mut ok = true;
         let name = match &u.name {
             None => {
-                self.push(span.clone(), &p("name"), "missing key: every uplink needs a name such as \"isp1\"".into());
+                self.push(
+                    span.clone(),
+                    &p("name"),
+                    "missing key: every uplink needs a name such as \"isp1\"".into(),
+                );
                 None
             }
             Some(n) if !is_valid_name(n.get_ref()) => {
@@ -644,21 +650,32 @@ impl<'a> Validator<'a> {
                 None
             }
             Some(n) if !names.insert(n.get_ref().clone()) => {
-                self.push(n.span(), &p("name"), format!("duplicate uplink name {:?}", n.get_ref()));
+                self.push(
+                    n.span(),
+                    &p("name"),
+                    format!("duplicate uplink name {:?}", n.get_ref()),
+                );
                 None
             }
             Some(n) => Some(n.get_ref().clone()),
         };
         let interface = match &u.interface {
             None => {
-                self.push(span.clone(), &p("interface"), "missing key: the uplink's network interface, e.g. \"eth1\" or \"ppp0\"".into());
+                self.push(
+                    span.clone(),
+                    &p("interface"),
+                    "missing key: the uplink's network interface, e.g. \"eth1\" or \"ppp0\"".into(),
+                );
                 None
             }
             Some(s) if !is_valid_ifname(s.get_ref()) => {
                 self.push(
                     s.span(),
                     &p("interface"),
-                    format!("invalid interface name {:?} (1..=15 printable characters, no '/')", s.get_ref()),
+                    format!(
+                        "invalid interface name {:?} (1..=15 printable characters, no '/')",
+                        s.get_ref()
+                    ),
                 );
                 None
             }
@@ -711,7 +728,12 @@ impl<'a> Validator<'a> {
         })
     }
 
-    fn duration(&mut self, v: Option<&Spanned<String>>, key: &str, default: Duration) -> Option<Duration> {
+    fn duration(
+        &mut self,
+        v: Option<&Spanned<String>>,
+        key: &str,
+        default: Duration,
+    ) -> Option<Duration> {
         let Some(v) = v else { return Some(default) };
         match duration::parse(v.get_ref()) {
             Ok(d) if d.is_zero() => {
@@ -719,7 +741,11 @@ impl<'a> Validator<'a> {
                 None
             }
             Ok(d) if d > Duration::from_secs(3600) => {
-                self.push(v.span(), key, format!("{:?} is too long (at most 1h)", v.get_ref()));
+                self.push(
+                    v.span(),
+                    key,
+                    format!("{:?} is too long (at most 1h)", v.get_ref()),
+                );
                 None
             }
             Ok(d) => Some(d),
@@ -758,21 +784,44 @@ impl<'a> Validator<'a> {
                 "tcp" => Some(CheckMethod::Tcp),
                 "dns" => Some(CheckMethod::Dns),
                 other => {
-                    self.push(m.span(), &p("method"), format!("unknown method {other:?}: expected \"icmp\", \"tcp\" or \"dns\""));
+                    self.push(
+                        m.span(),
+                        &p("method"),
+                        format!("unknown method {other:?}: expected \"icmp\", \"tcp\" or \"dns\""),
+                    );
                     None
                 }
             },
         };
-        let interval = self.duration(c.interval.as_ref(), &p("interval"), check_defaults::INTERVAL);
+        let interval = self.duration(
+            c.interval.as_ref(),
+            &p("interval"),
+            check_defaults::INTERVAL,
+        );
         let timeout = self.duration(c.timeout.as_ref(), &p("timeout"), check_defaults::TIMEOUT);
-        let down_after = self.int_in(c.down_after.as_ref(), &p("down_after"), check_defaults::DOWN_AFTER, 1..=1000);
-        let up_after = self.int_in(c.up_after.as_ref(), &p("up_after"), check_defaults::UP_AFTER, 1..=1000);
+        let down_after = self.int_in(
+            c.down_after.as_ref(),
+            &p("down_after"),
+            check_defaults::DOWN_AFTER,
+            1..=1000,
+        );
+        let up_after = self.int_in(
+            c.up_after.as_ref(),
+            &p("up_after"),
+            check_defaults::UP_AFTER,
+            1..=1000,
+        );
         let method = method?;
         let targets = self.targets(c.targets.as_ref(), method, gateway, span, &p("targets"));
         let targets = targets?;
         let min_targets = match &c.min_targets {
             None => Some(check_defaults::MIN_TARGETS.min(targets.len() as u32)),
-            Some(v) => self.int_in(Some(v), &p("min_targets"), 1, 1..=(targets.len().max(1) as u32)),
+            Some(v) => self.int_in(
+                Some(v),
+                &p("min_targets"),
+                1,
+                1..=(targets.len().max(1) as u32),
+            ),
         };
         Some(Check {
             method,
@@ -802,11 +851,20 @@ impl<'a> Validator<'a> {
             return match (gateway, default_port) {
                 (Some(g), Some(port)) => Some(vec![SocketAddrV4::new(g, port)]),
                 (None, _) => {
-                    self.push(span, key, "missing key: an uplink without a gateway needs explicit check targets".into());
+                    self.push(
+                        span,
+                        key,
+                        "missing key: an uplink without a gateway needs explicit check targets"
+                            .into(),
+                    );
                     None
                 }
                 (Some(_), None) => {
-                    self.push(span, key, "missing key: method \"tcp\" needs targets written as \"ip:port\"".into());
+                    self.push(
+                        span,
+                        key,
+                        "missing key: method \"tcp\" needs targets written as \"ip:port\"".into(),
+                    );
                     None
                 }
             };
@@ -834,7 +892,11 @@ impl<'a> Validator<'a> {
             };
             match parsed {
                 Ok(a) if method == CheckMethod::Tcp && a.port() == 0 => {
-                    self.push(t.span(), &k, format!("invalid target {s:?}: port 0 cannot be probed"));
+                    self.push(
+                        t.span(),
+                        &k,
+                        format!("invalid target {s:?}: port 0 cannot be probed"),
+                    );
                     ok = false;
                 }
                 Ok(a) => out.push(a),
@@ -886,9 +948,15 @@ impl<'a> Validator<'a> {
     }
 
     fn nets(&mut self, raw: Option<&SpannedList>, key: &str) -> Option<Vec<Ipv4Net>> {
-        let Some(list) = raw else { return Some(Vec::new()) };
+        let Some(list) = raw else {
+            return Some(Vec::new());
+        };
         if list.get_ref().is_empty() {
-            self.push(list.span(), key, "empty list matches nothing; remove the key to match any address".into());
+            self.push(
+                list.span(),
+                key,
+                "empty list matches nothing; remove the key to match any address".into(),
+            );
             return None;
         }
         let mut ok = true;
@@ -897,7 +965,13 @@ impl<'a> Validator<'a> {
             match s.get_ref().parse::<Ipv4Net>() {
                 Ok(n) => out.push(n),
                 Err(e) => {
-                    self.push(s.span(), &format!("{key}[{j}]"), format!("{e} (expected an IPv4 address or CIDR such as \"192.168.0.0/24\")"));
+                    self.push(
+                        s.span(),
+                        &format!("{key}[{j}]"),
+                        format!(
+                            "{e} (expected an IPv4 address or CIDR such as \"192.168.0.0/24\")"
+                        ),
+                    );
                     ok = false;
                 }
             }
@@ -905,10 +979,20 @@ impl<'a> Validator<'a> {
         ok.then_some(out)
     }
 
-    fn ports(&mut self, raw: Option<&Spanned<Vec<Spanned<NumOrStr>>>>, key: &str) -> Option<Vec<PortRange>> {
-        let Some(list) = raw else { return Some(Vec::new()) };
+    fn ports(
+        &mut self,
+        raw: Option<&Spanned<Vec<Spanned<NumOrStr>>>>,
+        key: &str,
+    ) -> Option<Vec<PortRange>> {
+        let Some(list) = raw else {
+            return Some(Vec::new());
+        };
         if list.get_ref().is_empty() {
-            self.push(list.span(), key, "empty list matches nothing; remove the key to match any port".into());
+            self.push(
+                list.span(),
+                key,
+                "empty list matches nothing; remove the key to match any port".into(),
+            );
             return None;
         }
         let mut ok = true;
@@ -925,7 +1009,11 @@ impl<'a> Validator<'a> {
         ok.then_some(out)
     }
 
-    fn rules(&mut self, raw: &[Spanned<config::RawRule>], uplinks: Option<&[Uplink]>) -> Option<Vec<Rule>> {
+    fn rules(
+        &mut self,
+        raw: &[Spanned<config::RawRule>],
+        uplinks: Option<&[Uplink]>,
+    ) -> Option<Vec<Rule>> {
         let mut ok = true;
         let mut out = Vec::new();
         let mut names = BTreeSet::new();
@@ -935,15 +1023,30 @@ impl<'a> Validator<'a> {
             let p = |k: &str| format!("rule[{i}].{k}");
             let name = match &r.name {
                 None => {
-                    self.push(span.clone(), &p("name"), "missing key: every rule needs a name such as \"web\"".into());
+                    self.push(
+                        span.clone(),
+                        &p("name"),
+                        "missing key: every rule needs a name such as \"web\"".into(),
+                    );
                     None
                 }
                 Some(n) if !is_valid_name(n.get_ref()) => {
-                    self.push(n.span(), &p("name"), format!("invalid name {:?}: use 1..=15 characters from a-z, 0-9, '_' and '-'", n.get_ref()));
+                    self.push(
+                        n.span(),
+                        &p("name"),
+                        format!(
+                            "invalid name {:?}: use 1..=15 characters from a-z, 0-9, '_' and '-'",
+                            n.get_ref()
+                        ),
+                    );
                     None
                 }
                 Some(n) if !names.insert(n.get_ref().clone()) => {
-                    self.push(n.span(), &p("name"), format!("duplicate rule name {:?}", n.get_ref()));
+                    self.push(
+                        n.span(),
+                        &p("name"),
+                        format!("duplicate rule name {:?}", n.get_ref()),
+                    );
                     None
                 }
                 Some(n) => Some(n.get_ref().clone()),
@@ -952,15 +1055,17 @@ impl<'a> Validator<'a> {
             let dst = self.nets(r.dst.as_ref(), &p("dst"));
             let proto = match &r.proto {
                 None => Some(None),
-                Some(s) => match s.get_ref().as_str() {
-                    "tcp" => Some(Some(Proto::Tcp)),
-                    "udp" => Some(Some(Proto::Udp)),
-                    "icmp" => Some(Some(Proto::Icmp)),
-                    other => {
-                        self.push(s.span(), &p("proto"), format!("unknown protocol {other:?}: expected \"tcp\", \"udp\" or \"icmp\""));
-                        None
+                Some(s) => {
+                    match s.get_ref().as_str() {
+                        "tcp" => Some(Some(Proto::Tcp)),
+                        "udp" => Some(Some(Proto::Udp)),
+                        "icmp" => Some(Some(Proto::Icmp)),
+                        other => {
+                            self.push(s.span(), &p("proto"), format!("unknown protocol {other:?}: expected \"tcp\", \"udp\" or \"icmp\""));
+                            None
+                        }
                     }
-                },
+                }
             };
             let sport = self.ports(r.sport.as_ref(), &p("sport"));
             let dport = self.ports(r.dport.as_ref(), &p("dport"));
@@ -968,7 +1073,11 @@ impl<'a> Validator<'a> {
                 if pr == Proto::Icmp {
                     for (k, v) in [("sport", &r.sport), ("dport", &r.dport)] {
                         if let Some(v) = v {
-                            self.push(v.span(), &p(k), "ports need proto = \"tcp\" or \"udp\"".into());
+                            self.push(
+                                v.span(),
+                                &p(k),
+                                "ports need proto = \"tcp\" or \"udp\"".into(),
+                            );
                             ok = false;
                         }
                     }
@@ -976,7 +1085,11 @@ impl<'a> Validator<'a> {
             } else if proto == Some(None) {
                 for (k, v) in [("sport", &r.sport), ("dport", &r.dport)] {
                     if let Some(v) = v {
-                        self.push(v.span(), &p(k), "ports need proto = \"tcp\" or \"udp\" in the same rule".into());
+                        self.push(
+                            v.span(),
+                            &p(k),
+                            "ports need proto = \"tcp\" or \"udp\" in the same rule".into(),
+                        );
                         ok = false;
                     }
                 }
@@ -997,11 +1110,19 @@ impl<'a> Validator<'a> {
                 (None, Some(all)) => Some((0..all.len()).collect::<Vec<_>>()),
                 (None, None) => None,
                 (Some(list), _) if mode == Some(Mode::Bypass) => {
-                    self.push(list.span(), &p("uplinks"), "mode \"bypass\" uses the main routing table; remove `uplinks`".into());
+                    self.push(
+                        list.span(),
+                        &p("uplinks"),
+                        "mode \"bypass\" uses the main routing table; remove `uplinks`".into(),
+                    );
                     None
                 }
                 (Some(list), _) if list.get_ref().is_empty() => {
-                    self.push(list.span(), &p("uplinks"), "must name at least one uplink (or remove the key to use all)".into());
+                    self.push(
+                        list.span(),
+                        &p("uplinks"),
+                        "must name at least one uplink (or remove the key to use all)".into(),
+                    );
                     None
                 }
                 (Some(list), all) => {
@@ -1011,14 +1132,27 @@ impl<'a> Validator<'a> {
                         let k = format!("rule[{i}].uplinks[{j}]");
                         match all.and_then(|all| all.iter().position(|u| &u.name == n.get_ref())) {
                             Some(x) if idx.contains(&x) => {
-                                self.push(n.span(), &k, format!("{:?} is listed twice", n.get_ref()));
+                                self.push(
+                                    n.span(),
+                                    &k,
+                                    format!("{:?} is listed twice", n.get_ref()),
+                                );
                                 good = false;
                             }
                             Some(x) => idx.push(x),
                             None => {
                                 if let Some(all) = all {
-                                    let known: Vec<_> = all.iter().map(|u| u.name.as_str()).collect();
-                                    self.push(n.span(), &k, format!("no uplink named {:?} (known: {})", n.get_ref(), known.join(", ")));
+                                    let known: Vec<_> =
+                                        all.iter().map(|u| u.name.as_str()).collect();
+                                    self.push(
+                                        n.span(),
+                                        &k,
+                                        format!(
+                                            "no uplink named {:?} (known: {})",
+                                            n.get_ref(),
+                                            known.join(", ")
+                                        ),
+                                    );
                                 }
                                 good = false;
                             }
@@ -1028,9 +1162,25 @@ impl<'a> Validator<'a> {
                 }
             };
             match (name, src, dst, proto, sport, dport, refs, mode) {
-                (Some(name), Some(src), Some(dst), Some(proto), Some(sport), Some(dport), Some(uplinks), Some(mode)) => {
-                    out.push(Rule { name, src, dst, proto, sport, dport, uplinks, mode })
-                }
+                (
+                    Some(name),
+                    Some(src),
+                    Some(dst),
+                    Some(proto),
+                    Some(sport),
+                    Some(dport),
+                    Some(uplinks),
+                    Some(mode),
+                ) => out.push(Rule {
+                    name,
+                    src,
+                    dst,
+                    proto,
+                    sport,
+                    dport,
+                    uplinks,
+                    mode,
+                }),
                 _ => ok = false,
             }
         }

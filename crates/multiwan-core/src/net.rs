@@ -118,7 +118,8 @@ impl FromStr for PortRange {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || format!("invalid port {s:?}: expected 1..=65535 or a range such as \"8000-8080\"");
+        let bad =
+            || format!("invalid port {s:?}: expected 1..=65535 or a range such as \"8000-8080\"");
         let port = |p: &str| p.trim().parse::<u16>().ok().filter(|p| *p > 0);
         let (lo, hi) = match s.split_once('-') {
             Some((a, b)) => (port(a).ok_or_else(bad)?, port(b).ok_or_else(bad)?),

@@ -313,7 +313,10 @@ impl fmt::Display for Plan {
 enum Selection {
     /// `tier`: all members of the chosen tier (usable or not), in config order;
     /// `usable`: the usable ones among them.
-    Uplinks { tier: Vec<usize>, usable: Vec<usize> },
+    Uplinks {
+        tier: Vec<usize>,
+        usable: Vec<usize>,
+    },
     Main,
     None,
 }
@@ -456,7 +459,10 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn id(&self, i: usize) -> u32 {
-        self.ids.get(&self.cfg.uplinks[i].name).copied().unwrap_or(0)
+        self.ids
+            .get(&self.cfg.uplinks[i].name)
+            .copied()
+            .unwrap_or(0)
     }
     fn set_mark_stmts(&self, value: u32, ct: bool) -> String {
         let keep = hex(!self.k.mark_mask);
@@ -508,10 +514,7 @@ fn policy_stmt(ctx: &Ctx, sel: &Selection, method: Method) -> (String, Decision)
                 }
                 Method::SrcHash | Method::SrcDstHash => {
                     let tier_w = shares_of(tier);
-                    let alive: Vec<bool> = tier
-                        .iter()
-                        .map(|i| usable.contains(i))
-                        .collect();
+                    let alive: Vec<bool> = tier.iter().map(|i| usable.contains(i)).collect();
                     let buckets = hash_buckets(&tier_w, &alive);
                     let key = if method == Method::SrcHash {
                         "ip saddr"
@@ -708,7 +711,10 @@ pub fn plan(
     let _ = writeln!(w, "\t}}\n");
 
     let _ = writeln!(w, "\tchain output {{");
-    let _ = writeln!(w, "\t\ttype route hook output priority mangle; policy accept;");
+    let _ = writeln!(
+        w,
+        "\t\ttype route hook output priority mangle; policy accept;"
+    );
     let _ = writeln!(w, "\t\tmeta mark and {mask} != 0 return");
     let _ = writeln!(w, "\t\tct mark and {mask} vmap {{ {restore_vmap} }}");
     if cfg.balance.local {
@@ -720,7 +726,10 @@ pub fn plan(
     let _ = writeln!(w, "\t}}\n");
 
     let _ = writeln!(w, "\tchain postrouting {{");
-    let _ = writeln!(w, "\t\ttype nat hook postrouting priority srcnat; policy accept;");
+    let _ = writeln!(
+        w,
+        "\t\ttype nat hook postrouting priority srcnat; policy accept;"
+    );
     let mut fallback_done = BTreeSet::new();
     let mut fallbacks = Vec::new();
     for (i, u) in cfg.uplinks.iter().enumerate() {
@@ -743,7 +752,10 @@ pub fn plan(
                 hex(k.mark_of(ctx.id(i)))
             );
             if fallback_done.insert(u.interface.clone()) {
-                fallbacks.push(format!("\t\toifname \"{}\" meta nfproto ipv4 {nat}", u.interface));
+                fallbacks.push(format!(
+                    "\t\toifname \"{}\" meta nfproto ipv4 {nat}",
+                    u.interface
+                ));
             }
         } else {
             let _ = writeln!(w, "\t\toifname \"{}\" meta nfproto ipv4 {nat}", u.interface);

@@ -1,1 +1,8 @@
-pub fn x(){}
+//! `multiwan`: the binary's library half. Every effect lives here — the kernel interpreter,
+//! the CLI, network namespaces and the virtual lab — while all decisions come from the pure
+//! `multiwan-core` crate.
+
+pub mod cli;
+pub mod kernel;
+pub mod lab;
+pub mod netns;

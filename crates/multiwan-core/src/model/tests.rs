@@ -154,8 +154,15 @@ interface = "eth1"
 gateway = "10.0.0.1"
 "#;
     let e = errs(text);
-    assert!(e.iter().any(|l| l.contains("duplicate uplink name \"a\"")), "{e:?}");
-    assert!(e.iter().any(|l| l.contains("can share an interface only with different gateways")), "{e:?}");
+    assert!(
+        e.iter().any(|l| l.contains("duplicate uplink name \"a\"")),
+        "{e:?}"
+    );
+    assert!(
+        e.iter()
+            .any(|l| l.contains("can share an interface only with different gateways")),
+        "{e:?}"
+    );
 }
 
 #[test]
@@ -178,7 +185,10 @@ gateway = "10.0.0.2"
 fn point_to_point_needs_targets() {
     let text = "[lan]\ninterfaces=[\"eth0\"]\n[[uplink]]\nname=\"ppp\"\ninterface=\"ppp0\"\n";
     let e = errs(text);
-    assert!(e[0].contains("uplink[0].check.targets: missing key"), "{e:?}");
+    assert!(
+        e[0].contains("uplink[0].check.targets: missing key"),
+        "{e:?}"
+    );
     let ok = format!("{text}[uplink.check]\ntargets=[\"192.0.2.1\"]\n");
     let c = load("t.toml", &ok).expect("valid");
     assert_eq!(c.uplinks[0].gateway, None);
@@ -191,7 +201,11 @@ fn kernel_options_are_checked() {
     assert!(e[0].contains("contiguous"), "{e:?}");
     let e = errs(&format!("{base}[kernel]\ntable_base = 200\n"));
     assert!(e[0].contains("reserved tables 253..=255"), "{e:?}");
-    let c = load("t.toml", &format!("{base}[kernel]\nmark_mask = \"0x0f00\"\ntable_base = 100\nrule_priority = 500\n")).expect("valid");
+    let c = load(
+        "t.toml",
+        &format!("{base}[kernel]\nmark_mask = \"0x0f00\"\ntable_base = 100\nrule_priority = 500\n"),
+    )
+    .expect("valid");
     assert_eq!(c.kernel.mark_mask, 0x0f00);
     assert_eq!(c.kernel.id_capacity(), 13);
     assert_eq!(c.kernel.mark_of(1), 0x100);
@@ -212,7 +226,13 @@ fn missing_sections() {
 fn ports_as_numbers_and_ranges() {
     let text = format!("{FULL}\n[[rule]]\nname = \"x\"\nproto = \"udp\"\ndport = [53, \"8000-8080\"]\nmode = \"failover\"\nuplinks = [\"isp2\", \"isp1\"]\n");
     let c = load("t.toml", &text).expect("valid");
-    assert_eq!(c.rules[1].dport, vec![PortRange { lo: 53, hi: 53 }, PortRange { lo: 8000, hi: 8080 }]);
+    assert_eq!(
+        c.rules[1].dport,
+        vec![
+            PortRange { lo: 53, hi: 53 },
+            PortRange { lo: 8000, hi: 8080 }
+        ]
+    );
     assert_eq!(c.rules[1].uplinks, vec![1, 0]);
     assert_eq!(c.rules[1].mode, Mode::Failover);
 }

@@ -62,7 +62,13 @@ fn smooth_rotation_is_exact_and_spread() {
 fn tier_two_is_unused_while_tier_one_is_usable() {
     let c = cfg(TWO);
     let p = plan(&c, &ids(&c), &all_usable(&c), &Facts::default());
-    assert!(p.nft.contains("numgen inc mod 4 vmap { 0-1 : goto up_isp1, 2 : goto up_isp2, 3 : goto up_isp1 }"), "{}", p.nft);
+    assert!(
+        p.nft.contains(
+            "numgen inc mod 4 vmap { 0-1 : goto up_isp1, 2 : goto up_isp2, 3 : goto up_isp1 }"
+        ),
+        "{}",
+        p.nft
+    );
     assert!(!p.nft.contains("goto up_lte }"));
     let d = &p.policies.last().expect("default").decision;
     assert_eq!(
@@ -79,11 +85,18 @@ fn tiers_fall_through_and_all_down_is_unreachable() {
     let c = cfg(TWO);
     let only_lte: BTreeSet<String> = ["lte".to_string()].into();
     let p = plan(&c, &ids(&c), &only_lte, &Facts::default());
-    assert!(p.nft.contains("chain policy_default {\n\t\tgoto up_lte\n"), "{}", p.nft);
+    assert!(
+        p.nft.contains("chain policy_default {\n\t\tgoto up_lte\n"),
+        "{}",
+        p.nft
+    );
     let none = BTreeSet::new();
     let p = plan(&c, &ids(&c), &none, &Facts::default());
     assert!(p.nft.contains("chain policy_default {\n\t\tgoto to_none\n"));
-    assert!(p.rules.iter().any(|r| r.fwmark == Some((0xff0000, 0xff0000)) && r.action == RuleAction::Unreachable));
+    assert!(p
+        .rules
+        .iter()
+        .any(|r| r.fwmark == Some((0xff0000, 0xff0000)) && r.action == RuleAction::Unreachable));
     // No multipath route when nothing is usable.
     assert!(!p.routes.iter().any(|r| r.table == 1000));
 }
@@ -95,7 +108,10 @@ fn when_all_down_main_and_blackhole() {
     assert!(p.nft.contains("chain policy_default {\n\t\tgoto to_main\n"));
     let c = cfg(&format!("{TWO}[balance]\nwhen_all_down = \"blackhole\"\n"));
     let p = plan(&c, &ids(&c), &BTreeSet::new(), &Facts::default());
-    assert!(p.rules.iter().any(|r| r.fwmark == Some((0xff0000, 0xff0000)) && r.action == RuleAction::Blackhole));
+    assert!(p
+        .rules
+        .iter()
+        .any(|r| r.fwmark == Some((0xff0000, 0xff0000)) && r.action == RuleAction::Blackhole));
 }
 
 #[test]
@@ -123,8 +139,13 @@ mode = \"bypass\"
     let p = plan(&c, &ids(&c), &all_usable(&c), &Facts::default());
     assert!(p.nft.contains("ip saddr 192.168.0.228 meta l4proto tcp th dport { 80, 8000-8080 } counter goto rule_web"), "{}", p.nft);
     assert!(p.nft.contains("chain rule_web {\n\t\tgoto up_isp2\n"));
-    assert!(p.nft.contains("chain rule_voip {\n\t\tgoto up_lte\n"), "failover takes list order, not tiers");
-    assert!(p.nft.contains("ip daddr 10.0.0.0/8 counter goto rule_lan2lan"));
+    assert!(
+        p.nft.contains("chain rule_voip {\n\t\tgoto up_lte\n"),
+        "failover takes list order, not tiers"
+    );
+    assert!(p
+        .nft
+        .contains("ip daddr 10.0.0.0/8 counter goto rule_lan2lan"));
     assert!(p.nft.contains("chain rule_lan2lan {\n\t\tgoto to_main\n"));
     // Failover moves on when the first is down.
     let without_lte: BTreeSet<String> = ["isp1".to_string(), "isp2".to_string()].into();
@@ -135,10 +156,24 @@ mode = \"bypass\"
 #[test]
 fn policy_routing_layout() {
     let c = cfg(TWO);
-    let mut facts = Facts { links: Some(BTreeMap::new()) };
+    let mut facts = Facts {
+        links: Some(BTreeMap::new()),
+    };
     let links = facts.links.as_mut().expect("links");
-    links.insert("eth1".into(), Link { up: true, addrs: vec!["10.37.1.253".parse().expect("ip")] });
-    links.insert("eth2".into(), Link { up: true, addrs: vec!["10.37.2.253".parse().expect("ip")] });
+    links.insert(
+        "eth1".into(),
+        Link {
+            up: true,
+            addrs: vec!["10.37.1.253".parse().expect("ip")],
+        },
+    );
+    links.insert(
+        "eth2".into(),
+        Link {
+            up: true,
+            addrs: vec!["10.37.2.253".parse().expect("ip")],
+        },
+    );
     // wwan0 does not exist: no route, no sysctl, but its mark still resolves to unreachable.
     let p = plan(&c, &ids(&c), &all_usable(&c), &facts);
     let lines: Vec<String> = p.rules.iter().map(|r| r.args().join(" ")).collect();
@@ -169,7 +204,10 @@ fn policy_routing_layout() {
         ]
     );
     assert_eq!(p.sysctls.len(), 3);
-    assert_eq!(p.sysctls[1].proc_path(), "/proc/sys/net/ipv4/conf/eth1/rp_filter");
+    assert_eq!(
+        p.sysctls[1].proc_path(),
+        "/proc/sys/net/ipv4/conf/eth1/rp_filter"
+    );
 }
 
 #[test]
@@ -194,8 +232,15 @@ fn same_inputs_same_bytes() {
     let a = plan(&c, &ids(&c), &all_usable(&c), &Facts::default());
     let b = plan(&c, &ids(&c), &all_usable(&c), &Facts::default());
     assert_eq!(a, b);
-    assert!(a.nft.contains(&format!("comment \"multiwan {}\"", a.digest)));
-    let d = plan(&c, &ids(&c), &["isp2".to_string()].into(), &Facts::default());
+    assert!(a
+        .nft
+        .contains(&format!("comment \"multiwan {}\"", a.digest)));
+    let d = plan(
+        &c,
+        &ids(&c),
+        &["isp2".to_string()].into(),
+        &Facts::default(),
+    );
     assert_ne!(a.digest, d.digest);
 }
 

@@ -1,0 +1,219 @@
+//! The command line: `check`, `plan`, `apply`, `down`, `lab`. Help text comes from these doc
+//! comments. Errors are printed with their whole chain; config errors exit 2, runtime
+//! failures 1.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use multiwan_core::plan::{assign_ids, plan};
+use multiwan_core::{Config, Facts};
+
+use crate::kernel;
+use crate::lab;
+
+/// Default config path.
+pub const DEFAULT_CONFIG: &str = "/etc/multiwan/multiwan.toml";
+/// Default run directory.
+pub const DEFAULT_RUN_DIR: &str = "/run/multiwan";
+
+/// Balance a Linux gateway's connections over several internet uplinks.
+#[derive(Debug, Parser)]
+#[command(name = "multiwan", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+/// Commands.
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Validate the config without touching anything (exit 2 on any error).
+    Check {
+        /// Config file.
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Print the nftables ruleset, ip rules, routes and sysctls that `apply` would install.
+    Plan {
+        /// Config file.
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Use this machine's interfaces, addresses and installed uplink ids, showing exactly
+        /// what `apply` would install here (needs no root). Without it the plan assumes every
+        /// uplink interface exists and is usable.
+        #[arg(long)]
+        live: bool,
+    },
+    /// Install the plan in the current network namespace, atomically and idempotently.
+    Apply {
+        /// Config file.
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Directory for multiwan's state (saved sysctl values).
+        #[arg(long, default_value = DEFAULT_RUN_DIR)]
+        run_dir: PathBuf,
+    },
+    /// Remove everything multiwan installed in this network namespace, and nothing else.
+    Down {
+        /// Directory for multiwan's state (saved sysctl values).
+        #[arg(long, default_value = DEFAULT_RUN_DIR)]
+        run_dir: PathBuf,
+    },
+    /// Build a virtual network in fresh namespaces, run a config on it and report.
+    Lab(lab::LabArgs),
+}
+
+/// A failure with its exit code.
+#[derive(Debug)]
+pub enum Failure {
+    /// Bad config or usage: exit 2.
+    Config(String),
+    /// Runtime failure: exit 1.
+    Runtime(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure::Runtime(e)
+    }
+}
+
+/// Reads and validates a config file; errors are formatted diagnostics.
+pub fn load_config(path: &Path) -> Result<Config, Failure> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Failure::Config(format!("{}: cannot read config: {e}", path.display())))?;
+    multiwan_core::load(&path.display().to_string(), &text)
+        .map_err(|e| Failure::Config(e.to_string()))
+}
+
+/// Computes the plan for this namespace from the live kernel state; also returns the uplinks
+/// that cannot take connections right now.
+pub fn live_plan(cfg: &Config) -> Result<(multiwan_core::Plan, Vec<String>)> {
+    let facts = kernel::read_facts()?;
+    let installed = kernel::read_installed()?;
+    let ids = assign_ids(cfg, &installed.ids)?;
+    let usable = usable_now(cfg, &facts);
+    let unusable = cfg
+        .uplinks
+        .iter()
+        .filter(|u| !usable.contains(&u.name))
+        .map(|u| u.name.clone())
+        .collect();
+    Ok((plan(cfg, &ids, &usable, &facts), unusable))
+}
+
+/// Without health checks (the daemon's job), an uplink is usable when its interface is up and,
+/// if it has a gateway, holds an address.
+pub fn usable_now(cfg: &Config, facts: &Facts) -> BTreeSet<String> {
+    cfg.uplinks
+        .iter()
+        .filter(|u| facts.routable(&u.interface, u.gateway.is_some()))
+        .map(|u| u.name.clone())
+        .collect()
+}
+
+fn run(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        Cmd::Check { config } => {
+            let cfg = load_config(&config)?;
+            println!(
+                "{}: ok ({} uplinks, {} rules, balance {})",
+                config.display(),
+                cfg.uplinks.len(),
+                cfg.rules.len(),
+                cfg.balance.method.as_str()
+            );
+        }
+        Cmd::Plan { config, live } => {
+            let cfg = load_config(&config)?;
+            let p = if live {
+                let (p, unusable) = live_plan(&cfg)?;
+                for u in unusable {
+                    println!(
+                        "# uplink {u}: interface missing, down or without an address: not usable"
+                    );
+                }
+                p
+            } else {
+                let ids = assign_ids(&cfg, &BTreeMap::new()).map_err(anyhow::Error::from)?;
+                let all = cfg.uplinks.iter().map(|u| u.name.clone()).collect();
+                plan(&cfg, &ids, &all, &Facts::default())
+            };
+            print!("{p}");
+        }
+        Cmd::Apply { config, run_dir } => {
+            let cfg = load_config(&config)?;
+            require_root("apply")?;
+            let (p, unusable) = live_plan(&cfg)?;
+            for u in &unusable {
+                eprintln!("warning: uplink {u}: interface missing, down or without an address; it takes no connections");
+            }
+            let r = kernel::apply(&p, &run_dir)?;
+            if r.changed() {
+                println!(
+                    "applied: nft table {}, {} rules added, {} removed, {} routes set, {} removed, {} sysctls set",
+                    if r.nft_replaced { "replaced" } else { "unchanged" },
+                    r.rules_added,
+                    r.rules_removed,
+                    r.routes_changed,
+                    r.routes_removed,
+                    r.sysctls_changed
+                );
+            } else {
+                println!("applied: already up to date, nothing changed");
+            }
+        }
+        Cmd::Down { run_dir } => {
+            require_root("down")?;
+            let r = kernel::down(&run_dir)?;
+            println!(
+                "down: nft table {}, {} rules and {} routes removed, {} sysctls restored",
+                if r.nft_removed { "removed" } else { "absent" },
+                r.rules_removed,
+                r.routes_removed,
+                r.sysctls_restored
+            );
+        }
+        Cmd::Lab(args) => {
+            require_root("lab")?;
+            lab::run(args)?;
+        }
+    }
+    Ok(())
+}
+
+fn require_root(what: &str) -> Result<(), Failure> {
+    if nix::unistd::geteuid().is_root() {
+        Ok(())
+    } else {
+        Err(Failure::Runtime(anyhow::anyhow!(
+            "`multiwan {what}` changes network configuration and must run as root (try: sudo multiwan {what})"
+        )))
+    }
+}
+
+/// Runs the CLI and returns the process exit code.
+pub fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MULTIWAN_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Config(msg)) => {
+            eprintln!("{msg}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Runtime(e)) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

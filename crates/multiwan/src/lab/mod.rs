@@ -1,0 +1,376 @@
+//! `multiwan lab`: builds the virtual network of [`topology`], applies a config in the router
+//! namespace, drives real connections and bulk transfers through it and prints what each
+//! uplink carried against what the weights promise. Every namespace is removed on exit,
+//! Ctrl-C included; the root namespace is never touched.
+
+pub mod topology;
+pub mod traffic;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+
+use crate::netns;
+use topology::{IspSpec, Topology, TopologySpec};
+use traffic::Server;
+
+/// Options of `multiwan lab`.
+#[derive(Debug, Clone, Args)]
+pub struct LabArgs {
+    /// Run this config instead of the generated one. It must use the lab's names: LAN
+    /// interface `lan0`; uplink N on interface `wanN` with gateway `10.37.N.1`.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Number of ISPs (2 by default, or as many `wanN` as the --config uses).
+    #[arg(long)]
+    pub isps: Option<usize>,
+    /// Uplink capacities in Mbit/s, shaped with tbf (comma separated; 0 = unshaped).
+    #[arg(long, value_delimiter = ',', default_value = "30,10")]
+    pub rates: Vec<u32>,
+    /// Weights of the generated config's uplinks (default: the rates).
+    #[arg(long, value_delimiter = ',')]
+    pub weights: Vec<u32>,
+    /// Balance method of the generated config.
+    #[arg(long, default_value = "round-robin")]
+    pub method: String,
+    /// Number of LAN hosts.
+    #[arg(long, default_value_t = 3)]
+    pub hosts: usize,
+    /// Short connections to open (TCP; a quarter as many UDP exchanges).
+    #[arg(long, default_value_t = 400)]
+    pub connections: usize,
+    /// Parallel bulk download flows.
+    #[arg(long, default_value_t = 8)]
+    pub flows: usize,
+    /// Duration of the bulk phase in seconds.
+    #[arg(long, default_value_t = 5)]
+    pub seconds: u64,
+}
+
+fn wan_count(text: &str) -> usize {
+    (1..=8)
+        .rev()
+        .find(|n| text.contains(&format!("\"wan{n}\"")))
+        .unwrap_or(2)
+}
+
+/// Runs the lab; Ctrl-C and SIGTERM remove every namespace before exiting.
+pub fn run(args: LabArgs) -> Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone()).context("installing signal handler")?;
+    }
+    let reaped = netns::reap_stale(topology::NS_PREFIX);
+    if reaped > 0 {
+        println!("removed {reaped} namespaces left behind by an earlier lab run");
+    }
+    let worker = std::thread::spawn(move || run_lab(&args));
+    while !worker.is_finished() {
+        if stop.load(Ordering::Relaxed) {
+            eprintln!("\ninterrupted: removing the lab's namespaces");
+            netns::cleanup_all();
+            std::process::exit(130);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    match worker.join() {
+        Ok(r) => r,
+        Err(_) => {
+            netns::cleanup_all();
+            bail!("the lab crashed; its namespaces were removed")
+        }
+    }
+}
+
+fn run_lab(args: &LabArgs) -> Result<()> {
+    let bin = std::env::current_exe().context("locating the multiwan binary")?;
+    let custom = match &args.config {
+        Some(p) => {
+            Some(std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?)
+        }
+        None => None,
+    };
+    let n = args
+        .isps
+        .unwrap_or_else(|| custom.as_deref().map(wan_count).unwrap_or(2));
+    let isps: Vec<IspSpec> = (0..n)
+        .map(|i| IspSpec {
+            rate_mbit: args.rates.get(i).copied().filter(|r| *r > 0),
+        })
+        .collect();
+    println!(
+        "== building the virtual network: {} LAN hosts, router, {n} ISPs, server",
+        args.hosts
+    );
+    let topo = Topology::build(&TopologySpec {
+        isps,
+        lan_hosts: args.hosts,
+    })?;
+    for (i, isp) in topo.isps.iter().enumerate() {
+        println!(
+            "   uplink {}: router {} {} -> gateway {} ({})",
+            i + 1,
+            isp.router_if,
+            isp.router_addr,
+            isp.gateway,
+            isp.rate_mbit
+                .map(|r| format!("{r} Mbit/s"))
+                .unwrap_or_else(|| "unshaped".into())
+        );
+    }
+    let dir = std::env::temp_dir().join(format!("multiwan-lab-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let cfg_path = dir.join("multiwan.toml");
+    let text = match custom {
+        Some(t) => t,
+        None => {
+            let weights: Vec<u32> = (0..n)
+                .map(|i| {
+                    args.weights
+                        .get(i)
+                        .copied()
+                        .unwrap_or_else(|| topo.isps[i].rate_mbit.unwrap_or(1))
+                })
+                .collect();
+            topo.config(&args.method, &weights)
+        }
+    };
+    std::fs::write(&cfg_path, &text)?;
+    let result = drive(args, &topo, &bin, &cfg_path, &text);
+    let _ = std::fs::remove_dir_all(&dir);
+    println!("== removing the virtual network");
+    drop(topo);
+    result
+}
+
+fn drive(
+    args: &LabArgs,
+    topo: &Topology,
+    bin: &std::path::Path,
+    cfg_path: &std::path::Path,
+    text: &str,
+) -> Result<()> {
+    let cfg = multiwan_core::load(&cfg_path.display().to_string(), text)
+        .map_err(|e| anyhow::anyhow!("the lab config is invalid:\n{e}"))?;
+    println!("== config\n{}", indent(text));
+    let run_dir = cfg_path.with_file_name("run");
+    let run_dir_s = run_dir.display().to_string();
+    let cfg_s = cfg_path.display().to_string();
+    let out = topo.multiwan(bin, &["apply", "-c", &cfg_s, "--run-dir", &run_dir_s])?;
+    print!(
+        "== multiwan apply (in the router namespace)\n{}",
+        indent(&out)
+    );
+
+    let server = Server::start(&topo.server, topo.server_endpoint())?;
+    let ep = topo.server_endpoint();
+
+    // Phase 1: many short connections from every LAN host.
+    let started = Instant::now();
+    let per_host = args.connections.div_ceil(topo.hosts.len().max(1));
+    let mut handles = Vec::new();
+    for h in &topo.hosts {
+        handles.push(h.ns.spawn(move || {
+            let mut failures = 0usize;
+            for i in 0..per_host {
+                let r = if i % 4 == 3 {
+                    traffic::udp_hello(ep, Duration::from_secs(2))
+                } else {
+                    traffic::tcp_hello(ep, Duration::from_secs(2))
+                };
+                if r.is_err() {
+                    failures += 1;
+                }
+            }
+            failures
+        })?);
+    }
+    let failures: usize = handles
+        .into_iter()
+        .map(|h| h.join().unwrap_or(per_host))
+        .sum();
+    let conn_time = started.elapsed();
+    let stats = server.stats();
+    let mut conns = vec![0u64; topo.isps.len()];
+    let mut foreign = 0u64;
+    for (addr, s) in &stats {
+        match topo.isp_of(*addr) {
+            Some(i) => conns[i] += s.tcp_conns + s.udp_msgs,
+            None => foreign += s.tcp_conns + s.udp_msgs,
+        }
+    }
+    let total: u64 = conns.iter().sum();
+    let expected = expected_shares(&cfg);
+    println!(
+        "== {} short connections (TCP and UDP) from {} hosts in {:.1}s, {failures} failed",
+        total + foreign,
+        topo.hosts.len(),
+        conn_time.as_secs_f64()
+    );
+    println!(
+        "   {:<8} {:>8} {:>9} {:>9}",
+        "uplink", "conns", "share", "promised"
+    );
+    for (i, c) in conns.iter().enumerate() {
+        let name = uplink_name(&cfg, i);
+        let promised = expected.get(&name).copied().unwrap_or(0.0);
+        println!(
+            "   {:<8} {:>8} {:>8.1}% {:>8.1}%",
+            name,
+            c,
+            100.0 * *c as f64 / total.max(1) as f64,
+            100.0 * promised
+        );
+    }
+    if foreign > 0 {
+        println!(
+            "   {foreign} connections arrived from an address that is no uplink's (SNAT problem)"
+        );
+    }
+
+    // Phase 2: parallel bulk downloads.
+    server.reset();
+    let flows = args.flows.max(1);
+    let ms = args.seconds.max(1) * 1000;
+    let started = Instant::now();
+    let mut handles = Vec::new();
+    for f in 0..flows {
+        let h = &topo.hosts[f % topo.hosts.len()];
+        handles.push(h.ns.spawn(move || traffic::tcp_time(ep, ms))?);
+    }
+    let mut per_isp = vec![(0usize, 0u64); topo.isps.len()];
+    let mut bulk_failed = 0;
+    for h in handles {
+        match h.join() {
+            Ok(Ok(t)) => {
+                if let Some(i) = topo.isp_of(t.seen_as) {
+                    per_isp[i].0 += 1;
+                    per_isp[i].1 += t.bytes;
+                }
+            }
+            _ => bulk_failed += 1,
+        }
+    }
+    let wall = started.elapsed().as_secs_f64();
+    let total_bytes: u64 = per_isp.iter().map(|p| p.1).sum();
+    let agg = total_bytes as f64 * 8.0 / wall / 1e6;
+    println!(
+        "== {flows} parallel downloads for {}s, {bulk_failed} failed",
+        args.seconds
+    );
+    println!(
+        "   {:<8} {:>6} {:>12} {:>12} {:>10}",
+        "uplink", "flows", "MiB", "Mbit/s", "capacity"
+    );
+    for (i, (f, b)) in per_isp.iter().enumerate() {
+        println!(
+            "   {:<8} {:>6} {:>12.1} {:>12.1} {:>10}",
+            uplink_name(&cfg, i),
+            f,
+            *b as f64 / (1024.0 * 1024.0),
+            *b as f64 * 8.0 / wall / 1e6,
+            topo.isps[i]
+                .rate_mbit
+                .map(|r| format!("{r} Mbit/s"))
+                .unwrap_or_else(|| "-".into())
+        );
+    }
+    let capacity: Option<u32> = topo.isps.iter().map(|i| i.rate_mbit).sum();
+    match capacity {
+        Some(c) => println!(
+            "   aggregate {agg:.1} Mbit/s of {c} Mbit/s combined capacity ({:.0}%)",
+            100.0 * agg / f64::from(c)
+        ),
+        None => println!("   aggregate {agg:.1} Mbit/s (uplinks unshaped)"),
+    }
+
+    // Phase 3: connections coming in on each uplink are answered over it (seed 004 §4.2.2).
+    println!("== inbound: the server connects to the router's address on each uplink");
+    let listener = topo
+        .router
+        .spawn(|| std::net::TcpListener::bind("0.0.0.0:7100"))?;
+    let listener = listener
+        .join()
+        .map_err(|_| anyhow::anyhow!("router listener thread panicked"))??;
+    listener.set_nonblocking(true)?;
+    let accept = std::thread::spawn(move || {
+        let end = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < end {
+            if let Ok((mut s, _)) = listener.accept() {
+                use std::io::Write;
+                let _ = s.write_all(b"ok\n");
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    });
+    for isp in &topo.isps {
+        let target = std::net::SocketAddrV4::new(isp.router_addr, 7100);
+        let ok = topo
+            .server
+            .spawn(move || {
+                std::net::TcpStream::connect_timeout(&target.into(), Duration::from_secs(2))
+                    .and_then(|mut s| {
+                        use std::io::Read;
+                        let mut b = [0u8; 3];
+                        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+                        s.read_exact(&mut b)
+                    })
+                    .is_ok()
+            })?
+            .join()
+            .unwrap_or(false);
+        println!(
+            "   {} ({}): {}",
+            isp.router_if,
+            isp.router_addr,
+            if ok {
+                "answered over the same uplink"
+            } else {
+                "FAILED"
+            }
+        );
+    }
+    drop(accept);
+    drop(server);
+
+    let out = topo.multiwan(bin, &["down", "--run-dir", &run_dir_s])?;
+    print!("== multiwan down\n{}", indent(&out));
+    Ok(())
+}
+
+fn uplink_name(cfg: &multiwan_core::Config, i: usize) -> String {
+    let wan = format!("wan{}", i + 1);
+    cfg.uplinks
+        .iter()
+        .find(|u| u.interface == wan)
+        .map(|u| u.name.clone())
+        .unwrap_or(wan)
+}
+
+/// What share of new connections each uplink should get from the default policy.
+fn expected_shares(cfg: &multiwan_core::Config) -> BTreeMap<String, f64> {
+    let all = cfg.uplinks.iter().map(|u| u.name.clone()).collect();
+    let ids = multiwan_core::plan::assign_ids(cfg, &BTreeMap::new()).unwrap_or_default();
+    let p = multiwan_core::plan(cfg, &ids, &all, &multiwan_core::Facts::default());
+    let mut out = BTreeMap::new();
+    if let Some(multiwan_core::plan::PolicyPlan {
+        decision: multiwan_core::plan::Decision::Spread { shares, .. },
+        ..
+    }) = p.policies.last()
+    {
+        let sum: u32 = shares.iter().map(|s| s.1).sum();
+        for (n, w) in shares {
+            out.insert(n.clone(), f64::from(*w) / f64::from(sum.max(1)));
+        }
+    }
+    out
+}
+
+fn indent(s: &str) -> String {
+    s.lines().map(|l| format!("   {l}\n")).collect()
+}
