@@ -375,11 +375,48 @@ fn apply_sysctls(sysctls: &[Sysctl], run_dir: &Path) -> Result<usize> {
     Ok(changed)
 }
 
+/// Routes that someone else put into a table this plan would use. multiwan owns its tables
+/// whole (it replaces their default route), so it refuses to start in a table that is taken.
+fn foreign_routes(tables: &BTreeSet<u32>) -> Result<Vec<String>> {
+    let proto = RTPROT_MULTIWAN.to_string();
+    Ok(ip_json(&["route", "show", "table", "all"])?
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| table_num(&r["table"]).is_some_and(|t| tables.contains(&t)))
+        .filter(|r| r["protocol"].as_str() != Some(proto.as_str()))
+        .map(|r| {
+            format!(
+                "table {}: {} {}{}",
+                r["table"].as_str().unwrap_or("?"),
+                r["dst"].as_str().unwrap_or("?"),
+                r["gateway"]
+                    .as_str()
+                    .map(|g| format!("via {g} "))
+                    .unwrap_or_default(),
+                r["dev"]
+                    .as_str()
+                    .map(|d| format!("dev {d}"))
+                    .unwrap_or_default()
+            )
+        })
+        .collect())
+}
+
 /// Installs `plan`: routes, then rules, then the nft table in one transaction, then removes
 /// what is no longer planned; verifies by reading everything back. On any failure every
 /// change already made is undone, so a failed apply leaves the previous state.
 pub fn apply(plan: &Plan, run_dir: &Path) -> Result<ApplyReport> {
     let before = read_installed()?;
+    let mut tables = plan.tables.clone();
+    tables.extend(plan.routes.iter().map(|r| r.table));
+    let taken = foreign_routes(&tables)?;
+    if !taken.is_empty() {
+        bail!(
+            "routing tables multiwan would use already hold routes it did not install ({}); nothing was changed. Choose a free range with [kernel] table_base",
+            taken.join("; ")
+        );
+    }
     // Validate the ruleset before touching anything.
     nft_script(&plan.nft_transaction(), true).context("checking the nftables ruleset")?;
     let previous_nft = if before.nft_digest.is_some() {

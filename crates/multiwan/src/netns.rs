@@ -118,10 +118,29 @@ impl Netns {
         run(&mut c)
     }
 
-    /// Writes a sysctl inside the namespace (never the root namespace).
+    /// Writes a sysctl inside the namespace (never the root namespace). Done from a thread that
+    /// entered the namespace, since `/proc/sys/net` shows the opening task's namespace; this
+    /// needs no `sysctl` binary.
     pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
-        self.exec("sysctl", &["-qw", &format!("{key}={value}")])
-            .map(|_| ())
+        let path = sysctl_path(key);
+        let value = value.to_string();
+        let key = key.to_string();
+        self.spawn(move || std::fs::write(&path, value).with_context(|| format!("setting {key}")))?
+            .join()
+            .map_err(|_| anyhow::anyhow!("sysctl thread panicked"))?
+    }
+
+    /// Reads a sysctl inside the namespace.
+    pub fn read_sysctl(&self, key: &str) -> Result<String> {
+        let path = sysctl_path(key);
+        let key = key.to_string();
+        self.spawn(move || {
+            std::fs::read_to_string(&path)
+                .map(|v| v.trim().to_string())
+                .with_context(|| format!("reading {key}"))
+        })?
+        .join()
+        .map_err(|_| anyhow::anyhow!("sysctl thread panicked"))?
     }
 
     /// Runs `f` on a new thread whose network namespace is this one. Sockets created there
@@ -165,6 +184,10 @@ impl Drop for Netns {
             g.remove(&self.name);
         }
     }
+}
+
+fn sysctl_path(key: &str) -> String {
+    format!("/proc/sys/{}", key.replace('.', "/"))
 }
 
 /// Creates a veth pair with `a_if` in `a` and `b_if` in `b`, both up.

@@ -1,0 +1,135 @@
+//! The command line as a user meets it, without root: `check` and `plan` on good and bad
+//! configs, exit codes and diagnostics.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_multiwan"))
+}
+
+fn example(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples")
+        .join(name)
+}
+
+fn tmp_config(text: &str) -> (tempdir::Dir, PathBuf) {
+    let d = tempdir::Dir::new();
+    let p = d.path().join("multiwan.toml");
+    std::fs::write(&p, text).expect("write");
+    (d, p)
+}
+
+mod tempdir {
+    use std::path::{Path, PathBuf};
+    pub struct Dir(PathBuf);
+    impl Dir {
+        pub fn new() -> Self {
+            use std::sync::atomic::{AtomicU32, Ordering};
+            static N: AtomicU32 = AtomicU32::new(0);
+            let p = std::env::temp_dir().join(format!(
+                "multiwan-cli-test-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            std::fs::create_dir_all(&p).expect("mkdir");
+            Self(p)
+        }
+        pub fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+#[test]
+fn check_accepts_every_example() {
+    for e in std::fs::read_dir(example("")).expect("examples") {
+        let p = e.expect("entry").path();
+        let out = bin().arg("check").arg("-c").arg(&p).output().expect("run");
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            p.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains(": ok ("));
+    }
+}
+
+#[test]
+fn check_reports_every_error_with_position_and_exits_2() {
+    let (_d, p) = tmp_config(
+        "[lan]\ninterfaces = [\"eth0\"]\n[[uplink]]\nname = \"isp1\"\ninterface = \"eth1\"\ngateway = \"10.0.0.300\"\nweight = 0\n",
+    );
+    let out = bin().arg("check").arg("-c").arg(&p).output().expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let f = p.display().to_string();
+    assert!(
+        err.contains(&format!(
+            "{f}:6:11: uplink[0].gateway: invalid IPv4 address \"10.0.0.300\""
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "{f}:7:10: uplink[0].weight: 0 is out of range (expected 1..=1000)"
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn missing_config_file_exits_2() {
+    let out = bin()
+        .args(["check", "-c", "/nonexistent/multiwan.toml"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read config"));
+}
+
+#[test]
+fn usage_error_exits_2() {
+    let out = bin().args(["frobnicate"]).output().expect("run");
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn plan_needs_no_root_and_no_interfaces() {
+    let out = bin()
+        .arg("plan")
+        .arg("-c")
+        .arg(example("seed-003-connmark-round-robin.toml"))
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("table inet multiwan {"));
+    assert!(text.contains("numgen inc mod 2 vmap { 0 : goto up_adsl1, 1 : goto up_adsl2 }"));
+    assert!(
+        text.contains("ip rule add priority 1001 fwmark 0x10000/0xff0000 lookup 1001 protocol 77")
+    );
+    assert!(text.contains("ip route replace default via 10.37.1.1 dev eth1 table 1001 proto 77"));
+    assert!(text.contains("net.ipv4.conf.eth1.rp_filter = 2"));
+}
+
+#[test]
+fn plan_rejects_a_bad_config_like_check() {
+    let (_d, p) = tmp_config("[lan]\ninterfaces = []\n");
+    let out = bin().arg("plan").arg("-c").arg(&p).output().expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("lan.interfaces: must name at least one interface"));
+    assert!(out.stdout.is_empty());
+}

@@ -1,0 +1,173 @@
+//! Shared helpers for the namespace tests: a lab topology (the same one `multiwan lab`
+//! uses) with a running server, plus `multiwan` invoked inside the router namespace.
+
+#![allow(dead_code)]
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::Duration;
+
+use multiwan::lab::topology::{IspSpec, Topology, TopologySpec};
+use multiwan::lab::traffic::{self, Server};
+
+pub fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_multiwan"))
+}
+
+pub fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "namespace tests need root (run the README's test command as root)"
+    );
+}
+
+pub struct Lab {
+    pub topo: Topology,
+    pub server: Server,
+    pub dir: PathBuf,
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Lab {
+    pub fn new(isps: usize, hosts: usize) -> Self {
+        Self::with_spec(TopologySpec {
+            isps: vec![IspSpec::default(); isps],
+            lan_hosts: hosts,
+        })
+    }
+
+    pub fn with_spec(spec: TopologySpec) -> Self {
+        require_root();
+        let topo = Topology::build(&spec).expect("build topology");
+        let server = Server::start(&topo.server, topo.server_endpoint()).expect("server");
+        let dir = std::env::temp_dir().join(format!("{}-state", topo.router.name()));
+        std::fs::create_dir_all(&dir).expect("state dir");
+        Self { topo, server, dir }
+    }
+
+    pub fn run_dir(&self) -> String {
+        self.dir.join("run").display().to_string()
+    }
+
+    pub fn write_config(&self, text: &str) -> String {
+        let p = self.dir.join("multiwan.toml");
+        std::fs::write(&p, text).expect("write config");
+        p.display().to_string()
+    }
+
+    /// `multiwan ARGS` in the router namespace, whatever the outcome.
+    pub fn multiwan(&self, args: &[&str]) -> Output {
+        let mut c = self.topo.router.command(bin());
+        c.args(args);
+        c.output().expect("run multiwan")
+    }
+
+    /// Applies `text`; panics with multiwan's stderr on failure.
+    pub fn apply(&self, text: &str) -> String {
+        let cfg = self.write_config(text);
+        let out = self.multiwan(&["apply", "-c", &cfg, "--run-dir", &self.run_dir()]);
+        assert!(
+            out.status.success(),
+            "apply failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn down(&self) -> String {
+        let out = self.multiwan(&["down", "--run-dir", &self.run_dir()]);
+        assert!(
+            out.status.success(),
+            "down failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `n` TCP connections from LAN host `h`; the uplink index each used (None = failed or
+    /// seen from an address that is no uplink's).
+    pub fn tcp_from_host(&self, h: usize, n: usize) -> Vec<Option<usize>> {
+        let ep = self.topo.server_endpoint();
+        let seen: Vec<Option<Ipv4Addr>> = self.topo.hosts[h]
+            .ns
+            .spawn(move || {
+                (0..n)
+                    .map(|_| traffic::tcp_hello(ep, Duration::from_secs(2)).ok())
+                    .collect()
+            })
+            .expect("spawn")
+            .join()
+            .expect("join");
+        seen.into_iter()
+            .map(|s| s.and_then(|a| self.topo.isp_of(a)))
+            .collect()
+    }
+
+    pub fn udp_from_host(&self, h: usize, n: usize) -> Vec<Option<usize>> {
+        let ep = self.topo.server_endpoint();
+        let seen: Vec<Option<Ipv4Addr>> = self.topo.hosts[h]
+            .ns
+            .spawn(move || {
+                (0..n)
+                    .map(|_| traffic::udp_hello(ep, Duration::from_secs(2)).ok())
+                    .collect()
+            })
+            .expect("spawn")
+            .join()
+            .expect("join");
+        seen.into_iter()
+            .map(|s| s.and_then(|a| self.topo.isp_of(a)))
+            .collect()
+    }
+
+    /// Everything an admin would compare before and after: ruleset, rules, routes, sysctls.
+    pub fn kernel_snapshot(&self) -> String {
+        let r = &self.topo.router;
+        let mut s = String::new();
+        // Stateless: counters change with traffic, the ruleset must not.
+        s += &r.exec("nft", &["-s", "list", "ruleset"]).expect("nft");
+        s += &r.ip(&["rule", "show"]).expect("rules");
+        s += &r.ip(&["route", "show", "table", "all"]).expect("routes");
+        for key in [
+            "net.ipv4.ip_forward",
+            "net.ipv4.conf.wan1.rp_filter",
+            "net.ipv4.conf.wan2.rp_filter",
+        ] {
+            s += &format!("{key} = {}\n", r.read_sysctl(key).expect("sysctl"));
+        }
+        s
+    }
+}
+
+pub fn count(v: &[Option<usize>], isp: usize) -> usize {
+    v.iter().filter(|x| **x == Some(isp)).count()
+}
+
+pub fn two_uplinks(method: &str, w1: u32, w2: u32) -> String {
+    format!(
+        r#"[lan]
+interfaces = ["lan0"]
+
+[[uplink]]
+name = "isp1"
+interface = "wan1"
+gateway = "10.37.1.1"
+weight = {w1}
+
+[[uplink]]
+name = "isp2"
+interface = "wan2"
+gateway = "10.37.2.1"
+weight = {w2}
+
+[balance]
+method = "{method}"
+"#
+    )
+}

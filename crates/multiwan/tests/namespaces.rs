@@ -1,0 +1,465 @@
+//! Real kernel, real packets: LAN hosts → router (multiwan) → one namespace per ISP → server.
+//! The ISPs drop packets whose source is not their customer's, so a wrong SNAT or a reply on
+//! the wrong uplink fails these tests. Every namespace is removed when its test ends.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{count, two_uplinks, Lab};
+use multiwan::lab::topology::{IspSpec, TopologySpec};
+use multiwan::lab::traffic;
+
+/// Item 9 and the control for everything else: without multiwan the ISPs drop the LAN's
+/// unNATed packets and the router's replies that leave on the wrong uplink.
+#[test]
+fn isps_drop_foreign_sources_without_multiwan() {
+    let lab = Lab::new(2, 1);
+    let v = lab.tcp_from_host(0, 2);
+    assert_eq!(
+        v,
+        vec![None, None],
+        "LAN traffic must not get through unNATed"
+    );
+    // An inbound connection to wan2's address is answered via the main default (wan1): lost.
+    let target = std::net::SocketAddrV4::new(lab.topo.isps[1].router_addr, 7100);
+    let listener = lab
+        .topo
+        .router
+        .spawn(|| std::net::TcpListener::bind("0.0.0.0:7100"))
+        .expect("spawn")
+        .join()
+        .expect("join")
+        .expect("bind");
+    let ok = lab
+        .topo
+        .server
+        .spawn(move || {
+            std::net::TcpStream::connect_timeout(&target.into(), Duration::from_millis(700)).is_ok()
+        })
+        .expect("spawn")
+        .join()
+        .expect("join");
+    drop(listener);
+    assert!(!ok, "ISP 2 must drop replies that left over ISP 1");
+}
+
+/// Item 1, seed 003: 1:1 round-robin alternates exactly, TCP and UDP, each connection keeps
+/// its uplink for its whole life, and the server sees each uplink's SNAT address.
+#[test]
+fn seed_003_round_robin_alternates_and_connections_stick() {
+    let lab = Lab::new(2, 1);
+    lab.apply(&two_uplinks("round-robin", 1, 1));
+    let v = lab.tcp_from_host(0, 20);
+    assert!(
+        v.iter().all(|x| x.is_some()),
+        "every connection works: {v:?}"
+    );
+    for pair in v.chunks(2) {
+        assert_ne!(pair[0], pair[1], "consecutive connections alternate: {v:?}");
+    }
+    assert_eq!((count(&v, 0), count(&v, 1)), (10, 10));
+    let u = lab.udp_from_host(0, 10);
+    assert_eq!((count(&u, 0), count(&u, 1)), (5, 5), "{u:?}");
+    // Multi-megabyte transfers complete on both uplinks.
+    let ep = lab.topo.server_endpoint();
+    let transfers = lab.topo.hosts[0]
+        .ns
+        .spawn(move || {
+            (0..2)
+                .map(|_| traffic::tcp_get(ep, 8 << 20))
+                .collect::<Vec<_>>()
+        })
+        .expect("spawn")
+        .join()
+        .expect("join");
+    let mut used = Vec::new();
+    for t in transfers {
+        let t = t.expect("8 MiB transfer completes");
+        used.push(lab.topo.isp_of(t.seen_as).expect("an uplink address"));
+    }
+    used.sort();
+    assert_eq!(used, vec![0, 1]);
+    // The server saw nothing but the two uplink addresses.
+    for addr in lab.server.stats().keys() {
+        assert!(lab.topo.isp_of(*addr).is_some(), "unexpected source {addr}");
+    }
+}
+
+/// Item 2, seed 001: weights 3:1 give exactly 75/25 with round-robin.
+#[test]
+fn seed_001_weights_exact_with_round_robin() {
+    let lab = Lab::new(2, 2);
+    lab.apply(&two_uplinks("round-robin", 3, 1));
+    let mut v = lab.tcp_from_host(0, 200);
+    v.extend(lab.tcp_from_host(1, 200));
+    assert_eq!((count(&v, 0), count(&v, 1)), (300, 100));
+}
+
+/// Item 2: weights 3:1 with random land within 2 % of 75/25 over 5 000 connections.
+#[test]
+fn seed_001_weights_within_two_percent_with_random() {
+    let lab = Lab::new(2, 2);
+    lab.apply(&two_uplinks("random", 3, 1));
+    let ep = lab.topo.server_endpoint();
+    let handles: Vec<_> = lab
+        .topo
+        .hosts
+        .iter()
+        .map(|h| {
+            h.ns.spawn(move || {
+                (0..2500)
+                    .map(|_| traffic::udp_hello(ep, Duration::from_secs(2)).ok())
+                    .collect::<Vec<_>>()
+            })
+            .expect("spawn")
+        })
+        .collect();
+    let mut v = Vec::new();
+    for h in handles {
+        v.extend(
+            h.join()
+                .expect("join")
+                .into_iter()
+                .map(|s| s.and_then(|a| lab.topo.isp_of(a))),
+        );
+    }
+    let ok = v.iter().filter(|x| x.is_some()).count();
+    assert!(ok >= 4990, "{ok} of 5000 exchanges worked");
+    let share = count(&v, 0) as f64 / ok as f64;
+    assert!(
+        (share - 0.75).abs() <= 0.02,
+        "isp1 share {share:.4} is not within 2 % of 75 %"
+    );
+}
+
+/// Item 3: src-hash keeps every connection of a host on one uplink; hosts spread.
+#[test]
+fn src_hash_keeps_hosts_on_one_uplink() {
+    let lab = Lab::new(2, 6);
+    lab.apply(&two_uplinks("src-hash", 1, 1));
+    let mut per_host = Vec::new();
+    for h in 0..6 {
+        let v = lab.tcp_from_host(h, 12);
+        let first = v[0].expect("works");
+        assert!(
+            v.iter().all(|x| *x == Some(first)),
+            "host {h} moved between uplinks: {v:?}"
+        );
+        per_host.push(first);
+    }
+    per_host.sort();
+    per_host.dedup();
+    assert_eq!(per_host, vec![0, 1], "six hosts should use both uplinks");
+}
+
+/// Item 4, seed 002: one host's TCP port 7000 (the server's) goes over isp2; its UDP and the
+/// other host's TCP are balanced.
+#[test]
+fn seed_002_rule_pins_one_hosts_port() {
+    let lab = Lab::new(2, 2);
+    let addr = lab.topo.hosts[0].addr;
+    let text = format!(
+        "{}\n[[rule]]\nname = \"web\"\nsrc = [\"{addr}\"]\nproto = \"tcp\"\ndport = [\"7000\"]\nuplinks = [\"isp2\"]\n",
+        two_uplinks("round-robin", 1, 1)
+    );
+    lab.apply(&text);
+    let pinned = lab.tcp_from_host(0, 10);
+    assert_eq!(count(&pinned, 1), 10, "{pinned:?}");
+    let other = lab.tcp_from_host(1, 10);
+    assert_eq!((count(&other, 0), count(&other, 1)), (5, 5), "{other:?}");
+    let udp = lab.udp_from_host(0, 10);
+    assert_eq!((count(&udp, 0), count(&udp, 1)), (5, 5), "{udp:?}");
+    let hits = lab
+        .topo
+        .router
+        .exec("nft", &["list", "chain", "inet", "multiwan", "balance"])
+        .expect("nft");
+    assert!(
+        hits.contains("counter packets 10 "),
+        "rule hit counter: {hits}"
+    );
+}
+
+/// Item 5, seed 004 §4.2.2: connections that come in on an uplink — to the router, and to a
+/// LAN host through the admin's own port forward — are answered over that uplink.
+#[test]
+fn seed_004_inbound_answered_on_the_same_uplink() {
+    let lab = Lab::new(2, 1);
+    lab.apply(&two_uplinks("round-robin", 1, 1));
+    let host = lab.topo.hosts[0].addr;
+    // The admin's own port forward, in their own table.
+    let fwd = format!(
+        "table ip admin {{\n chain pre {{\n  type nat hook prerouting priority dstnat; policy accept;\n  iifname {{ \"wan1\", \"wan2\" }} tcp dport 8080 dnat to {host}:7000\n }}\n}}\n"
+    );
+    let path = lab.dir.join("admin.nft");
+    std::fs::write(&path, fwd).expect("write");
+    lab.topo
+        .router
+        .exec("nft", &["-f", &path.display().to_string()])
+        .expect("admin table");
+    let lan_server = traffic::Server::start(
+        &lab.topo.hosts[0].ns,
+        std::net::SocketAddrV4::new(host, 7000),
+    )
+    .expect("lan server");
+    let listener = lab
+        .topo
+        .router
+        .spawn(|| std::net::TcpListener::bind("0.0.0.0:7100"))
+        .expect("spawn")
+        .join()
+        .expect("join")
+        .expect("bind");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let s2 = stop.clone();
+    let acceptor = std::thread::spawn(move || {
+        while !s2.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Ok((mut s, _)) = listener.accept() {
+                use std::io::Write;
+                let _ = s.write_all(b"ok\n");
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    });
+    for (i, isp) in lab.topo.isps.iter().enumerate() {
+        let router_ep = std::net::SocketAddrV4::new(isp.router_addr, 7100);
+        let fwd_ep = std::net::SocketAddrV4::new(isp.router_addr, 8080);
+        let (to_router, to_lan) = lab
+            .topo
+            .server
+            .spawn(move || {
+                let r =
+                    std::net::TcpStream::connect_timeout(&router_ep.into(), Duration::from_secs(2))
+                        .and_then(|mut s| {
+                            use std::io::Read;
+                            s.set_read_timeout(Some(Duration::from_secs(2)))?;
+                            let mut b = [0u8; 3];
+                            s.read_exact(&mut b)
+                        });
+                let l = traffic::tcp_hello(fwd_ep, Duration::from_secs(2));
+                (r.is_ok(), l)
+            })
+            .expect("spawn")
+            .join()
+            .expect("join");
+        assert!(
+            to_router,
+            "connection to the router via {} answered",
+            isp.router_if
+        );
+        let seen = to_lan.unwrap_or_else(|e| panic!("port forward via {}: {e:#}", isp.router_if));
+        // The LAN host sees the internet client's real address (DNAT only, no SNAT).
+        assert_eq!(seen, std::net::Ipv4Addr::new(172, 16, i as u8 + 1, 2));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    acceptor.join().expect("acceptor");
+    drop(lan_server);
+}
+
+/// Item 6: the router's own connections are balanced and leave with the right source.
+#[test]
+fn router_own_connections_are_balanced() {
+    let lab = Lab::new(2, 1);
+    lab.apply(&two_uplinks("round-robin", 1, 1));
+    let ep = lab.topo.server_endpoint();
+    let seen = lab
+        .topo
+        .router
+        .spawn(move || {
+            (0..10)
+                .map(|_| traffic::tcp_hello(ep, Duration::from_secs(2)).ok())
+                .collect::<Vec<_>>()
+        })
+        .expect("spawn")
+        .join()
+        .expect("join");
+    let v: Vec<Option<usize>> = seen
+        .into_iter()
+        .map(|s| s.and_then(|a| lab.topo.isp_of(a)))
+        .collect();
+    assert_eq!((count(&v, 0), count(&v, 1)), (5, 5), "{v:?}");
+}
+
+/// Item 7: a tier-2 uplink carries nothing while tier 1 is usable; when the tier-1
+/// interface goes down, a re-apply falls through to tier 2.
+#[test]
+fn tier_two_idle_until_tier_one_is_gone() {
+    let lab = Lab::new(2, 1);
+    let text = two_uplinks("round-robin", 1, 1).replace(
+        "weight = 1\n\n[balance]",
+        "weight = 1\ntier = 2\n\n[balance]",
+    );
+    assert!(text.contains("tier = 2"));
+    lab.apply(&text);
+    let v = lab.tcp_from_host(0, 20);
+    assert_eq!(count(&v, 0), 20, "{v:?}");
+    lab.topo
+        .router
+        .ip(&["link", "set", "wan1", "down"])
+        .expect("down");
+    lab.topo
+        .router
+        .ip(&[
+            "route",
+            "replace",
+            "default",
+            "via",
+            "10.37.2.1",
+            "dev",
+            "wan2",
+        ])
+        .expect("route");
+    let out = lab.apply(&text);
+    assert!(out.contains("applied"), "{out}");
+    let v = lab.tcp_from_host(0, 10);
+    assert_eq!(count(&v, 1), 10, "{v:?}");
+}
+
+/// Item 8: a foreign nft table and ip rule survive apply and down, and after down the
+/// ruleset, rules, routes and sysctls are exactly what they were.
+#[test]
+fn coexists_and_down_restores_everything() {
+    let lab = Lab::new(2, 1);
+    let r = &lab.topo.router;
+    let foreign = lab.dir.join("foreign.nft");
+    std::fs::write(&foreign, "table inet foreign {\n chain forward_filter {\n  type filter hook forward priority 0; policy accept;\n  counter\n }\n}\n").expect("write");
+    r.exec("nft", &["-f", &foreign.display().to_string()])
+        .expect("foreign table");
+    r.ip(&[
+        "rule",
+        "add",
+        "priority",
+        "1001",
+        "from",
+        "203.0.113.7",
+        "lookup",
+        "77",
+    ])
+    .expect("foreign rule");
+    r.ip(&[
+        "route",
+        "add",
+        "default",
+        "via",
+        "10.37.2.1",
+        "table",
+        "1001",
+    ])
+    .expect("foreign route in a table we would use");
+    let before = lab.kernel_snapshot();
+    // Table 1001 holds someone else's route: multiwan refuses to take it over, changing nothing.
+    let text = two_uplinks("round-robin", 1, 1);
+    let out = lab.multiwan(&[
+        "apply",
+        "-c",
+        &lab.write_config(&text),
+        "--run-dir",
+        &lab.run_dir(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("table 1001: default via 10.37.2.1 dev wan2") && err.contains("table_base"),
+        "{err}"
+    );
+    assert_eq!(
+        before,
+        lab.kernel_snapshot(),
+        "a refused apply changes nothing"
+    );
+    // With a free table range it applies next to the foreign objects and works.
+    lab.apply(&format!("{text}\n[kernel]\ntable_base = 2000\n"));
+    let during = r.exec("nft", &["list", "ruleset"]).expect("nft");
+    assert!(
+        during.contains("table inet foreign"),
+        "foreign table survives apply"
+    );
+    assert!(r
+        .ip(&["rule", "show"])
+        .expect("rules")
+        .contains("from 203.0.113.7 lookup 77"));
+    let v = lab.tcp_from_host(0, 4);
+    assert_eq!((count(&v, 0), count(&v, 1)), (2, 2), "{v:?}");
+    lab.down();
+    assert_eq!(
+        before,
+        lab.kernel_snapshot(),
+        "down restores the exact previous state"
+    );
+}
+
+/// Re-applying is a no-op that breaks nothing; a reordered config keeps every uplink's mark,
+/// so a long transfer in flight survives the reload.
+#[test]
+fn apply_is_idempotent_and_reload_keeps_connections() {
+    let lab = Lab::with_spec(TopologySpec {
+        isps: vec![
+            IspSpec {
+                rate_mbit: Some(20)
+            };
+            2
+        ],
+        lan_hosts: 1,
+    });
+    let text = two_uplinks("round-robin", 1, 1);
+    lab.apply(&text);
+    let ep = lab.topo.server_endpoint();
+    let transfers = lab.topo.hosts[0]
+        .ns
+        .spawn(move || {
+            let hs: Vec<_> = (0..2)
+                .map(|_| std::thread::spawn(move || traffic::tcp_get(ep, 3 << 20)))
+                .collect();
+            hs.into_iter()
+                .map(|h| h.join().expect("join"))
+                .collect::<Vec<_>>()
+        })
+        .expect("spawn");
+    std::thread::sleep(Duration::from_millis(300));
+    let again = lab.apply(&text);
+    assert!(again.contains("already up to date"), "{again}");
+    // Swap the order of the uplinks and change the weights: ids, and so marks, must stay.
+    let reordered = "[lan]\ninterfaces = [\"lan0\"]\n[[uplink]]\nname = \"isp2\"\ninterface = \"wan2\"\ngateway = \"10.37.2.1\"\nweight = 2\n[[uplink]]\nname = \"isp1\"\ninterface = \"wan1\"\ngateway = \"10.37.1.1\"\n".to_string();
+    let out = lab.apply(&reordered);
+    assert!(out.contains("nft table replaced"), "{out}");
+    let listing = lab
+        .topo
+        .router
+        .exec(
+            "nft",
+            &["list", "chain", "inet", "multiwan", "restore_isp1"],
+        )
+        .expect("nft");
+    assert!(
+        listing.contains("0x00010000"),
+        "isp1 keeps mark 1: {listing}"
+    );
+    for t in transfers.join().expect("join") {
+        let t = t.expect("transfer survives re-apply and reload");
+        assert_eq!(t.bytes, 3 << 20);
+    }
+}
+
+/// An invalid config exits 2 and leaves the kernel exactly as it was.
+#[test]
+fn invalid_config_changes_nothing() {
+    let lab = Lab::new(2, 1);
+    lab.apply(&two_uplinks("round-robin", 1, 1));
+    let before = lab.kernel_snapshot();
+    let bad = two_uplinks("round-robin", 1, 1)
+        .replace("gateway = \"10.37.2.1\"", "gateway = \"10.37.2\"");
+    let out = lab.multiwan(&[
+        "apply",
+        "-c",
+        &lab.write_config(&bad),
+        "--run-dir",
+        &lab.run_dir(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("uplink[1].gateway: invalid IPv4 address")
+    );
+    assert_eq!(before, lab.kernel_snapshot());
+}

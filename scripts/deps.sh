@@ -1,0 +1,26 @@
+# Sourced by scripts/lab and scripts/test: installs what a fresh Debian 12 machine (root, Rust,
+# iproute2) lacks. Only packages are installed; nothing in the root network namespace changes.
+
+need_root() {
+  if [ "$(id -u)" != 0 ]; then
+    echo "$1 needs root: it creates network namespaces (try: sudo $0)" >&2
+    exit 1
+  fi
+}
+
+ensure_deps() {
+  local missing=()
+  command -v nft >/dev/null 2>&1 || missing+=(nftables)
+  command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+  command -v tc >/dev/null 2>&1 || missing+=(iproute2)
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing ${missing[*]} ..." >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >&2
+    apt-get install -y -qq "${missing[@]}" >&2
+  fi
+  if ! command -v cargo >/dev/null 2>&1; then
+    echo "cargo not found: install Rust (https://rustup.rs) first" >&2
+    exit 1
+  fi
+}
