@@ -172,9 +172,11 @@ fn drive(
 
     // Phase 1: many short connections from every LAN host.
     let started = Instant::now();
-    let per_host = args.connections.div_ceil(topo.hosts.len().max(1));
+    let hosts = topo.hosts.len().max(1);
     let mut handles = Vec::new();
-    for h in &topo.hosts {
+    for (i, h) in topo.hosts.iter().enumerate() {
+        // Exactly `connections` in total: the first hosts take the remainder.
+        let per_host = args.connections / hosts + usize::from(i < args.connections % hosts);
         handles.push(h.ns.spawn(move || {
             let mut failures = 0usize;
             for i in 0..per_host {
@@ -192,7 +194,7 @@ fn drive(
     }
     let failures: usize = handles
         .into_iter()
-        .map(|h| h.join().unwrap_or(per_host))
+        .map(|h| h.join().unwrap_or(args.connections))
         .sum();
     let conn_time = started.elapsed();
     let stats = server.stats();
@@ -233,47 +235,58 @@ fn drive(
         );
     }
 
-    // Phase 2: parallel bulk downloads.
+    // Phase 2: parallel bulk downloads. Throughput is measured over a steady-state window
+    // (after slow start, before the first flow ends) from the bytes the clients received.
     server.reset();
     let flows = args.flows.max(1);
     let ms = args.seconds.max(1) * 1000;
-    let started = Instant::now();
+    let progress: Vec<Arc<std::sync::atomic::AtomicU64>> =
+        (0..flows).map(|_| Arc::default()).collect();
     let mut handles = Vec::new();
-    for f in 0..flows {
+    for (f, p) in progress.iter().enumerate() {
         let h = &topo.hosts[f % topo.hosts.len()];
-        handles.push(h.ns.spawn(move || traffic::tcp_time(ep, ms))?);
+        let p = p.clone();
+        handles.push(h.ns.spawn(move || traffic::tcp_time(ep, ms, &p))?);
     }
-    let mut per_isp = vec![(0usize, 0u64); topo.isps.len()];
+    let warmup = Duration::from_millis((ms / 5).min(1000));
+    let window_end = Duration::from_millis(ms * 9 / 10);
+    std::thread::sleep(warmup);
+    let t0 = Instant::now();
+    let at_start: Vec<u64> = progress.iter().map(|p| p.load(Ordering::Relaxed)).collect();
+    std::thread::sleep(window_end.saturating_sub(warmup));
+    let at_end: Vec<u64> = progress.iter().map(|p| p.load(Ordering::Relaxed)).collect();
+    let window = t0.elapsed().as_secs_f64();
+    let mut per_isp = vec![(0usize, 0u64, 0u64); topo.isps.len()];
     let mut bulk_failed = 0;
-    for h in handles {
+    for (f, h) in handles.into_iter().enumerate() {
         match h.join() {
             Ok(Ok(t)) => {
                 if let Some(i) = topo.isp_of(t.seen_as) {
                     per_isp[i].0 += 1;
                     per_isp[i].1 += t.bytes;
+                    per_isp[i].2 += at_end[f] - at_start[f];
                 }
             }
             _ => bulk_failed += 1,
         }
     }
-    let wall = started.elapsed().as_secs_f64();
-    let total_bytes: u64 = per_isp.iter().map(|p| p.1).sum();
-    let agg = total_bytes as f64 * 8.0 / wall / 1e6;
+    let window_bytes: u64 = per_isp.iter().map(|p| p.2).sum();
+    let agg = window_bytes as f64 * 8.0 / window / 1e6;
     println!(
-        "== {flows} parallel downloads for {}s, {bulk_failed} failed",
+        "== {flows} parallel downloads for {}s, {bulk_failed} failed (rates: TCP payload, steady state)",
         args.seconds
     );
     println!(
         "   {:<8} {:>6} {:>12} {:>12} {:>10}",
         "uplink", "flows", "MiB", "Mbit/s", "capacity"
     );
-    for (i, (f, b)) in per_isp.iter().enumerate() {
+    for (i, (f, b, w)) in per_isp.iter().enumerate() {
         println!(
             "   {:<8} {:>6} {:>12.1} {:>12.1} {:>10}",
             uplink_name(&cfg, i),
             f,
             *b as f64 / (1024.0 * 1024.0),
-            *b as f64 * 8.0 / wall / 1e6,
+            *w as f64 * 8.0 / window / 1e6,
             topo.isps[i]
                 .rate_mbit
                 .map(|r| format!("{r} Mbit/s"))

@@ -235,7 +235,12 @@ pub struct Transfer {
     pub elapsed: Duration,
 }
 
-fn download(server: SocketAddrV4, request: String, expect: Option<u64>) -> Result<Transfer> {
+fn download(
+    server: SocketAddrV4,
+    request: String,
+    expect: Option<u64>,
+    progress: Option<&std::sync::atomic::AtomicU64>,
+) -> Result<Transfer> {
     let start = Instant::now();
     let mut s = connect(server, Duration::from_secs(5))?;
     s.write_all(request.as_bytes())?;
@@ -249,6 +254,9 @@ fn download(server: SocketAddrV4, request: String, expect: Option<u64>) -> Resul
             break;
         }
         bytes += n as u64;
+        if let Some(p) = progress {
+            p.fetch_add(n as u64, Ordering::Relaxed);
+        }
     }
     if let Some(want) = expect {
         if bytes != want {
@@ -264,12 +272,17 @@ fn download(server: SocketAddrV4, request: String, expect: Option<u64>) -> Resul
 
 /// Downloads exactly `bytes` bytes; fails if the connection breaks.
 pub fn tcp_get(server: SocketAddrV4, bytes: u64) -> Result<Transfer> {
-    download(server, format!("GET {bytes}\n"), Some(bytes))
+    download(server, format!("GET {bytes}\n"), Some(bytes), None)
 }
 
-/// Downloads for `ms` milliseconds as fast as the path allows.
-pub fn tcp_time(server: SocketAddrV4, ms: u64) -> Result<Transfer> {
-    download(server, format!("TIME {ms}\n"), None)
+/// Downloads for `ms` milliseconds as fast as the path allows, adding every received byte
+/// to `progress` as it arrives (so a caller can measure a steady-state window).
+pub fn tcp_time(
+    server: SocketAddrV4,
+    ms: u64,
+    progress: &std::sync::atomic::AtomicU64,
+) -> Result<Transfer> {
+    download(server, format!("TIME {ms}\n"), None, Some(progress))
 }
 
 /// Uploads `bytes` bytes; returns the address the server saw and what it received.

@@ -1,0 +1,100 @@
+//! `multiwan lab` end to end: it reports, and it removes every namespace it made — after a
+//! normal run and after Ctrl-C.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn lab_namespaces(pid: u32) -> Vec<String> {
+    let out = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip netns");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(&format!("mwlab{pid}-")))
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn lab_reports_and_cleans_up() {
+    assert!(nix::unistd::geteuid().is_root(), "the lab test needs root");
+    let child = Command::new(env!("CARGO_BIN_EXE_multiwan"))
+        .args([
+            "lab",
+            "--connections",
+            "80",
+            "--seconds",
+            "1",
+            "--rates",
+            "0,0",
+            "--weights",
+            "3,1",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run lab");
+    let pid = child.id();
+    let out = child.wait_with_output().expect("wait");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("0 failed"), "{text}");
+    assert!(
+        text.contains("isp1           60     75.0%     75.0%"),
+        "{text}"
+    );
+    assert!(
+        text.contains("isp2           20     25.0%     25.0%"),
+        "{text}"
+    );
+    assert!(
+        text.contains("wan2 (10.37.2.253): answered over the same uplink"),
+        "{text}"
+    );
+    assert!(text.contains("down: nft table removed"), "{text}");
+    assert!(
+        lab_namespaces(pid).is_empty(),
+        "left behind: {:?}",
+        lab_namespaces(pid)
+    );
+}
+
+#[test]
+fn lab_removes_its_namespaces_on_ctrl_c() {
+    assert!(nix::unistd::geteuid().is_root(), "the lab test needs root");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_multiwan"))
+        .args(["lab", "--seconds", "30", "--rates", "0,0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn lab");
+    let pid = child.id();
+    // Wait until the lab has built its network.
+    let start = Instant::now();
+    while lab_namespaces(pid).len() < 5 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "lab never built its network"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .expect("signal");
+    let status = child.wait().expect("wait");
+    assert_eq!(status.code(), Some(130));
+    assert!(
+        lab_namespaces(pid).is_empty(),
+        "left behind: {:?}",
+        lab_namespaces(pid)
+    );
+}
