@@ -16,8 +16,15 @@ ensure_deps() {
   if [ ${#missing[@]} -gt 0 ]; then
     echo "installing ${missing[*]} ..." >&2
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq >&2
-    apt-get install -y -qq "${missing[@]}" >&2
+    local log
+    log=$(mktemp)
+    if ! { apt-get update -qq && apt-get install -y -qq "${missing[@]}"; } >"$log" 2>&1; then
+      cat "$log" >&2
+      rm -f "$log"
+      echo "could not install ${missing[*]}" >&2
+      exit 1
+    fi
+    rm -f "$log"
   fi
   if ! command -v cargo >/dev/null 2>&1; then
     echo "cargo not found: install Rust (https://rustup.rs) first" >&2

@@ -263,11 +263,21 @@ fn ip(args: &[String]) -> Result<()> {
 /// One reversible change.
 #[derive(Debug, Clone)]
 enum Step {
-    RouteReplaced { new: Route, old: Option<Route> },
+    RouteReplaced {
+        new: Route,
+        old: Option<Route>,
+    },
     RouteDeleted(Route),
     RuleAdded(IpRule),
     RuleDeleted(IpRule),
-    Nft { previous: Option<String> },
+    Nft {
+        previous: Option<String>,
+    },
+    Sysctl {
+        key: String,
+        path: String,
+        old: String,
+    },
 }
 
 fn route_del_args(r: &Route) -> Vec<String> {
@@ -299,6 +309,7 @@ fn undo(steps: &[Step]) {
                 false,
             ),
             Step::Nft { previous: None } => nft(&["delete", "table", NFT_FAMILY, NFT_TABLE]).map(|_| ()),
+            Step::Sysctl { key, path, old } => write_sysctl(key, path, old),
         };
         if let Err(e) = r {
             tracing::error!(error = %format!("{e:#}"), "rollback step failed");
@@ -347,32 +358,48 @@ fn write_sysctl(key: &str, path: &str, value: &str) -> Result<()> {
     std::fs::write(path, value).with_context(|| format!("setting {key} = {value}"))
 }
 
-fn apply_sysctls(sysctls: &[Sysctl], run_dir: &Path) -> Result<usize> {
-    let state = sysctl_state_path(run_dir)?;
-    let mut saved: BTreeMap<String, (String, String)> = match std::fs::read_to_string(&state) {
-        Ok(t) => serde_json::from_str(&t).unwrap_or_default(),
-        Err(_) => BTreeMap::new(),
-    };
-    let mut changed = 0;
-    let mut dirty = false;
+/// Sets the planned sysctls, recording each change as an undoable step. Returns the values
+/// they had, to be saved for `down` once the whole apply has succeeded.
+fn apply_sysctls(
+    sysctls: &[Sysctl],
+    steps: &mut Vec<Step>,
+) -> Result<BTreeMap<String, (String, String)>> {
+    let mut previous = BTreeMap::new();
     for s in sysctls {
         let current = read_sysctl(s)?;
         if current != s.value {
-            if !saved.contains_key(&s.key) {
-                saved.insert(s.key.clone(), (s.proc_path(), current));
-                dirty = true;
-            }
             write_sysctl(&s.key, &s.proc_path(), &s.value)?;
-            changed += 1;
+            steps.push(Step::Sysctl {
+                key: s.key.clone(),
+                path: s.proc_path(),
+                old: current.clone(),
+            });
+            previous.insert(s.key.clone(), (s.proc_path(), current));
         }
     }
-    if dirty {
-        std::fs::create_dir_all(run_dir)
-            .with_context(|| format!("creating run directory {}", run_dir.display()))?;
-        std::fs::write(&state, serde_json::to_string_pretty(&saved)?)
-            .with_context(|| format!("writing {}", state.display()))?;
+    Ok(previous)
+}
+
+/// Merges newly replaced sysctl values into the saved state; values saved by an earlier
+/// apply win, since they are what the system had before multiwan.
+fn save_sysctls(run_dir: &Path, changed: BTreeMap<String, (String, String)>) -> Result<()> {
+    if changed.is_empty() {
+        return Ok(());
     }
-    Ok(changed)
+    let state = sysctl_state_path(run_dir)?;
+    let mut saved: BTreeMap<String, (String, String)> = match std::fs::read_to_string(&state) {
+        Ok(t) => {
+            serde_json::from_str(&t).with_context(|| format!("parsing {}", state.display()))?
+        }
+        Err(_) => BTreeMap::new(),
+    };
+    for (k, v) in changed {
+        saved.entry(k).or_insert(v);
+    }
+    std::fs::create_dir_all(run_dir)
+        .with_context(|| format!("creating run directory {}", run_dir.display()))?;
+    std::fs::write(&state, serde_json::to_string_pretty(&saved)?)
+        .with_context(|| format!("writing {}", state.display()))
 }
 
 /// Routes that someone else put into a table this plan would use. multiwan owns its tables
@@ -426,7 +453,11 @@ pub fn apply(plan: &Plan, run_dir: &Path) -> Result<ApplyReport> {
     };
     let mut steps = Vec::new();
     let mut report = ApplyReport::default();
+    let mut sysctls_before = BTreeMap::new();
     let result = (|| -> Result<()> {
+        // Forwarding and loose rp_filter first: routes are useless without them.
+        sysctls_before = apply_sysctls(&plan.sysctls, &mut steps)?;
+        report.sysctls_changed = sysctls_before.len();
         let old_by_table: BTreeMap<u32, &Route> =
             before.routes.iter().map(|r| (r.table, r)).collect();
         for r in &plan.routes {
@@ -470,14 +501,13 @@ pub fn apply(plan: &Plan, run_dir: &Path) -> Result<ApplyReport> {
                 report.routes_removed += 1;
             }
         }
-        Ok(())
+        verify(plan)?;
+        save_sysctls(run_dir, std::mem::take(&mut sysctls_before))
     })();
     if let Err(e) = result {
         undo(&steps);
         return Err(e.context("apply failed; every change was rolled back"));
     }
-    report.sysctls_changed = apply_sysctls(&plan.sysctls, run_dir)?;
-    verify(plan)?;
     Ok(report)
 }
 

@@ -463,3 +463,39 @@ fn invalid_config_changes_nothing() {
     );
     assert_eq!(before, lab.kernel_snapshot());
 }
+
+/// An apply that fails half-way (the kernel refuses a route: the gateway is not on the link)
+/// undoes every change it made, sysctls included.
+#[test]
+fn failed_apply_rolls_back_everything() {
+    let lab = Lab::new(2, 1);
+    let before = lab.kernel_snapshot();
+    let bad = two_uplinks("round-robin", 1, 1)
+        .replace("gateway = \"10.37.2.1\"", "gateway = \"10.99.0.1\"")
+        .replace(
+            "method = \"round-robin\"",
+            "method = \"round-robin\"\nlocal = false",
+        );
+    let out = lab.multiwan(&[
+        "apply",
+        "-c",
+        &lab.write_config(&bad),
+        "--run-dir",
+        &lab.run_dir(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("rolled back") && err.contains("table 1002"),
+        "{err}"
+    );
+    assert_eq!(before, lab.kernel_snapshot(), "nothing half-applied");
+    assert!(
+        !std::path::Path::new(&lab.run_dir()).exists()
+            || std::fs::read_dir(lab.run_dir())
+                .expect("dir")
+                .next()
+                .is_none(),
+        "no saved state after a failed apply"
+    );
+}
