@@ -93,7 +93,16 @@ pub fn load_config(path: &Path) -> Result<Config, Failure> {
 /// that cannot take connections right now.
 pub fn live_plan(cfg: &Config) -> Result<(multiwan_core::Plan, Vec<String>)> {
     let facts = kernel::read_facts()?;
-    let installed = kernel::read_installed()?;
+    let installed = match kernel::read_installed() {
+        Ok(i) => i,
+        // Reading nftables needs root; `plan --live` must not. Without it the installed
+        // uplink ids are unknown and fresh ones are shown.
+        Err(e) if !nix::unistd::geteuid().is_root() => {
+            eprintln!("note: not root, so the installed state is unknown ({e:#}); showing fresh uplink ids");
+            kernel::Installed::default()
+        }
+        Err(e) => return Err(e),
+    };
     let ids = assign_ids(cfg, &installed.ids)?;
     let usable = usable_now(cfg, &facts);
     let unusable = cfg

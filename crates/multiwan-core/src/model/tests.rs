@@ -1,3 +1,5 @@
+//! Config contract tests: defaults, every error path, positions and key paths.
+
 use super::*;
 
 const FULL: &str = r#"

@@ -1,3 +1,5 @@
+//! Planner tests: layout, tiers, modes, ids, hashing, and proptest invariants.
+
 use super::*;
 use crate::model::load;
 use proptest::prelude::*;
