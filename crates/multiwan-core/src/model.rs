@@ -307,9 +307,8 @@ pub fn load(file: &str, text: &str) -> Result<Config, ConfigError> {
         Ok(raw) => raw,
         Err(e) => {
             let span = e.span().unwrap_or(0..0);
-            let msg = e.message().trim().to_string();
-            let key = key_from_toml_message(&msg);
-            v.push(span, &key, msg);
+            // toml names the offending key in its message and the span points at it.
+            v.push(span, "", e.message().trim().to_string());
             return Err(v.finish());
         }
     };
@@ -327,13 +326,6 @@ pub fn load(file: &str, text: &str) -> Result<Config, ConfigError> {
     } else {
         Err(v.finish())
     }
-}
-
-fn key_from_toml_message(msg: &str) -> String {
-    // toml reports unknown keys as "unknown field `x`, expected one of ..."; the span
-    // already points at the key, so the message suffices. Keep the key path empty.
-    let _ = msg;
-    String::new()
 }
 
 struct Validator<'a> {
@@ -593,27 +585,27 @@ impl<'a> Validator<'a> {
         }
         // Two uplinks may share an interface only when they are told apart by gateway
         // (seed 004 §4.2.5: two routers on one Ethernet segment).
-        for (i, a) in out.iter().enumerate() {
-            for b in out.iter().skip(i + 1) {
-                if a.interface == b.interface
+        for (j, b) in out.iter().enumerate() {
+            let clash = out[..j].iter().find(|a| {
+                a.interface == b.interface
                     && (a.gateway.is_none() || b.gateway.is_none() || a.gateway == b.gateway)
-                {
-                    let span = raw[out.iter().position(|x| x.name == b.name).unwrap_or(0)]
-                        .get_ref()
-                        .interface
-                        .as_ref()
-                        .map(|s| s.span())
-                        .unwrap_or(0..0);
-                    self.push(
-                        span,
-                        &format!("uplink[{}].interface", out.iter().position(|x| x.name == b.name).unwrap_or(0)),
-                        format!(
-                            "uplinks {:?} and {:?} both use {:?}; two uplinks can share an interface only with different gateways",
-                            a.name, b.name, a.interface
-                        ),
-                    );
-                    ok = false;
-                }
+            });
+            if let Some(a) = clash {
+                let span = raw
+                    .iter()
+                    .position(|r| r.get_ref().name.as_ref().map(|n| n.get_ref()) == Some(&b.name))
+                    .map(|k| (k, &raw[k]))
+                    .and_then(|(k, r)| Some((k, r.get_ref().interface.as_ref()?.span())));
+                let (k, span) = span.unwrap_or((j, 0..0));
+                self.push(
+                    span,
+                    &format!("uplink[{k}].interface"),
+                    format!(
+                        "uplinks {:?} and {:?} both use {:?}; two uplinks can share an interface only with different gateways",
+                        a.name, b.name, a.interface
+                    ),
+                );
+                ok = false;
             }
         }
         ok.then_some(out)
@@ -628,7 +620,6 @@ impl<'a> Validator<'a> {
         let span = u.span();
         let u = u.get_ref();
         let p = |k: &str| format!("uplink[{i}].{k}");
-        let mut ok = true;
         let name = match &u.name {
             None => {
                 self.push(
@@ -682,16 +673,15 @@ impl<'a> Validator<'a> {
             Some(s) => Some(s.get_ref().clone()),
         };
         let gateway = match &u.gateway {
-            None => None,
+            None => Some(None),
             Some(g) => match g.get_ref().parse::<Ipv4Addr>() {
-                Ok(a) => Some(a),
+                Ok(a) => Some(Some(a)),
                 Err(_) => {
                     self.push(
                         g.span(),
                         &p("gateway"),
                         format!("invalid IPv4 address {:?} (e.g. \"10.37.1.1\"; omit the key for point-to-point links)", g.get_ref()),
                     );
-                    ok = false;
                     None
                 }
             },
@@ -716,11 +706,11 @@ impl<'a> Validator<'a> {
                 },
             },
         };
-        let check = self.check(i, span, u.check.as_ref(), gateway);
+        let check = self.check(i, span, u.check.as_ref(), gateway.flatten());
         Some(Uplink {
             name: name?,
             interface: interface?,
-            gateway: if ok { gateway } else { return None },
+            gateway: gateway?,
             weight: weight?,
             tier: tier?,
             snat: snat?,

@@ -447,6 +447,16 @@ fn ranges<T: PartialEq + Clone>(slots: &[T]) -> Vec<(usize, usize, T)> {
     out
 }
 
+/// Whether uplink `i` shares its interface with another uplink (two routers on one segment).
+fn shares_interface(cfg: &Config, i: usize) -> bool {
+    let ifname = &cfg.uplinks[i].interface;
+    cfg.uplinks
+        .iter()
+        .filter(|o| &o.interface == ifname)
+        .count()
+        > 1
+}
+
 fn hex(v: u32) -> String {
     format!("{v:#010x}")
 }
@@ -692,13 +702,7 @@ pub fn plan(
     // Inbound: connections arriving on an uplink are answered over it. Only for interfaces
     // that belong to exactly one uplink; shared segments are told apart by gateway only.
     for (i, u) in cfg.uplinks.iter().enumerate() {
-        let shared = cfg
-            .uplinks
-            .iter()
-            .filter(|o| o.interface == u.interface)
-            .count()
-            > 1;
-        if shared {
+        if shares_interface(cfg, i) {
             continue;
         }
         let _ = writeln!(
@@ -738,13 +742,7 @@ pub fn plan(
             Snat::Auto => "masquerade".to_string(),
             Snat::To(a) => format!("snat ip to {a}"),
         };
-        let shared = cfg
-            .uplinks
-            .iter()
-            .filter(|o| o.interface == u.interface)
-            .count()
-            > 1;
-        if shared {
+        if shares_interface(cfg, i) {
             let _ = writeln!(
                 w,
                 "\t\toifname \"{}\" ct mark and {mask} == {} {nat}",

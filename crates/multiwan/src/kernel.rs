@@ -140,7 +140,7 @@ fn parse_route(r: &Value) -> Option<Route> {
 
 /// Reads the uplink ids out of the installed output chain's restore map
 /// (`0x00010000 : goto restore_isp1`).
-fn parse_ids(listing: &str, plan_mask: Option<u32>) -> BTreeMap<String, u32> {
+fn parse_ids(listing: &str) -> BTreeMap<String, u32> {
     let mut ids = BTreeMap::new();
     for line in listing.lines() {
         let Some((head, map)) = line.split_once("vmap {") else {
@@ -150,8 +150,7 @@ fn parse_ids(listing: &str, plan_mask: Option<u32>) -> BTreeMap<String, u32> {
             .split_whitespace()
             .skip_while(|w| *w != "&")
             .nth(1)
-            .and_then(parse_hex)
-            .or(plan_mask);
+            .and_then(parse_hex);
         let Some(mask) = mask.filter(|m| *m != 0) else {
             continue;
         };
@@ -204,7 +203,7 @@ pub fn read_installed() -> Result<Installed> {
             .lines()
             .find_map(|l| l.trim().strip_prefix("comment \"multiwan "))
             .map(|d| d.trim_end_matches('"').to_string());
-        (Some(digest.unwrap_or_default()), parse_ids(&listing, None))
+        (Some(digest.unwrap_or_default()), parse_ids(&listing))
     } else {
         (None, BTreeMap::new())
     };
@@ -623,7 +622,7 @@ mod tests {
     #[test]
     fn parses_ids_from_restore_map() {
         let listing = "table inet multiwan {\n\tchain output {\n\t\ttype route hook output priority mangle; policy accept;\n\t\tmeta mark & 0x00ff0000 != 0x00000000 return\n\t\tct mark & 0x00ff0000 vmap { 0x00010000 : goto restore_isp1, 0x00020000 : goto restore_isp2, 0x00fe0000 : goto restore_main, 0x00ff0000 : goto restore_none }\n\t}\n}\n";
-        let ids = parse_ids(listing, None);
+        let ids = parse_ids(listing);
         assert_eq!(ids.len(), 2);
         assert_eq!(ids["isp1"], 1);
         assert_eq!(ids["isp2"], 2);
