@@ -28,10 +28,29 @@ impl NumOrStr {
     }
 }
 
+/// A number written as an integer or a float (`20` or `2.5`).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum RawNumber {
+    Int(i64),
+    Float(f64),
+}
+
+impl RawNumber {
+    /// The value as a float.
+    pub fn as_f64(self) -> f64 {
+        match self {
+            RawNumber::Int(i) => i as f64,
+            RawNumber::Float(f) => f,
+        }
+    }
+}
+
 /// The whole file.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
+    pub daemon: Option<Spanned<RawDaemon>>,
     pub lan: Option<Spanned<RawLan>>,
     #[serde(default)]
     pub uplink: Vec<Spanned<RawUplink>>,
@@ -39,6 +58,13 @@ pub struct RawConfig {
     #[serde(default)]
     pub rule: Vec<Spanned<RawRule>>,
     pub kernel: Option<Spanned<RawKernel>>,
+}
+
+/// `[daemon]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDaemon {
+    pub hook: Option<Spanned<String>>,
 }
 
 /// `[lan]`
@@ -72,6 +98,11 @@ pub struct RawCheck {
     pub down_after: Option<Spanned<i64>>,
     pub up_after: Option<Spanned<i64>>,
     pub min_targets: Option<Spanned<i64>>,
+    pub max_loss: Option<Spanned<RawNumber>>,
+    pub max_rtt: Option<Spanned<String>>,
+    pub recover_loss: Option<Spanned<RawNumber>>,
+    pub recover_rtt: Option<Spanned<String>>,
+    pub window: Option<Spanned<String>>,
 }
 
 /// `[balance]`
@@ -81,6 +112,7 @@ pub struct RawBalance {
     pub method: Option<Spanned<String>>,
     pub local: Option<Spanned<bool>>,
     pub when_all_down: Option<Spanned<String>>,
+    pub on_uplink_down: Option<Spanned<String>>,
 }
 
 /// `[[rule]]`

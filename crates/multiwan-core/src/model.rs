@@ -26,11 +26,19 @@ pub const MAX_TIER: u32 = 255;
 /// A validated configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
+    pub daemon: Daemon,
     pub lan: Lan,
     pub uplinks: Vec<Uplink>,
     pub balance: Balance,
     pub rules: Vec<Rule>,
     pub kernel: KernelOpts,
+}
+
+/// `[daemon]`: settings of `multiwan run`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Daemon {
+    /// Executable run on every uplink transition.
+    pub hook: Option<String>,
 }
 
 /// The LAN side: new connections entering on these interfaces are balanced.
@@ -72,6 +80,23 @@ pub struct Check {
     pub down_after: u32,
     pub up_after: u32,
     pub min_targets: u32,
+    /// Optional quality limits that mark the uplink degraded.
+    pub quality: Option<Quality>,
+}
+
+/// Quality limits over a sliding window of probe rounds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Quality {
+    /// Degrade above this loss, in percent.
+    pub max_loss: Option<f64>,
+    /// Degrade above this average RTT.
+    pub max_rtt: Option<Duration>,
+    /// Recover at or below this loss (default: half of `max_loss`).
+    pub recover_loss: f64,
+    /// Recover at or below this average RTT (default: `max_rtt`).
+    pub recover_rtt: Option<Duration>,
+    /// Rounds in the window.
+    pub window: usize,
 }
 
 /// Probe method.
@@ -88,6 +113,16 @@ pub struct Balance {
     pub method: Method,
     pub local: bool,
     pub when_all_down: WhenAllDown,
+    pub on_uplink_down: OnUplinkDown,
+}
+
+/// What happens to the connections of an uplink that goes down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnUplinkDown {
+    /// Delete only that uplink's conntrack entries, so its clients reconnect at once.
+    Flush,
+    /// Leave them (they resume if the uplink comes back before they time out).
+    Keep,
 }
 
 /// How new connections are spread over the candidate uplinks.
@@ -241,10 +276,13 @@ impl KernelOpts {
 /// Default check settings, chosen to detect a dead upstream in under a second.
 pub mod check_defaults {
     use std::time::Duration;
-    pub const INTERVAL: Duration = Duration::from_millis(200);
-    pub const TIMEOUT: Duration = Duration::from_millis(300);
-    pub const DOWN_AFTER: u32 = 3;
-    pub const UP_AFTER: u32 = 5;
+    // A dead upstream is detected within down_after × interval + timeout (≈ 0.85 s), and with
+    // one target at 10 % random loss six lost rounds in a row happen about once a day.
+    pub const INTERVAL: Duration = Duration::from_millis(100);
+    pub const TIMEOUT: Duration = Duration::from_millis(250);
+    pub const DOWN_AFTER: u32 = 6;
+    pub const UP_AFTER: u32 = 10;
+    pub const WINDOW: Duration = Duration::from_secs(10);
     pub const MIN_TARGETS: u32 = 1;
     pub const DNS_PORT: u16 = 53;
 }
@@ -378,18 +416,42 @@ impl<'a> Validator<'a> {
     }
 
     fn config(&mut self, raw: config::RawConfig) -> Option<Config> {
+        let daemon = self.daemon(raw.daemon.as_ref());
         let lan = self.lan(raw.lan);
         let kernel = self.kernel(raw.kernel.as_ref(), raw.uplink.len());
         let uplinks = self.uplinks(&raw.uplink);
         let balance = self.balance(raw.balance.as_ref());
         let rules = self.rules(&raw.rule, uplinks.as_deref());
         Some(Config {
+            daemon: daemon?,
             lan: lan?,
             uplinks: uplinks?,
             balance: balance?,
             rules: rules?,
             kernel: kernel?,
         })
+    }
+
+    fn daemon(&mut self, raw: Option<&Spanned<config::RawDaemon>>) -> Option<Daemon> {
+        let Some(raw) = raw else {
+            return Some(Daemon::default());
+        };
+        let hook = match &raw.get_ref().hook {
+            None => None,
+            Some(h) if !h.get_ref().starts_with('/') => {
+                self.push(
+                    h.span(),
+                    "daemon.hook",
+                    format!(
+                        "{:?} must be an absolute path to an executable",
+                        h.get_ref()
+                    ),
+                );
+                return None;
+            }
+            Some(h) => Some(h.get_ref().clone()),
+        };
+        Some(Daemon { hook })
     }
 
     fn lan(&mut self, raw: Option<Spanned<config::RawLan>>) -> Option<Lan> {
@@ -762,6 +824,11 @@ impl<'a> Validator<'a> {
             down_after: None,
             up_after: None,
             min_targets: None,
+            max_loss: None,
+            max_rtt: None,
+            recover_loss: None,
+            recover_rtt: None,
+            window: None,
         };
         let (c, span) = match raw {
             Some(r) => (r.get_ref(), r.span()),
@@ -813,15 +880,105 @@ impl<'a> Validator<'a> {
                 1..=(targets.len().max(1) as u32),
             ),
         };
+        let interval = interval?;
+        let quality = self.quality(c, interval, &p)?;
         Some(Check {
             method,
             targets,
-            interval: interval?,
+            quality,
+            interval,
             timeout: timeout?,
             down_after: down_after?,
             up_after: up_after?,
             min_targets: min_targets?,
         })
+    }
+
+    fn percent(
+        &mut self,
+        v: Option<&Spanned<config::RawNumber>>,
+        key: &str,
+    ) -> Option<Option<f64>> {
+        let Some(v) = v else { return Some(None) };
+        let x = v.get_ref().as_f64();
+        if !(0.0..=100.0).contains(&x) {
+            self.push(
+                v.span(),
+                key,
+                format!("{x} is out of range (expected a percentage 0..=100)"),
+            );
+            return None;
+        }
+        Some(Some(x))
+    }
+
+    fn quality(
+        &mut self,
+        c: &RawCheck,
+        interval: Duration,
+        p: &dyn Fn(&str) -> String,
+    ) -> Option<Option<Quality>> {
+        let max_loss = self.percent(c.max_loss.as_ref(), &p("max_loss"));
+        let recover_loss = self.percent(c.recover_loss.as_ref(), &p("recover_loss"));
+        let max_rtt = match &c.max_rtt {
+            None => Some(None),
+            Some(v) => self
+                .duration(Some(v), &p("max_rtt"), Duration::ZERO)
+                .map(Some),
+        };
+        let recover_rtt = match &c.recover_rtt {
+            None => Some(None),
+            Some(v) => self
+                .duration(Some(v), &p("recover_rtt"), Duration::ZERO)
+                .map(Some),
+        };
+        let window = self.duration(c.window.as_ref(), &p("window"), check_defaults::WINDOW);
+        let (max_loss, recover_loss, max_rtt, recover_rtt, window) =
+            (max_loss?, recover_loss?, max_rtt?, recover_rtt?, window?);
+        if max_loss.is_none() && max_rtt.is_none() {
+            for (k, v) in [
+                ("recover_loss", c.recover_loss.as_ref().map(|v| v.span())),
+                ("recover_rtt", c.recover_rtt.as_ref().map(|v| v.span())),
+            ] {
+                if let Some(span) = v {
+                    self.push(
+                        span,
+                        &p(k),
+                        format!("has no effect without max_{}", &k[8..]),
+                    );
+                    return None;
+                }
+            }
+            return Some(None);
+        }
+        if let (Some(m), Some(r), Some(v)) = (max_loss, recover_loss, &c.recover_loss) {
+            if r > m {
+                self.push(
+                    v.span(),
+                    &p("recover_loss"),
+                    format!("{r} must not be above max_loss ({m})"),
+                );
+                return None;
+            }
+        }
+        if let (Some(m), Some(r), Some(v)) = (max_rtt, recover_rtt, &c.recover_rtt) {
+            if r > m {
+                self.push(
+                    v.span(),
+                    &p("recover_rtt"),
+                    "must not be above max_rtt".into(),
+                );
+                return None;
+            }
+        }
+        let rounds = (window.as_millis() / interval.as_millis().max(1)).max(1) as usize;
+        Some(Some(Quality {
+            max_loss,
+            max_rtt,
+            recover_loss: recover_loss.unwrap_or(max_loss.unwrap_or(0.0) / 2.0),
+            recover_rtt,
+            window: rounds.min(10_000),
+        }))
     }
 
     fn targets(
@@ -904,6 +1061,7 @@ impl<'a> Validator<'a> {
             method: Method::RoundRobin,
             local: true,
             when_all_down: WhenAllDown::Unreachable,
+            on_uplink_down: OnUplinkDown::Flush,
         };
         let Some(raw) = raw else { return Some(b) };
         let raw = raw.get_ref();
@@ -930,6 +1088,20 @@ impl<'a> Validator<'a> {
                 "main" => b.when_all_down = WhenAllDown::Main,
                 other => {
                     self.push(w.span(), "balance.when_all_down", format!("unknown value {other:?}: expected \"unreachable\", \"blackhole\" or \"main\""));
+                    ok = false;
+                }
+            }
+        }
+        if let Some(w) = &raw.on_uplink_down {
+            match w.get_ref().as_str() {
+                "flush" => b.on_uplink_down = OnUplinkDown::Flush,
+                "keep" => b.on_uplink_down = OnUplinkDown::Keep,
+                other => {
+                    self.push(
+                        w.span(),
+                        "balance.on_uplink_down",
+                        format!("unknown value {other:?}: expected \"flush\" or \"keep\""),
+                    );
                     ok = false;
                 }
             }

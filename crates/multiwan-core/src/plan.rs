@@ -259,13 +259,57 @@ impl Sysctl {
     }
 }
 
+/// The single rule of a policy chain, with a digest stored in the rule's comment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyRule {
+    /// Chain name (`policy_default`, `rule_NAME`).
+    pub chain: String,
+    /// The rule without its comment.
+    pub stmt: String,
+    /// Digest of `stmt`.
+    pub digest: String,
+}
+
+impl PolicyRule {
+    fn new(chain: String, stmt: String) -> Self {
+        let digest = digest(&stmt);
+        Self {
+            chain,
+            stmt,
+            digest,
+        }
+    }
+
+    /// The rule as installed: the statement and its digest comment.
+    pub fn text(&self) -> String {
+        format!("{} comment \"{}\"", self.stmt, self.comment())
+    }
+
+    /// The comment that identifies this exact rule.
+    pub fn comment(&self) -> String {
+        format!("p:{}", self.digest)
+    }
+
+    /// An nft transaction that replaces this chain's rule in place.
+    pub fn replace_script(&self) -> String {
+        format!(
+            "flush chain {NFT_FAMILY} {NFT_TABLE} {chain}\nadd rule {NFT_FAMILY} {NFT_TABLE} {chain} {text}\n",
+            chain = self.chain,
+            text = self.text()
+        )
+    }
+}
+
 /// Everything `apply` installs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
     /// The complete `table inet multiwan { ... }` text, including its digest comment.
     pub nft: String,
-    /// Digest of the ruleset; stored as the table's comment to make re-applying a no-op.
+    /// Digest of the ruleset without the policy chains' contents; stored as the table's
+    /// comment, so an unchanged structure is never reloaded.
     pub digest: String,
+    /// The policy chains (one rule each), which change with uplink health.
+    pub policy_chains: Vec<PolicyRule>,
     pub rules: Vec<IpRule>,
     pub routes: Vec<Route>,
     pub sysctls: Vec<Sysctl>,
@@ -628,22 +672,20 @@ pub fn plan(
     // Policies: one chain per rule plus the default.
     let mut policies = Vec::new();
     let method = cfg.balance.method;
+    let mut policy_chains = Vec::new();
+    let mut add_policy = |w: &mut String, chain: String, name: String, sel: &Selection| {
+        let (stmt, decision) = policy_stmt(&ctx, sel, method);
+        let rule = PolicyRule::new(chain, stmt);
+        let _ = writeln!(w, "\tchain {} {{\n\t\t{}\n\t}}\n", rule.chain, rule.text());
+        policies.push(PolicyPlan { name, decision });
+        policy_chains.push(rule);
+    };
     for r in &cfg.rules {
         let sel = select(cfg, &r.uplinks, r.mode, usable);
-        let (stmt, decision) = policy_stmt(&ctx, &sel, method);
-        let _ = writeln!(w, "\tchain rule_{} {{\n\t\t{stmt}\n\t}}\n", r.name);
-        policies.push(PolicyPlan {
-            name: r.name.clone(),
-            decision,
-        });
+        add_policy(w, format!("rule_{}", r.name), r.name.clone(), &sel);
     }
     let default_sel = select(cfg, &all, Mode::Balance, usable);
-    let (stmt, decision) = policy_stmt(&ctx, &default_sel, method);
-    let _ = writeln!(w, "\tchain policy_default {{\n\t\t{stmt}\n\t}}\n");
-    policies.push(PolicyPlan {
-        name: "default".into(),
-        decision,
-    });
+    add_policy(w, "policy_default".into(), "default".into(), &default_sel);
 
     // The rule list.
     let _ = writeln!(w, "\tchain balance {{");
@@ -765,7 +807,13 @@ pub fn plan(
     let _ = writeln!(w, "\t}}");
     let _ = writeln!(w, "}}");
 
-    let dg = digest(&body);
+    // The table comment covers everything but the policy chains' contents: health changes
+    // rewrite those alone (each rule carries its own digest), keeping counters and sets.
+    let mut skeleton = body.clone();
+    for r in &policy_chains {
+        skeleton = skeleton.replacen(&r.text(), "policy", 1);
+    }
+    let dg = digest(&skeleton);
     let nft = body.replacen(
         &format!("table {NFT_FAMILY} {NFT_TABLE} {{\n"),
         &format!("table {NFT_FAMILY} {NFT_TABLE} {{\n\tcomment \"multiwan {dg}\"\n\n"),
@@ -898,6 +946,7 @@ pub fn plan(
     Plan {
         nft,
         digest: dg,
+        policy_chains,
         rules,
         routes,
         sysctls,

@@ -162,9 +162,15 @@ fn run(cli: Cli) -> Result<(), Failure> {
             }
             let r = kernel::apply(&p, &run_dir)?;
             if r.changed() {
+                let nft = if r.nft_replaced {
+                    "replaced".to_string()
+                } else if r.policies_updated > 0 {
+                    format!("kept, {} policies updated", r.policies_updated)
+                } else {
+                    "unchanged".to_string()
+                };
                 println!(
-                    "applied: nft table {}, {} rules added, {} removed, {} routes set, {} removed, {} sysctls set",
-                    if r.nft_replaced { "replaced" } else { "unchanged" },
+                    "applied: nft table {nft}, {} rules added, {} removed, {} routes set, {} removed, {} sysctls set",
                     r.rules_added,
                     r.rules_removed,
                     r.routes_changed,

@@ -14,7 +14,8 @@ use std::process::{Command, Stdio};
 
 use anyhow::{anyhow, bail, Context, Result};
 use multiwan_core::plan::{
-    IpRule, Link, Nexthop, Plan, Route, RuleAction, Sysctl, NFT_FAMILY, NFT_TABLE, RTPROT_MULTIWAN,
+    IpRule, Link, Nexthop, Plan, PolicyRule, Route, RuleAction, Sysctl, NFT_FAMILY, NFT_TABLE,
+    RTPROT_MULTIWAN,
 };
 use multiwan_core::Facts;
 use serde_json::Value;
@@ -30,6 +31,8 @@ pub struct Installed {
     pub nft_digest: Option<String>,
     /// Uplink name → id, as encoded in the installed table.
     pub ids: BTreeMap<String, u32>,
+    /// Policy chain → digest in its rule's comment.
+    pub policies: BTreeMap<String, String>,
 }
 
 fn ip_json(args: &[&str]) -> Result<Value> {
@@ -174,6 +177,23 @@ fn parse_ids(listing: &str) -> BTreeMap<String, u32> {
     ids
 }
 
+/// Reads each policy chain's rule digest (`comment "p:DIGEST"`) out of a table listing.
+fn parse_policies(listing: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut chain: Option<&str> = None;
+    for line in listing.lines() {
+        let l = line.trim();
+        if let Some(name) = l.strip_prefix("chain ").and_then(|r| r.strip_suffix(" {")) {
+            chain = Some(name);
+        } else if let (Some(c), Some((_, rest))) = (chain, l.split_once("comment \"p:")) {
+            out.insert(c.to_string(), rest.trim_end_matches('"').to_string());
+        } else if l == "}" {
+            chain = None;
+        }
+    }
+    out
+}
+
 /// Reads what multiwan has installed.
 pub fn read_installed() -> Result<Installed> {
     let rules = ip_json(&["rule", "show"])?
@@ -196,22 +216,27 @@ pub fn read_installed() -> Result<Installed> {
     .flatten()
     .filter_map(parse_route)
     .collect();
-    let (nft_digest, ids) = if table_exists()? {
+    let (nft_digest, ids, policies) = if table_exists()? {
         let listing = nft(&["list", "table", NFT_FAMILY, NFT_TABLE])?;
         // nft 1.0.6 omits table comments from its JSON output, so read the text form.
         let digest = listing
             .lines()
             .find_map(|l| l.trim().strip_prefix("comment \"multiwan "))
             .map(|d| d.trim_end_matches('"').to_string());
-        (Some(digest.unwrap_or_default()), parse_ids(&listing))
+        (
+            Some(digest.unwrap_or_default()),
+            parse_ids(&listing),
+            parse_policies(&listing),
+        )
     } else {
-        (None, BTreeMap::new())
+        (None, BTreeMap::new(), BTreeMap::new())
     };
     Ok(Installed {
         rules,
         routes,
         nft_digest,
         ids,
+        policies,
     })
 }
 
@@ -324,6 +349,8 @@ pub struct ApplyReport {
     pub rules_added: usize,
     pub rules_removed: usize,
     pub nft_replaced: bool,
+    /// Policy chains rewritten in place (the structure was unchanged).
+    pub policies_updated: usize,
     pub sysctls_changed: usize,
 }
 
@@ -443,8 +470,16 @@ pub fn apply(plan: &Plan, run_dir: &Path) -> Result<ApplyReport> {
             taken.join("; ")
         );
     }
-    // Validate the ruleset before touching anything.
-    nft_script(&plan.nft_transaction(), true).context("checking the nftables ruleset")?;
+    let replace_table = before.nft_digest.as_deref() != Some(plan.digest.as_str());
+    let stale_policies: Vec<&PolicyRule> = plan
+        .policy_chains
+        .iter()
+        .filter(|p| before.policies.get(&p.chain) != Some(&p.digest))
+        .collect();
+    // Validate a new ruleset before touching anything.
+    if replace_table {
+        nft_script(&plan.nft_transaction(), true).context("checking the nftables ruleset")?;
+    }
     let previous_nft = if before.nft_digest.is_some() {
         Some(nft(&["list", "table", NFT_FAMILY, NFT_TABLE])?)
     } else {
@@ -477,12 +512,21 @@ pub fn apply(plan: &Plan, run_dir: &Path) -> Result<ApplyReport> {
                 report.rules_added += 1;
             }
         }
-        if before.nft_digest.as_deref() != Some(plan.digest.as_str()) {
+        if replace_table {
             nft_script(&plan.nft_transaction(), false)?;
             steps.push(Step::Nft {
                 previous: previous_nft.clone(),
             });
             report.nft_replaced = true;
+        } else if !stale_policies.is_empty() {
+            // Same structure: rewrite only the policies, in one transaction, so counters,
+            // sets and every other chain stay as they are.
+            let script: String = stale_policies.iter().map(|p| p.replace_script()).collect();
+            nft_script(&script, false).context("updating the balancing policies")?;
+            steps.push(Step::Nft {
+                previous: previous_nft.clone(),
+            });
+            report.policies_updated = stale_policies.len();
         }
         let planned_rules: BTreeSet<&IpRule> = plan.rules.iter().collect();
         for r in &before.rules {
@@ -535,6 +579,11 @@ pub fn verify(plan: &Plan) -> Result<()> {
             "nft table digest is {:?}, expected {}",
             now.nft_digest, plan.digest
         ));
+    }
+    for p in &plan.policy_chains {
+        if now.policies.get(&p.chain) != Some(&p.digest) {
+            problems.push(format!("policy chain {} is not the planned one", p.chain));
+        }
     }
     if !problems.is_empty() {
         bail!(

@@ -88,13 +88,16 @@ fn tiers_fall_through_and_all_down_is_unreachable() {
     let only_lte: BTreeSet<String> = ["lte".to_string()].into();
     let p = plan(&c, &ids(&c), &only_lte, &Facts::default());
     assert!(
-        p.nft.contains("chain policy_default {\n\t\tgoto up_lte\n"),
+        p.nft
+            .contains("chain policy_default {\n\t\tgoto up_lte comment"),
         "{}",
         p.nft
     );
     let none = BTreeSet::new();
     let p = plan(&c, &ids(&c), &none, &Facts::default());
-    assert!(p.nft.contains("chain policy_default {\n\t\tgoto to_none\n"));
+    assert!(p
+        .nft
+        .contains("chain policy_default {\n\t\tgoto to_none comment"));
     assert!(p
         .rules
         .iter()
@@ -107,7 +110,9 @@ fn tiers_fall_through_and_all_down_is_unreachable() {
 fn when_all_down_main_and_blackhole() {
     let c = cfg(&format!("{TWO}[balance]\nwhen_all_down = \"main\"\n"));
     let p = plan(&c, &ids(&c), &BTreeSet::new(), &Facts::default());
-    assert!(p.nft.contains("chain policy_default {\n\t\tgoto to_main\n"));
+    assert!(p
+        .nft
+        .contains("chain policy_default {\n\t\tgoto to_main comment"));
     let c = cfg(&format!("{TWO}[balance]\nwhen_all_down = \"blackhole\"\n"));
     let p = plan(&c, &ids(&c), &BTreeSet::new(), &Facts::default());
     assert!(p
@@ -140,19 +145,23 @@ mode = \"bypass\"
     let c = cfg(&text);
     let p = plan(&c, &ids(&c), &all_usable(&c), &Facts::default());
     assert!(p.nft.contains("ip saddr 192.168.0.228 meta l4proto tcp th dport { 80, 8000-8080 } counter goto rule_web"), "{}", p.nft);
-    assert!(p.nft.contains("chain rule_web {\n\t\tgoto up_isp2\n"));
+    assert!(p.nft.contains("chain rule_web {\n\t\tgoto up_isp2 comment"));
     assert!(
-        p.nft.contains("chain rule_voip {\n\t\tgoto up_lte\n"),
+        p.nft.contains("chain rule_voip {\n\t\tgoto up_lte comment"),
         "failover takes list order, not tiers"
     );
     assert!(p
         .nft
         .contains("ip daddr 10.0.0.0/8 counter goto rule_lan2lan"));
-    assert!(p.nft.contains("chain rule_lan2lan {\n\t\tgoto to_main\n"));
+    assert!(p
+        .nft
+        .contains("chain rule_lan2lan {\n\t\tgoto to_main comment"));
     // Failover moves on when the first is down.
     let without_lte: BTreeSet<String> = ["isp1".to_string(), "isp2".to_string()].into();
     let p = plan(&c, &ids(&c), &without_lte, &Facts::default());
-    assert!(p.nft.contains("chain rule_voip {\n\t\tgoto up_isp1\n"));
+    assert!(p
+        .nft
+        .contains("chain rule_voip {\n\t\tgoto up_isp1 comment"));
 }
 
 #[test]
@@ -237,13 +246,30 @@ fn same_inputs_same_bytes() {
     assert!(a
         .nft
         .contains(&format!("comment \"multiwan {}\"", a.digest)));
+    // A health change keeps the structure and changes only the policy chains' rules.
     let d = plan(
         &c,
         &ids(&c),
         &["isp2".to_string()].into(),
         &Facts::default(),
     );
-    assert_ne!(a.digest, d.digest);
+    assert_eq!(a.digest, d.digest);
+    assert_ne!(a.policy_chains, d.policy_chains);
+    assert!(d.nft.contains(&d.policy_chains[0].text()));
+    assert_eq!(
+        d.policy_chains[0].replace_script(),
+        format!(
+            "flush chain inet multiwan policy_default\nadd rule inet multiwan policy_default goto up_isp2 comment \"p:{}\"\n",
+            d.policy_chains[0].digest
+        )
+    );
+    // Weights live in the policies only; interfaces are structure.
+    let c2 = cfg(&TWO.replace("weight = 3", "weight = 2"));
+    let e = plan(&c2, &ids(&c2), &all_usable(&c2), &Facts::default());
+    assert_eq!(a.digest, e.digest);
+    let c3 = cfg(&TWO.replace("interface = \"eth2\"", "interface = \"eth9\""));
+    let f = plan(&c3, &ids(&c3), &all_usable(&c3), &Facts::default());
+    assert_ne!(a.digest, f.digest);
 }
 
 fn config_with(weights: &[u32], tiers: &[u32]) -> Config {

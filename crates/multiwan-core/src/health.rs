@@ -1,0 +1,426 @@
+//! Sans-IO uplink health: probe round results, link reports and the current time go in,
+//! state transitions come out. Nothing here sleeps, sends or reads a clock, so failover
+//! logic is tested in microseconds with scripted results (see `health/tests.rs`).
+//!
+//! An uplink is **up** (takes new connections), **degraded** (quality limits exceeded: takes
+//! new connections only when no healthy uplink of its tier exists) or **down**, and every
+//! non-up state carries a typed [`Reason`].
+//!
+//! Rules:
+//! - A round is good when at least `min_targets` targets answered within `timeout`.
+//! - Up/degraded → down after `down_after` bad rounds in a row.
+//! - Down (probes failing, or link back after a loss) → up after `up_after` good rounds in a row.
+//! - A missing interface, carrier loss or missing address → down at once, without waiting
+//!   for probes; when the link is back the uplink needs `up_after` good rounds.
+//! - An administratively disabled uplink is down until enabled.
+//! - Quality limits over a sliding window of rounds: loss above `max_loss` or average RTT
+//!   above `max_rtt` degrade; both at or below the recovery limits restore.
+//! - At start an uplink with a working link is up at once (optimistic), so every uplink
+//!   carries traffic from the first second; probes take it down if it is not.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use crate::model::{Check, Config, Quality};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Why an uplink is not (fully) up.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reason {
+    /// The interface does not exist.
+    NoInterface,
+    /// The interface is administratively down or has no carrier.
+    LinkDown,
+    /// The interface has no IPv4 address (and the uplink needs one).
+    NoAddress,
+    /// `n` probe rounds in a row failed.
+    ProbesFailing { rounds: u32 },
+    /// Waiting for `need` good rounds in a row (has `good`).
+    Recovering { good: u32, need: u32 },
+    /// Loss over the window is above the limit.
+    HighLoss { percent: f64, limit: f64 },
+    /// Average RTT over the window is above the limit.
+    HighRtt { rtt: Duration, limit: Duration },
+    /// Disabled by the operator.
+    AdminDisabled,
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::NoInterface => write!(f, "interface missing"),
+            Reason::LinkDown => write!(f, "link down"),
+            Reason::NoAddress => write!(f, "no address"),
+            Reason::ProbesFailing { rounds } => write!(f, "probes failing ({rounds} rounds)"),
+            Reason::Recovering { good, need } => {
+                write!(f, "recovering ({good}/{need} good rounds)")
+            }
+            Reason::HighLoss { percent, limit } => {
+                write!(f, "loss {percent:.0}% above {limit:.0}%")
+            }
+            Reason::HighRtt { rtt, limit } => {
+                write!(f, "rtt {}ms above {}ms", rtt.as_millis(), limit.as_millis())
+            }
+            Reason::AdminDisabled => write!(f, "disabled by operator"),
+        }
+    }
+}
+
+impl Reason {
+    /// Short machine-readable name (hooks, JSON, metrics labels).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Reason::NoInterface => "no_interface",
+            Reason::LinkDown => "link_down",
+            Reason::NoAddress => "no_address",
+            Reason::ProbesFailing { .. } => "probes_failing",
+            Reason::Recovering { .. } => "recovering",
+            Reason::HighLoss { .. } => "high_loss",
+            Reason::HighRtt { .. } => "high_rtt",
+            Reason::AdminDisabled => "admin_disabled",
+        }
+    }
+}
+
+/// Health state of an uplink.
+#[derive(Debug, Clone, PartialEq)]
+pub enum State {
+    Up,
+    Degraded(Reason),
+    Down(Reason),
+}
+
+impl State {
+    /// `up`, `degraded` or `down`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            State::Up => "up",
+            State::Degraded(_) => "degraded",
+            State::Down(_) => "down",
+        }
+    }
+
+    /// The reason, if not up.
+    pub fn reason(&self) -> Option<&Reason> {
+        match self {
+            State::Up => None,
+            State::Degraded(r) | State::Down(r) => Some(r),
+        }
+    }
+
+    /// Whether the uplink may take new connections at all.
+    pub fn is_usable(&self) -> bool {
+        !matches!(self, State::Down(_))
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.reason() {
+            None => write!(f, "{}", self.name()),
+            Some(r) => write!(f, "{} ({r})", self.name()),
+        }
+    }
+}
+
+/// What the kernel says about the uplink's interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkStatus {
+    Missing,
+    Down,
+    NoAddress,
+    Ok,
+}
+
+/// A change of state, to log, hook and act on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transition {
+    pub from: State,
+    pub to: State,
+    pub at: Instant,
+}
+
+/// Summary of the sliding window.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct WindowStats {
+    pub rounds: usize,
+    pub sent: u64,
+    pub lost: u64,
+    pub avg_rtt: Option<Duration>,
+    pub last_rtt: Option<Duration>,
+}
+
+impl WindowStats {
+    /// Loss in percent (0 when nothing was sent).
+    pub fn loss_percent(&self) -> f64 {
+        if self.sent == 0 {
+            0.0
+        } else {
+            100.0 * self.lost as f64 / self.sent as f64
+        }
+    }
+}
+
+/// One round's per-target outcome: the RTT, or `None` for no answer within the timeout.
+pub type RoundResult = [Option<Duration>];
+
+/// The health state machine of one uplink.
+#[derive(Debug, Clone)]
+pub struct Monitor {
+    down_after: u32,
+    up_after: u32,
+    min_targets: u32,
+    quality: Option<Quality>,
+    state: State,
+    since: Instant,
+    link: LinkStatus,
+    disabled: bool,
+    bad: u32,
+    good: u32,
+    window: VecDeque<(u32, u32, Option<Duration>)>,
+    window_len: usize,
+    last_rtt: Option<Duration>,
+}
+
+/// Default number of rounds in the statistics window (when no quality window is set).
+pub const DEFAULT_WINDOW_ROUNDS: usize = 50;
+
+impl Monitor {
+    /// A monitor whose link is in `link` at `now`.
+    pub fn new(check: &Check, link: LinkStatus, now: Instant) -> Self {
+        let quality = check.quality;
+        let mut m = Self {
+            down_after: check.down_after,
+            up_after: check.up_after,
+            min_targets: check.min_targets,
+            quality,
+            state: State::Up,
+            since: now,
+            link,
+            disabled: false,
+            bad: 0,
+            good: 0,
+            window: VecDeque::new(),
+            window_len: quality
+                .map(|q| q.window.max(1))
+                .unwrap_or(DEFAULT_WINDOW_ROUNDS),
+            last_rtt: None,
+        };
+        if let Some(r) = link_reason(link) {
+            m.state = State::Down(r);
+        }
+        m
+    }
+
+    /// Current state.
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// Since when the current state holds.
+    pub fn since(&self) -> Instant {
+        self.since
+    }
+
+    /// Statistics over the sliding window.
+    pub fn stats(&self) -> WindowStats {
+        let mut s = WindowStats {
+            rounds: self.window.len(),
+            last_rtt: self.last_rtt,
+            ..Default::default()
+        };
+        let mut total = Duration::ZERO;
+        let mut n = 0u32;
+        for (sent, answered, rtt) in &self.window {
+            s.sent += u64::from(*sent);
+            s.lost += u64::from(sent - answered);
+            if let Some(r) = rtt {
+                total += *r;
+                n += 1;
+            }
+        }
+        if n > 0 {
+            s.avg_rtt = Some(total / n);
+        }
+        s
+    }
+
+    fn set(&mut self, to: State, now: Instant) -> Option<Transition> {
+        if self.state == to {
+            return None;
+        }
+        let from = std::mem::replace(&mut self.state, to.clone());
+        // A new reason within the same state (link down → recovering 1/5 → 2/5) updates what
+        // `status` shows but is no transition: nothing to act on, `since` keeps its start.
+        if from.name() == to.name() {
+            return None;
+        }
+        self.since = now;
+        Some(Transition { from, to, at: now })
+    }
+
+    /// The kernel reported the link.
+    pub fn link(&mut self, status: LinkStatus, now: Instant) -> Option<Transition> {
+        let was = self.link;
+        self.link = status;
+        if self.disabled {
+            return None;
+        }
+        match link_reason(status) {
+            Some(r) => {
+                self.good = 0;
+                self.set(State::Down(r), now)
+            }
+            None if was != LinkStatus::Ok => {
+                // Link back: prove the path before taking traffic again.
+                self.good = 0;
+                self.bad = 0;
+                self.set(
+                    State::Down(Reason::Recovering {
+                        good: 0,
+                        need: self.up_after,
+                    }),
+                    now,
+                )
+            }
+            None => None,
+        }
+    }
+
+    /// The operator disabled or enabled the uplink.
+    pub fn set_disabled(&mut self, disabled: bool, now: Instant) -> Option<Transition> {
+        self.disabled = disabled;
+        if disabled {
+            return self.set(State::Down(Reason::AdminDisabled), now);
+        }
+        match link_reason(self.link) {
+            Some(r) => self.set(State::Down(r), now),
+            // Enabled by a person who knows the uplink: trust it, probes will correct.
+            None => {
+                self.bad = 0;
+                self.set(State::Up, now)
+            }
+        }
+    }
+
+    /// A probe round finished.
+    pub fn round(&mut self, results: &RoundResult, now: Instant) -> Option<Transition> {
+        let answered: Vec<Duration> = results.iter().flatten().copied().collect();
+        let best = answered.iter().min().copied();
+        if best.is_some() {
+            self.last_rtt = best;
+        }
+        self.window
+            .push_back((results.len() as u32, answered.len() as u32, best));
+        while self.window.len() > self.window_len {
+            self.window.pop_front();
+        }
+        if self.disabled || self.link != LinkStatus::Ok {
+            return None;
+        }
+        let good = answered.len() as u32 >= self.min_targets.min(results.len() as u32).max(1);
+        if good {
+            self.bad = 0;
+            self.good = self.good.saturating_add(1);
+        } else {
+            self.good = 0;
+            self.bad = self.bad.saturating_add(1);
+        }
+        match self.state.clone() {
+            State::Up | State::Degraded(_) => {
+                if self.bad >= self.down_after {
+                    return self.set(State::Down(Reason::ProbesFailing { rounds: self.bad }), now);
+                }
+                self.quality_verdict(now)
+            }
+            State::Down(_) => {
+                if self.good >= self.up_after {
+                    let t = self.set(State::Up, now);
+                    return self.quality_verdict(now).or(t);
+                }
+                let reason = if good || self.good > 0 {
+                    Reason::Recovering {
+                        good: self.good,
+                        need: self.up_after,
+                    }
+                } else {
+                    Reason::ProbesFailing { rounds: self.bad }
+                };
+                self.set(State::Down(reason), now)
+            }
+        }
+    }
+
+    fn quality_verdict(&mut self, now: Instant) -> Option<Transition> {
+        let q = self.quality?;
+        let s = self.stats();
+        if s.rounds < q.window.min(5) {
+            return None;
+        }
+        let loss = s.loss_percent();
+        let rtt = s.avg_rtt;
+        let over = if q.max_loss.is_some_and(|m| loss > m) {
+            Some(Reason::HighLoss {
+                percent: loss,
+                limit: q.max_loss.unwrap_or_default(),
+            })
+        } else {
+            match (q.max_rtt, rtt) {
+                (Some(limit), Some(r)) if r > limit => Some(Reason::HighRtt { rtt: r, limit }),
+                _ => None,
+            }
+        };
+        match (&self.state, over) {
+            (State::Up, Some(r)) => self.set(State::Degraded(r), now),
+            (State::Degraded(_), None) => {
+                let loss_ok = q.max_loss.is_none() || loss <= q.recover_loss;
+                let rtt_ok = match (q.recover_rtt.or(q.max_rtt), rtt) {
+                    (Some(limit), Some(r)) => r <= limit,
+                    _ => true,
+                };
+                if loss_ok && rtt_ok {
+                    self.set(State::Up, now)
+                } else {
+                    None
+                }
+            }
+            (State::Degraded(_), Some(r)) => {
+                // Update the reason's figures without a transition.
+                self.state = State::Degraded(r);
+                None
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The uplinks that may take new connections: every up uplink, and a degraded one only when
+/// its tier has no up uplink.
+pub fn usable(cfg: &Config, states: &BTreeMap<String, State>) -> BTreeSet<String> {
+    let state = |n: &str| states.get(n).cloned().unwrap_or(State::Up);
+    cfg.uplinks
+        .iter()
+        .filter(|u| match state(&u.name) {
+            State::Up => true,
+            State::Down(_) => false,
+            State::Degraded(_) => !cfg
+                .uplinks
+                .iter()
+                .any(|o| o.tier == u.tier && state(&o.name) == State::Up),
+        })
+        .map(|u| u.name.clone())
+        .collect()
+}
+
+fn link_reason(l: LinkStatus) -> Option<Reason> {
+    match l {
+        LinkStatus::Missing => Some(Reason::NoInterface),
+        LinkStatus::Down => Some(Reason::LinkDown),
+        LinkStatus::NoAddress => Some(Reason::NoAddress),
+        LinkStatus::Ok => None,
+    }
+}
+
+#[cfg(test)]
+mod tests;
