@@ -11,6 +11,7 @@ pub mod health;
 pub mod model;
 pub mod net;
 pub mod plan;
+pub mod rounds;
 
 pub use model::{load, Config, ConfigError, Diagnostic};
 pub use plan::{plan, Facts, Plan};

@@ -62,6 +62,8 @@ pub enum Cmd {
         #[arg(long, default_value = DEFAULT_RUN_DIR)]
         run_dir: PathBuf,
     },
+    /// Run the daemon: health checks, failover, address changes, reload on SIGHUP.
+    Run(crate::daemon::RunArgs),
     /// Build a virtual network in fresh namespaces, run a config on it and report.
     Lab(lab::LabArgs),
 }
@@ -192,6 +194,10 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 r.sysctls_restored
             );
         }
+        Cmd::Run(args) => {
+            require_root("run")?;
+            crate::daemon::run(args)?;
+        }
         Cmd::Lab(args) => {
             require_root("lab")?;
             lab::run(args)?;
@@ -212,14 +218,20 @@ fn require_root(what: &str) -> Result<(), Failure> {
 
 /// Runs the CLI and returns the process exit code.
 pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The daemon logs its transitions by default; one-shot commands only warnings.
+    let default_level = if matches!(cli.command, Cmd::Run(_)) {
+        "info"
+    } else {
+        "warn"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("MULTIWAN_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Config(msg)) => {

@@ -3,6 +3,7 @@
 //! `multiwan-core` crate.
 
 pub mod cli;
+pub mod daemon;
 pub mod kernel;
 pub mod lab;
 pub mod netns;

@@ -171,3 +171,150 @@ method = "{method}"
 "#
     )
 }
+
+/// A `multiwan run` daemon inside the router namespace; stopped (SIGTERM) on drop.
+pub struct Daemon {
+    pub child: std::process::Child,
+    pub state_path: PathBuf,
+}
+
+impl Daemon {
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// The daemon's state.json, once written.
+    pub fn state(&self) -> Option<serde_json::Value> {
+        let text = std::fs::read_to_string(&self.state_path).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// `state` of one uplink (up/degraded/down).
+    pub fn uplink_state(&self, name: &str) -> Option<String> {
+        let s = self.state()?;
+        s["uplinks"]
+            .as_array()?
+            .iter()
+            .find(|u| u["name"] == name)
+            .and_then(|u| u["state"].as_str().map(String::from))
+    }
+
+    /// Waits until `f` holds, polling every 20 ms; returns how long it took.
+    pub fn wait_for(&self, what: &str, limit: Duration, f: impl Fn(&Self) -> bool) -> Duration {
+        let start = std::time::Instant::now();
+        while !f(self) {
+            assert!(
+                start.elapsed() < limit,
+                "timed out after {limit:?} waiting for {what}; state: {:?}",
+                self.state()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        start.elapsed()
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).expect("signal");
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid()),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.child.wait();
+    }
+}
+
+impl Lab {
+    /// Starts `multiwan run` with `text` as its config.
+    pub fn start_daemon(&self, text: &str) -> Daemon {
+        let cfg = self.write_config(text);
+        let log = std::fs::File::create(self.dir.join("daemon.log")).expect("log file");
+        let mut c = self.topo.router.command(bin());
+        c.args(["run", "-c", &cfg, "--run-dir", &self.run_dir()])
+            .env("MULTIWAN_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(log);
+        let child = c.spawn().expect("start daemon");
+        let d = Daemon {
+            child,
+            state_path: self.dir.join("run").join("state.json"),
+        };
+        d.wait_for("the daemon's first state", Duration::from_secs(10), |d| {
+            d.state().is_some()
+        });
+        d
+    }
+
+    pub fn daemon_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
+    }
+
+    /// Makes ISP `n` (0-based) lose everything beyond it: its link stays up, packets vanish.
+    pub fn cut_upstream(&self, n: usize) {
+        self.topo.isps[n]
+            .ns
+            .ip(&[
+                "route",
+                "replace",
+                "blackhole",
+                &format!("{}/32", multiwan::lab::topology::SERVER_ADDR),
+            ])
+            .expect("cut");
+    }
+
+    pub fn restore_upstream(&self, n: usize) {
+        self.topo.isps[n]
+            .ns
+            .ip(&[
+                "route",
+                "replace",
+                &format!("{}/32", multiwan::lab::topology::SERVER_ADDR),
+                "via",
+                &format!("172.16.{}.2", n + 1),
+            ])
+            .expect("restore");
+    }
+
+    /// One TCP connection from host `h` with a short timeout: the uplink it used.
+    pub fn try_connect(&self, h: usize, timeout: Duration) -> Option<usize> {
+        let ep = self.topo.server_endpoint();
+        let seen = self.topo.hosts[h]
+            .ns
+            .spawn(move || traffic::tcp_hello(ep, timeout).ok())
+            .expect("spawn")
+            .join()
+            .expect("join");
+        seen.and_then(|a| self.topo.isp_of(a))
+    }
+}
+
+/// A two-uplink config whose health checks probe the server beyond the ISPs.
+pub fn two_uplinks_checked(method: &str) -> String {
+    let server = multiwan::lab::topology::SERVER_ADDR;
+    format!(
+        r#"[lan]
+interfaces = ["lan0"]
+
+[[uplink]]
+name = "isp1"
+interface = "wan1"
+gateway = "10.37.1.1"
+[uplink.check]
+targets = ["{server}"]
+
+[[uplink]]
+name = "isp2"
+interface = "wan2"
+gateway = "10.37.2.1"
+[uplink.check]
+targets = ["{server}"]
+
+[balance]
+method = "{method}"
+"#
+    )
+}

@@ -1,0 +1,158 @@
+//! Sans-IO bookkeeping of probe rounds: which probe belongs to which round and target, and
+//! when a round is complete (every target answered, or its timeout passed). Rounds complete
+//! in the order they started, so the health monitor sees them in sequence even when the
+//! timeout is longer than the interval.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone)]
+struct Round {
+    id: u64,
+    started: Instant,
+    sent: Vec<Option<Instant>>,
+    rtt: Vec<Option<Duration>>,
+}
+
+/// Outstanding rounds of one uplink.
+#[derive(Debug, Clone)]
+pub struct Rounds {
+    targets: usize,
+    timeout: Duration,
+    next_id: u64,
+    open: VecDeque<Round>,
+}
+
+/// A finished round: per-target RTT, `None` for no answer in time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finished {
+    pub id: u64,
+    pub results: Vec<Option<Duration>>,
+}
+
+impl Rounds {
+    /// Tracks rounds over `targets` targets with the given timeout.
+    pub fn new(targets: usize, timeout: Duration) -> Self {
+        Self {
+            targets,
+            timeout,
+            next_id: 0,
+            open: VecDeque::new(),
+        }
+    }
+
+    /// Opens a new round at `now` and returns its id.
+    pub fn start(&mut self, now: Instant) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.open.push_back(Round {
+            id,
+            started: now,
+            sent: vec![None; self.targets],
+            rtt: vec![None; self.targets],
+        });
+        id
+    }
+
+    /// The probe to `target` of round `id` left at `at` (sending can fail: then it never
+    /// answers and counts as lost).
+    pub fn sent(&mut self, id: u64, target: usize, at: Instant) {
+        if let Some(r) = self.open.iter_mut().find(|r| r.id == id) {
+            if let Some(s) = r.sent.get_mut(target) {
+                *s = Some(at);
+            }
+        }
+    }
+
+    /// An answer for `target` of round `id` arrived at `at`. Late or unknown answers are
+    /// ignored.
+    pub fn answered(&mut self, id: u64, target: usize, at: Instant) {
+        let timeout = self.timeout;
+        if let Some(r) = self.open.iter_mut().find(|r| r.id == id) {
+            if let (Some(Some(sent)), Some(slot)) = (r.sent.get(target), r.rtt.get_mut(target)) {
+                let rtt = at.saturating_duration_since(*sent);
+                if slot.is_none() && rtt <= timeout {
+                    *slot = Some(rtt);
+                }
+            }
+        }
+    }
+
+    /// Rounds that are complete at `now`, oldest first.
+    pub fn due(&mut self, now: Instant) -> Vec<Finished> {
+        let mut out = Vec::new();
+        while let Some(r) = self.open.front() {
+            let all = r.rtt.iter().all(Option::is_some);
+            if all || now >= r.started + self.timeout {
+                let r = self.open.pop_front().expect("front exists");
+                out.push(Finished {
+                    id: r.id,
+                    results: r.rtt,
+                });
+            } else {
+                break;
+            }
+        }
+        out
+    }
+
+    /// When the oldest open round times out, if any.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.open.front().map(|r| r.started + self.timeout)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounds_complete_in_order_on_answers_or_timeout() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut r = Rounds::new(2, ms(250));
+        let a = r.start(t0);
+        r.sent(a, 0, t0);
+        r.sent(a, 1, t0);
+        let b = r.start(t0 + ms(100));
+        r.sent(b, 0, t0 + ms(100));
+        r.sent(b, 1, t0 + ms(100));
+        // Round b fully answered first, but a is still open: nothing is due yet.
+        r.answered(b, 0, t0 + ms(110));
+        r.answered(b, 1, t0 + ms(120));
+        r.answered(a, 0, t0 + ms(130));
+        assert!(r.due(t0 + ms(140)).is_empty());
+        assert_eq!(r.next_deadline(), Some(t0 + ms(250)));
+        // At a's timeout both are released, in order.
+        let done = r.due(t0 + ms(250));
+        assert_eq!(done.len(), 2);
+        assert_eq!(
+            done[0],
+            Finished {
+                id: a,
+                results: vec![Some(ms(130)), None]
+            }
+        );
+        assert_eq!(
+            done[1],
+            Finished {
+                id: b,
+                results: vec![Some(ms(10)), Some(ms(20))]
+            }
+        );
+    }
+
+    #[test]
+    fn late_duplicate_and_unsent_answers_are_ignored() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut r = Rounds::new(2, ms(100));
+        let a = r.start(t0);
+        r.sent(a, 0, t0);
+        r.answered(a, 1, t0 + ms(5)); // never sent
+        r.answered(a, 0, t0 + ms(150)); // too late
+        r.answered(99, 0, t0 + ms(5)); // unknown round
+        let done = r.due(t0 + ms(100));
+        assert_eq!(done[0].results, vec![None, None]);
+    }
+}

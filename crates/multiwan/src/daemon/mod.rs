@@ -1,0 +1,561 @@
+//! `multiwan run`: keeps the plan true while uplinks fail, recover, reconnect and change
+//! addresses.
+//!
+//! ```text
+//!   probe-<uplink> threads ──Round──┐
+//!   netlink thread ──KernelChanged──┼──► event loop (this module) ──► plan ──► kernel::apply
+//!   signal thread ──Reload/Stop─────┘        │ transitions: log, hook, conntrack flush
+//!                                            └─► state.json in the run directory
+//! ```
+//! One loop over a closed [`Event`] enum; every handler is a plain synchronous function of
+//! the event and the current time. Health decisions come from the pure
+//! [`multiwan_core::health::Monitor`]; the data plane from the pure planner; only
+//! `kernel` (through `apply`) and `netlink` touch the kernel.
+//!
+//! Exit leaves the data plane in place (fail-static) unless `--cleanup` is given, so a
+//! restart — or a `kill -9` — costs no connection; a new daemon adopts the installed state.
+
+pub mod netlink;
+pub mod probe;
+pub mod systemd;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use multiwan_core::health::{self, LinkStatus, Monitor, State, Transition};
+use multiwan_core::model::OnUplinkDown;
+use multiwan_core::plan::{assign_ids, plan};
+use multiwan_core::{Config, Facts, Plan};
+use serde::Serialize;
+
+use crate::cli::{load_config, Failure};
+use crate::kernel;
+
+/// Everything the event loop reacts to.
+#[derive(Debug)]
+pub enum Event {
+    /// A probe round of `uplink` finished (from prober generation `generation`).
+    Round {
+        uplink: String,
+        generation: u64,
+        results: Vec<Option<Duration>>,
+    },
+    /// Links or addresses changed: re-read them.
+    KernelChanged,
+    /// SIGHUP: re-read the config.
+    Reload,
+    /// SIGTERM / SIGINT.
+    Stop,
+}
+
+/// Options of `multiwan run`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// Config file.
+    #[arg(short, long, default_value = crate::cli::DEFAULT_CONFIG)]
+    pub config: PathBuf,
+    /// Directory for the daemon's state (pid file, state.json, saved sysctls).
+    #[arg(long, default_value = crate::cli::DEFAULT_RUN_DIR)]
+    pub run_dir: PathBuf,
+    /// Remove everything multiwan installed when stopping (default: leave it, fail-static).
+    #[arg(long)]
+    pub cleanup: bool,
+}
+
+struct Prober {
+    stop: Arc<AtomicBool>,
+    handle: JoinHandle<()>,
+}
+
+/// One uplink's runtime state next to its config.
+struct UplinkRt {
+    monitor: Monitor,
+    since_wall: SystemTime,
+}
+
+struct Daemon {
+    args: RunArgs,
+    cfg: Config,
+    ids: BTreeMap<String, u32>,
+    uplinks: BTreeMap<String, UplinkRt>,
+    facts: Facts,
+    tx: Sender<Event>,
+    generation: u64,
+    probers: Vec<Prober>,
+    /// Something changed that the kernel must reflect.
+    dirty: bool,
+    /// Uplinks that went down since the last reconcile and whose connections go.
+    to_flush: BTreeSet<String>,
+    last_plan: Option<Plan>,
+    reconciles: u64,
+    started: SystemTime,
+}
+
+/// What the kernel says about an uplink's interface.
+fn link_status(facts: &Facts, ifname: &str) -> LinkStatus {
+    match facts.links.as_ref().and_then(|l| l.get(ifname)) {
+        None => LinkStatus::Missing,
+        Some(l) if !l.up => LinkStatus::Down,
+        Some(l) if l.addrs.is_empty() => LinkStatus::NoAddress,
+        Some(_) => LinkStatus::Ok,
+    }
+}
+
+/// Runs the daemon until SIGTERM/SIGINT.
+pub fn run(args: RunArgs) -> Result<(), Failure> {
+    let cfg = load_config(&args.config)?;
+    std::fs::create_dir_all(&args.run_dir)
+        .with_context(|| format!("creating run directory {}", args.run_dir.display()))?;
+    let _pid = PidFile::create(&args.run_dir)?;
+    let (tx, rx) = channel();
+    spawn_signal_thread(tx.clone())?;
+    netlink::watch_links(tx.clone()).context("watching links over netlink")?;
+    let mut d = Daemon::new(args, cfg, tx)?;
+    d.reconcile();
+    systemd::notify("READY=1");
+    tracing::info!(uplinks = d.cfg.uplinks.len(), "multiwan running");
+    d.event_loop(&rx);
+    Ok(())
+}
+
+fn spawn_signal_thread(tx: Sender<Event>) -> Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGHUP, SIGINT, SIGTERM])
+        .context("installing signal handlers")?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for s in signals.forever() {
+                let ev = if s == SIGHUP {
+                    Event::Reload
+                } else {
+                    Event::Stop
+                };
+                if tx.send(ev).is_err() {
+                    return;
+                }
+            }
+        })
+        .context("starting the signal thread")?;
+    Ok(())
+}
+
+/// `multiwan.pid` in the run directory; refuses to start next to a live daemon.
+struct PidFile(PathBuf);
+
+impl PidFile {
+    fn create(run_dir: &Path) -> Result<Self> {
+        let path = run_dir.join("multiwan.pid");
+        if let Ok(old) = std::fs::read_to_string(&path) {
+            let pid = old.trim();
+            let alive = !pid.is_empty()
+                && std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|c| c.trim() == "multiwan");
+            if alive && pid != std::process::id().to_string() {
+                anyhow::bail!(
+                    "another multiwan daemon (pid {pid}) uses {}; give each daemon its own --run-dir",
+                    run_dir.display()
+                );
+            }
+        }
+        std::fs::write(&path, format!("{}\n", std::process::id()))
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(Self(path))
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+impl Daemon {
+    fn new(args: RunArgs, cfg: Config, tx: Sender<Event>) -> Result<Self> {
+        let facts = kernel::read_facts()?;
+        let installed = kernel::read_installed()?;
+        let ids = assign_ids(&cfg, &installed.ids)?;
+        let now = Instant::now();
+        let uplinks = cfg
+            .uplinks
+            .iter()
+            .map(|u| {
+                let status = link_status(&facts, &u.interface);
+                (
+                    u.name.clone(),
+                    UplinkRt {
+                        monitor: Monitor::new(&u.check, status, now),
+                        since_wall: SystemTime::now(),
+                    },
+                )
+            })
+            .collect();
+        let mut d = Self {
+            args,
+            cfg,
+            ids,
+            uplinks,
+            facts,
+            tx,
+            generation: 0,
+            probers: Vec::new(),
+            dirty: true,
+            to_flush: BTreeSet::new(),
+            last_plan: None,
+            reconciles: 0,
+            started: SystemTime::now(),
+        };
+        for (name, u) in &d.uplinks {
+            tracing::info!(uplink = %name, state = %u.monitor.state(), "initial state");
+        }
+        d.start_probers();
+        Ok(d)
+    }
+
+    fn start_probers(&mut self) {
+        for p in self.probers.drain(..) {
+            p.stop.store(true, Ordering::Relaxed);
+            let _ = p.handle.join();
+        }
+        self.generation += 1;
+        for (i, u) in self.cfg.uplinks.iter().enumerate() {
+            let id = self.ids.get(&u.name).copied().unwrap_or(0);
+            let spec = probe::ProbeSpec {
+                uplink: u.name.clone(),
+                ifname: u.interface.clone(),
+                mark: self.cfg.kernel.mark_of(id),
+                method: u.check.method,
+                targets: u.check.targets.clone(),
+                interval: u.check.interval,
+                timeout: u.check.timeout,
+                ident: (std::process::id() as u16)
+                    .wrapping_mul(31)
+                    .wrapping_add(i as u16),
+            };
+            let stop = Arc::new(AtomicBool::new(false));
+            match probe::spawn(spec, self.generation, self.tx.clone(), stop.clone()) {
+                Ok(handle) => self.probers.push(Prober { stop, handle }),
+                Err(e) => tracing::error!(uplink = %u.name, error = %e, "cannot start prober"),
+            }
+        }
+    }
+
+    fn event_loop(&mut self, rx: &Receiver<Event>) {
+        let watchdog = systemd::watchdog_interval();
+        let tick = watchdog
+            .unwrap_or(Duration::from_secs(1))
+            .min(Duration::from_secs(1));
+        let mut last_facts = Instant::now();
+        loop {
+            let first = match rx.recv_timeout(tick) {
+                Ok(ev) => Some(ev),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => return,
+            };
+            // Handle everything that is queued before touching the kernel once.
+            let mut kernel_changed = false;
+            let mut events: Vec<Event> = first.into_iter().collect();
+            events.extend(rx.try_iter());
+            for ev in events {
+                match ev {
+                    Event::Round {
+                        uplink,
+                        generation,
+                        results,
+                    } => self.on_round(&uplink, generation, &results),
+                    Event::KernelChanged => kernel_changed = true,
+                    Event::Reload => self.reload(),
+                    Event::Stop => {
+                        self.stop();
+                        return;
+                    }
+                }
+            }
+            // Safety net for missed netlink events: re-read links every 30 s.
+            if kernel_changed || last_facts.elapsed() > Duration::from_secs(30) {
+                last_facts = Instant::now();
+                self.on_kernel_changed();
+            }
+            if self.dirty {
+                self.reconcile();
+            }
+            if watchdog.is_some() {
+                systemd::notify("WATCHDOG=1");
+            }
+        }
+    }
+
+    fn on_round(&mut self, uplink: &str, generation: u64, results: &[Option<Duration>]) {
+        if generation != self.generation {
+            return;
+        }
+        let now = Instant::now();
+        let t = match self.uplinks.get_mut(uplink) {
+            Some(u) => u.monitor.round(results, now),
+            None => return,
+        };
+        if let Some(t) = t {
+            self.on_transition(uplink, t);
+        }
+    }
+
+    fn on_kernel_changed(&mut self) {
+        let facts = match kernel::read_facts() {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "cannot read interfaces");
+                return;
+            }
+        };
+        if facts == self.facts {
+            return;
+        }
+        self.facts = facts;
+        // Addresses feed source rules and routes even when no state changes.
+        self.dirty = true;
+        let now = Instant::now();
+        let mut transitions = Vec::new();
+        for u in &self.cfg.uplinks {
+            let status = link_status(&self.facts, &u.interface);
+            if let Some(rt) = self.uplinks.get_mut(&u.name) {
+                if let Some(t) = rt.monitor.link(status, now) {
+                    transitions.push((u.name.clone(), t));
+                }
+            }
+        }
+        for (name, t) in transitions {
+            self.on_transition(&name, t);
+        }
+    }
+
+    fn on_transition(&mut self, uplink: &str, t: Transition) {
+        let reason =
+            t.to.reason()
+                .map(|r| r.to_string())
+                .unwrap_or_else(|| "healthy".into());
+        tracing::info!(
+            uplink,
+            from = t.from.name(),
+            to = t.to.name(),
+            reason = %reason,
+            "uplink {}",
+            t.to.name()
+        );
+        if let Some(rt) = self.uplinks.get_mut(uplink) {
+            rt.since_wall = SystemTime::now();
+        }
+        if matches!(t.to, State::Down(_))
+            && !matches!(t.from, State::Down(_))
+            && self.cfg.balance.on_uplink_down == OnUplinkDown::Flush
+        {
+            self.to_flush.insert(uplink.to_string());
+        }
+        if let Some(hook) = &self.cfg.daemon.hook {
+            let interface = self
+                .cfg
+                .uplinks
+                .iter()
+                .find(|u| u.name == uplink)
+                .map(|u| u.interface.clone())
+                .unwrap_or_default();
+            systemd::run_hook(
+                hook,
+                systemd::HookCall {
+                    uplink: uplink.to_string(),
+                    interface,
+                    old_state: t.from.name().to_string(),
+                    new_state: t.to.name().to_string(),
+                    reason: t.to.reason().map(|r| r.code()).unwrap_or("").to_string(),
+                },
+            );
+        }
+        self.dirty = true;
+    }
+
+    fn states(&self) -> BTreeMap<String, State> {
+        self.uplinks
+            .iter()
+            .map(|(n, u)| (n.clone(), u.monitor.state().clone()))
+            .collect()
+    }
+
+    /// Makes the kernel match the current health and facts: plan, apply the difference,
+    /// then delete the conntrack entries of uplinks that just went down.
+    fn reconcile(&mut self) {
+        let usable = health::usable(&self.cfg, &self.states());
+        let p = plan(&self.cfg, &self.ids, &usable, &self.facts);
+        if self.last_plan.as_ref() != Some(&p) {
+            let started = Instant::now();
+            match kernel::apply(&p, &self.args.run_dir) {
+                Ok(r) => {
+                    self.reconciles += 1;
+                    tracing::info!(
+                        took_ms = started.elapsed().as_millis() as u64,
+                        usable = ?usable,
+                        nft_replaced = r.nft_replaced,
+                        policies = r.policies_updated,
+                        rules = r.rules_added + r.rules_removed,
+                        routes = r.routes_changed + r.routes_removed,
+                        "kernel updated"
+                    );
+                    self.last_plan = Some(p);
+                }
+                Err(e) => {
+                    // Keep `dirty`: the next event or tick retries.
+                    tracing::error!(error = %format!("{e:#}"), "cannot update the kernel; will retry");
+                    self.write_state();
+                    return;
+                }
+            }
+        }
+        for name in std::mem::take(&mut self.to_flush) {
+            let Some(id) = self.ids.get(&name) else {
+                continue;
+            };
+            let mark = self.cfg.kernel.mark_of(*id);
+            match netlink::flush_conntrack(mark, self.cfg.kernel.mark_mask) {
+                Ok(()) => tracing::info!(uplink = %name, "flushed the uplink's connections"),
+                Err(e) => tracing::warn!(uplink = %name, error = %e, "cannot flush connections"),
+            }
+        }
+        self.dirty = false;
+        self.write_state();
+    }
+
+    fn reload(&mut self) {
+        systemd::notify("RELOADING=1");
+        match load_config(&self.args.config) {
+            Err(Failure::Config(msg)) => {
+                for line in msg.lines() {
+                    tracing::error!("{line}");
+                }
+                tracing::error!("reload rejected: the running configuration stays");
+            }
+            Err(Failure::Runtime(e)) => {
+                tracing::error!(error = %format!("{e:#}"), "reload failed: the running configuration stays")
+            }
+            Ok(cfg) => match assign_ids(&cfg, &self.ids) {
+                Err(e) => tracing::error!(error = %e, "reload rejected"),
+                Ok(ids) => {
+                    let now = Instant::now();
+                    let mut uplinks = BTreeMap::new();
+                    for u in &cfg.uplinks {
+                        let old = self.cfg.uplinks.iter().find(|o| o.name == u.name);
+                        let keep =
+                            old.is_some_and(|o| o.interface == u.interface && o.check == u.check);
+                        let rt = match self.uplinks.remove(&u.name) {
+                            Some(rt) if keep => rt,
+                            _ => UplinkRt {
+                                monitor: Monitor::new(
+                                    &u.check,
+                                    link_status(&self.facts, &u.interface),
+                                    now,
+                                ),
+                                since_wall: SystemTime::now(),
+                            },
+                        };
+                        uplinks.insert(u.name.clone(), rt);
+                    }
+                    self.cfg = cfg;
+                    self.ids = ids;
+                    self.uplinks = uplinks;
+                    self.start_probers();
+                    self.dirty = true;
+                    tracing::info!(uplinks = self.cfg.uplinks.len(), "configuration reloaded");
+                }
+            },
+        }
+        systemd::notify("READY=1");
+    }
+
+    fn stop(&mut self) {
+        systemd::notify("STOPPING=1");
+        for p in self.probers.drain(..) {
+            p.stop.store(true, Ordering::Relaxed);
+            let _ = p.handle.join();
+        }
+        if self.args.cleanup {
+            match kernel::down(&self.args.run_dir) {
+                Ok(_) => tracing::info!("stopped; everything multiwan installed was removed"),
+                Err(e) => tracing::error!(error = %format!("{e:#}"), "cleanup failed"),
+            }
+        } else {
+            tracing::info!("stopped; the data plane stays in place (fail-static)");
+        }
+        let _ = std::fs::remove_file(self.args.run_dir.join("state.json"));
+    }
+
+    fn write_state(&self) {
+        let unix = |t: SystemTime| {
+            t.duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0)
+        };
+        let usable = health::usable(&self.cfg, &self.states());
+        let state = StateFile {
+            version: 1,
+            pid: std::process::id(),
+            started: unix(self.started),
+            reconciles: self.reconciles,
+            uplinks: self
+                .cfg
+                .uplinks
+                .iter()
+                .filter_map(|u| {
+                    let rt = self.uplinks.get(&u.name)?;
+                    let s = rt.monitor.state();
+                    let stats = rt.monitor.stats();
+                    Some(UplinkState {
+                        name: u.name.clone(),
+                        interface: u.interface.clone(),
+                        state: s.name().to_string(),
+                        reason: s.reason().map(|r| r.code().to_string()),
+                        detail: s.reason().map(|r| r.to_string()),
+                        since: unix(rt.since_wall),
+                        usable: usable.contains(&u.name),
+                        loss_percent: stats.loss_percent(),
+                        rtt_ms: stats.avg_rtt.map(|d| d.as_secs_f64() * 1000.0),
+                    })
+                })
+                .collect(),
+        };
+        let path = self.args.run_dir.join("state.json");
+        let tmp = self.args.run_dir.join("state.json.tmp");
+        let written = serde_json::to_vec_pretty(&state)
+            .map_err(std::io::Error::other)
+            .and_then(|b| std::fs::write(&tmp, b))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = written {
+            tracing::warn!(error = %e, "cannot write {}", path.display());
+        }
+    }
+}
+
+/// `state.json`: the daemon's view, for scripts and the tests (version 1).
+#[derive(Debug, Serialize)]
+struct StateFile {
+    version: u32,
+    pid: u32,
+    started: u64,
+    reconciles: u64,
+    uplinks: Vec<UplinkState>,
+}
+
+#[derive(Debug, Serialize)]
+struct UplinkState {
+    name: String,
+    interface: String,
+    state: String,
+    reason: Option<String>,
+    detail: Option<String>,
+    since: u64,
+    usable: bool,
+    loss_percent: f64,
+    rtt_ms: Option<f64>,
+}
