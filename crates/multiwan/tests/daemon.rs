@@ -46,3 +46,366 @@ fn upstream_blackhole_fails_over_and_back() {
     let v = lab.tcp_from_host(0, 10);
     assert_eq!((count(&v, 0), count(&v, 1)), (5, 5), "failback: {v:?}");
 }
+
+/// Connections tracked in the router with `mark` (decimal, as /proc shows it).
+fn conntrack_with_mark(lab: &Lab, mark: u32) -> usize {
+    let table = lab
+        .topo
+        .router
+        .exec("cat", &["/proc/net/nf_conntrack"])
+        .expect("conntrack");
+    table
+        .lines()
+        .filter(|l| l.contains("dport=7000") && l.contains(&format!(" mark={mark} ")))
+        .count()
+}
+
+/// Opens `n` idle connections from host 0 (a PUT that never sends its body); they stay open
+/// until dropped.
+fn idle_connections(lab: &Lab, n: usize) -> Vec<std::net::TcpStream> {
+    let ep = lab.topo.server_endpoint();
+    lab.topo.hosts[0]
+        .ns
+        .spawn(move || {
+            (0..n)
+                .map(|_| {
+                    use std::io::Write;
+                    let mut s =
+                        std::net::TcpStream::connect_timeout(&ep.into(), Duration::from_secs(2))
+                            .expect("connect");
+                    s.write_all(b"PUT 1000000\n").expect("write");
+                    s
+                })
+                .collect()
+        })
+        .expect("spawn")
+        .join()
+        .expect("join")
+}
+
+/// Only the failed uplink's connections are flushed; the survivor's keep flowing throughout.
+#[test]
+fn failover_flushes_only_the_failed_uplinks_flows_and_spares_the_rest() {
+    let lab = Lab::with_spec(multiwan::lab::topology::TopologySpec {
+        isps: vec![
+            multiwan::lab::topology::IspSpec {
+                rate_mbit: Some(20)
+            };
+            2
+        ],
+        lan_hosts: 1,
+    });
+    let d = lab.start_daemon(&two_uplinks_checked("round-robin"));
+    let idle = idle_connections(&lab, 4);
+    assert_eq!(conntrack_with_mark(&lab, 0x10000), 2);
+    assert_eq!(conntrack_with_mark(&lab, 0x20000), 2);
+    // A download on isp2 that spans the whole failover (the next connection is isp1's turn,
+    // so open a throwaway one first).
+    assert_eq!(lab.try_connect(0, Duration::from_secs(1)), Some(0));
+    let ep = lab.topo.server_endpoint();
+    let download = lab.topo.hosts[0]
+        .ns
+        .spawn(move || multiwan::lab::traffic::tcp_get(ep, 6 << 20))
+        .expect("spawn");
+    std::thread::sleep(Duration::from_millis(200));
+    lab.cut_upstream(0);
+    d.wait_for("isp1 down", Duration::from_secs(3), |d| {
+        d.uplink_state("isp1").as_deref() == Some("down")
+    });
+    d.wait_for("isp1's flows flushed", Duration::from_secs(2), |_| {
+        conntrack_with_mark(&lab, 0x10000) == 0
+    });
+    assert_eq!(
+        conntrack_with_mark(&lab, 0x20000),
+        3,
+        "isp2's connections are untouched"
+    );
+    let t = download
+        .join()
+        .expect("join")
+        .expect("the download on the healthy uplink completes");
+    assert_eq!(lab.topo.isp_of(t.seen_as), Some(1));
+    drop(idle);
+}
+
+/// DHCP renew / PPPoE reconnect with a new address: SNAT and source rules follow.
+#[test]
+fn address_change_is_followed() {
+    let lab = Lab::new(2, 1);
+    let d = lab.start_daemon(&two_uplinks_checked("round-robin"));
+    let r = &lab.topo.router;
+    // Like a DHCP client: the old address goes, the new one comes. (Adding first would not
+    // work: deleting a primary address also deletes the secondaries of its subnet unless
+    // promote_secondaries is set.)
+    r.ip(&["addr", "del", "10.37.2.253/24", "dev", "wan2"])
+        .expect("old address gone");
+    r.ip(&["addr", "add", "10.37.2.254/24", "dev", "wan2"])
+        .expect("new address");
+    d.wait_for(
+        "source rule for the new address",
+        Duration::from_secs(3),
+        |_| {
+            r.ip(&["rule", "show"])
+                .expect("rules")
+                .contains("from 10.37.2.254 lookup 1002")
+        },
+    );
+    assert!(!r
+        .ip(&["rule", "show"])
+        .expect("rules")
+        .contains("10.37.2.253"));
+    // Without an address the uplink was down for a moment; it proves itself again first.
+    d.wait_for("isp2 up again", Duration::from_secs(3), |d| {
+        d.uplink_state("isp2").as_deref() == Some("up")
+    });
+    let ep = lab.topo.server_endpoint();
+    let seen: Vec<std::net::Ipv4Addr> = lab.topo.hosts[0]
+        .ns
+        .spawn(move || {
+            (0..6)
+                .filter_map(|_| multiwan::lab::traffic::tcp_hello(ep, Duration::from_secs(2)).ok())
+                .collect()
+        })
+        .expect("spawn")
+        .join()
+        .expect("join");
+    assert_eq!(seen.len(), 6, "every connection works: {seen:?}");
+    assert!(
+        seen.contains(&"10.37.2.254".parse().expect("ip")),
+        "{seen:?}"
+    );
+    assert!(
+        !seen.contains(&"10.37.2.253".parse().expect("ip")),
+        "{seen:?}"
+    );
+}
+
+/// ppp0 going away and coming back with a new index: down at once, up after proof.
+#[test]
+fn interface_deleted_and_recreated_is_followed() {
+    let lab = Lab::new(2, 1);
+    let d = lab.start_daemon(&two_uplinks_checked("round-robin"));
+    let r = &lab.topo.router;
+    r.ip(&["link", "del", "wan2"]).expect("delete");
+    let t = d.wait_for("isp2 down", Duration::from_secs(2), |d| {
+        d.uplink_state("isp2").as_deref() == Some("down")
+    });
+    assert!(
+        t < Duration::from_millis(1500),
+        "link loss is noticed without waiting for probes ({t:?})"
+    );
+    let s = d.state().expect("state");
+    assert_eq!(s["uplinks"][1]["reason"], "no_interface");
+    let v = lab.tcp_from_host(0, 6);
+    assert_eq!(count(&v, 0), 6, "all traffic on isp1 meanwhile: {v:?}");
+    multiwan::netns::veth(r, "wan2", &lab.topo.isps[1].ns, "cpe").expect("re-create");
+    r.ip(&["addr", "add", "10.37.2.253/24", "dev", "wan2"])
+        .expect("address");
+    lab.topo.isps[1]
+        .ns
+        .ip(&["addr", "add", "10.37.2.1/24", "dev", "cpe"])
+        .expect("isp address");
+    lab.topo.isps[1]
+        .ns
+        .sysctl("net.ipv4.conf.cpe.rp_filter", "1")
+        .expect("rp_filter");
+    d.wait_for("isp2 back up", Duration::from_secs(5), |d| {
+        d.uplink_state("isp2").as_deref() == Some("up")
+    });
+    let v = lab.tcp_from_host(0, 10);
+    assert_eq!((count(&v, 0), count(&v, 1)), (5, 5), "{v:?}");
+}
+
+/// Tiers fall through when tier 1 fails and come back when it returns; with every uplink
+/// down new connections are refused at once, and one uplink back is enough.
+#[test]
+fn tiers_fall_through_and_all_down_then_one_back() {
+    let lab = Lab::new(2, 1);
+    let text = two_uplinks_checked("round-robin").replace(
+        "gateway = \"10.37.2.1\"\n",
+        "gateway = \"10.37.2.1\"\ntier = 2\n",
+    );
+    let d = lab.start_daemon(&text);
+    let v = lab.tcp_from_host(0, 6);
+    assert_eq!(count(&v, 0), 6, "tier 2 idle: {v:?}");
+    lab.cut_upstream(0);
+    d.wait_for("isp1 down", Duration::from_secs(3), |d| {
+        d.uplink_state("isp1").as_deref() == Some("down")
+    });
+    let v = lab.tcp_from_host(0, 6);
+    assert_eq!(count(&v, 1), 6, "tier 2 takes over: {v:?}");
+    lab.cut_upstream(1);
+    d.wait_for("isp2 down", Duration::from_secs(3), |d| {
+        d.uplink_state("isp2").as_deref() == Some("down")
+    });
+    // Refused at once (ICMP unreachable), not a timeout.
+    let ep = lab.topo.server_endpoint();
+    let (err, took) = lab.topo.hosts[0]
+        .ns
+        .spawn(move || {
+            let start = std::time::Instant::now();
+            let r = std::net::TcpStream::connect_timeout(&ep.into(), Duration::from_secs(3));
+            (r.err().map(|e| e.kind()), start.elapsed())
+        })
+        .expect("spawn")
+        .join()
+        .expect("join");
+    assert!(err.is_some(), "no uplink: the connection must fail");
+    assert!(
+        took < Duration::from_secs(1),
+        "refused at once, took {took:?} ({err:?})"
+    );
+    lab.restore_upstream(1);
+    d.wait_for("isp2 back", Duration::from_secs(5), |d| {
+        d.uplink_state("isp2").as_deref() == Some("up")
+    });
+    let v = lab.tcp_from_host(0, 4);
+    assert_eq!(count(&v, 1), 4, "{v:?}");
+    lab.restore_upstream(0);
+    d.wait_for("isp1 back", Duration::from_secs(5), |d| {
+        d.uplink_state("isp1").as_deref() == Some("up")
+    });
+    let v = lab.tcp_from_host(0, 4);
+    assert_eq!(count(&v, 0), 4, "back to tier 1: {v:?}");
+}
+
+/// An upstream toggling every 300 ms for 10 s neither crashes the daemon nor makes it
+/// rewrite the kernel in a storm; afterwards it settles.
+#[test]
+fn flapping_upstream_neither_crashes_nor_storms() {
+    let lab = Lab::new(2, 1);
+    let mut d = lab.start_daemon(&two_uplinks_checked("round-robin"));
+    let start = std::time::Instant::now();
+    let mut cut = false;
+    while start.elapsed() < Duration::from_secs(10) {
+        if cut {
+            lab.restore_upstream(0);
+        } else {
+            lab.cut_upstream(0);
+        }
+        cut = !cut;
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    lab.restore_upstream(0);
+    assert!(
+        d.child.try_wait().expect("wait").is_none(),
+        "daemon died:\n{}",
+        lab.daemon_log()
+    );
+    d.wait_for("isp1 settles up", Duration::from_secs(5), |d| {
+        d.uplink_state("isp1").as_deref() == Some("up")
+    });
+    let reconciles = d.state().expect("state")["reconciles"]
+        .as_u64()
+        .expect("count");
+    // 300 ms on/off with 600 ms to go down and 1 s to come up: few transitions, each one
+    // kernel update. A storm would be hundreds.
+    assert!(
+        reconciles <= 20,
+        "{reconciles} kernel updates in 10 s of flapping"
+    );
+    let v = lab.tcp_from_host(0, 4);
+    assert_eq!((count(&v, 0), count(&v, 1)), (2, 2), "{v:?}");
+}
+
+/// SIGHUP with an invalid config keeps the running state; a valid one is applied as a diff
+/// that a connection on an unchanged uplink survives.
+#[test]
+fn reload_rejects_invalid_and_applies_valid_config() {
+    let lab = Lab::with_spec(multiwan::lab::topology::TopologySpec {
+        isps: vec![
+            multiwan::lab::topology::IspSpec {
+                rate_mbit: Some(20)
+            };
+            2
+        ],
+        lan_hosts: 1,
+    });
+    let text = two_uplinks_checked("round-robin");
+    let d = lab.start_daemon(&text);
+    let before = lab.kernel_snapshot();
+    lab.write_config(&text.replace("gateway = \"10.37.2.1\"", "gateway = \"10.37.2\""));
+    d.signal(nix::sys::signal::Signal::SIGHUP);
+    d.wait_for("the rejection in the log", Duration::from_secs(3), |_| {
+        lab.daemon_log().contains("reload rejected")
+    });
+    assert!(
+        lab.daemon_log()
+            .contains("uplink[1].gateway: invalid IPv4 address"),
+        "{}",
+        lab.daemon_log()
+    );
+    assert_eq!(
+        before,
+        lab.kernel_snapshot(),
+        "an invalid reload changes nothing"
+    );
+
+    let ep = lab.topo.server_endpoint();
+    assert_eq!(lab.try_connect(0, Duration::from_secs(1)), Some(0));
+    let download = lab.topo.hosts[0]
+        .ns
+        .spawn(move || multiwan::lab::traffic::tcp_get(ep, 4 << 20))
+        .expect("spawn");
+    std::thread::sleep(Duration::from_millis(200));
+    lab.write_config(&text.replace(
+        "gateway = \"10.37.1.1\"\n",
+        "gateway = \"10.37.1.1\"\nweight = 3\n",
+    ));
+    d.signal(nix::sys::signal::Signal::SIGHUP);
+    d.wait_for("the reload in the log", Duration::from_secs(3), |_| {
+        lab.daemon_log().contains("configuration reloaded")
+    });
+    let t = download
+        .join()
+        .expect("join")
+        .expect("the transfer survives the reload");
+    assert_eq!(lab.topo.isp_of(t.seen_as), Some(1));
+    let v = lab.tcp_from_host(0, 8);
+    assert_eq!((count(&v, 0), count(&v, 1)), (6, 2), "new weights: {v:?}");
+}
+
+/// `kill -9` leaves forwarding working, and a new daemon adopts the state without breaking
+/// the connections in flight.
+#[test]
+fn kill_9_loses_nothing_and_restart_adopts() {
+    let lab = Lab::with_spec(multiwan::lab::topology::TopologySpec {
+        isps: vec![
+            multiwan::lab::topology::IspSpec {
+                rate_mbit: Some(20)
+            };
+            2
+        ],
+        lan_hosts: 1,
+    });
+    let text = two_uplinks_checked("round-robin");
+    let mut d = lab.start_daemon(&text);
+    d.signal(nix::sys::signal::Signal::SIGKILL);
+    let _ = d.child.wait();
+    let v = lab.tcp_from_host(0, 6);
+    assert_eq!(
+        (count(&v, 0), count(&v, 1)),
+        (3, 3),
+        "forwarding works without the daemon: {v:?}"
+    );
+    let ep = lab.topo.server_endpoint();
+    let downloads = lab.topo.hosts[0]
+        .ns
+        .spawn(move || {
+            let hs: Vec<_> = (0..2)
+                .map(|_| std::thread::spawn(move || multiwan::lab::traffic::tcp_get(ep, 3 << 20)))
+                .collect();
+            hs.into_iter()
+                .map(|h| h.join().expect("join"))
+                .collect::<Vec<_>>()
+        })
+        .expect("spawn");
+    std::thread::sleep(Duration::from_millis(200));
+    std::fs::remove_file(&d.state_path).ok();
+    let d2 = lab.start_daemon(&text);
+    assert_eq!(d2.uplink_state("isp1").as_deref(), Some("up"));
+    for t in downloads.join().expect("join") {
+        t.expect("a transfer in flight survives the restart");
+    }
+    drop(d);
+}
