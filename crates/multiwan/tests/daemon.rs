@@ -409,3 +409,87 @@ fn kill_9_loses_nothing_and_restart_adopts() {
     }
     drop(d);
 }
+
+/// The tcp and dns probe methods detect an upstream cut like icmp does.
+#[test]
+fn tcp_and_dns_probes_work() {
+    let lab = Lab::new(2, 1);
+    let server = multiwan::lab::topology::SERVER_ADDR;
+    let _dns = multiwan::lab::traffic::DnsResponder::start(
+        &lab.topo.server,
+        std::net::SocketAddrV4::new(server, 53),
+    )
+    .expect("dns");
+    let text = two_uplinks_checked("round-robin")
+        .replacen(
+            &format!("targets = [\"{server}\"]"),
+            &format!("targets = [\"{server}:7000\"]\nmethod = \"tcp\""),
+            1,
+        )
+        .replacen(
+            &format!("targets = [\"{server}\"]\n\n[balance]"),
+            &format!("targets = [\"{server}\"]\nmethod = \"dns\"\n\n[balance]"),
+            1,
+        );
+    assert!(
+        text.contains("method = \"tcp\"") && text.contains("method = \"dns\""),
+        "{text}"
+    );
+    let d = lab.start_daemon(&text);
+    // Both stay up on their own probes for a couple of seconds.
+    std::thread::sleep(Duration::from_millis(1500));
+    let s = d.state().expect("state");
+    for u in s["uplinks"].as_array().expect("uplinks") {
+        assert_eq!(u["state"], "up", "{s}");
+        assert!(u["rtt_ms"].as_f64().is_some(), "probes answered: {s}");
+    }
+    for n in [0, 1] {
+        lab.cut_upstream(n);
+        let name = format!("isp{}", n + 1);
+        d.wait_for("down", Duration::from_secs(3), |d| {
+            d.uplink_state(&name).as_deref() == Some("down")
+        });
+        lab.restore_upstream(n);
+        d.wait_for("up", Duration::from_secs(5), |d| {
+            d.uplink_state(&name).as_deref() == Some("up")
+        });
+    }
+}
+
+/// Quality limits: an uplink losing 40 % of its packets is degraded and takes no new
+/// connections while a healthy uplink exists; it recovers when the loss stops.
+#[test]
+fn lossy_uplink_is_degraded_and_recovers() {
+    let lab = Lab::new(2, 1);
+    let text = two_uplinks_checked("round-robin").replacen(
+        "[uplink.check]\n",
+        "[uplink.check]\nmax_loss = 15\nrecover_loss = 5\nwindow = \"2s\"\ndown_after = 20\n",
+        1,
+    );
+    let d = lab.start_daemon(&text);
+    // Random 40 % loss beyond ISP 1, emulated with nft numgen (no netem on this kernel).
+    let isp = &lab.topo.isps[0].ns;
+    let rules = lab.dir.join("loss.nft");
+    std::fs::write(&rules, "table ip loss {\n chain forward_loss {\n  type filter hook forward priority 0; policy accept;\n  numgen random mod 100 < 40 drop\n }\n}\n").expect("write");
+    isp.exec("nft", &["-f", &rules.display().to_string()])
+        .expect("loss");
+    d.wait_for("isp1 degraded", Duration::from_secs(6), |d| {
+        d.uplink_state("isp1").as_deref() == Some("degraded")
+    });
+    let s = d.state().expect("state");
+    assert_eq!(s["uplinks"][0]["reason"], "high_loss", "{s}");
+    let mut v = Vec::new();
+    for _ in 0..6 {
+        v.push(lab.try_connect(0, Duration::from_secs(2)));
+    }
+    assert_eq!(
+        count(&v, 1),
+        6,
+        "a degraded uplink takes no new connections: {v:?}"
+    );
+    isp.exec("nft", &["delete", "table", "ip", "loss"])
+        .expect("stop loss");
+    d.wait_for("isp1 recovered", Duration::from_secs(8), |d| {
+        d.uplink_state("isp1").as_deref() == Some("up")
+    });
+}

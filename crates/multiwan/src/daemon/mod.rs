@@ -252,6 +252,7 @@ impl Daemon {
             .unwrap_or(Duration::from_secs(1))
             .min(Duration::from_secs(1));
         let mut last_facts = Instant::now();
+        let mut last_state = Instant::now();
         loop {
             let first = match rx.recv_timeout(tick) {
                 Ok(ev) => Some(ev),
@@ -284,6 +285,11 @@ impl Daemon {
             }
             if self.dirty {
                 self.reconcile();
+                last_state = Instant::now();
+            } else if last_state.elapsed() >= Duration::from_secs(1) {
+                // RTT and loss move with every round; publish them once a second.
+                self.write_state();
+                last_state = Instant::now();
             }
             if watchdog.is_some() {
                 systemd::notify("WATCHDOG=1");

@@ -139,6 +139,57 @@ impl Drop for Server {
     }
 }
 
+/// A minimal DNS responder for health-check tests: answers every query with REFUSED, which
+/// is all a `dns` probe needs to see (a resolver that answers). Stops when dropped.
+pub struct DnsResponder {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl DnsResponder {
+    /// Listens on `addr` (UDP) inside `ns`.
+    pub fn start(ns: &Netns, addr: SocketAddrV4) -> Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let st = stop.clone();
+        let sock = ns
+            .spawn(move || {
+                UdpSocket::bind(addr).and_then(|s| {
+                    s.set_read_timeout(Some(Duration::from_millis(50)))
+                        .map(|()| s)
+                })
+            })?
+            .join()
+            .map_err(|_| anyhow!("dns responder thread panicked"))?
+            .with_context(|| format!("binding dns {addr}"))?;
+        let handle = std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            while !st.load(Ordering::Relaxed) {
+                if let Ok((n, peer)) = sock.recv_from(&mut buf) {
+                    if n >= 12 {
+                        let mut r = buf[..n].to_vec();
+                        r[2] |= 0x80; // QR: a response
+                        r[3] = (r[3] & 0xf0) | 5; // RCODE: REFUSED
+                        let _ = sock.send_to(&r, peer);
+                    }
+                }
+            }
+        });
+        Ok(Self {
+            stop,
+            handle: Some(handle),
+        })
+    }
+}
+
+impl Drop for DnsResponder {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
 fn serve_tcp(
     s: TcpStream,
     peer: SocketAddr,
