@@ -64,6 +64,16 @@ pub enum Cmd {
     },
     /// Run the daemon: health checks, failover, address changes, reload on SIGHUP.
     Run(crate::daemon::RunArgs),
+    /// Make the running daemon re-read its config (SIGHUP). With -c the file is validated
+    /// first, so mistakes are reported here (exit 2) rather than only in the daemon's log.
+    Reload {
+        /// Validate this config before signalling.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// The daemon's run directory.
+        #[arg(long, default_value = DEFAULT_RUN_DIR)]
+        run_dir: PathBuf,
+    },
     /// Build a virtual network in fresh namespaces, run a config on it and report.
     Lab(lab::LabArgs),
 }
@@ -197,6 +207,24 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Cmd::Run(args) => {
             require_root("run")?;
             crate::daemon::run(args)?;
+        }
+        Cmd::Reload { config, run_dir } => {
+            if let Some(c) = &config {
+                load_config(c)?;
+            }
+            let pid_file = run_dir.join("multiwan.pid");
+            let pid: i32 = std::fs::read_to_string(&pid_file)
+                .ok()
+                .and_then(|p| p.trim().parse().ok())
+                .ok_or_else(|| {
+                    anyhow::anyhow!("no daemon runs with run directory {}", run_dir.display())
+                })?;
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGHUP,
+            )
+            .map_err(|e| anyhow::anyhow!("signalling multiwan (pid {pid}): {e}"))?;
+            println!("reload requested (pid {pid}); the daemon logs the outcome");
         }
         Cmd::Lab(args) => {
             require_root("lab")?;

@@ -133,3 +133,23 @@ fn plan_rejects_a_bad_config_like_check() {
         .contains("lan.interfaces: must name at least one interface"));
     assert!(out.stdout.is_empty());
 }
+
+#[test]
+fn reload_validates_before_signalling() {
+    let (_d, p) = tmp_config("[lan]\ninterfaces = [\"eth0\"]\nbogus = 1\n");
+    let out = bin()
+        .arg("reload")
+        .arg("-c")
+        .arg(&p)
+        .args(["--run-dir", "/nonexistent"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bogus"));
+    let out = bin()
+        .args(["reload", "--run-dir", "/nonexistent"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no daemon runs"));
+}

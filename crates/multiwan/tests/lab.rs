@@ -57,7 +57,15 @@ fn lab_reports_and_cleans_up() {
         text.contains("wan2 (10.37.2.253): answered over the same uplink"),
         "{text}"
     );
-    assert!(text.contains("down: nft table removed"), "{text}");
+    assert!(text.contains("isp1 marked down after"), "{text}");
+    assert!(
+        text.contains("after failback new connections use 2 of 2 uplinks"),
+        "{text}"
+    );
+    assert!(
+        text.contains("everything multiwan installed was removed"),
+        "{text}"
+    );
     assert!(
         lab_namespaces(pid).is_empty(),
         "left behind: {:?}",

@@ -1,6 +1,7 @@
-//! `multiwan lab`: builds the virtual network of [`topology`], applies a config in the router
-//! namespace, drives real connections and bulk transfers through it and prints what each
-//! uplink carried against what the weights promise. Every namespace is removed on exit,
+//! `multiwan lab`: builds the virtual network of [`topology`], runs `multiwan run` with a
+//! config in the router namespace, drives real connections and bulk transfers through it,
+//! prints what each uplink carried against what the weights promise, and runs a failover
+//! drill (an ISP's upstream is cut while its link stays up). Every namespace is removed on exit,
 //! Ctrl-C included; the root namespace is never touched.
 
 pub mod topology;
@@ -50,6 +51,9 @@ pub struct LabArgs {
     /// Duration of the bulk phase in seconds.
     #[arg(long, default_value_t = 5)]
     pub seconds: u64,
+    /// Skip the failover drill.
+    #[arg(long)]
+    pub no_drill: bool,
 }
 
 fn wan_count(text: &str) -> usize {
@@ -161,11 +165,12 @@ fn drive(
     let run_dir = cfg_path.with_file_name("run");
     let run_dir_s = run_dir.display().to_string();
     let cfg_s = cfg_path.display().to_string();
-    let out = topo.multiwan(bin, &["apply", "-c", &cfg_s, "--run-dir", &run_dir_s])?;
-    print!(
-        "== multiwan apply (in the router namespace)\n{}",
-        indent(&out)
-    );
+    let log_path = cfg_path.with_file_name("daemon.log");
+    let daemon = LabDaemon::start(topo, bin, &cfg_s, &run_dir, &log_path)?;
+    println!("== multiwan run (in the router namespace): every uplink up from the start");
+    for (name, state) in daemon.states() {
+        println!("   {name}: {state}");
+    }
 
     let server = Server::start(&topo.server, topo.server_endpoint())?;
     let ep = topo.server_endpoint();
@@ -349,11 +354,228 @@ fn drive(
         );
     }
     drop(accept);
+
+    if topo.isps.len() >= 2 && !args.no_drill {
+        let log_before = std::fs::read_to_string(&log_path).unwrap_or_default().len();
+        failover_drill(topo, &cfg, &daemon)?;
+        println!("   the daemon's log during the drill:");
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        for l in log.get(log_before..).unwrap_or("").lines() {
+            println!("   | {}", strip_ansi(l));
+        }
+    }
     drop(server);
 
-    let out = topo.multiwan(bin, &["down", "--run-dir", &run_dir_s])?;
-    print!("== multiwan down\n{}", indent(&out));
+    daemon.stop()?;
+    println!("== multiwan stopped with --cleanup");
+    for l in std::fs::read_to_string(&log_path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("stopped"))
+    {
+        println!("   {}", strip_ansi(l));
+    }
+    let _ = run_dir_s;
     Ok(())
+}
+
+/// `multiwan run` in the router namespace, with `--cleanup` so stopping it removes
+/// everything it installed.
+struct LabDaemon {
+    child: std::process::Child,
+    state: PathBuf,
+}
+
+impl LabDaemon {
+    fn start(
+        topo: &Topology,
+        bin: &std::path::Path,
+        cfg: &str,
+        run_dir: &std::path::Path,
+        log: &std::path::Path,
+    ) -> Result<Self> {
+        let mut c = topo.router.command(bin);
+        c.args(["run", "--cleanup", "-c", cfg, "--run-dir"])
+            .arg(run_dir)
+            .env("MULTIWAN_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(log)?);
+        let child = c.spawn().context("starting multiwan run")?;
+        let mut d = Self {
+            child,
+            state: run_dir.join("state.json"),
+        };
+        let start = Instant::now();
+        while !d.state.exists() {
+            if let Some(status) = d.child.try_wait()? {
+                bail!(
+                    "multiwan run exited ({status}):\n{}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                );
+            }
+            if start.elapsed() > Duration::from_secs(10) {
+                bail!("multiwan run did not start within 10 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(d)
+    }
+
+    /// (uplink, state with reason) from the daemon's state.json.
+    fn states(&self) -> Vec<(String, String)> {
+        let v: serde_json::Value = std::fs::read_to_string(&self.state)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default();
+        v["uplinks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|u| {
+                let name = u["name"].as_str().unwrap_or("?").to_string();
+                let state = match u["detail"].as_str() {
+                    Some(d) => format!("{} ({d})", u["state"].as_str().unwrap_or("?")),
+                    None => u["state"].as_str().unwrap_or("?").to_string(),
+                };
+                (name, state)
+            })
+            .collect()
+    }
+
+    fn state_of(&self, name: &str) -> Option<String> {
+        self.states()
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, s)| s.split(' ').next().unwrap_or("").to_string())
+    }
+
+    fn stop(mut self) -> Result<()> {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
+        let status = self.child.wait()?;
+        if !status.success() {
+            bail!("multiwan run exited with {status}");
+        }
+        Ok(())
+    }
+}
+
+impl Drop for LabDaemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Cuts the first ISP's upstream (its link stays up), measures how long until new
+/// connections succeed again, restores it and measures the failback.
+fn failover_drill(topo: &Topology, cfg: &multiwan_core::Config, d: &LabDaemon) -> Result<()> {
+    let name = uplink_name(cfg, 0);
+    let ep = topo.server_endpoint();
+    let host = &topo.hosts[0].ns;
+    println!(
+        "== failover drill: {name}'s upstream is cut (its link stays up, packets vanish beyond it)"
+    );
+    let check = cfg
+        .uplinks
+        .iter()
+        .find(|u| u.interface == "wan1")
+        .map(|u| &u.check);
+    if let Some(c) = check {
+        println!(
+            "   checks: {} every {}, down after {} bad rounds, up after {} good",
+            c.targets
+                .iter()
+                .map(|t| t.ip().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            multiwan_core::duration::Human(c.interval),
+            c.down_after,
+            c.up_after
+        );
+    }
+    let attempt = |timeout: Duration| -> bool {
+        host.spawn(move || traffic::tcp_hello(ep, timeout).is_ok())
+            .ok()
+            .and_then(|h| h.join().ok())
+            .unwrap_or(false)
+    };
+    topo.cut_upstream(0)?;
+    let cut = Instant::now();
+    let limit = Duration::from_secs(15);
+    let mut detected = None;
+    let mut streak = 0;
+    let mut recovered = None;
+    while cut.elapsed() < limit && (detected.is_none() || recovered.is_none()) {
+        if detected.is_none() && d.state_of(&name).as_deref() == Some("down") {
+            detected = Some(cut.elapsed());
+        }
+        if recovered.is_none() {
+            // Ten new connections in a row must succeed (half of them would go to the dead
+            // uplink without failover).
+            if attempt(Duration::from_millis(100)) {
+                streak += 1;
+                if streak == 10 {
+                    recovered = Some(cut.elapsed());
+                }
+            } else {
+                streak = 0;
+            }
+        } else {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    let ms = |d: Option<Duration>| {
+        d.map(|d| format!("{} ms", d.as_millis()))
+            .unwrap_or_else(|| format!("not within {} s", limit.as_secs()))
+    };
+    println!("   {name} marked down after      {}", ms(detected));
+    println!("   new connections all succeed after {}", ms(recovered));
+    topo.restore_upstream(0)?;
+    let restored = Instant::now();
+    let mut back = None;
+    while restored.elapsed() < limit {
+        if d.state_of(&name).as_deref() == Some("up") {
+            back = Some(restored.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    println!("   upstream restored: {name} back up after {}", ms(back));
+    let mut used = std::collections::BTreeSet::new();
+    for _ in 0..(2 * topo.isps.len()) {
+        if let Ok(seen) = host
+            .spawn(move || traffic::tcp_hello(ep, Duration::from_secs(1)))?
+            .join()
+            .map_err(|_| anyhow::anyhow!("client thread panicked"))?
+        {
+            used.extend(topo.isp_of(seen));
+        }
+    }
+    println!(
+        "   after failback new connections use {} of {} uplinks",
+        used.len(),
+        topo.isps.len()
+    );
+    Ok(())
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::new();
+    let mut esc = false;
+    for c in s.chars() {
+        match (esc, c) {
+            (false, '\u{1b}') => esc = true,
+            (true, 'm') => esc = false,
+            (true, _) => {}
+            (false, c) => out.push(c),
+        }
+    }
+    out
 }
 
 fn uplink_name(cfg: &multiwan_core::Config, i: usize) -> String {

@@ -232,12 +232,13 @@ impl Topology {
         self.isps.iter().position(|i| i.router_addr == seen)
     }
 
-    /// A config for this network: one uplink per ISP with the given weights.
+    /// A config for this network: one uplink per ISP with the given weights, each checked
+    /// by probing the server beyond the ISP (so an upstream cut is seen).
     pub fn config(&self, method: &str, weights: &[u32]) -> String {
         let mut t = format!("[lan]\ninterfaces = [\"{LAN_IF}\"]\n\n");
         for (i, isp) in self.isps.iter().enumerate() {
             t += &format!(
-                "[[uplink]]\nname = \"isp{}\"\ninterface = \"{}\"\ngateway = \"{}\"\nweight = {}\n\n",
+                "[[uplink]]\nname = \"isp{}\"\ninterface = \"{}\"\ngateway = \"{}\"\nweight = {}\n[uplink.check]\ntargets = [\"{SERVER_ADDR}\"]\n\n",
                 i + 1,
                 isp.router_if,
                 isp.gateway,
@@ -246,6 +247,34 @@ impl Topology {
         }
         t += &format!("[balance]\nmethod = \"{method}\"\nlocal = true\n");
         t
+    }
+
+    /// Makes ISP `n` (0-based) lose everything beyond it: its link and gateway stay up,
+    /// packets to the internet vanish (a blackhole route in the ISP).
+    pub fn cut_upstream(&self, n: usize) -> Result<()> {
+        self.isps[n]
+            .ns
+            .ip(&[
+                "route",
+                "replace",
+                "blackhole",
+                &format!("{SERVER_ADDR}/32"),
+            ])
+            .map(|_| ())
+    }
+
+    /// Undoes [`Self::cut_upstream`].
+    pub fn restore_upstream(&self, n: usize) -> Result<()> {
+        self.isps[n]
+            .ns
+            .ip(&[
+                "route",
+                "replace",
+                &format!("{SERVER_ADDR}/32"),
+                "via",
+                &format!("172.16.{}.2", n + 1),
+            ])
+            .map(|_| ())
     }
 
     /// Runs `multiwan ARGS` inside the router namespace with the given binary.

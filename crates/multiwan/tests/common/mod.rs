@@ -253,30 +253,12 @@ impl Lab {
         std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
     }
 
-    /// Makes ISP `n` (0-based) lose everything beyond it: its link stays up, packets vanish.
     pub fn cut_upstream(&self, n: usize) {
-        self.topo.isps[n]
-            .ns
-            .ip(&[
-                "route",
-                "replace",
-                "blackhole",
-                &format!("{}/32", multiwan::lab::topology::SERVER_ADDR),
-            ])
-            .expect("cut");
+        self.topo.cut_upstream(n).expect("cut");
     }
 
     pub fn restore_upstream(&self, n: usize) {
-        self.topo.isps[n]
-            .ns
-            .ip(&[
-                "route",
-                "replace",
-                &format!("{}/32", multiwan::lab::topology::SERVER_ADDR),
-                "via",
-                &format!("172.16.{}.2", n + 1),
-            ])
-            .expect("restore");
+        self.topo.restore_upstream(n).expect("restore");
     }
 
     /// One TCP connection from host `h` with a short timeout: the uplink it used.
