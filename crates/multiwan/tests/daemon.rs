@@ -493,3 +493,105 @@ fn lossy_uplink_is_degraded_and_recovers() {
         d.uplink_state("isp1").as_deref() == Some("up")
     });
 }
+
+/// src-hash: when an uplink fails only its hosts move; the others keep their uplink.
+#[test]
+fn src_hash_failover_moves_only_the_failed_uplinks_hosts() {
+    let lab = Lab::new(2, 6);
+    let d = lab.start_daemon(&two_uplinks_checked("src-hash"));
+    let before: Vec<usize> = (0..6)
+        .map(|h| lab.try_connect(h, Duration::from_secs(1)).expect("works"))
+        .collect();
+    assert!(
+        before.contains(&0) && before.contains(&1),
+        "hosts spread: {before:?}"
+    );
+    lab.cut_upstream(0);
+    d.wait_for("isp1 down", Duration::from_secs(3), |d| {
+        d.uplink_state("isp1").as_deref() == Some("down")
+    });
+    let during: Vec<usize> = (0..6)
+        .map(|h| lab.try_connect(h, Duration::from_secs(1)).expect("works"))
+        .collect();
+    assert!(during.iter().all(|u| *u == 1), "{during:?}");
+    lab.restore_upstream(0);
+    d.wait_for("isp1 up", Duration::from_secs(5), |d| {
+        d.uplink_state("isp1").as_deref() == Some("up")
+    });
+    let after: Vec<usize> = (0..6)
+        .map(|h| lab.try_connect(h, Duration::from_secs(1)).expect("works"))
+        .collect();
+    assert_eq!(before, after, "every host is back on its own uplink");
+}
+
+/// The hook runs on every transition with the documented environment, and systemd hears
+/// READY=1 and STOPPING=1.
+#[test]
+fn hook_and_sd_notify() {
+    let lab = Lab::new(2, 1);
+    let record = lab.dir.join("hook.log");
+    let hook = lab.dir.join("hook.sh");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\necho \"$MULTIWAN_UPLINK $MULTIWAN_INTERFACE $MULTIWAN_OLD_STATE $MULTIWAN_NEW_STATE $MULTIWAN_REASON\" >> {}\n",
+            record.display()
+        ),
+    )
+    .expect("hook");
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let sock_path = lab.dir.join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).expect("notify socket");
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let text = format!(
+        "[daemon]\nhook = \"{}\"\n\n{}",
+        hook.display(),
+        two_uplinks_checked("round-robin")
+    );
+    let d = lab.start_daemon_with_env(
+        &text,
+        &[("NOTIFY_SOCKET", &sock_path.display().to_string())],
+    );
+    let mut buf = [0u8; 256];
+    let n = sock.recv(&mut buf).expect("a notification");
+    assert_eq!(&buf[..n], b"READY=1");
+    lab.cut_upstream(0);
+    d.wait_for("isp1 down", Duration::from_secs(3), |d| {
+        d.uplink_state("isp1").as_deref() == Some("down")
+    });
+    let wait_record = |want: &str| {
+        let start = std::time::Instant::now();
+        loop {
+            let got = std::fs::read_to_string(&record).unwrap_or_default();
+            if got.contains(want) {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(3),
+                "hook output {got:?} lacks {want:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_record("isp1 wan1 up down probes_failing");
+    lab.restore_upstream(0);
+    d.wait_for("isp1 up", Duration::from_secs(5), |d| {
+        d.uplink_state("isp1").as_deref() == Some("up")
+    });
+    wait_record("isp1 wan1 down up \n");
+    drop(d);
+    let mut seen = Vec::new();
+    while let Ok(n) = sock.recv(&mut buf) {
+        seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        if seen.last().map(String::as_str) == Some("STOPPING=1") {
+            break;
+        }
+    }
+    assert_eq!(
+        seen.last().map(String::as_str),
+        Some("STOPPING=1"),
+        "{seen:?}"
+    );
+}

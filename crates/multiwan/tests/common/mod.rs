@@ -231,11 +231,17 @@ impl Drop for Daemon {
 impl Lab {
     /// Starts `multiwan run` with `text` as its config.
     pub fn start_daemon(&self, text: &str) -> Daemon {
+        self.start_daemon_with_env(text, &[])
+    }
+
+    /// Starts `multiwan run` with extra environment variables.
+    pub fn start_daemon_with_env(&self, text: &str, env: &[(&str, &str)]) -> Daemon {
         let cfg = self.write_config(text);
         let log = std::fs::File::create(self.dir.join("daemon.log")).expect("log file");
         let mut c = self.topo.router.command(bin());
         c.args(["run", "-c", &cfg, "--run-dir", &self.run_dir()])
             .env("MULTIWAN_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::null())
             .stderr(log);
         let child = c.spawn().expect("start daemon");
