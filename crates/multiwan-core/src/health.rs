@@ -178,7 +178,8 @@ pub struct Monitor {
     disabled: bool,
     bad: u32,
     good: u32,
-    window: VecDeque<(u32, u32, Option<Duration>)>,
+    /// The last rounds' per-target results.
+    window: VecDeque<Vec<Option<Duration>>>,
     window_len: usize,
     last_rtt: Option<Duration>,
 }
@@ -223,20 +224,20 @@ impl Monitor {
         self.since
     }
 
-    /// Statistics over the sliding window.
+    /// Statistics over the sliding window, all targets together (a round's RTT is its
+    /// fastest answer).
     pub fn stats(&self) -> WindowStats {
         let mut s = WindowStats {
             rounds: self.window.len(),
             last_rtt: self.last_rtt,
             ..Default::default()
         };
-        let mut total = Duration::ZERO;
-        let mut n = 0u32;
-        for (sent, answered, rtt) in &self.window {
-            s.sent += u64::from(*sent);
-            s.lost += u64::from(sent - answered);
-            if let Some(r) = rtt {
-                total += *r;
+        let (mut total, mut n) = (Duration::ZERO, 0u32);
+        for round in &self.window {
+            s.sent += round.len() as u64;
+            s.lost += round.iter().filter(|r| r.is_none()).count() as u64;
+            if let Some(best) = round.iter().flatten().min() {
+                total += *best;
                 n += 1;
             }
         }
@@ -244,6 +245,37 @@ impl Monitor {
             s.avg_rtt = Some(total / n);
         }
         s
+    }
+
+    /// Statistics over the sliding window for each target, in config order.
+    pub fn target_stats(&self) -> Vec<WindowStats> {
+        let targets = self.window.iter().map(Vec::len).max().unwrap_or(0);
+        (0..targets)
+            .map(|t| {
+                let mut s = WindowStats {
+                    rounds: self.window.len(),
+                    ..Default::default()
+                };
+                let (mut total, mut n) = (Duration::ZERO, 0u32);
+                for round in &self.window {
+                    if let Some(r) = round.get(t) {
+                        s.sent += 1;
+                        match r {
+                            Some(rtt) => {
+                                total += *rtt;
+                                n += 1;
+                                s.last_rtt = Some(*rtt);
+                            }
+                            None => s.lost += 1,
+                        }
+                    }
+                }
+                if n > 0 {
+                    s.avg_rtt = Some(total / n);
+                }
+                s
+            })
+            .collect()
     }
 
     fn set(&mut self, to: State, now: Instant) -> Option<Transition> {
@@ -311,8 +343,7 @@ impl Monitor {
         if best.is_some() {
             self.last_rtt = best;
         }
-        self.window
-            .push_back((results.len() as u32, answered.len() as u32, best));
+        self.window.push_back(results.to_vec());
         while self.window.len() > self.window_len {
             self.window.pop_front();
         }

@@ -442,6 +442,7 @@ fn tcp_and_dns_probes_work() {
     for u in s["uplinks"].as_array().expect("uplinks") {
         assert_eq!(u["state"], "up", "{s}");
         assert!(u["rtt_ms"].as_f64().is_some(), "probes answered: {s}");
+        assert_eq!(u["targets"][0]["loss_percent"].as_f64(), Some(0.0), "{s}");
     }
     for n in [0, 1] {
         lab.cut_upstream(n);

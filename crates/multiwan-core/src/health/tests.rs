@@ -93,6 +93,11 @@ fn one_good_target_keeps_the_round_good() {
     assert!(feed(&mut m, &mut t, c.interval, 100, &HALF).is_empty());
     assert_eq!(m.state(), &State::Up);
     assert!((m.stats().loss_percent() - 50.0).abs() < 0.01);
+    let per = m.target_stats();
+    assert_eq!(per.len(), 2);
+    assert!((per[0].loss_percent() - 100.0).abs() < 0.01);
+    assert_eq!(per[1].loss_percent(), 0.0);
+    assert_eq!(per[1].avg_rtt, Some(Duration::from_millis(30)));
 }
 
 #[test]

@@ -118,6 +118,8 @@ pub fn run(args: RunArgs) -> Result<(), Failure> {
     netlink::watch_links(tx.clone()).context("watching links over netlink")?;
     let mut d = Daemon::new(args, cfg, tx)?;
     d.reconcile();
+    // Probes need the uplinks' rules and routes: start them once those are in place.
+    d.start_probers();
     systemd::notify("READY=1");
     tracing::info!(uplinks = d.cfg.uplinks.len(), "multiwan running");
     d.event_loop(&rx);
@@ -214,7 +216,6 @@ impl Daemon {
         for (name, u) in &d.uplinks {
             tracing::info!(uplink = %name, state = %u.monitor.state(), "initial state");
         }
-        d.start_probers();
         Ok(d)
     }
 
@@ -527,6 +528,22 @@ impl Daemon {
                         usable: usable.contains(&u.name),
                         loss_percent: stats.loss_percent(),
                         rtt_ms: stats.avg_rtt.map(|d| d.as_secs_f64() * 1000.0),
+                        targets: u
+                            .check
+                            .targets
+                            .iter()
+                            .zip(rt.monitor.target_stats())
+                            .map(|(t, s)| TargetState {
+                                target: if t.port() == 0 {
+                                    t.ip().to_string()
+                                } else {
+                                    t.to_string()
+                                },
+                                loss_percent: s.loss_percent(),
+                                rtt_ms: s.avg_rtt.map(|d| d.as_secs_f64() * 1000.0),
+                                last_rtt_ms: s.last_rtt.map(|d| d.as_secs_f64() * 1000.0),
+                            })
+                            .collect(),
                     })
                 })
                 .collect(),
@@ -564,4 +581,13 @@ struct UplinkState {
     usable: bool,
     loss_percent: f64,
     rtt_ms: Option<f64>,
+    targets: Vec<TargetState>,
+}
+
+#[derive(Debug, Serialize)]
+struct TargetState {
+    target: String,
+    loss_percent: f64,
+    rtt_ms: Option<f64>,
+    last_rtt_ms: Option<f64>,
 }
