@@ -198,7 +198,7 @@ impl Daemon {
                 )
             })
             .collect();
-        let mut d = Self {
+        let d = Self {
             args,
             cfg,
             ids,
