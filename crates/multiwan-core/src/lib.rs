@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod duration;
+pub mod explain;
 pub mod health;
 pub mod model;
 pub mod net;

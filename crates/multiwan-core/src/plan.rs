@@ -929,10 +929,21 @@ pub fn plan(
     rules.dedup();
     routes.sort();
 
-    let mut sysctls = vec![Sysctl {
-        key: "net.ipv4.ip_forward".into(),
-        value: "1".into(),
-    }];
+    let mut sysctls = vec![
+        Sysctl {
+            key: "net.ipv4.ip_forward".into(),
+            value: "1".into(),
+        },
+        // Bytes and start time per connection, for `multiwan flows` and `status`.
+        Sysctl {
+            key: "net.netfilter.nf_conntrack_acct".into(),
+            value: "1".into(),
+        },
+        Sysctl {
+            key: "net.netfilter.nf_conntrack_timestamp".into(),
+            value: "1".into(),
+        },
+    ];
     let ifaces: BTreeSet<&str> = cfg.uplinks.iter().map(|u| u.interface.as_str()).collect();
     for i in ifaces {
         if facts.links.as_ref().is_none_or(|l| l.contains_key(i)) {

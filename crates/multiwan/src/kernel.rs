@@ -489,9 +489,14 @@ pub fn apply(plan: &Plan, run_dir: &Path) -> Result<ApplyReport> {
     let mut report = ApplyReport::default();
     let mut sysctls_before = BTreeMap::new();
     let result = (|| -> Result<()> {
-        // Forwarding and loose rp_filter first: routes are useless without them.
-        sysctls_before = apply_sysctls(&plan.sysctls, &mut steps)?;
-        report.sysctls_changed = sysctls_before.len();
+        // Forwarding and loose rp_filter first: routes are useless without them. Conntrack's
+        // sysctls come after the ruleset, which is what makes the kernel load conntrack.
+        let (late, early): (Vec<Sysctl>, Vec<Sysctl>) = plan
+            .sysctls
+            .iter()
+            .cloned()
+            .partition(|s| s.key.starts_with("net.netfilter."));
+        sysctls_before = apply_sysctls(&early, &mut steps)?;
         let old_by_table: BTreeMap<u32, &Route> =
             before.routes.iter().map(|r| (r.table, r)).collect();
         for r in &plan.routes {
@@ -528,6 +533,8 @@ pub fn apply(plan: &Plan, run_dir: &Path) -> Result<ApplyReport> {
             });
             report.policies_updated = stale_policies.len();
         }
+        sysctls_before.extend(apply_sysctls(&late, &mut steps)?);
+        report.sysctls_changed = sysctls_before.len();
         let planned_rules: BTreeSet<&IpRule> = plan.rules.iter().collect();
         for r in &before.rules {
             if !planned_rules.contains(r) {

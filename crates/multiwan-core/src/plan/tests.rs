@@ -214,10 +214,24 @@ fn policy_routing_layout() {
             "default via 10.37.2.1 dev eth2 table 1002 proto 77",
         ]
     );
-    assert_eq!(p.sysctls.len(), 3);
+    let keys: Vec<&str> = p.sysctls.iter().map(|s| s.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        vec![
+            "net.ipv4.ip_forward",
+            "net.netfilter.nf_conntrack_acct",
+            "net.netfilter.nf_conntrack_timestamp",
+            "net.ipv4.conf.eth1.rp_filter",
+            "net.ipv4.conf.eth2.rp_filter"
+        ]
+    );
+    assert_eq!(
+        p.sysctls[3].proc_path(),
+        "/proc/sys/net/ipv4/conf/eth1/rp_filter"
+    );
     assert_eq!(
         p.sysctls[1].proc_path(),
-        "/proc/sys/net/ipv4/conf/eth1/rp_filter"
+        "/proc/sys/net/netfilter/nf_conntrack_acct"
     );
 }
 

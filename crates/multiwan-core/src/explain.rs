@@ -1,0 +1,420 @@
+//! `explain`: for a hypothetical new connection, which rule matches, which uplinks are
+//! candidates, which are excluded and why, and where it would go — computed from the same
+//! config and health the planner uses, so it agrees with the kernel by construction.
+//! For the hash methods the exact uplink is computed with the kernel's `jhash` (as nftables
+//! evaluates `jhash … mod N seed S`); for round-robin and random the shares are given.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use crate::health::{self, State};
+use crate::model::{Config, Method, Mode, Proto};
+use crate::plan::{hash_buckets, HASH_BUCKETS, HASH_SEED};
+
+/// The connection to explain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Query {
+    pub src: Ipv4Addr,
+    pub dst: Option<Ipv4Addr>,
+    pub proto: Option<Proto>,
+    pub sport: Option<u16>,
+    pub dport: Option<u16>,
+}
+
+/// Why an uplink is not a candidate.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Exclusion {
+    /// Not in the matching rule's `uplinks`.
+    NotInRule,
+    /// Down (with the monitor's reason).
+    Down(String),
+    /// Degraded while its tier has a healthy uplink.
+    Degraded(String),
+    /// A lower tier has a usable uplink.
+    Tier { tier: u32, active: u32 },
+    /// Failover mode: an earlier uplink in the rule's list is usable.
+    Standby { active: String },
+}
+
+impl std::fmt::Display for Exclusion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Exclusion::NotInRule => write!(f, "not listed in the rule"),
+            Exclusion::Down(r) => write!(f, "down: {r}"),
+            Exclusion::Degraded(r) => write!(f, "degraded ({r}) and its tier has a healthy uplink"),
+            Exclusion::Tier { tier, active } => {
+                write!(f, "tier {tier} waits while tier {active} is usable")
+            }
+            Exclusion::Standby { active } => write!(f, "standby: failover uses {active} first"),
+        }
+    }
+}
+
+/// Where the connection goes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// Exactly this uplink (single candidate, failover or hash).
+    Uplink(String),
+    /// One of these, with shares (round-robin / random).
+    Shares(Vec<(String, f64)>),
+    /// The main routing table (bypass or when_all_down = main).
+    Main,
+    /// Refused: no usable uplink.
+    NoUplink,
+}
+
+/// The full answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Explanation {
+    /// The matching rule, `None` for the default policy.
+    pub rule: Option<String>,
+    pub mode: Mode,
+    pub method: Method,
+    /// (uplink, weight) of the candidates.
+    pub candidates: Vec<(String, u32)>,
+    pub excluded: Vec<(String, Exclusion)>,
+    pub verdict: Verdict,
+}
+
+fn matches(r: &crate::model::Rule, q: &Query) -> bool {
+    let nets = |list: &[crate::net::Ipv4Net], a: Option<Ipv4Addr>| {
+        list.is_empty() || a.is_some_and(|a| list.iter().any(|n| n.contains(a)))
+    };
+    let ports = |list: &[crate::net::PortRange], p: Option<u16>| {
+        list.is_empty() || p.is_some_and(|p| list.iter().any(|r| r.lo <= p && p <= r.hi))
+    };
+    nets(&r.src, Some(q.src))
+        && nets(&r.dst, q.dst)
+        && (r.proto.is_none() || r.proto == q.proto)
+        && ports(&r.sport, q.sport)
+        && ports(&r.dport, q.dport)
+}
+
+/// Explains where a new connection matching `q` goes, given each uplink's state (missing
+/// entries count as up).
+pub fn explain(cfg: &Config, states: &BTreeMap<String, State>, q: &Query) -> Explanation {
+    let rule = cfg.rules.iter().find(|r| matches(r, q));
+    let (members, mode) = match rule {
+        Some(r) => (r.uplinks.clone(), r.mode),
+        None => ((0..cfg.uplinks.len()).collect(), Mode::Balance),
+    };
+    let usable = health::usable(cfg, states);
+    let mut excluded = Vec::new();
+    let state = |n: &str| states.get(n).cloned().unwrap_or(State::Up);
+    for (i, u) in cfg.uplinks.iter().enumerate() {
+        if !members.contains(&i) {
+            excluded.push((u.name.clone(), Exclusion::NotInRule));
+        }
+    }
+    let mut candidates = Vec::new();
+    let mut verdict = Verdict::NoUplink;
+    match mode {
+        Mode::Bypass => verdict = Verdict::Main,
+        Mode::Failover => {
+            let active = members
+                .iter()
+                .find(|i| usable.contains(&cfg.uplinks[**i].name));
+            for i in &members {
+                let u = &cfg.uplinks[*i];
+                if Some(i) == active {
+                    candidates.push((u.name.clone(), u.weight));
+                    verdict = Verdict::Uplink(u.name.clone());
+                } else if !usable.contains(&u.name) {
+                    excluded.push((u.name.clone(), unusable_reason(&state(&u.name))));
+                } else if let Some(a) = active {
+                    excluded.push((
+                        u.name.clone(),
+                        Exclusion::Standby {
+                            active: cfg.uplinks[*a].name.clone(),
+                        },
+                    ));
+                }
+            }
+        }
+        Mode::Balance => {
+            let tier = members
+                .iter()
+                .filter(|i| usable.contains(&cfg.uplinks[**i].name))
+                .map(|i| cfg.uplinks[*i].tier)
+                .min();
+            let mut in_tier = Vec::new();
+            for i in &members {
+                let u = &cfg.uplinks[*i];
+                if !usable.contains(&u.name) {
+                    excluded.push((u.name.clone(), unusable_reason(&state(&u.name))));
+                } else if Some(u.tier) != tier {
+                    excluded.push((
+                        u.name.clone(),
+                        Exclusion::Tier {
+                            tier: u.tier,
+                            active: tier.unwrap_or(0),
+                        },
+                    ));
+                } else {
+                    candidates.push((u.name.clone(), u.weight));
+                }
+                if Some(u.tier) == tier {
+                    in_tier.push(*i);
+                }
+            }
+            verdict = spread(cfg, q, &in_tier, &usable, &candidates);
+        }
+    }
+    if verdict == Verdict::NoUplink && cfg.balance.when_all_down == crate::model::WhenAllDown::Main
+    {
+        verdict = Verdict::Main;
+    }
+    Explanation {
+        rule: rule.map(|r| r.name.clone()),
+        mode,
+        method: cfg.balance.method,
+        candidates,
+        excluded,
+        verdict,
+    }
+}
+
+fn unusable_reason(s: &State) -> Exclusion {
+    match s {
+        State::Degraded(r) => Exclusion::Degraded(r.to_string()),
+        State::Down(r) => Exclusion::Down(r.to_string()),
+        State::Up => Exclusion::Down("unknown".into()),
+    }
+}
+
+fn spread(
+    cfg: &Config,
+    q: &Query,
+    tier: &[usize],
+    usable: &std::collections::BTreeSet<String>,
+    candidates: &[(String, u32)],
+) -> Verdict {
+    match candidates {
+        [] => return Verdict::NoUplink,
+        [(only, _)] => return Verdict::Uplink(only.clone()),
+        _ => {}
+    }
+    let key = match (cfg.balance.method, q.dst) {
+        (Method::SrcHash, _) => Some(q.src.octets().to_vec()),
+        (Method::SrcDstHash, Some(d)) => Some([q.src.octets(), d.octets()].concat()),
+        _ => None,
+    };
+    match key {
+        Some(key) => {
+            let weights: Vec<u32> = tier.iter().map(|i| cfg.uplinks[*i].weight).collect();
+            let g = weights.iter().copied().fold(0, gcd).max(1);
+            let weights: Vec<u32> = weights.iter().map(|w| w / g).collect();
+            let alive: Vec<bool> = tier
+                .iter()
+                .map(|i| usable.contains(&cfg.uplinks[*i].name))
+                .collect();
+            let buckets = hash_buckets(&weights, &alive);
+            let bucket = nft_jhash_mod(&key, HASH_SEED, HASH_BUCKETS) as usize;
+            Verdict::Uplink(cfg.uplinks[tier[buckets[bucket]]].name.clone())
+        }
+        None => {
+            let total: u32 = candidates.iter().map(|c| c.1).sum();
+            Verdict::Shares(
+                candidates
+                    .iter()
+                    .map(|(n, w)| (n.clone(), f64::from(*w) / f64::from(total.max(1))))
+                    .collect(),
+            )
+        }
+    }
+}
+
+fn gcd(a: u32, b: u32) -> u32 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+/// Bob Jenkins' lookup3 hash as the Linux kernel's `jhash()` computes it.
+pub fn jhash(key: &[u8], initval: u32) -> u32 {
+    let len = key.len() as u32;
+    let mut a = 0xdead_beef_u32.wrapping_add(len).wrapping_add(initval);
+    let mut b = a;
+    let mut c = a;
+    let word = |k: &[u8], i: usize| -> u32 {
+        let mut w = 0u32;
+        for (j, byte) in k.iter().skip(i).take(4).enumerate() {
+            w |= u32::from(*byte) << (8 * j);
+        }
+        w
+    };
+    let mut k = key;
+    while k.len() > 12 {
+        a = a.wrapping_add(word(k, 0));
+        b = b.wrapping_add(word(k, 4));
+        c = c.wrapping_add(word(k, 8));
+        a = a.wrapping_sub(c);
+        a ^= c.rotate_left(4);
+        c = c.wrapping_add(b);
+        b = b.wrapping_sub(a);
+        b ^= a.rotate_left(6);
+        a = a.wrapping_add(c);
+        c = c.wrapping_sub(b);
+        c ^= b.rotate_left(8);
+        b = b.wrapping_add(a);
+        a = a.wrapping_sub(c);
+        a ^= c.rotate_left(16);
+        c = c.wrapping_add(b);
+        b = b.wrapping_sub(a);
+        b ^= a.rotate_left(19);
+        a = a.wrapping_add(c);
+        c = c.wrapping_sub(b);
+        c ^= b.rotate_left(4);
+        b = b.wrapping_add(a);
+        k = &k[12..];
+    }
+    if k.is_empty() {
+        return c;
+    }
+    // The tail: bytes 0..4 into a, 4..8 into b, 8..12 into c, little-endian.
+    a = a.wrapping_add(word(k, 0));
+    if k.len() > 4 {
+        b = b.wrapping_add(word(k, 4));
+    }
+    if k.len() > 8 {
+        c = c.wrapping_add(word(k, 8));
+    }
+    c ^= b;
+    c = c.wrapping_sub(b.rotate_left(14));
+    a ^= c;
+    a = a.wrapping_sub(c.rotate_left(11));
+    b ^= a;
+    b = b.wrapping_sub(a.rotate_left(25));
+    c ^= b;
+    c = c.wrapping_sub(b.rotate_left(16));
+    a ^= c;
+    a = a.wrapping_sub(c.rotate_left(4));
+    b ^= a;
+    b = b.wrapping_sub(a.rotate_left(14));
+    c ^= b;
+    c = c.wrapping_sub(b.rotate_left(24));
+    c
+}
+
+/// nftables' `jhash KEY mod N seed S`: the hash scaled into `0..N`.
+pub fn nft_jhash_mod(key: &[u8], seed: u32, modulus: u32) -> u32 {
+    ((u64::from(jhash(key, seed)) * u64::from(modulus)) >> 32) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::health::Reason;
+    use crate::model::load;
+
+    const CFG: &str = r#"
+[lan]
+interfaces = ["lan0"]
+[[uplink]]
+name = "a"
+interface = "wan1"
+gateway = "10.0.1.1"
+weight = 3
+[[uplink]]
+name = "b"
+interface = "wan2"
+gateway = "10.0.2.1"
+[[uplink]]
+name = "lte"
+interface = "wwan0"
+gateway = "10.0.3.1"
+tier = 2
+[[rule]]
+name = "web"
+src = ["192.168.0.0/24"]
+proto = "tcp"
+dport = ["80", "443"]
+uplinks = ["b", "a"]
+mode = "failover"
+[[rule]]
+name = "vpn"
+dst = ["10.8.0.0/16"]
+mode = "bypass"
+"#;
+
+    fn q(src: &str) -> Query {
+        Query {
+            src: src.parse().expect("ip"),
+            dst: None,
+            proto: None,
+            sport: None,
+            dport: None,
+        }
+    }
+
+    #[test]
+    fn default_policy_shares_and_tier_exclusion() {
+        let cfg = load("t", CFG).expect("cfg");
+        let e = explain(&cfg, &BTreeMap::new(), &q("192.168.1.5"));
+        assert_eq!(e.rule, None);
+        assert_eq!(
+            e.verdict,
+            Verdict::Shares(vec![("a".into(), 0.75), ("b".into(), 0.25)])
+        );
+        assert_eq!(
+            e.excluded,
+            vec![("lte".into(), Exclusion::Tier { tier: 2, active: 1 })]
+        );
+    }
+
+    #[test]
+    fn rules_failover_and_bypass() {
+        let cfg = load("t", CFG).expect("cfg");
+        let mut web = q("192.168.0.9");
+        web.proto = Some(Proto::Tcp);
+        web.dport = Some(443);
+        let e = explain(&cfg, &BTreeMap::new(), &web);
+        assert_eq!(e.rule.as_deref(), Some("web"));
+        assert_eq!(e.verdict, Verdict::Uplink("b".into()));
+        assert!(e
+            .excluded
+            .contains(&("a".into(), Exclusion::Standby { active: "b".into() })));
+        let mut states = BTreeMap::new();
+        states.insert("b".to_string(), State::Down(Reason::LinkDown));
+        let e = explain(&cfg, &states, &web);
+        assert_eq!(e.verdict, Verdict::Uplink("a".into()));
+        assert!(e
+            .excluded
+            .contains(&("b".into(), Exclusion::Down("link down".into()))));
+        let mut vpn = q("192.168.0.9");
+        vpn.dst = Some("10.8.1.1".parse().expect("ip"));
+        assert_eq!(explain(&cfg, &states, &vpn).verdict, Verdict::Main);
+    }
+
+    #[test]
+    fn all_down_is_refused_and_tier_two_takes_over() {
+        let cfg = load("t", CFG).expect("cfg");
+        let mut states = BTreeMap::new();
+        states.insert(
+            "a".to_string(),
+            State::Down(Reason::ProbesFailing { rounds: 6 }),
+        );
+        states.insert("b".to_string(), State::Down(Reason::LinkDown));
+        assert_eq!(
+            explain(&cfg, &states, &q("192.168.1.5")).verdict,
+            Verdict::Uplink("lte".into())
+        );
+        states.insert("lte".to_string(), State::Down(Reason::NoAddress));
+        assert_eq!(
+            explain(&cfg, &states, &q("192.168.1.5")).verdict,
+            Verdict::NoUplink
+        );
+    }
+
+    #[test]
+    fn jhash_known_values() {
+        // Reference values of lookup3's hashlittle (which the kernel's jhash equals for
+        // these inputs): the empty key and the classic "Four score and seven years ago".
+        assert_eq!(jhash(b"", 0), 0xdeadbeef);
+        assert_eq!(jhash(b"", 0xdeadbeef), 0xbd5b7dde);
+        assert_eq!(jhash(b"Four score and seven years ago", 0), 0x17770551);
+        assert_eq!(jhash(b"Four score and seven years ago", 1), 0xcd628161);
+    }
+}
