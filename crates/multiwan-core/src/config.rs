@@ -65,6 +65,7 @@ pub struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub struct RawDaemon {
     pub hook: Option<Spanned<String>>,
+    pub metrics: Option<Spanned<NumOrStr>>,
 }
 
 /// `[lan]`

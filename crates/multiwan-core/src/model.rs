@@ -39,6 +39,8 @@ pub struct Config {
 pub struct Daemon {
     /// Executable run on every uplink transition.
     pub hook: Option<String>,
+    /// Where to serve Prometheus metrics (off when `None`).
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// The LAN side: new connections entering on these interfaces are balanced.
@@ -451,7 +453,32 @@ impl<'a> Validator<'a> {
             }
             Some(h) => Some(h.get_ref().clone()),
         };
-        Some(Daemon { hook })
+        let metrics = match &raw.get_ref().metrics {
+            None => None,
+            Some(m) => {
+                let text = m.get_ref().to_text();
+                // A bare port means localhost: metrics are not exposed to the network unless
+                // an address says so.
+                let parsed = text.parse::<std::net::SocketAddr>().ok().or_else(|| {
+                    text.parse::<u16>()
+                        .ok()
+                        .filter(|p| *p > 0)
+                        .map(|p| std::net::SocketAddr::from(([127, 0, 0, 1], p)))
+                });
+                match parsed {
+                    Some(a) => Some(a),
+                    None => {
+                        self.push(
+                            m.span(),
+                            "daemon.metrics",
+                            format!("invalid listen address {text:?}: expected \"127.0.0.1:9797\" or a port"),
+                        );
+                        return None;
+                    }
+                }
+            }
+        };
+        Some(Daemon { hook, metrics })
     }
 
     fn lan(&mut self, raw: Option<Spanned<config::RawLan>>) -> Option<Lan> {

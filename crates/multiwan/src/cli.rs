@@ -74,6 +74,34 @@ pub enum Cmd {
         #[arg(long, default_value = DEFAULT_RUN_DIR)]
         run_dir: PathBuf,
     },
+    /// Show every uplink's state, reason, RTT, loss, connections and traffic, and the rules.
+    Status(crate::operator::Conn),
+    /// List live connections with the uplink each uses.
+    Flows {
+        /// Only this uplink's connections.
+        #[arg(long)]
+        uplink: Option<String>,
+        #[command(flatten)]
+        conn: crate::operator::Conn,
+    },
+    /// Explain where a new connection would go, and why.
+    Explain(crate::operator::ExplainArgs),
+    /// Stream transitions and once-a-second probe summaries (JSON Lines with --json).
+    Watch(crate::operator::Conn),
+    /// Drain (disable) or undrain (enable) an uplink without editing the config.
+    Uplink {
+        /// The uplink's name.
+        name: String,
+        /// `disable` or `enable`.
+        #[arg(value_parser = ["disable", "enable"])]
+        action: String,
+        #[command(flatten)]
+        conn: crate::operator::Conn,
+    },
+    /// Print shell completions (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff).
+    Manpage,
     /// Build a virtual network in fresh namespaces, run a config on it and report.
     Lab(lab::LabArgs),
 }
@@ -225,6 +253,30 @@ fn run(cli: Cli) -> Result<(), Failure> {
             )
             .map_err(|e| anyhow::anyhow!("signalling multiwan (pid {pid}): {e}"))?;
             println!("reload requested (pid {pid}); the daemon logs the outcome");
+        }
+        Cmd::Status(c) => crate::operator::status(&c)?,
+        Cmd::Flows { uplink, conn } => crate::operator::flows(&conn, uplink)?,
+        Cmd::Explain(a) => crate::operator::explain(&a)?,
+        Cmd::Watch(c) => crate::operator::watch(&c)?,
+        Cmd::Uplink { name, action, conn } => {
+            crate::operator::uplink(&conn, &name, action == "enable")?
+        }
+        Cmd::Completions { shell } => {
+            let mut buf = Vec::new();
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "multiwan",
+                &mut buf,
+            );
+            crate::operator::write_out(None, &buf)?;
+        }
+        Cmd::Manpage => {
+            let mut buf = Vec::new();
+            clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
+                .render(&mut buf)
+                .map_err(anyhow::Error::from)?;
+            crate::operator::write_out(None, &buf)?;
         }
         Cmd::Lab(args) => {
             require_root("lab")?;

@@ -3,7 +3,9 @@
 //! `multiwan-core` crate.
 
 pub mod cli;
+pub mod control;
 pub mod daemon;
 pub mod kernel;
 pub mod lab;
 pub mod netns;
+pub mod operator;

@@ -17,6 +17,7 @@
 
 pub mod netlink;
 pub mod probe;
+pub mod server;
 pub mod systemd;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -52,6 +53,16 @@ pub enum Event {
     Reload,
     /// SIGTERM / SIGINT.
     Stop,
+    /// A control or metrics request wants the current state.
+    Query(Sender<server::Snapshot>),
+    /// `watch`: send events to this channel until it closes.
+    Subscribe(Sender<crate::control::WatchEvent>),
+    /// `multiwan uplink NAME enable|disable`.
+    Admin {
+        name: String,
+        enable: bool,
+        reply: Sender<std::result::Result<crate::control::Ack, String>>,
+    },
 }
 
 /// Options of `multiwan run`.
@@ -77,6 +88,23 @@ struct Prober {
 struct UplinkRt {
     monitor: Monitor,
     since_wall: SystemTime,
+    counters: server::Counters,
+    /// When the current streak of failed rounds began (probe send time).
+    first_bad: Option<Instant>,
+    /// A failover in progress: the streak's start, until the kernel is updated.
+    failover_from: Option<Instant>,
+}
+
+impl UplinkRt {
+    fn new(monitor: Monitor) -> Self {
+        Self {
+            monitor,
+            since_wall: SystemTime::now(),
+            counters: server::Counters::default(),
+            first_bad: None,
+            failover_from: None,
+        }
+    }
 }
 
 struct Daemon {
@@ -95,6 +123,9 @@ struct Daemon {
     last_plan: Option<Plan>,
     reconciles: u64,
     started: SystemTime,
+    subscribers: Vec<Sender<crate::control::WatchEvent>>,
+    /// Uplinks disabled by the operator (persisted in the run directory).
+    disabled: BTreeSet<String>,
 }
 
 /// What the kernel says about an uplink's interface.
@@ -116,7 +147,13 @@ pub fn run(args: RunArgs) -> Result<(), Failure> {
     let (tx, rx) = channel();
     spawn_signal_thread(tx.clone())?;
     netlink::watch_links(tx.clone()).context("watching links over netlink")?;
-    let mut d = Daemon::new(args, cfg, tx)?;
+    let metrics = cfg.daemon.metrics;
+    let mut d = Daemon::new(args, cfg, tx.clone())?;
+    server::start_control(&d.args.run_dir, tx.clone())?;
+    if let Some(addr) = metrics {
+        server::start_metrics(addr, tx)?;
+        tracing::info!(%addr, "serving Prometheus metrics at /metrics");
+    }
     d.reconcile();
     // Probes need the uplinks' rules and routes: start them once those are in place.
     d.start_probers();
@@ -184,18 +221,21 @@ impl Daemon {
         let installed = kernel::read_installed()?;
         let ids = assign_ids(&cfg, &installed.ids)?;
         let now = Instant::now();
+        let disabled: BTreeSet<String> =
+            std::fs::read_to_string(args.run_dir.join("disabled.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok())
+                .unwrap_or_default();
         let uplinks = cfg
             .uplinks
             .iter()
             .map(|u| {
                 let status = link_status(&facts, &u.interface);
-                (
-                    u.name.clone(),
-                    UplinkRt {
-                        monitor: Monitor::new(&u.check, status, now),
-                        since_wall: SystemTime::now(),
-                    },
-                )
+                let mut m = Monitor::new(&u.check, status, now);
+                if disabled.contains(&u.name) {
+                    m.set_disabled(true, now);
+                }
+                (u.name.clone(), UplinkRt::new(m))
             })
             .collect();
         let d = Self {
@@ -212,6 +252,8 @@ impl Daemon {
             last_plan: None,
             reconciles: 0,
             started: SystemTime::now(),
+            subscribers: Vec::new(),
+            disabled,
         };
         for (name, u) in &d.uplinks {
             tracing::info!(uplink = %name, state = %u.monitor.state(), "initial state");
@@ -273,6 +315,18 @@ impl Daemon {
                     } => self.on_round(&uplink, generation, &results),
                     Event::KernelChanged => kernel_changed = true,
                     Event::Reload => self.reload(),
+                    Event::Query(reply) => {
+                        let _ = reply.send(self.snapshot());
+                    }
+                    Event::Subscribe(tx) => self.subscribers.push(tx),
+                    Event::Admin {
+                        name,
+                        enable,
+                        reply,
+                    } => {
+                        let r = self.admin(&name, enable);
+                        let _ = reply.send(r);
+                    }
                     Event::Stop => {
                         self.stop();
                         return;
@@ -290,6 +344,7 @@ impl Daemon {
             } else if last_state.elapsed() >= Duration::from_secs(1) {
                 // RTT and loss move with every round; publish them once a second.
                 self.write_state();
+                self.broadcast_probes();
                 last_state = Instant::now();
             }
             if watchdog.is_some() {
@@ -303,9 +358,37 @@ impl Daemon {
             return;
         }
         let now = Instant::now();
-        let t = match self.uplinks.get_mut(uplink) {
-            Some(u) => u.monitor.round(results, now),
-            None => return,
+        let min_targets = self
+            .cfg
+            .uplinks
+            .iter()
+            .find(|u| u.name == uplink)
+            .map(|u| (u.check.min_targets, u.check.timeout));
+        let t = match (self.uplinks.get_mut(uplink), min_targets) {
+            (Some(u), Some((min, timeout))) => {
+                let c = &mut u.counters;
+                let answered = results.iter().flatten().count();
+                c.probes_ok += answered as u64;
+                c.probes_lost += (results.len() - answered) as u64;
+                for rtt in results.iter().flatten() {
+                    let secs = rtt.as_secs_f64();
+                    c.rtt_sum += secs;
+                    for (i, le) in server::RTT_BUCKETS.iter().enumerate() {
+                        if secs <= *le {
+                            c.rtt_buckets[i] += 1;
+                        }
+                    }
+                }
+                let good = answered as u32 >= min.min(results.len() as u32).max(1);
+                if good {
+                    u.first_bad = None;
+                } else if u.first_bad.is_none() {
+                    // The round was sent about `timeout` ago.
+                    u.first_bad = Some(now.checked_sub(timeout).unwrap_or(now));
+                }
+                u.monitor.round(results, now)
+            }
+            _ => return,
         };
         if let Some(t) = t {
             self.on_transition(uplink, t);
@@ -356,8 +439,30 @@ impl Daemon {
         );
         if let Some(rt) = self.uplinks.get_mut(uplink) {
             rt.since_wall = SystemTime::now();
+            *rt.counters
+                .transitions
+                .entry(t.to.name().to_string())
+                .or_default() += 1;
+            if matches!(t.to, State::Down(health::Reason::ProbesFailing { .. })) {
+                rt.failover_from = rt.first_bad;
+            }
         }
-        if matches!(t.to, State::Down(_))
+        let unix_ms = |t: SystemTime| {
+            t.duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0)
+        };
+        let ev = crate::control::WatchEvent::Transition {
+            time_ms: unix_ms(SystemTime::now()),
+            uplink: uplink.to_string(),
+            from: t.from.name().to_string(),
+            to: t.to.name().to_string(),
+            reason: t.to.reason().map(|r| r.code().to_string()),
+            detail: t.to.reason().map(|r| r.to_string()),
+        };
+        self.subscribers.retain(|s| s.send(ev.clone()).is_ok());
+        // An operator's drain lets established connections finish; a failure flushes them.
+        if matches!(t.to, State::Down(ref r) if *r != health::Reason::AdminDisabled)
             && !matches!(t.from, State::Down(_))
             && self.cfg.balance.on_uplink_down == OnUplinkDown::Flush
         {
@@ -412,6 +517,13 @@ impl Daemon {
                         "kernel updated"
                     );
                     self.last_plan = Some(p);
+                    let done = Instant::now();
+                    for rt in self.uplinks.values_mut() {
+                        if let Some(from) = rt.failover_from.take() {
+                            rt.counters.last_failover_s =
+                                Some(done.duration_since(from).as_secs_f64());
+                        }
+                    }
                 }
                 Err(e) => {
                     // Keep `dirty`: the next event or tick retries.
@@ -458,14 +570,17 @@ impl Daemon {
                             old.is_some_and(|o| o.interface == u.interface && o.check == u.check);
                         let rt = match self.uplinks.remove(&u.name) {
                             Some(rt) if keep => rt,
-                            _ => UplinkRt {
-                                monitor: Monitor::new(
+                            _ => {
+                                let mut m = Monitor::new(
                                     &u.check,
                                     link_status(&self.facts, &u.interface),
                                     now,
-                                ),
-                                since_wall: SystemTime::now(),
-                            },
+                                );
+                                if self.disabled.contains(&u.name) {
+                                    m.set_disabled(true, now);
+                                }
+                                UplinkRt::new(m)
+                            }
                         };
                         uplinks.insert(u.name.clone(), rt);
                     }
@@ -496,6 +611,117 @@ impl Daemon {
             tracing::info!("stopped; the data plane stays in place (fail-static)");
         }
         let _ = std::fs::remove_file(self.args.run_dir.join("state.json"));
+        let _ = std::fs::remove_file(crate::control::socket_path(&self.args.run_dir));
+    }
+
+    fn snapshot(&self) -> server::Snapshot {
+        let unix = |t: SystemTime| {
+            t.duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0)
+        };
+        server::Snapshot {
+            cfg: self.cfg.clone(),
+            config_path: self.args.config.display().to_string(),
+            pid: std::process::id(),
+            started: unix(self.started),
+            reconciles: self.reconciles,
+            ids: self.ids.clone(),
+            facts: self.facts.clone(),
+            uplinks: self
+                .uplinks
+                .iter()
+                .map(|(n, rt)| {
+                    (
+                        n.clone(),
+                        server::UplinkSnap {
+                            state: rt.monitor.state().clone(),
+                            since: unix(rt.since_wall),
+                            disabled: self.disabled.contains(n),
+                            stats: rt.monitor.stats(),
+                            targets: rt.monitor.target_stats(),
+                            counters: rt.counters.clone(),
+                        },
+                    )
+                })
+                .collect(),
+            usable: health::usable(&self.cfg, &self.states()),
+            policies: self
+                .last_plan
+                .as_ref()
+                .map(|p| p.policies.clone())
+                .unwrap_or_default(),
+        }
+    }
+
+    fn broadcast_probes(&mut self) {
+        if self.subscribers.is_empty() {
+            return;
+        }
+        let time_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        for u in &self.cfg.uplinks {
+            let Some(rt) = self.uplinks.get(&u.name) else {
+                continue;
+            };
+            let s = rt.monitor.stats();
+            let ev = crate::control::WatchEvent::Probes {
+                time_ms,
+                uplink: u.name.clone(),
+                state: rt.monitor.state().name().to_string(),
+                rtt_last_ms: s.last_rtt.map(|d| d.as_secs_f64() * 1000.0),
+                rtt_avg_ms: s.avg_rtt.map(|d| d.as_secs_f64() * 1000.0),
+                loss_percent: s.loss_percent(),
+            };
+            self.subscribers.retain(|tx| tx.send(ev.clone()).is_ok());
+        }
+    }
+
+    /// Administrative drain (`enable = false`) or undrain of an uplink.
+    fn admin(
+        &mut self,
+        name: &str,
+        enable: bool,
+    ) -> std::result::Result<crate::control::Ack, String> {
+        let now = Instant::now();
+        let t = match self.uplinks.get_mut(name) {
+            Some(rt) => rt.monitor.set_disabled(!enable, now),
+            None => {
+                let known: Vec<&str> = self.cfg.uplinks.iter().map(|u| u.name.as_str()).collect();
+                return Err(format!(
+                    "no uplink named {name:?} (known: {})",
+                    known.join(", ")
+                ));
+            }
+        };
+        if enable {
+            self.disabled.remove(name);
+        } else {
+            self.disabled.insert(name.to_string());
+        }
+        let path = self.args.run_dir.join("disabled.json");
+        if let Err(e) = serde_json::to_vec(&self.disabled)
+            .map_err(std::io::Error::other)
+            .and_then(|b| std::fs::write(&path, b))
+        {
+            tracing::warn!(error = %e, "cannot persist {}", path.display());
+        }
+        tracing::info!(uplink = name, enabled = enable, "administrative change");
+        if let Some(t) = t {
+            self.on_transition(name, t);
+        }
+        self.reconcile();
+        let state = self
+            .uplinks
+            .get(name)
+            .map(|rt| rt.monitor.state().to_string())
+            .unwrap_or_default();
+        Ok(crate::control::Ack {
+            uplink: name.to_string(),
+            state,
+        })
     }
 
     fn write_state(&self) {

@@ -1,0 +1,357 @@
+//! The control interface: a unix socket in the run directory (mode 0600, root only), one
+//! JSON request per connection and JSON Lines back. These types are the documented,
+//! versioned wire format shared by the daemon and the CLI — not dumps of internal structs —
+//! and the same types are what `--json` prints.
+//!
+//! Request:  `{"version":1,"request":"status"}` (also `flows`, `explain`, `watch`, `uplink`).
+//! Response: `{"version":1,"ok":true,"data":{…}}` or `{"version":1,"ok":false,"error":"…"}`;
+//! `watch` keeps sending one `{"version":1,"ok":true,"data":{…event…}}` line per event.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::Ipv4Addr;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+/// Version of the wire format. Bumped on incompatible changes only; fields may be added.
+pub const VERSION: u32 = 1;
+/// File name of the socket inside the run directory.
+pub const SOCKET: &str = "multiwan.sock";
+
+/// Path of the control socket for a run directory.
+pub fn socket_path(run_dir: &Path) -> PathBuf {
+    run_dir.join(SOCKET)
+}
+
+/// A request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "request", rename_all = "snake_case")]
+pub enum Request {
+    Status,
+    Flows {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        uplink: Option<String>,
+    },
+    Explain(ExplainQuery),
+    Watch,
+    Uplink {
+        name: String,
+        enable: bool,
+    },
+}
+
+/// The envelope around every request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub version: u32,
+    #[serde(flatten)]
+    pub request: Request,
+}
+
+/// A response line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Response<T> {
+    pub version: u32,
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<T>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl<T> Response<T> {
+    pub fn ok(data: T) -> Self {
+        Self {
+            version: VERSION,
+            ok: true,
+            data: Some(data),
+            error: None,
+        }
+    }
+    pub fn err(msg: impl Into<String>) -> Self {
+        Self {
+            version: VERSION,
+            ok: false,
+            data: None,
+            error: Some(msg.into()),
+        }
+    }
+}
+
+/// `status`: the daemon, every uplink, every rule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub pid: u32,
+    /// Unix time the daemon started.
+    pub started: u64,
+    pub config: String,
+    /// Balance method (`round-robin`, …).
+    pub method: String,
+    /// Kernel updates since start.
+    pub reconciles: u64,
+    pub uplinks: Vec<UplinkStatus>,
+    pub rules: Vec<RuleStatus>,
+}
+
+/// One uplink in `status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UplinkStatus {
+    pub name: String,
+    pub interface: String,
+    /// `up`, `degraded` or `down`.
+    pub state: String,
+    /// Machine-readable reason when not up (`probes_failing`, `link_down`, …).
+    pub reason: Option<String>,
+    /// Human-readable reason.
+    pub detail: Option<String>,
+    /// Unix time of the last state change.
+    pub since: u64,
+    pub tier: u32,
+    pub weight: u32,
+    /// Share of new connections the default policy gives it now (0..=1).
+    pub share: f64,
+    /// Takes new connections now.
+    pub usable: bool,
+    /// Disabled by `multiwan uplink NAME disable`.
+    pub disabled: bool,
+    pub rtt_last_ms: Option<f64>,
+    pub rtt_avg_ms: Option<f64>,
+    /// Probe loss over the window, percent.
+    pub loss_percent: f64,
+    pub targets: Vec<TargetStatus>,
+    /// Live connections (conntrack entries with this uplink's mark).
+    pub connections: u64,
+    /// New connections assigned since the ruleset was loaded (nft counter).
+    pub new_connections: u64,
+    /// Interface byte counters.
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub addresses: Vec<Ipv4Addr>,
+    pub gateway: Option<Ipv4Addr>,
+}
+
+/// One probe target in `status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TargetStatus {
+    pub target: String,
+    pub loss_percent: f64,
+    pub rtt_avg_ms: Option<f64>,
+    pub rtt_last_ms: Option<f64>,
+}
+
+/// One rule in `status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RuleStatus {
+    pub name: String,
+    pub mode: String,
+    pub uplinks: Vec<String>,
+    /// New connections that matched it (nft counter).
+    pub hits: u64,
+    /// Where its new connections go now, e.g. `isp2` or `isp1 75%, isp2 25%`.
+    pub now: String,
+}
+
+/// One connection in `flows`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FlowInfo {
+    /// The uplink it uses; `None` for connections multiwan did not mark.
+    pub uplink: Option<String>,
+    pub proto: String,
+    pub src: Ipv4Addr,
+    pub sport: u16,
+    pub dst: Ipv4Addr,
+    pub dport: u16,
+    /// The source address after NAT, as the internet sees it.
+    pub nat_src: Ipv4Addr,
+    /// Bytes sent by the originator / received from the responder.
+    pub bytes_out: u64,
+    pub bytes_in: u64,
+    /// Seconds since the connection started (when the kernel keeps timestamps).
+    pub age_s: Option<f64>,
+}
+
+/// What to explain.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExplainQuery {
+    pub src: Ipv4Addr,
+    #[serde(default)]
+    pub dst: Option<Ipv4Addr>,
+    #[serde(default)]
+    pub proto: Option<String>,
+    #[serde(default)]
+    pub sport: Option<u16>,
+    #[serde(default)]
+    pub dport: Option<u16>,
+}
+
+/// The answer of `explain`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExplainInfo {
+    /// The matching rule; `None` means the default policy.
+    pub rule: Option<String>,
+    pub mode: String,
+    pub method: String,
+    pub candidates: Vec<Candidate>,
+    pub excluded: Vec<Excluded>,
+    /// `uplink` (exactly `uplink`), `shares` (one of `shares`), `main` or `none`.
+    pub verdict: String,
+    pub uplink: Option<String>,
+    pub shares: Vec<Candidate>,
+}
+
+/// An uplink with its weight (candidates) or share (0..=1, shares).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Candidate {
+    pub uplink: String,
+    pub weight: f64,
+}
+
+/// An uplink that is not a candidate, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Excluded {
+    pub uplink: String,
+    pub reason: String,
+}
+
+/// One `watch` event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum WatchEvent {
+    /// An uplink changed state.
+    Transition {
+        time_ms: u64,
+        uplink: String,
+        from: String,
+        to: String,
+        reason: Option<String>,
+        detail: Option<String>,
+    },
+    /// Once a second per uplink: the probe picture.
+    Probes {
+        time_ms: u64,
+        uplink: String,
+        state: String,
+        rtt_last_ms: Option<f64>,
+        rtt_avg_ms: Option<f64>,
+        loss_percent: f64,
+    },
+}
+
+/// Acknowledgement of `uplink enable|disable`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ack {
+    pub uplink: String,
+    pub state: String,
+}
+
+/// Opens the daemon's socket; explains the usual failures.
+pub fn connect(run_dir: &Path) -> Result<UnixStream> {
+    let path = socket_path(run_dir);
+    UnixStream::connect(&path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::PermissionDenied => anyhow!(
+            "permission denied on {}: the control socket is root-only",
+            path.display()
+        ),
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => anyhow!(
+            "no multiwan daemon listens on {} (is `multiwan run` running with this --run-dir?)",
+            path.display()
+        ),
+        _ => anyhow!("connecting to {}: {e}", path.display()),
+    })
+}
+
+/// Sends one request and reads the single response.
+pub fn call<T: DeserializeOwned>(run_dir: &Path, request: Request) -> Result<T> {
+    let mut s = connect(run_dir)?;
+    send_request(&mut s, request)?;
+    let mut line = String::new();
+    BufReader::new(s)
+        .read_line(&mut line)
+        .context("reading the daemon's answer")?;
+    parse_response(&line)
+}
+
+/// Writes a request line.
+pub fn send_request(s: &mut UnixStream, request: Request) -> Result<()> {
+    let mut line = serde_json::to_string(&Envelope {
+        version: VERSION,
+        request,
+    })?;
+    line.push('\n');
+    s.write_all(line.as_bytes())
+        .context("sending the request to the daemon")
+}
+
+/// Parses a response line into its data or its error.
+pub fn parse_response<T: DeserializeOwned>(line: &str) -> Result<T> {
+    if line.trim().is_empty() {
+        bail!("the daemon closed the connection without answering");
+    }
+    // The version first, so a newer daemon gets a clear message rather than a parse error.
+    let r: Response<serde_json::Value> =
+        serde_json::from_str(line).with_context(|| format!("bad answer {line:?}"))?;
+    if r.version != VERSION {
+        bail!(
+            "the daemon speaks control protocol {}, this CLI {}; use the same multiwan binary",
+            r.version,
+            VERSION
+        );
+    }
+    match (r.ok, r.data, r.error) {
+        (true, Some(d), _) => {
+            serde_json::from_value(d).with_context(|| format!("unexpected answer {line:?}"))
+        }
+        (_, _, Some(e)) => bail!("{e}"),
+        _ => bail!("malformed answer {line:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_format_is_stable() {
+        let r = Envelope {
+            version: 1,
+            request: Request::Flows {
+                uplink: Some("isp1".into()),
+            },
+        };
+        assert_eq!(
+            serde_json::to_string(&r).expect("json"),
+            r#"{"version":1,"request":"flows","uplink":"isp1"}"#
+        );
+        let s: Envelope =
+            serde_json::from_str(r#"{"version":1,"request":"status"}"#).expect("parse");
+        assert_eq!(s.request, Request::Status);
+        let e: Envelope = serde_json::from_str(
+            r#"{"version":1,"request":"explain","src":"192.168.0.5","dport":443}"#,
+        )
+        .expect("parse");
+        assert!(matches!(
+            e.request,
+            Request::Explain(ExplainQuery {
+                dport: Some(443),
+                ..
+            })
+        ));
+        let u: Envelope =
+            serde_json::from_str(r#"{"version":1,"request":"uplink","name":"lte","enable":false}"#)
+                .expect("parse");
+        assert_eq!(
+            u.request,
+            Request::Uplink {
+                name: "lte".into(),
+                enable: false
+            }
+        );
+        let err: Result<Ack> =
+            parse_response(r#"{"version":1,"ok":false,"error":"no uplink named x"}"#);
+        assert_eq!(err.expect_err("error").to_string(), "no uplink named x");
+        let old: Result<Ack> = parse_response(r#"{"version":2,"ok":true,"data":{}}"#);
+        assert!(old.expect_err("version").to_string().contains("protocol 2"));
+    }
+}

@@ -1,0 +1,376 @@
+//! The operator commands: `status`, `flows`, `explain`, `watch`, `uplink`. Each talks to the
+//! daemon over the control socket (`explain --config` works offline) and prints either a
+//! table for people or the versioned JSON of [`crate::control`] for scripts.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+use crate::cli::{load_config, Failure};
+use crate::control::{self, Ack, ExplainInfo, ExplainQuery, FlowInfo, Request, Status, WatchEvent};
+
+/// Options shared by the commands that talk to the daemon.
+#[derive(Debug, Clone, Args)]
+pub struct Conn {
+    /// The daemon's run directory.
+    #[arg(long, default_value = crate::cli::DEFAULT_RUN_DIR)]
+    pub run_dir: PathBuf,
+    /// Print JSON (the documented control-protocol types) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `multiwan explain` options.
+#[derive(Debug, Clone, Args)]
+pub struct ExplainArgs {
+    /// Source address of the new connection (a LAN host, or the router itself).
+    #[arg(long)]
+    pub src: Ipv4Addr,
+    /// Destination address.
+    #[arg(long)]
+    pub dst: Option<Ipv4Addr>,
+    /// Protocol: tcp, udp or icmp.
+    #[arg(long)]
+    pub proto: Option<String>,
+    /// Source port.
+    #[arg(long)]
+    pub sport: Option<u16>,
+    /// Destination port.
+    #[arg(long)]
+    pub dport: Option<u16>,
+    /// Explain against this config with every uplink up, without a daemon.
+    #[arg(short, long)]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub conn: Conn,
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn ago(unix: u64) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(unix);
+    human_secs(now.saturating_sub(unix) as f64)
+}
+
+fn human_secs(s: f64) -> String {
+    let s = s as u64;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{}s", s / 60, s % 60),
+        3600..=86399 => format!("{}h{}m", s / 3600, (s % 3600) / 60),
+        _ => format!("{}d{}h", s / 86400, (s % 86400) / 3600),
+    }
+}
+
+fn bytes(b: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i + 1 < units.len() {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", units[i])
+    }
+}
+
+fn opt_ms(v: Option<f64>) -> String {
+    v.map(|v| format!("{v:.1}")).unwrap_or_else(|| "-".into())
+}
+
+/// `multiwan status`
+pub fn status(c: &Conn) -> Result<()> {
+    let s: Status = control::call(&c.run_dir, Request::Status)?;
+    if c.json {
+        return print_json(&s);
+    }
+    print!("{}", render_status(&s));
+    Ok(())
+}
+
+/// The human form of `status`.
+pub fn render_status(s: &Status) -> String {
+    let mut o = String::new();
+    o += &format!(
+        "multiwan: pid {}, up {}, balance {}, {} kernel updates, config {}\n\n",
+        s.pid,
+        ago(s.started),
+        s.method,
+        s.reconciles,
+        s.config
+    );
+    o += &format!(
+        "{:<12} {:<9} {:>7} {:>4} {:>6} {:>6} {:>15} {:>6} {:>6} {:>10} {:>10}  {}\n",
+        "UPLINK",
+        "STATE",
+        "SINCE",
+        "TIER",
+        "WEIGHT",
+        "SHARE",
+        "RTT last/avg ms",
+        "LOSS",
+        "CONNS",
+        "IN",
+        "OUT",
+        "ADDRESS"
+    );
+    for u in &s.uplinks {
+        o +=
+            &format!(
+            "{:<12} {:<9} {:>7} {:>4} {:>6} {:>5.0}% {:>15} {:>5.1}% {:>6} {:>10} {:>10}  {}{}\n",
+            u.name,
+            if u.disabled { "disabled" } else { u.state.as_str() },
+            ago(u.since),
+            u.tier,
+            u.weight,
+            100.0 * u.share,
+            format!("{}/{}", opt_ms(u.rtt_last_ms), opt_ms(u.rtt_avg_ms)),
+            u.loss_percent,
+            u.connections,
+            bytes(u.bytes_in),
+            bytes(u.bytes_out),
+            u.addresses
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+            u.gateway.map(|g| format!(" via {g}")).unwrap_or_default()
+        );
+        if let Some(d) = &u.detail {
+            o += &format!("{:<12} why: {d}\n", "");
+        }
+        for t in &u.targets {
+            o += &format!(
+                "{:<12} probe {}: loss {:.1}%, rtt last {} avg {} ms\n",
+                "",
+                t.target,
+                t.loss_percent,
+                opt_ms(t.rtt_last_ms),
+                opt_ms(t.rtt_avg_ms)
+            );
+        }
+    }
+    if !s.rules.is_empty() {
+        o += &format!(
+            "\n{:<16} {:<9} {:>8}  {}\n",
+            "RULE", "MODE", "HITS", "NEW CONNECTIONS GO TO"
+        );
+        for r in &s.rules {
+            o += &format!("{:<16} {:<9} {:>8}  {}\n", r.name, r.mode, r.hits, r.now);
+        }
+    }
+    o
+}
+
+/// `multiwan flows`
+pub fn flows(c: &Conn, uplink: Option<String>) -> Result<()> {
+    let f: Vec<FlowInfo> = control::call(&c.run_dir, Request::Flows { uplink })?;
+    if c.json {
+        return print_json(&f);
+    }
+    println!(
+        "{:<10} {:<5} {:<21} {:<21} {:<15} {:>10} {:>10} {:>8}",
+        "UPLINK", "PROTO", "SOURCE", "DESTINATION", "NAT SOURCE", "OUT", "IN", "AGE"
+    );
+    let mut per: BTreeMap<String, usize> = BTreeMap::new();
+    for x in &f {
+        let up = x.uplink.clone().unwrap_or_else(|| "-".into());
+        *per.entry(up.clone()).or_default() += 1;
+        println!(
+            "{:<10} {:<5} {:<21} {:<21} {:<15} {:>10} {:>10} {:>8}",
+            up,
+            x.proto,
+            format!("{}:{}", x.src, x.sport),
+            format!("{}:{}", x.dst, x.dport),
+            x.nat_src,
+            bytes(x.bytes_out),
+            bytes(x.bytes_in),
+            x.age_s.map(human_secs).unwrap_or_else(|| "-".into())
+        );
+    }
+    let summary: Vec<String> = per.iter().map(|(u, n)| format!("{u}: {n}")).collect();
+    println!("{} connections ({})", f.len(), summary.join(", "));
+    Ok(())
+}
+
+/// `multiwan explain`
+pub fn explain(a: &ExplainArgs) -> Result<(), Failure> {
+    let q = ExplainQuery {
+        src: a.src,
+        dst: a.dst,
+        proto: a.proto.clone(),
+        sport: a.sport,
+        dport: a.dport,
+    };
+    let info: ExplainInfo = match &a.config {
+        Some(path) => {
+            let cfg = load_config(path)?;
+            crate::daemon::server::explain_query(&cfg, &BTreeMap::new(), &q)
+                .map_err(Failure::Config)?
+        }
+        None => control::call(&a.conn.run_dir, Request::Explain(q.clone()))?,
+    };
+    if a.conn.json {
+        print_json(&info)?;
+    } else {
+        print!("{}", render_explain(&q, &info, a.config.is_some()));
+    }
+    Ok(())
+}
+
+/// The human form of `explain`.
+pub fn render_explain(q: &ExplainQuery, e: &ExplainInfo, offline: bool) -> String {
+    let port = |p: Option<u16>| p.map(|p| p.to_string()).unwrap_or_else(|| "*".into());
+    let mut o = format!(
+        "new {} connection {}:{} -> {}:{}{}\n",
+        q.proto.as_deref().unwrap_or("ip"),
+        q.src,
+        port(q.sport),
+        q.dst.map(|d| d.to_string()).unwrap_or_else(|| "*".into()),
+        port(q.dport),
+        if offline {
+            " (offline: every uplink assumed up)"
+        } else {
+            ""
+        }
+    );
+    o += &match &e.rule {
+        Some(r) => format!("matches rule {r} (mode {})\n", e.mode),
+        None => format!("matches no rule: the default policy ({})\n", e.method),
+    };
+    let cands: Vec<String> = e
+        .candidates
+        .iter()
+        .map(|c| format!("{} (weight {})", c.uplink, c.weight))
+        .collect();
+    o += &format!(
+        "candidates: {}\n",
+        if cands.is_empty() {
+            "none".into()
+        } else {
+            cands.join(", ")
+        }
+    );
+    for x in &e.excluded {
+        o += &format!("excluded:   {}: {}\n", x.uplink, x.reason);
+    }
+    o += &match e.verdict.as_str() {
+        "uplink" => format!("goes to:    {}\n", e.uplink.as_deref().unwrap_or("?")),
+        "shares" => format!(
+            "goes to:    one of {} ({} decides per connection)\n",
+            e.shares
+                .iter()
+                .map(|s| format!("{} {:.0}%", s.uplink, 100.0 * s.weight))
+                .collect::<Vec<_>>()
+                .join(", "),
+            e.method
+        ),
+        "main" => "goes to:    the main routing table (not balanced)\n".into(),
+        _ => "goes to:    nowhere: no usable uplink, the connection is refused\n".into(),
+    };
+    o
+}
+
+/// `multiwan watch`
+pub fn watch(c: &Conn) -> Result<()> {
+    let mut s = control::connect(&c.run_dir)?;
+    control::send_request(&mut s, Request::Watch)?;
+    let stdout = std::io::stdout();
+    for line in BufReader::new(s).lines() {
+        let line = line.context("reading from the daemon")?;
+        let ev: WatchEvent = control::parse_response(&line)?;
+        let mut out = stdout.lock();
+        if c.json {
+            writeln!(out, "{}", serde_json::to_string(&ev)?)?;
+        } else {
+            writeln!(out, "{}", render_watch(&ev))?;
+        }
+        out.flush()?;
+    }
+    Ok(())
+}
+
+fn clock(ms: u64) -> String {
+    let s = ms / 1000;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        (s / 3600) % 24,
+        (s / 60) % 60,
+        s % 60,
+        ms % 1000
+    )
+}
+
+/// The human form of one `watch` event.
+pub fn render_watch(ev: &WatchEvent) -> String {
+    match ev {
+        WatchEvent::Transition {
+            time_ms,
+            uplink,
+            from,
+            to,
+            detail,
+            ..
+        } => format!(
+            "{} UTC  {uplink}: {from} -> {to}{}",
+            clock(*time_ms),
+            detail
+                .as_ref()
+                .map(|d| format!(" ({d})"))
+                .unwrap_or_default()
+        ),
+        WatchEvent::Probes {
+            time_ms,
+            uplink,
+            state,
+            rtt_last_ms,
+            rtt_avg_ms,
+            loss_percent,
+        } => format!(
+            "{} UTC  {uplink}: {state}, rtt {}/{} ms, loss {loss_percent:.1}%",
+            clock(*time_ms),
+            opt_ms(*rtt_last_ms),
+            opt_ms(*rtt_avg_ms)
+        ),
+    }
+}
+
+/// `multiwan uplink NAME enable|disable`
+pub fn uplink(c: &Conn, name: &str, enable: bool) -> Result<()> {
+    let ack: Ack = control::call(
+        &c.run_dir,
+        Request::Uplink {
+            name: name.to_string(),
+            enable,
+        },
+    )?;
+    if c.json {
+        return print_json(&ack);
+    }
+    println!("{}: {}", ack.uplink, ack.state);
+    Ok(())
+}
+
+/// Where `completions` and `manpage` write.
+pub fn write_out(path: Option<&Path>, bytes: &[u8]) -> Result<()> {
+    match path {
+        Some(p) => std::fs::write(p, bytes).with_context(|| format!("writing {}", p.display())),
+        None => std::io::stdout()
+            .write_all(bytes)
+            .context("writing to stdout"),
+    }
+}

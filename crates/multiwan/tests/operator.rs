@@ -1,0 +1,381 @@
+//! The operator interface against a daemon in namespaces: `status`, `flows`, `explain`,
+//! `watch`, metrics and `uplink disable|enable`, checked against what the kernel and the
+//! server really saw.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::time::Duration;
+
+use common::{count, two_uplinks_checked, Lab};
+use serde_json::Value;
+
+fn cli_json(lab: &Lab, args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    let rd = lab.run_dir();
+    all.extend(["--run-dir", &rd, "--json"]);
+    let out = lab.multiwan(&all);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
+/// Opens idle connections (held open) from host `h`.
+fn hold(lab: &Lab, h: usize, n: usize) -> Vec<std::net::TcpStream> {
+    let ep = lab.topo.server_endpoint();
+    lab.topo.hosts[h]
+        .ns
+        .spawn(move || {
+            (0..n)
+                .map(|_| {
+                    let mut s =
+                        std::net::TcpStream::connect_timeout(&ep.into(), Duration::from_secs(2))
+                            .expect("connect");
+                    s.write_all(b"PUT 1000000\n").expect("write");
+                    s.write_all(&[0u8; 3000]).expect("some bytes");
+                    s
+                })
+                .collect()
+        })
+        .expect("spawn")
+        .join()
+        .expect("join")
+}
+
+#[test]
+fn status_and_flows_match_the_kernel_and_the_server() {
+    let lab = Lab::new(2, 2);
+    let d = lab.start_daemon(&two_uplinks_checked("round-robin").replace(
+        "gateway = \"10.37.1.1\"\n",
+        "gateway = \"10.37.1.1\"\nweight = 2\n",
+    ));
+    let _held = (hold(&lab, 0, 4), hold(&lab, 1, 2));
+    std::thread::sleep(Duration::from_millis(300));
+    // What the server saw, by uplink.
+    let mut seen: BTreeMap<usize, u64> = BTreeMap::new();
+    for (addr, s) in lab.server.stats() {
+        *seen
+            .entry(lab.topo.isp_of(addr).expect("uplink address"))
+            .or_default() += s.tcp_conns;
+    }
+    assert_eq!(
+        seen.get(&0).copied().unwrap_or(0) + seen.get(&1).copied().unwrap_or(0),
+        6
+    );
+    let s = cli_json(&lab, &["status"]);
+    let up = |i: usize| &s["uplinks"][i];
+    assert_eq!(up(0)["name"], "isp1");
+    assert_eq!(up(0)["state"], "up");
+    assert_eq!(up(0)["connections"].as_u64(), seen.get(&0).copied(), "{s}");
+    assert_eq!(up(1)["connections"].as_u64(), seen.get(&1).copied(), "{s}");
+    assert_eq!(up(0)["new_connections"].as_u64(), seen.get(&0).copied());
+    assert!((up(0)["share"].as_f64().expect("share") - 2.0 / 3.0).abs() < 1e-9);
+    assert_eq!(up(1)["addresses"][0], "10.37.2.253");
+    assert_eq!(up(1)["gateway"], "10.37.2.1");
+    assert!(up(0)["rtt_avg_ms"].as_f64().is_some());
+    assert_eq!(up(0)["targets"][0]["target"], "172.16.0.100");
+    assert!(up(0)["bytes_out"].as_u64().expect("bytes") > 0);
+    let flows = cli_json(&lab, &["flows"]);
+    let to_server: Vec<&Value> = flows
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter(|f| f["dport"] == 7000)
+        .collect();
+    assert_eq!(to_server.len(), 6, "{flows}");
+    for f in &to_server {
+        let isp = if f["uplink"] == "isp1" { 1 } else { 2 };
+        assert_eq!(f["nat_src"], format!("10.37.{isp}.253"), "{f}");
+        assert!(
+            f["bytes_out"].as_u64().expect("bytes") >= 3000,
+            "accounting on: {f}"
+        );
+        assert!(f["age_s"].as_f64().is_some(), "timestamps on: {f}");
+    }
+    let only2 = cli_json(&lab, &["flows", "--uplink", "isp2"]);
+    assert_eq!(
+        only2
+            .as_array()
+            .expect("array")
+            .iter()
+            .filter(|f| f["dport"] == 7000)
+            .count() as u64,
+        seen[&1]
+    );
+    // The table for people names every uplink.
+    let out = lab.multiwan(&["status", "--run-dir", &lab.run_dir()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("isp1") && text.contains("probe 172.16.0.100"),
+        "{text}"
+    );
+    drop(d);
+}
+
+#[test]
+fn explain_agrees_with_where_connections_go() {
+    let lab = Lab::new(2, 6);
+    let h0 = lab.topo.hosts[0].addr;
+    let text = format!(
+        "{}\n[[rule]]\nname = \"pin\"\nsrc = [\"{h0}\"]\nproto = \"tcp\"\ndport = [\"7000\"]\nuplinks = [\"isp2\"]\n\n[[rule]]\nname = \"fo\"\nproto = \"udp\"\nuplinks = [\"isp1\", \"isp2\"]\nmode = \"failover\"\n",
+        two_uplinks_checked("src-hash")
+    );
+    let d = lab.start_daemon(&text);
+    let server = multiwan::lab::topology::SERVER_ADDR.to_string();
+    for (h, host) in lab.topo.hosts.iter().enumerate() {
+        let src = host.addr.to_string();
+        let e = cli_json(
+            &lab,
+            &[
+                "explain", "--src", &src, "--dst", &server, "--proto", "tcp", "--dport", "7000",
+            ],
+        );
+        assert_eq!(e["verdict"], "uplink", "{e}");
+        let want = e["uplink"].as_str().expect("uplink");
+        let got = lab
+            .try_connect(h, Duration::from_secs(1))
+            .expect("connects");
+        assert_eq!(
+            format!("isp{}", got + 1),
+            want,
+            "host {src}: explain said {want} ({e})"
+        );
+        if h == 0 {
+            assert_eq!(e["rule"], "pin");
+        } else {
+            assert!(e["rule"].is_null(), "{e}");
+        }
+        let u = cli_json(
+            &lab,
+            &[
+                "explain", "--src", &src, "--dst", &server, "--proto", "udp", "--dport", "7000",
+            ],
+        );
+        assert_eq!(u["rule"], "fo");
+        assert_eq!(u["uplink"], "isp1");
+        let v = lab.udp_from_host(h, 1);
+        assert_eq!(v, vec![Some(0)]);
+    }
+    // After isp1 fails, explain and reality move together.
+    lab.cut_upstream(0);
+    d.wait_for("isp1 down", Duration::from_secs(3), |d| {
+        d.uplink_state("isp1").as_deref() == Some("down")
+    });
+    let u = cli_json(
+        &lab,
+        &[
+            "explain",
+            "--src",
+            &lab.topo.hosts[1].addr.to_string(),
+            "--proto",
+            "udp",
+        ],
+    );
+    assert_eq!(u["uplink"], "isp2");
+    assert!(
+        u["excluded"]
+            .as_array()
+            .expect("excluded")
+            .iter()
+            .any(|x| x["uplink"] == "isp1"
+                && x["reason"].as_str().expect("reason").starts_with("down")),
+        "{u}"
+    );
+    assert_eq!(lab.udp_from_host(1, 1), vec![Some(1)]);
+    // Offline, against the config file alone.
+    let cfg = lab.dir.join("multiwan.toml").display().to_string();
+    let out = lab.multiwan(&[
+        "explain",
+        "-c",
+        &cfg,
+        "--src",
+        &h0.to_string(),
+        "--proto",
+        "tcp",
+        "--dport",
+        "7000",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("matches rule pin") && text.contains("goes to:    isp2"),
+        "{text}"
+    );
+}
+
+#[test]
+fn metrics_parse_and_report_the_uplinks() {
+    let lab = Lab::new(2, 1);
+    let text = format!(
+        "[daemon]\nmetrics = 9797\n\n{}",
+        two_uplinks_checked("round-robin")
+    );
+    let _d = lab.start_daemon(&text);
+    lab.tcp_from_host(0, 4);
+    std::thread::sleep(Duration::from_millis(500));
+    let body = lab
+        .topo
+        .router
+        .spawn(|| {
+            let mut s = std::net::TcpStream::connect("127.0.0.1:9797").expect("metrics port");
+            s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
+                .expect("request");
+            let mut r = String::new();
+            s.read_to_string(&mut r).expect("response");
+            r
+        })
+        .expect("spawn")
+        .join()
+        .expect("join");
+    let (head, body) = body.split_once("\r\n\r\n").expect("http");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let lines = body.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text format");
+    let find = |name: &str, uplink: &str| {
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && s.labels.get("uplink") == Some(uplink))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => f64::NAN,
+            })
+    };
+    assert_eq!(find("multiwan_uplink_up", "isp1"), Some(1.0));
+    assert_eq!(
+        find("multiwan_uplink_new_connections_total", "isp2"),
+        Some(2.0)
+    );
+    assert!(find("multiwan_probes_total", "isp1").expect("probes") > 0.0);
+    assert!(find("multiwan_uplink_rtt_seconds", "isp1").expect("rtt") < 0.1);
+    assert!(
+        scrape
+            .samples
+            .iter()
+            .any(|s| s.metric == "multiwan_probe_rtt_seconds"),
+        "histogram present"
+    );
+    // Metrics are off unless configured, and a bare port means localhost only.
+    assert!(body.contains("# TYPE multiwan_probe_rtt_seconds histogram"));
+}
+
+#[test]
+fn non_root_cannot_use_the_socket() {
+    let lab = Lab::new(2, 1);
+    let _d = lab.start_daemon(&two_uplinks_checked("round-robin"));
+    let sock = std::path::Path::new(&lab.run_dir()).join("multiwan.sock");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&sock).expect("socket").permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    let bin = lab.dir.join("multiwan-copy");
+    std::fs::copy(common::bin(), &bin).expect("copy");
+    std::fs::set_permissions(
+        &lab.dir,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .arg(&bin)
+        .args(["status", "--run-dir", &lab.run_dir()])
+        .output()
+        .expect("setpriv");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("permission denied"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn disabling_an_uplink_drains_it() {
+    let lab = Lab::new(2, 1);
+    let d = lab.start_daemon(&two_uplinks_checked("round-robin"));
+    let held = hold(&lab, 0, 2);
+    let a = cli_json(&lab, &["uplink", "isp1", "disable"]);
+    assert_eq!(a["uplink"], "isp1");
+    assert!(
+        a["state"].as_str().expect("state").starts_with("down"),
+        "{a}"
+    );
+    let v = lab.tcp_from_host(0, 6);
+    assert_eq!(
+        count(&v, 1),
+        6,
+        "no new connections on a drained uplink: {v:?}"
+    );
+    let s = cli_json(&lab, &["status"]);
+    assert_eq!(s["uplinks"][0]["disabled"], true);
+    assert_eq!(s["uplinks"][0]["reason"], "admin_disabled");
+    assert_eq!(
+        s["uplinks"][0]["connections"], 1,
+        "its established connection is left alone: {s}"
+    );
+    assert_eq!(d.uplink_state("isp1").as_deref(), Some("down"));
+    cli_json(&lab, &["uplink", "isp1", "enable"]);
+    let v = lab.tcp_from_host(0, 4);
+    assert_eq!((count(&v, 0), count(&v, 1)), (2, 2), "{v:?}");
+    let out = lab.multiwan(&["uplink", "nope", "disable", "--run-dir", &lab.run_dir()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no uplink named \"nope\""));
+    drop(held);
+}
+
+#[test]
+fn watch_streams_transitions_and_probe_summaries() {
+    let lab = Lab::new(2, 1);
+    let _d = lab.start_daemon(&two_uplinks_checked("round-robin"));
+    let mut child = lab
+        .topo
+        .router
+        .command(common::bin())
+        .args(["watch", "--json", "--run-dir", &lab.run_dir()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("watch");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let first: Value = serde_json::from_str(
+        &rx.recv_timeout(Duration::from_secs(5))
+            .expect("a probe summary"),
+    )
+    .expect("json");
+    assert_eq!(first["event"], "probes", "{first}");
+    lab.cut_upstream(0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut transition = None;
+    while std::time::Instant::now() < deadline {
+        if let Ok(l) = rx.recv_timeout(Duration::from_millis(200)) {
+            let v: Value = serde_json::from_str(&l).expect("json line");
+            if v["event"] == "transition" {
+                transition = Some(v);
+                break;
+            }
+        }
+    }
+    let t = transition.expect("a transition event");
+    assert_eq!(t["uplink"], "isp1");
+    assert_eq!(t["to"], "down");
+    assert_eq!(t["reason"], "probes_failing");
+    let _ = child.kill();
+    let _ = child.wait();
+}
