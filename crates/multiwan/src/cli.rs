@@ -274,6 +274,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Cmd::Manpage => {
             let mut buf = Vec::new();
             clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
+                .section("8")
                 .render(&mut buf)
                 .map_err(anyhow::Error::from)?;
             crate::operator::write_out(None, &buf)?;

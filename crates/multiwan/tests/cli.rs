@@ -153,3 +153,74 @@ fn reload_validates_before_signalling() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no daemon runs"));
 }
+
+#[test]
+fn completions_and_man_page_come_from_the_cli_definition() {
+    let out = bin().args(["completions", "bash"]).output().expect("run");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for cmd in [
+        "status", "flows", "explain", "watch", "uplink", "apply", "run", "lab",
+    ] {
+        assert!(text.contains(cmd), "bash completion lacks {cmd}");
+    }
+    let out = bin().arg("manpage").output().expect("run");
+    assert!(out.status.success());
+    let man = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        man.starts_with(".ie") || man.contains(".TH multiwan"),
+        "{}",
+        &man[..man.len().min(200)]
+    );
+    assert!(man.contains("explain"));
+}
+
+#[test]
+fn explain_works_offline_without_root_or_daemon() {
+    let out = bin()
+        .arg("explain")
+        .arg("-c")
+        .arg(example("dsl-lte-backup.toml"))
+        .args([
+            "--src",
+            "192.168.1.20",
+            "--proto",
+            "udp",
+            "--dport",
+            "5060",
+            "--json",
+        ])
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["rule"], "voip");
+    assert_eq!(v["verdict"], "uplink");
+    assert_eq!(v["uplink"], "dsl");
+    let out = bin()
+        .arg("explain")
+        .arg("-c")
+        .arg(example("dsl-lte-backup.toml"))
+        .args(["--src", "192.168.1.20", "--dst", "10.8.3.4"])
+        .output()
+        .expect("run");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("matches rule vpn") && text.contains("main routing table"),
+        "{text}"
+    );
+}
+
+#[test]
+fn status_without_a_daemon_says_so() {
+    let out = bin()
+        .args(["status", "--run-dir", "/nonexistent"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no multiwan daemon listens"));
+}

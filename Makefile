@@ -1,0 +1,27 @@
+# Installing multiwan on a router (the lab and the tests need no install: see README).
+PREFIX ?= /usr/local
+BIN := target/release/multiwan
+
+.PHONY: build install uninstall
+
+build:
+	cargo build --release --locked
+
+install: build
+	install -Dm755 $(BIN) $(DESTDIR)$(PREFIX)/bin/multiwan
+	install -Dm644 contrib/multiwan.service $(DESTDIR)/etc/systemd/system/multiwan.service
+	install -d $(DESTDIR)$(PREFIX)/share/man/man8 $(DESTDIR)/usr/share/bash-completion/completions \
+		$(DESTDIR)$(PREFIX)/share/zsh/site-functions $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d
+	$(BIN) manpage > $(DESTDIR)$(PREFIX)/share/man/man8/multiwan.8
+	$(BIN) completions bash > $(DESTDIR)/usr/share/bash-completion/completions/multiwan
+	$(BIN) completions zsh > $(DESTDIR)$(PREFIX)/share/zsh/site-functions/_multiwan
+	$(BIN) completions fish > $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/multiwan.fish
+	install -d -m755 $(DESTDIR)/etc/multiwan
+	test -e $(DESTDIR)/etc/multiwan/multiwan.toml || install -m644 examples/seed-003-connmark-round-robin.toml $(DESTDIR)/etc/multiwan/multiwan.toml.example
+
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/bin/multiwan $(DESTDIR)/etc/systemd/system/multiwan.service \
+		$(DESTDIR)$(PREFIX)/share/man/man8/multiwan.8 \
+		$(DESTDIR)/usr/share/bash-completion/completions/multiwan \
+		$(DESTDIR)$(PREFIX)/share/zsh/site-functions/_multiwan \
+		$(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/multiwan.fish
