@@ -355,6 +355,12 @@ fn drive(
     }
     drop(accept);
 
+    // What an operator sees right now.
+    match topo.multiwan(bin, &["status", "--run-dir", &run_dir_s]) {
+        Ok(out) => print!("== multiwan status\n{}", indent(&out)),
+        Err(e) => println!("== multiwan status failed: {e:#}"),
+    }
+
     if topo.isps.len() >= 2 && !args.no_drill {
         let log_before = std::fs::read_to_string(&log_path).unwrap_or_default().len();
         failover_drill(topo, &cfg, &daemon)?;
@@ -375,7 +381,6 @@ fn drive(
     {
         println!("   {}", strip_ansi(l));
     }
-    let _ = run_dir_s;
     Ok(())
 }
 
