@@ -4,6 +4,7 @@
 //! drill (an ISP's upstream is cut while its link stays up). Every namespace is removed on exit,
 //! Ctrl-C included; the root namespace is never touched.
 
+pub mod bench;
 pub mod topology;
 pub mod traffic;
 
@@ -54,6 +55,15 @@ pub struct LabArgs {
     /// Skip the failover drill.
     #[arg(long)]
     pub no_drill: bool,
+    /// Run the benchmarks instead of the demo and write them to --bench-out.
+    #[arg(long)]
+    pub bench: bool,
+    /// With --bench: the quick subset (under a minute).
+    #[arg(long, requires = "bench")]
+    pub quick: bool,
+    /// With --bench: where to write the report.
+    #[arg(long, default_value = "BENCHMARKS.md", requires = "bench")]
+    pub bench_out: PathBuf,
 }
 
 fn wan_count(text: &str) -> usize {
@@ -93,6 +103,9 @@ pub fn run(args: LabArgs) -> Result<()> {
 
 fn run_lab(args: &LabArgs) -> Result<()> {
     let bin = std::env::current_exe().context("locating the multiwan binary")?;
+    if args.bench {
+        return bench::run(&bin, args.quick, &args.bench_out);
+    }
     let custom = match &args.config {
         Some(p) => {
             Some(std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?)
@@ -240,41 +253,11 @@ fn drive(
         );
     }
 
-    // Phase 2: parallel bulk downloads. Throughput is measured over a steady-state window
-    // (after slow start, before the first flow ends) from the bytes the clients received.
+    // Phase 2: parallel bulk downloads.
     server.reset();
     let flows = args.flows.max(1);
-    let ms = args.seconds.max(1) * 1000;
-    let progress: Vec<Arc<std::sync::atomic::AtomicU64>> =
-        (0..flows).map(|_| Arc::default()).collect();
-    let mut handles = Vec::new();
-    for (f, p) in progress.iter().enumerate() {
-        let h = &topo.hosts[f % topo.hosts.len()];
-        let p = p.clone();
-        handles.push(h.ns.spawn(move || traffic::tcp_time(ep, ms, &p))?);
-    }
-    let warmup = Duration::from_millis((ms / 5).min(1000));
-    let window_end = Duration::from_millis(ms * 9 / 10);
-    std::thread::sleep(warmup);
-    let t0 = Instant::now();
-    let at_start: Vec<u64> = progress.iter().map(|p| p.load(Ordering::Relaxed)).collect();
-    std::thread::sleep(window_end.saturating_sub(warmup));
-    let at_end: Vec<u64> = progress.iter().map(|p| p.load(Ordering::Relaxed)).collect();
-    let window = t0.elapsed().as_secs_f64();
-    let mut per_isp = vec![(0usize, 0u64, 0u64); topo.isps.len()];
-    let mut bulk_failed = 0;
-    for (f, h) in handles.into_iter().enumerate() {
-        match h.join() {
-            Ok(Ok(t)) => {
-                if let Some(i) = topo.isp_of(t.seen_as) {
-                    per_isp[i].0 += 1;
-                    per_isp[i].1 += t.bytes;
-                    per_isp[i].2 += at_end[f] - at_start[f];
-                }
-            }
-            _ => bulk_failed += 1,
-        }
-    }
+    let b = bulk(topo, flows, args.seconds.max(1) * 1000)?;
+    let (per_isp, window, bulk_failed) = (b.per_isp, b.window_s, b.failed);
     let window_bytes: u64 = per_isp.iter().map(|p| p.2).sum();
     let agg = window_bytes as f64 * 8.0 / window / 1e6;
     println!(
@@ -581,6 +564,70 @@ fn strip_ansi(s: &str) -> String {
         }
     }
     out
+}
+
+/// Result of [`bulk`]: per uplink (flows, bytes in total, bytes in the window).
+pub struct Bulk {
+    pub per_isp: Vec<(usize, u64, u64)>,
+    /// Length of the steady-state window in seconds.
+    pub window_s: f64,
+    pub failed: usize,
+}
+
+impl Bulk {
+    /// Aggregate TCP payload rate over the window, Mbit/s.
+    pub fn aggregate_mbit(&self) -> f64 {
+        let b: u64 = self.per_isp.iter().map(|p| p.2).sum();
+        b as f64 * 8.0 / self.window_s.max(1e-9) / 1e6
+    }
+}
+
+/// `flows` parallel downloads from the LAN hosts for `ms` milliseconds. Throughput is
+/// measured over a steady-state window (after slow start, before the first flow ends) from
+/// the bytes the clients received; each flow is attributed to the uplink the server saw.
+pub fn bulk(topo: &Topology, flows: usize, ms: u64) -> Result<Bulk> {
+    let ep = topo.server_endpoint();
+    let progress: Vec<Arc<std::sync::atomic::AtomicU64>> =
+        (0..flows).map(|_| Arc::default()).collect();
+    let mut handles = Vec::new();
+    for (f, p) in progress.iter().enumerate() {
+        let h = &topo.hosts[f % topo.hosts.len()];
+        let p = p.clone();
+        handles.push(h.ns.spawn(move || traffic::tcp_time(ep, ms, &p))?);
+    }
+    let warmup = Duration::from_millis((ms / 5).min(1000));
+    let window_end = Duration::from_millis(ms * 9 / 10);
+    std::thread::sleep(warmup);
+    let t0 = Instant::now();
+    let at_start: Vec<u64> = progress.iter().map(|p| p.load(Ordering::Relaxed)).collect();
+    std::thread::sleep(window_end.saturating_sub(warmup));
+    let at_end: Vec<u64> = progress.iter().map(|p| p.load(Ordering::Relaxed)).collect();
+    let window_s = t0.elapsed().as_secs_f64();
+    let mut per_isp = vec![(0usize, 0u64, 0u64); topo.isps.len()];
+    let mut failed = 0;
+    for (f, h) in handles.into_iter().enumerate() {
+        match h.join() {
+            Ok(Ok(t)) => match topo.isp_of(t.seen_as) {
+                Some(i) => {
+                    per_isp[i].0 += 1;
+                    per_isp[i].1 += t.bytes;
+                    per_isp[i].2 += at_end[f] - at_start[f];
+                }
+                // Not NATed (plain forwarding baseline): count it on the first uplink.
+                None => {
+                    per_isp[0].0 += 1;
+                    per_isp[0].1 += t.bytes;
+                    per_isp[0].2 += at_end[f] - at_start[f];
+                }
+            },
+            _ => failed += 1,
+        }
+    }
+    Ok(Bulk {
+        per_isp,
+        window_s,
+        failed,
+    })
 }
 
 fn uplink_name(cfg: &multiwan_core::Config, i: usize) -> String {

@@ -367,3 +367,107 @@ pub fn udp_hello(server: SocketAddrV4, timeout: Duration) -> Result<Ipv4Addr> {
         .parse()
         .context("bad udp reply")
 }
+
+/// A UDP sink that counts datagrams (for packets-per-second measurements). Stops on drop.
+pub struct UdpSink {
+    count: Arc<std::sync::atomic::AtomicU64>,
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl UdpSink {
+    /// Listens on `addr` inside `ns`.
+    pub fn start(ns: &Netns, addr: SocketAddrV4) -> Result<Self> {
+        let count = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (c, st) = (count.clone(), stop.clone());
+        let sock = ns
+            .spawn(move || {
+                UdpSocket::bind(addr).and_then(|s| {
+                    s.set_read_timeout(Some(Duration::from_millis(50)))?;
+                    Ok(s)
+                })
+            })?
+            .join()
+            .map_err(|_| anyhow!("sink thread panicked"))?
+            .with_context(|| format!("binding udp sink {addr}"))?;
+        let handle = std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while !st.load(Ordering::Relaxed) {
+                if sock.recv_from(&mut buf).is_ok() {
+                    c.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+        Ok(Self {
+            count,
+            stop,
+            handle: Some(handle),
+        })
+    }
+
+    /// Datagrams received so far.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for UdpSink {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Sends `payload`-byte datagrams to `to` as fast as possible for `dur`; returns how many
+/// were sent.
+pub fn udp_flood(to: SocketAddrV4, payload: usize, dur: Duration) -> Result<u64> {
+    let s = UdpSocket::bind("0.0.0.0:0")?;
+    s.connect(to)?;
+    let buf = vec![0u8; payload];
+    let end = Instant::now() + dur;
+    let mut n = 0u64;
+    while Instant::now() < end {
+        for _ in 0..256 {
+            if s.send(&buf).is_ok() {
+                n += 1;
+            }
+        }
+    }
+    Ok(n)
+}
+
+/// Opens and closes connections (`HELLO`) on `threads` threads for `dur`; returns how many
+/// completed.
+pub fn connection_rate(server: SocketAddrV4, threads: usize, dur: Duration) -> u64 {
+    let end = Instant::now() + dur;
+    let hs: Vec<_> = (0..threads)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                while Instant::now() < end {
+                    if tcp_hello(server, Duration::from_secs(1)).is_ok() {
+                        n += 1;
+                    }
+                }
+                n
+            })
+        })
+        .collect();
+    hs.into_iter().map(|h| h.join().unwrap_or(0)).sum()
+}
+
+/// One UDP exchange from a given local source address; the address the server saw.
+pub fn udp_hello_from(src: Ipv4Addr, server: SocketAddrV4, timeout: Duration) -> Result<Ipv4Addr> {
+    let s = UdpSocket::bind(SocketAddrV4::new(src, 0))?;
+    s.set_read_timeout(Some(timeout))?;
+    s.send_to(b"hello", server)?;
+    let mut buf = [0u8; 64];
+    let (n, _) = s.recv_from(&mut buf).context("no udp reply")?;
+    std::str::from_utf8(&buf[..n])?
+        .trim()
+        .parse()
+        .context("bad udp reply")
+}
