@@ -13,6 +13,8 @@ ensure_deps() {
   command -v nft >/dev/null 2>&1 || missing+=(nftables)
   command -v ip >/dev/null 2>&1 || missing+=(iproute2)
   command -v tc >/dev/null 2>&1 || missing+=(iproute2)
+  # The benchmarks compare multiwan with the seed's iptables script (iptables-nft).
+  command -v iptables >/dev/null 2>&1 || missing+=(iptables)
   if [ ${#missing[@]} -gt 0 ]; then
     echo "installing ${missing[*]} ..." >&2
     export DEBIAN_FRONTEND=noninteractive
