@@ -278,10 +278,12 @@ impl KernelOpts {
 /// Default check settings, chosen to detect a dead upstream in under a second.
 pub mod check_defaults {
     use std::time::Duration;
-    // A dead upstream is detected within down_after × interval + timeout (≈ 0.85 s), and with
-    // one target at 10 % random loss six lost rounds in a row happen about once a day.
+    // A dead upstream is detected within down_after × interval + timeout (≈ 0.8 s), and with
+    // one target at 10 % random loss six lost rounds in a row happen about once a day. A
+    // timeout that is a multiple of the interval lets the prober close rounds on the same
+    // wake-ups that send them.
     pub const INTERVAL: Duration = Duration::from_millis(100);
-    pub const TIMEOUT: Duration = Duration::from_millis(250);
+    pub const TIMEOUT: Duration = Duration::from_millis(200);
     pub const DOWN_AFTER: u32 = 6;
     pub const UP_AFTER: u32 = 10;
     pub const WINDOW: Duration = Duration::from_secs(10);

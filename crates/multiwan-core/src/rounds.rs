@@ -78,6 +78,20 @@ impl Rounds {
         }
     }
 
+    /// An answer for `target` of round `id` with a round-trip time measured elsewhere (e.g.
+    /// from the kernel's receive timestamp). Ignored unless the probe was sent and the RTT
+    /// is within the timeout.
+    pub fn answered_rtt(&mut self, id: u64, target: usize, rtt: Duration) {
+        let timeout = self.timeout;
+        if let Some(r) = self.open.iter_mut().find(|r| r.id == id) {
+            if let (Some(Some(_)), Some(slot)) = (r.sent.get(target), r.rtt.get_mut(target)) {
+                if slot.is_none() && rtt <= timeout {
+                    *slot = Some(rtt);
+                }
+            }
+        }
+    }
+
     /// Rounds that are complete at `now`, oldest first.
     pub fn due(&mut self, now: Instant) -> Vec<Finished> {
         let mut out = Vec::new();
@@ -140,6 +154,19 @@ mod tests {
                 results: vec![Some(ms(10)), Some(ms(20))]
             }
         );
+    }
+
+    #[test]
+    fn answers_with_measured_rtt() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut r = Rounds::new(1, ms(200));
+        let a = r.start(t0);
+        r.sent(a, 0, t0);
+        r.answered_rtt(a, 0, ms(250)); // beyond the timeout
+        r.answered_rtt(a, 0, ms(12));
+        r.answered_rtt(a, 0, ms(5)); // duplicate
+        assert_eq!(r.due(t0 + ms(1))[0].results, vec![Some(ms(12))]);
     }
 
     #[test]

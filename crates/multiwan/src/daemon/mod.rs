@@ -2,7 +2,7 @@
 //! addresses.
 //!
 //! ```text
-//!   probe-<uplink> threads ──Round──┐
+//!   prober thread ──────────Round───┐
 //!   netlink thread ──KernelChanged──┼──► event loop (this module) ──► plan ──► kernel::apply
 //!   signal thread ──Reload/Stop─────┘        │ transitions: log, hook, conntrack flush
 //!                                            └─► state.json in the run directory
@@ -267,12 +267,18 @@ impl Daemon {
             let _ = p.handle.join();
         }
         self.generation += 1;
-        for (i, u) in self.cfg.uplinks.iter().enumerate() {
-            let id = self.ids.get(&u.name).copied().unwrap_or(0);
-            let spec = probe::ProbeSpec {
+        let specs: Vec<probe::ProbeSpec> = self
+            .cfg
+            .uplinks
+            .iter()
+            .enumerate()
+            .map(|(i, u)| probe::ProbeSpec {
                 uplink: u.name.clone(),
                 ifname: u.interface.clone(),
-                mark: self.cfg.kernel.mark_of(id),
+                mark: self
+                    .cfg
+                    .kernel
+                    .mark_of(self.ids.get(&u.name).copied().unwrap_or(0)),
                 method: u.check.method,
                 targets: u.check.targets.clone(),
                 interval: u.check.interval,
@@ -280,12 +286,12 @@ impl Daemon {
                 ident: (std::process::id() as u16)
                     .wrapping_mul(31)
                     .wrapping_add(i as u16),
-            };
-            let stop = Arc::new(AtomicBool::new(false));
-            match probe::spawn(spec, self.generation, self.tx.clone(), stop.clone()) {
-                Ok(handle) => self.probers.push(Prober { stop, handle }),
-                Err(e) => tracing::error!(uplink = %u.name, error = %e, "cannot start prober"),
-            }
+            })
+            .collect();
+        let stop = Arc::new(AtomicBool::new(false));
+        match probe::spawn(specs, self.generation, self.tx.clone(), stop.clone()) {
+            Ok(handle) => self.probers.push(Prober { stop, handle }),
+            Err(e) => tracing::error!(error = %e, "cannot start the prober thread"),
         }
     }
 
