@@ -673,10 +673,16 @@ pub fn plan(
     let mut policies = Vec::new();
     let method = cfg.balance.method;
     let mut policy_chains = Vec::new();
+    // Byte ranges of the policy rules in `body`, left out of the structure digest.
+    let mut policy_spans = Vec::new();
     let mut add_policy = |w: &mut String, chain: String, name: String, sel: &Selection| {
         let (stmt, decision) = policy_stmt(&ctx, sel, method);
         let rule = PolicyRule::new(chain, stmt);
-        let _ = writeln!(w, "\tchain {} {{\n\t\t{}\n\t}}\n", rule.chain, rule.text());
+        let _ = write!(w, "\tchain {} {{\n\t\t", rule.chain);
+        let start = w.len();
+        w.push_str(&rule.text());
+        policy_spans.push(start..w.len());
+        let _ = writeln!(w, "\n\t}}\n");
         policies.push(PolicyPlan { name, decision });
         policy_chains.push(rule);
     };
@@ -809,10 +815,14 @@ pub fn plan(
 
     // The table comment covers everything but the policy chains' contents: health changes
     // rewrite those alone (each rule carries its own digest), keeping counters and sets.
-    let mut skeleton = body.clone();
-    for r in &policy_chains {
-        skeleton = skeleton.replacen(&r.text(), "policy", 1);
+    let mut skeleton = String::with_capacity(body.len());
+    let mut at = 0;
+    for span in &policy_spans {
+        skeleton.push_str(&body[at..span.start]);
+        skeleton.push_str("policy");
+        at = span.end;
     }
+    skeleton.push_str(&body[at..]);
     let dg = digest(&skeleton);
     let nft = body.replacen(
         &format!("table {NFT_FAMILY} {NFT_TABLE} {{\n"),
