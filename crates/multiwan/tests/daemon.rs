@@ -596,3 +596,38 @@ fn hook_and_sd_notify() {
         "{seen:?}"
     );
 }
+
+/// Carrier loss (the modem's link goes away) takes the uplink down without waiting for
+/// probes; when the carrier returns the uplink proves itself and comes back.
+#[test]
+fn carrier_loss_is_immediate_and_the_uplink_returns() {
+    let lab = Lab::new(2, 1);
+    let d = lab.start_daemon(&two_uplinks_checked("round-robin"));
+    lab.topo.isps[0]
+        .ns
+        .ip(&["link", "set", "cpe", "down"])
+        .expect("carrier off");
+    let t = d.wait_for("isp1 down", Duration::from_secs(2), |d| {
+        d.uplink_state("isp1").as_deref() == Some("down")
+    });
+    assert!(
+        t < Duration::from_millis(500),
+        "carrier loss noticed after {t:?}"
+    );
+    assert_eq!(
+        d.state().expect("state")["uplinks"][0]["reason"],
+        "link_down"
+    );
+    let v = lab.tcp_from_host(0, 4);
+    assert_eq!(count(&v, 1), 4, "{v:?}");
+    lab.topo.isps[0]
+        .ns
+        .ip(&["link", "set", "cpe", "up"])
+        .expect("carrier on");
+    let t = d.wait_for("isp1 up", Duration::from_secs(5), |d| {
+        d.uplink_state("isp1").as_deref() == Some("up")
+    });
+    eprintln!("carrier back: up after {t:?}\n{}", lab.daemon_log());
+    let v = lab.tcp_from_host(0, 4);
+    assert_eq!((count(&v, 0), count(&v, 1)), (2, 2), "{v:?}");
+}

@@ -2,7 +2,7 @@
 //! addresses.
 //!
 //! ```text
-//!   prober thread ──────────Round───┐
+//!   prober thread ─────────Rounds───┐
 //!   netlink thread ──KernelChanged──┼──► event loop (this module) ──► plan ──► kernel::apply
 //!   signal thread ──Reload/Stop─────┘        │ transitions: log, hook, conntrack flush
 //!                                            └─► state.json in the run directory
@@ -41,11 +41,11 @@ use crate::kernel;
 /// Everything the event loop reacts to.
 #[derive(Debug)]
 pub enum Event {
-    /// A probe round of `uplink` finished (from prober generation `generation`).
-    Round {
-        uplink: String,
+    /// Probe rounds finished: (uplink, per-target results), from prober generation
+    /// `generation`.
+    Rounds {
         generation: u64,
-        results: Vec<Option<Duration>>,
+        rounds: Vec<(String, Vec<Option<Duration>>)>,
     },
     /// Links or addresses changed: re-read them.
     KernelChanged,
@@ -314,11 +314,11 @@ impl Daemon {
             events.extend(rx.try_iter());
             for ev in events {
                 match ev {
-                    Event::Round {
-                        uplink,
-                        generation,
-                        results,
-                    } => self.on_round(&uplink, generation, &results),
+                    Event::Rounds { generation, rounds } => {
+                        for (uplink, results) in rounds {
+                            self.on_round(&uplink, generation, &results);
+                        }
+                    }
                     Event::KernelChanged => kernel_changed = true,
                     Event::Reload => self.reload(),
                     Event::Query(reply) => {

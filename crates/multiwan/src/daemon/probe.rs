@@ -342,24 +342,29 @@ fn run(specs: Vec<ProbeSpec>, generation: u64, tx: Sender<Event>, stop: Arc<Atom
     let mut probers: Vec<Prober> = specs.into_iter().map(|s| Prober::new(s, start)).collect();
     while !stop.load(Ordering::Relaxed) {
         let now = Instant::now();
+        let mut finished = Vec::new();
         for p in &mut probers {
             // Answers first, so a reply that arrived before a round's deadline counts even
             // when it is read at the deadline.
             p.collect();
             for f in p.rounds.due(now) {
                 p.keys.retain(|_, (r, _, _)| *r != f.id);
-                let ev = Event::Round {
-                    uplink: p.spec.uplink.clone(),
-                    generation,
-                    results: f.results,
-                };
-                if tx.send(ev).is_err() {
-                    return;
-                }
+                finished.push((p.spec.uplink.clone(), f.results));
             }
             if now >= p.next_round {
                 p.send_round(now);
             }
+        }
+        // One event per wake-up, however many uplinks: one wake-up of the event loop.
+        if !finished.is_empty()
+            && tx
+                .send(Event::Rounds {
+                    generation,
+                    rounds: finished,
+                })
+                .is_err()
+        {
+            return;
         }
         let wake = probers
             .iter()
