@@ -252,6 +252,16 @@ fn drive(
             "   {foreign} connections arrived from an address that is no uplink's (SNAT problem)"
         );
     }
+    if matches!(
+        cfg.balance.method,
+        multiwan_core::model::Method::SrcHash | multiwan_core::model::Method::SrcDstHash
+    ) {
+        println!(
+            "   ({} keeps each host on one uplink: with {} hosts the shares follow the hosts, not the weights)",
+            cfg.balance.method.as_str(),
+            topo.hosts.len()
+        );
+    }
 
     // Phase 2: parallel bulk downloads.
     server.reset();
