@@ -34,6 +34,8 @@ pub enum Reason {
     LinkDown,
     /// The interface has no IPv4 address (and the uplink needs one).
     NoAddress,
+    /// `gateway = "auto"` and no default route through the interface yet.
+    NoGateway,
     /// `n` probe rounds in a row failed.
     ProbesFailing { rounds: u32 },
     /// Waiting for `need` good rounds in a row (has `good`).
@@ -52,6 +54,7 @@ impl fmt::Display for Reason {
             Reason::NoInterface => write!(f, "interface missing"),
             Reason::LinkDown => write!(f, "link down"),
             Reason::NoAddress => write!(f, "no address"),
+            Reason::NoGateway => write!(f, "no gateway learned yet"),
             Reason::ProbesFailing { rounds } => write!(f, "probes failing ({rounds} rounds)"),
             Reason::Recovering { good, need } => {
                 write!(f, "recovering ({good}/{need} good rounds)")
@@ -74,6 +77,7 @@ impl Reason {
             Reason::NoInterface => "no_interface",
             Reason::LinkDown => "link_down",
             Reason::NoAddress => "no_address",
+            Reason::NoGateway => "no_gateway",
             Reason::ProbesFailing { .. } => "probes_failing",
             Reason::Recovering { .. } => "recovering",
             Reason::HighLoss { .. } => "high_loss",
@@ -130,6 +134,7 @@ pub enum LinkStatus {
     Missing,
     Down,
     NoAddress,
+    NoGateway,
     Ok,
 }
 
@@ -449,6 +454,7 @@ fn link_reason(l: LinkStatus) -> Option<Reason> {
         LinkStatus::Missing => Some(Reason::NoInterface),
         LinkStatus::Down => Some(Reason::LinkDown),
         LinkStatus::NoAddress => Some(Reason::NoAddress),
+        LinkStatus::NoGateway => Some(Reason::NoGateway),
         LinkStatus::Ok => None,
     }
 }

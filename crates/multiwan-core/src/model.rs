@@ -54,7 +54,11 @@ pub struct Lan {
 pub struct Uplink {
     pub name: String,
     pub interface: String,
+    /// A fixed gateway; `None` for point-to-point links or `gateway = "auto"`.
     pub gateway: Option<Ipv4Addr>,
+    /// `gateway = "auto"`: use the gateway of the default route that the interface's DHCP
+    /// client (or anything else) installed, and follow it when it changes.
+    pub gateway_auto: bool,
     pub weight: u32,
     pub tier: u32,
     pub snat: Snat,
@@ -763,15 +767,17 @@ impl<'a> Validator<'a> {
             }
             Some(s) => Some(s.get_ref().clone()),
         };
+        let gateway_auto = u.gateway.as_ref().is_some_and(|g| g.get_ref() == "auto");
         let gateway = match &u.gateway {
             None => Some(None),
+            Some(_) if gateway_auto => Some(None),
             Some(g) => match g.get_ref().parse::<Ipv4Addr>() {
                 Ok(a) => Some(Some(a)),
                 Err(_) => {
                     self.push(
                         g.span(),
                         &p("gateway"),
-                        format!("invalid IPv4 address {:?} (e.g. \"10.37.1.1\"; omit the key for point-to-point links)", g.get_ref()),
+                        format!("invalid IPv4 address {:?} (e.g. \"10.37.1.1\", or \"auto\" to follow the DHCP gateway; omit the key for point-to-point links)", g.get_ref()),
                     );
                     None
                 }
@@ -797,11 +803,12 @@ impl<'a> Validator<'a> {
                 },
             },
         };
-        let check = self.check(i, span, u.check.as_ref(), gateway.flatten());
+        let check = self.check(i, span, u.check.as_ref(), gateway.flatten(), gateway_auto);
         Some(Uplink {
             name: name?,
             interface: interface?,
             gateway: gateway?,
+            gateway_auto,
             weight: weight?,
             tier: tier?,
             snat: snat?,
@@ -843,6 +850,7 @@ impl<'a> Validator<'a> {
         uplink_span: Range<usize>,
         raw: Option<&Spanned<RawCheck>>,
         gateway: Option<Ipv4Addr>,
+        gateway_auto: bool,
     ) -> Option<Check> {
         let p = |k: &str| format!("uplink[{i}].check.{k}");
         let empty = RawCheck {
@@ -898,7 +906,14 @@ impl<'a> Validator<'a> {
             1..=1000,
         );
         let method = method?;
-        let targets = self.targets(c.targets.as_ref(), method, gateway, span, &p("targets"));
+        let targets = self.targets(
+            c.targets.as_ref(),
+            method,
+            gateway,
+            gateway_auto,
+            span,
+            &p("targets"),
+        );
         let targets = targets?;
         let min_targets = match &c.min_targets {
             None => Some(check_defaults::MIN_TARGETS.min(targets.len() as u32)),
@@ -1015,6 +1030,7 @@ impl<'a> Validator<'a> {
         raw: Option<&SpannedList>,
         method: CheckMethod,
         gateway: Option<Ipv4Addr>,
+        gateway_auto: bool,
         span: Range<usize>,
         key: &str,
     ) -> Option<Vec<SocketAddrV4>> {
@@ -1026,6 +1042,15 @@ impl<'a> Validator<'a> {
         let Some(list) = raw else {
             return match (gateway, default_port) {
                 (Some(g), Some(port)) => Some(vec![SocketAddrV4::new(g, port)]),
+                (None, _) if gateway_auto => {
+                    self.push(
+                        span,
+                        key,
+                        "missing key: with gateway = \"auto\" the gateway is only known at run time; list targets to probe"
+                            .into(),
+                    );
+                    None
+                }
                 (None, _) => {
                     self.push(
                         span,

@@ -48,6 +48,9 @@ pub struct Link {
     pub up: bool,
     /// IPv4 addresses on the interface.
     pub addrs: Vec<Ipv4Addr>,
+    /// The gateway of a default route through this interface that multiwan did not install
+    /// (typically the DHCP client's), for `gateway = "auto"`.
+    pub gateway: Option<Ipv4Addr>,
 }
 
 impl Facts {
@@ -68,6 +71,23 @@ impl Facts {
             .map(|l| l.addrs.as_slice())
             .unwrap_or(&[])
     }
+}
+
+/// The next hop of an uplink's route if it can be installed now: `Some(None)` for a device
+/// route (point-to-point), `Some(Some(g))` for a route via `g`, `None` when not installable
+/// (interface missing, down or without an address, or an `auto` gateway not learned yet —
+/// always the case offline).
+pub fn next_hop(u: &crate::model::Uplink, facts: &Facts) -> Option<Option<Ipv4Addr>> {
+    if u.gateway_auto {
+        let link = facts.links.as_ref()?.get(&u.interface)?;
+        if !link.up || link.addrs.is_empty() {
+            return None;
+        }
+        return link.gateway.map(Some);
+    }
+    facts
+        .routable(&u.interface, u.gateway.is_some())
+        .then_some(u.gateway)
 }
 
 /// Errors that can only be found with runtime inputs (the config itself is valid).
@@ -858,11 +878,11 @@ pub fn plan(
             from: None,
             action: RuleAction::Unreachable,
         });
-        if facts.routable(&u.interface, u.gateway.is_some()) {
+        if let Some(via) = next_hop(u, facts) {
             routes.push(Route {
                 table,
                 nexthops: vec![Nexthop {
-                    via: u.gateway,
+                    via,
                     dev: u.interface.clone(),
                     weight: 1,
                 }],
@@ -899,18 +919,14 @@ pub fn plan(
     });
     if cfg.balance.local {
         if let Selection::Uplinks { usable, .. } = &default_sel {
-            let routable: Vec<usize> = usable
+            let routable: Vec<(usize, Option<Ipv4Addr>)> = usable
                 .iter()
-                .copied()
-                .filter(|i| {
-                    let u = &cfg.uplinks[*i];
-                    facts.routable(&u.interface, u.gateway.is_some())
-                })
+                .filter_map(|i| next_hop(&cfg.uplinks[*i], facts).map(|via| (*i, via)))
                 .collect();
             let weights = reduce(
                 &routable
                     .iter()
-                    .map(|i| cfg.uplinks[*i].weight)
+                    .map(|(i, _)| cfg.uplinks[*i].weight)
                     .collect::<Vec<_>>(),
             );
             if !routable.is_empty() {
@@ -919,8 +935,8 @@ pub fn plan(
                     nexthops: routable
                         .iter()
                         .zip(weights)
-                        .map(|(i, w)| Nexthop {
-                            via: cfg.uplinks[*i].gateway,
+                        .map(|((i, via), w)| Nexthop {
+                            via: *via,
                             dev: cfg.uplinks[*i].interface.clone(),
                             weight: w,
                         })

@@ -155,11 +155,11 @@ pub fn live_plan(cfg: &Config) -> Result<(multiwan_core::Plan, Vec<String>)> {
 }
 
 /// Without health checks (the daemon's job), an uplink is usable when its interface is up and,
-/// if it has a gateway, holds an address.
+/// if it has a gateway, holds an address (and an `auto` gateway has been learned).
 pub fn usable_now(cfg: &Config, facts: &Facts) -> BTreeSet<String> {
     cfg.uplinks
         .iter()
-        .filter(|u| facts.routable(&u.interface, u.gateway.is_some()))
+        .filter(|u| multiwan_core::plan::next_hop(u, facts).is_some())
         .map(|u| u.name.clone())
         .collect()
 }

@@ -65,7 +65,46 @@ pub fn read_facts() -> Result<Facts> {
             .filter(|a| a["family"] == "inet")
             .filter_map(|a| a["local"].as_str()?.parse::<Ipv4Addr>().ok())
             .collect();
-        links.insert(name.to_string(), Link { up, addrs });
+        links.insert(
+            name.to_string(),
+            Link {
+                up,
+                addrs,
+                gateway: None,
+            },
+        );
+    }
+    // Default routes that are not ours (a DHCP client's, typically) give `gateway = "auto"`
+    // uplinks their next hop: the lowest metric per interface, the main table first.
+    let proto = RTPROT_MULTIWAN.to_string();
+    let mut best: BTreeMap<String, (bool, u64, Ipv4Addr)> = BTreeMap::new();
+    for r in ip_json(&["route", "show", "table", "all", "default"])?
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        if r["protocol"].as_str() == Some(proto.as_str()) {
+            continue;
+        }
+        let (Some(dev), Some(gw)) = (
+            r["dev"].as_str(),
+            r["gateway"]
+                .as_str()
+                .and_then(|g| g.parse::<Ipv4Addr>().ok()),
+        ) else {
+            continue;
+        };
+        let not_main = r["table"].as_str().is_some_and(|t| t != "main");
+        let metric = r["metric"].as_u64().unwrap_or(0);
+        let key = (not_main, metric, gw);
+        if best.get(dev).is_none_or(|b| (key.0, key.1) < (b.0, b.1)) {
+            best.insert(dev.to_string(), key);
+        }
+    }
+    for (dev, (_, _, gw)) in best {
+        if let Some(l) = links.get_mut(&dev) {
+            l.gateway = Some(gw);
+        }
     }
     Ok(Facts { links: Some(links) })
 }

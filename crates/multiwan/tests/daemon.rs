@@ -631,3 +631,89 @@ fn carrier_loss_is_immediate_and_the_uplink_returns() {
     let v = lab.tcp_from_host(0, 4);
     assert_eq!((count(&v, 0), count(&v, 1)), (2, 2), "{v:?}");
 }
+
+/// `gateway = "auto"`: the uplink follows the default route its DHCP client installs, waits
+/// while there is none, and moves when a new lease brings a new gateway.
+#[test]
+fn dhcp_gateway_is_learned_and_followed() {
+    let lab = Lab::new(2, 1);
+    let text =
+        two_uplinks_checked("round-robin").replace("gateway = \"10.37.2.1\"", "gateway = \"auto\"");
+    let r = &lab.topo.router;
+    let d = lab.start_daemon(&text);
+    // No default route through wan2 yet: isp2 waits for one.
+    d.wait_for("isp2 waiting for a gateway", Duration::from_secs(3), |d| {
+        d.state()
+            .is_some_and(|s| s["uplinks"][1]["reason"] == "no_gateway")
+    });
+    // The DHCP client installs its default route (with a worse metric than wan1's).
+    r.ip(&[
+        "route",
+        "add",
+        "default",
+        "via",
+        "10.37.2.1",
+        "dev",
+        "wan2",
+        "metric",
+        "200",
+    ])
+    .expect("dhcp route");
+    d.wait_for("isp2 up", Duration::from_secs(5), |d| {
+        d.uplink_state("isp2").as_deref() == Some("up")
+    });
+    assert!(r
+        .ip(&["route", "show", "table", "1002"])
+        .expect("table")
+        .contains("default via 10.37.2.1 dev wan2"));
+    // A new lease: the ISP's gateway moves to .2.
+    let isp = &lab.topo.isps[1].ns;
+    // Keep .2 when .1 (the primary) goes.
+    isp.sysctl("net.ipv4.conf.cpe.promote_secondaries", "1")
+        .expect("sysctl");
+    isp.ip(&["addr", "add", "10.37.2.2/24", "dev", "cpe"])
+        .expect("new gateway address");
+    r.ip(&[
+        "route",
+        "replace",
+        "default",
+        "via",
+        "10.37.2.2",
+        "dev",
+        "wan2",
+        "metric",
+        "200",
+    ])
+    .expect("new dhcp route");
+    r.ip(&[
+        "route",
+        "del",
+        "default",
+        "via",
+        "10.37.2.1",
+        "dev",
+        "wan2",
+        "metric",
+        "200",
+    ])
+    .ok();
+    d.wait_for(
+        "table 1002 via the new gateway",
+        Duration::from_secs(3),
+        |_| {
+            r.ip(&["route", "show", "table", "1002"])
+                .expect("table")
+                .contains("default via 10.37.2.2 dev wan2")
+        },
+    );
+    isp.ip(&["addr", "del", "10.37.2.1/24", "dev", "cpe"])
+        .expect("old gateway gone");
+    std::thread::sleep(Duration::from_millis(300));
+    let v = lab.tcp_from_host(0, 6);
+    assert_eq!(
+        (count(&v, 0), count(&v, 1)),
+        (3, 3),
+        "{v:?}\n{}",
+        lab.daemon_log()
+    );
+}

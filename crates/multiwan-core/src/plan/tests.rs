@@ -176,6 +176,7 @@ fn policy_routing_layout() {
         Link {
             up: true,
             addrs: vec!["10.37.1.253".parse().expect("ip")],
+            gateway: None,
         },
     );
     links.insert(
@@ -183,6 +184,7 @@ fn policy_routing_layout() {
         Link {
             up: true,
             addrs: vec!["10.37.2.253".parse().expect("ip")],
+            gateway: None,
         },
     );
     // wwan0 does not exist: no route, no sysctl, but its mark still resolves to unreachable.
@@ -351,4 +353,59 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn auto_gateway_follows_the_learned_default_route() {
+    let text = "[lan]\ninterfaces=[\"lan0\"]\n[[uplink]]\nname=\"cable\"\ninterface=\"eth1\"\ngateway=\"auto\"\n[uplink.check]\ntargets=[\"192.0.2.1\"]\n[[uplink]]\nname=\"dsl\"\ninterface=\"eth2\"\ngateway=\"10.0.2.1\"\n";
+    let c = cfg(text);
+    assert!(c.uplinks[0].gateway_auto);
+    let link = |gw: Option<&str>| Link {
+        up: true,
+        addrs: vec!["100.64.7.9".parse().expect("ip")],
+        gateway: gw.map(|g| g.parse().expect("ip")),
+    };
+    let mut facts = Facts {
+        links: Some(BTreeMap::new()),
+    };
+    facts
+        .links
+        .as_mut()
+        .expect("links")
+        .insert("eth1".into(), link(None));
+    facts
+        .links
+        .as_mut()
+        .expect("links")
+        .insert("eth2".into(), link(None));
+    // Not learned yet: no route for it.
+    let p = plan(&c, &ids(&c), &all_usable(&c), &facts);
+    assert!(!p.routes.iter().any(|r| r.table == 1001));
+    assert_eq!(next_hop(&c.uplinks[0], &facts), None);
+    // Learned: routed via the DHCP gateway; a new lease moves the route.
+    for gw in ["100.64.0.1", "100.64.0.254"] {
+        facts
+            .links
+            .as_mut()
+            .expect("links")
+            .insert("eth1".into(), link(Some(gw)));
+        let p = plan(&c, &ids(&c), &all_usable(&c), &facts);
+        let r = p.routes.iter().find(|r| r.table == 1001).expect("route");
+        assert_eq!(
+            r.args().join(" "),
+            format!("default via {gw} dev eth1 table 1001 proto 77")
+        );
+    }
+    // Offline there is nothing to learn from.
+    assert_eq!(next_hop(&c.uplinks[0], &Facts::default()), None);
+    let e = load(
+        "t.toml",
+        &text.replace("[uplink.check]\ntargets=[\"192.0.2.1\"]\n", ""),
+    )
+    .expect_err("targets needed");
+    assert!(
+        e.to_string()
+            .contains("with gateway = \"auto\" the gateway is only known at run time"),
+        "{e}"
+    );
 }

@@ -128,12 +128,13 @@ struct Daemon {
     disabled: BTreeSet<String>,
 }
 
-/// What the kernel says about an uplink's interface.
-fn link_status(facts: &Facts, ifname: &str) -> LinkStatus {
-    match facts.links.as_ref().and_then(|l| l.get(ifname)) {
+/// What the kernel says about an uplink's interface (and its learned gateway).
+fn link_status(facts: &Facts, u: &multiwan_core::model::Uplink) -> LinkStatus {
+    match facts.links.as_ref().and_then(|l| l.get(&u.interface)) {
         None => LinkStatus::Missing,
         Some(l) if !l.up => LinkStatus::Down,
         Some(l) if l.addrs.is_empty() => LinkStatus::NoAddress,
+        Some(l) if u.gateway_auto && l.gateway.is_none() => LinkStatus::NoGateway,
         Some(_) => LinkStatus::Ok,
     }
 }
@@ -230,7 +231,7 @@ impl Daemon {
             .uplinks
             .iter()
             .map(|u| {
-                let status = link_status(&facts, &u.interface);
+                let status = link_status(&facts, u);
                 let mut m = Monitor::new(&u.check, status, now);
                 if disabled.contains(&u.name) {
                     m.set_disabled(true, now);
@@ -418,7 +419,7 @@ impl Daemon {
         let now = Instant::now();
         let mut transitions = Vec::new();
         for u in &self.cfg.uplinks {
-            let status = link_status(&self.facts, &u.interface);
+            let status = link_status(&self.facts, u);
             if let Some(rt) = self.uplinks.get_mut(&u.name) {
                 if let Some(t) = rt.monitor.link(status, now) {
                     transitions.push((u.name.clone(), t));
@@ -577,11 +578,8 @@ impl Daemon {
                         let rt = match self.uplinks.remove(&u.name) {
                             Some(rt) if keep => rt,
                             _ => {
-                                let mut m = Monitor::new(
-                                    &u.check,
-                                    link_status(&self.facts, &u.interface),
-                                    now,
-                                );
+                                let mut m =
+                                    Monitor::new(&u.check, link_status(&self.facts, u), now);
                                 if self.disabled.contains(&u.name) {
                                     m.set_disabled(true, now);
                                 }

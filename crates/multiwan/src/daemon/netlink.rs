@@ -12,12 +12,18 @@ use super::Event;
 
 const RTMGRP_LINK: u32 = 0x1;
 const RTMGRP_IPV4_IFADDR: u32 = 0x10;
+const RTMGRP_IPV4_ROUTE: u32 = 0x40;
 
-/// Starts a thread that sends [`Event::KernelChanged`] on every link or IPv4 address change
-/// in this network namespace. Route changes are not watched: multiwan makes most of them.
+/// Starts a thread that sends [`Event::KernelChanged`] on every link, IPv4 address or IPv4
+/// route change in this network namespace. Routes are watched for DHCP gateways
+/// (`gateway = "auto"`); multiwan's own route changes trigger a re-read too, which finds
+/// nothing new (its routes are not facts) and changes nothing.
 pub fn watch_links(tx: Sender<Event>) -> io::Result<JoinHandle<()>> {
     let mut s = Socket::new(protocols::NETLINK_ROUTE)?;
-    s.bind(&SocketAddr::new(0, RTMGRP_LINK | RTMGRP_IPV4_IFADDR))?;
+    s.bind(&SocketAddr::new(
+        0,
+        RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE,
+    ))?;
     std::thread::Builder::new()
         .name("netlink".into())
         .spawn(move || loop {
