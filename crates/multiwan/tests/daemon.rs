@@ -717,3 +717,29 @@ fn dhcp_gateway_is_learned_and_followed() {
         lab.daemon_log()
     );
 }
+
+/// Someone deletes multiwan's route or rule by hand: the daemon notices (netlink) and puts
+/// the plan back.
+#[test]
+fn manual_damage_is_repaired() {
+    let lab = Lab::new(2, 1);
+    let d = lab.start_daemon(&two_uplinks_checked("round-robin"));
+    let r = &lab.topo.router;
+    r.ip(&["route", "del", "default", "table", "1001"])
+        .expect("damage a route");
+    d.wait_for("route restored", Duration::from_secs(3), |_| {
+        r.ip(&["route", "show", "table", "1001"])
+            .expect("table")
+            .contains("default via 10.37.1.1")
+    });
+    r.ip(&["rule", "del", "priority", "1000"])
+        .expect("damage a rule");
+    d.wait_for("rule restored", Duration::from_secs(3), |_| {
+        r.ip(&["rule", "show"])
+            .expect("rules")
+            .contains("1000:\tfrom all lookup main suppress_prefixlength 0")
+    });
+    assert!(lab.daemon_log().contains("drifted"), "{}", lab.daemon_log());
+    let v = lab.tcp_from_host(0, 4);
+    assert_eq!((count(&v, 0), count(&v, 1)), (2, 2), "{v:?}");
+}

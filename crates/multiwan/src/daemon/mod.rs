@@ -340,7 +340,8 @@ impl Daemon {
                     }
                 }
             }
-            // Safety net for missed netlink events: re-read links every 30 s.
+            // Safety net for missed netlink events and for changes netlink does not report
+            // (someone deleting our nft table): re-read and verify every 30 s.
             if kernel_changed || last_facts.elapsed() > Duration::from_secs(30) {
                 last_facts = Instant::now();
                 self.on_kernel_changed();
@@ -411,6 +412,9 @@ impl Daemon {
             }
         };
         if facts == self.facts {
+            // Nothing we plan from changed, but something did: if it was our state (a route
+            // or rule of ours removed by hand), put it back.
+            self.repair_drift();
             return;
         }
         self.facts = facts;
@@ -428,6 +432,17 @@ impl Daemon {
         }
         for (name, t) in transitions {
             self.on_transition(&name, t);
+        }
+    }
+
+    /// Re-applies the last plan if the kernel no longer matches it.
+    fn repair_drift(&mut self) {
+        if let Some(p) = &self.last_plan {
+            if let Err(e) = kernel::verify(p) {
+                tracing::warn!(error = %format!("{e:#}"), "the kernel drifted from the plan; restoring it");
+                self.last_plan = None;
+                self.dirty = true;
+            }
         }
     }
 

@@ -13,16 +13,18 @@ use super::Event;
 const RTMGRP_LINK: u32 = 0x1;
 const RTMGRP_IPV4_IFADDR: u32 = 0x10;
 const RTMGRP_IPV4_ROUTE: u32 = 0x40;
+/// `1 << (RTNLGRP_IPV4_RULE - 1)`: rule changes have no RTMGRP_ constant of their own.
+const RTMGRP_IPV4_RULE: u32 = 1 << (8 - 1);
 
-/// Starts a thread that sends [`Event::KernelChanged`] on every link, IPv4 address or IPv4
-/// route change in this network namespace. Routes are watched for DHCP gateways
+/// Starts a thread that sends [`Event::KernelChanged`] on every link, IPv4 address, route or
+/// rule change in this network namespace. Routes are watched for DHCP gateways
 /// (`gateway = "auto"`); multiwan's own route changes trigger a re-read too, which finds
 /// nothing new (its routes are not facts) and changes nothing.
 pub fn watch_links(tx: Sender<Event>) -> io::Result<JoinHandle<()>> {
     let mut s = Socket::new(protocols::NETLINK_ROUTE)?;
     s.bind(&SocketAddr::new(
         0,
-        RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE,
+        RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV4_RULE,
     ))?;
     std::thread::Builder::new()
         .name("netlink".into())
