@@ -178,20 +178,26 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
         Cmd::Plan { config, live } => {
             let cfg = load_config(&config)?;
+            let mut out = String::new();
             let p = if live {
                 let (p, unusable) = live_plan(&cfg)?;
                 for u in unusable {
-                    println!(
-                        "# uplink {u}: interface missing, down or without an address: not usable"
-                    );
+                    out += &format!("# uplink {u}: interface missing, down or without an address (or gateway): not usable\n");
                 }
                 p
             } else {
+                for u in cfg.uplinks.iter().filter(|u| u.gateway_auto) {
+                    out += &format!(
+                        "# uplink {}: gateway = \"auto\": its route appears once a default route via {} exists (see --live)\n",
+                        u.name, u.interface
+                    );
+                }
                 let ids = assign_ids(&cfg, &BTreeMap::new()).map_err(anyhow::Error::from)?;
                 let all = cfg.uplinks.iter().map(|u| u.name.clone()).collect();
                 plan(&cfg, &ids, &all, &Facts::default())
             };
-            print!("{p}");
+            out += &p.to_string();
+            crate::operator::emit(out.as_bytes())?;
         }
         Cmd::Apply { config, run_dir } => {
             let cfg = load_config(&config)?;

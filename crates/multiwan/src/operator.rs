@@ -51,8 +51,9 @@ pub struct ExplainArgs {
 }
 
 fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
-    Ok(())
+    let mut text = serde_json::to_string_pretty(v)?;
+    text.push('\n');
+    emit(text.as_bytes())
 }
 
 fn ago(unix: u64) -> String {
@@ -98,8 +99,7 @@ pub fn status(c: &Conn) -> Result<()> {
     if c.json {
         return print_json(&s);
     }
-    print!("{}", render_status(&s));
-    Ok(())
+    emit(render_status(&s).as_bytes())
 }
 
 /// The human form of `status`.
@@ -182,16 +182,16 @@ pub fn flows(c: &Conn, uplink: Option<String>) -> Result<()> {
     if c.json {
         return print_json(&f);
     }
-    println!(
-        "{:<10} {:<5} {:<21} {:<21} {:<15} {:>10} {:>10} {:>8}",
+    let mut o = format!(
+        "{:<10} {:<5} {:<21} {:<21} {:<15} {:>10} {:>10} {:>8}\n",
         "UPLINK", "PROTO", "SOURCE", "DESTINATION", "NAT SOURCE", "OUT", "IN", "AGE"
     );
     let mut per: BTreeMap<String, usize> = BTreeMap::new();
     for x in &f {
         let up = x.uplink.clone().unwrap_or_else(|| "-".into());
         *per.entry(up.clone()).or_default() += 1;
-        println!(
-            "{:<10} {:<5} {:<21} {:<21} {:<15} {:>10} {:>10} {:>8}",
+        o += &format!(
+            "{:<10} {:<5} {:<21} {:<21} {:<15} {:>10} {:>10} {:>8}\n",
             up,
             x.proto,
             format!("{}:{}", x.src, x.sport),
@@ -203,8 +203,8 @@ pub fn flows(c: &Conn, uplink: Option<String>) -> Result<()> {
         );
     }
     let summary: Vec<String> = per.iter().map(|(u, n)| format!("{u}: {n}")).collect();
-    println!("{} connections ({})", f.len(), summary.join(", "));
-    Ok(())
+    o += &format!("{} connections ({})\n", f.len(), summary.join(", "));
+    emit(o.as_bytes())
 }
 
 /// `multiwan explain`
@@ -227,7 +227,7 @@ pub fn explain(a: &ExplainArgs) -> Result<(), Failure> {
     if a.conn.json {
         print_json(&info)?;
     } else {
-        print!("{}", render_explain(&q, &info, a.config.is_some()));
+        emit(render_explain(&q, &info, a.config.is_some()).as_bytes())?;
     }
     Ok(())
 }
@@ -289,17 +289,16 @@ pub fn render_explain(q: &ExplainQuery, e: &ExplainInfo, offline: bool) -> Strin
 pub fn watch(c: &Conn) -> Result<()> {
     let mut s = control::connect(&c.run_dir)?;
     control::send_request(&mut s, Request::Watch)?;
-    let stdout = std::io::stdout();
     for line in BufReader::new(s).lines() {
         let line = line.context("reading from the daemon")?;
         let ev: WatchEvent = control::parse_response(&line)?;
-        let mut out = stdout.lock();
-        if c.json {
-            writeln!(out, "{}", serde_json::to_string(&ev)?)?;
+        let mut text = if c.json {
+            serde_json::to_string(&ev)?
         } else {
-            writeln!(out, "{}", render_watch(&ev))?;
-        }
-        out.flush()?;
+            render_watch(&ev)
+        };
+        text.push('\n');
+        emit(text.as_bytes())?;
     }
     Ok(())
 }
@@ -361,16 +360,23 @@ pub fn uplink(c: &Conn, name: &str, enable: bool) -> Result<()> {
     if c.json {
         return print_json(&ack);
     }
-    println!("{}: {}", ack.uplink, ack.state);
-    Ok(())
+    emit(format!("{}: {}\n", ack.uplink, ack.state).as_bytes())
+}
+
+/// Writes to stdout; a reader that went away (`multiwan plan | head`) ends the program
+/// quietly instead of with a broken-pipe error.
+pub fn emit(bytes: &[u8]) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        r => r.context("writing to stdout"),
+    }
 }
 
 /// Where `completions` and `manpage` write.
 pub fn write_out(path: Option<&Path>, bytes: &[u8]) -> Result<()> {
     match path {
         Some(p) => std::fs::write(p, bytes).with_context(|| format!("writing {}", p.display())),
-        None => std::io::stdout()
-            .write_all(bytes)
-            .context("writing to stdout"),
+        None => emit(bytes),
     }
 }

@@ -224,3 +224,41 @@ fn status_without_a_daemon_says_so() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no multiwan daemon listens"));
 }
+
+#[test]
+fn a_closed_pipe_is_not_an_error() {
+    use std::io::Read;
+    // Far more output than a pipe buffers, so the writer meets the hang-up.
+    let mut text = String::from("[lan]\ninterfaces = [\"eth0\"]\n[[uplink]]\nname = \"a\"\ninterface = \"eth1\"\ngateway = \"10.0.0.1\"\n");
+    for r in 0..1000 {
+        text += &format!(
+            "[[rule]]\nname = \"r{r}\"\nsrc = [\"192.168.{}.{}\"]\n",
+            r / 250,
+            r % 250 + 1
+        );
+    }
+    let (_d, cfg) = tmp_config(&text);
+    let mut child = bin()
+        .arg("plan")
+        .arg("-c")
+        .arg(&cfg)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // Read one byte and hang up, like `multiwan plan | head -c1`.
+    let mut out = child.stdout.take().expect("stdout");
+    let mut b = [0u8; 1];
+    out.read_exact(&mut b).expect("first byte");
+    drop(out);
+    let status = child.wait().expect("wait");
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut err)
+        .expect("stderr");
+    assert!(status.success(), "{status}: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
