@@ -280,6 +280,11 @@ pub fn read_installed() -> Result<Installed> {
 }
 
 fn table_exists() -> Result<bool> {
+    // Without the nft tool nothing can have installed our table (`multiwan down` on a
+    // machine where nftables was never installed has nothing to do there).
+    if Command::new("nft").arg("--version").output().is_err() {
+        return Ok(false);
+    }
     let out = nft(&["list", "tables", NFT_FAMILY])?;
     Ok(out
         .lines()
