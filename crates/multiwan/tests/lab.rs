@@ -106,3 +106,56 @@ fn lab_removes_its_namespaces_on_ctrl_c() {
         lab_namespaces(pid)
     );
 }
+
+#[test]
+fn lab_with_a_custom_config() {
+    assert!(nix::unistd::geteuid().is_root(), "the lab test needs root");
+    let dir = std::env::temp_dir().join(format!("multiwan-lab-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "[lan]\ninterfaces = [\"lan0\"]\n[[uplink]]\nname = \"a\"\ninterface = \"wan1\"\ngateway = \"10.37.1\"\n").expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_multiwan"))
+        .arg("lab")
+        .arg("--config")
+        .arg(&bad)
+        .output()
+        .expect("lab");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("the lab config is invalid") && err.contains("uplink[0].gateway"),
+        "{err}"
+    );
+    // A valid one with three uplinks and src-hash: the lab builds three ISPs for it.
+    let good = dir.join("good.toml");
+    let mut text =
+        String::from("[lan]\ninterfaces = [\"lan0\"]\n[balance]\nmethod = \"src-dst-hash\"\n");
+    for n in 1..=3 {
+        text += &format!("[[uplink]]\nname = \"up{n}\"\ninterface = \"wan{n}\"\ngateway = \"10.37.{n}.1\"\n[uplink.check]\ntargets = [\"172.16.0.100\"]\n");
+    }
+    std::fs::write(&good, text).expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_multiwan"))
+        .arg("lab")
+        .arg("--config")
+        .arg(&good)
+        .args([
+            "--rates",
+            "0,0,0",
+            "--seconds",
+            "1",
+            "--connections",
+            "60",
+            "--no-drill",
+        ])
+        .output()
+        .expect("lab");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("uplink 3: router wan3"), "{text}");
+    assert!(text.contains("up3"), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

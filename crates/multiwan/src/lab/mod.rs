@@ -108,7 +108,12 @@ fn run_lab(args: &LabArgs) -> Result<()> {
     }
     let custom = match &args.config {
         Some(p) => {
-            Some(std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?)
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            // Check it before building anything: a typo should cost no namespace.
+            multiwan_core::load(&p.display().to_string(), &text)
+                .map_err(|e| anyhow::anyhow!("the lab config is invalid:\n{e}"))?;
+            Some(text)
         }
         None => None,
     };

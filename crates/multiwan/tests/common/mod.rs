@@ -1,6 +1,7 @@
 //! Shared helpers for the namespace tests: a lab topology (the same one `multiwan lab`
 //! uses) with a running server, plus `multiwan` invoked inside the router namespace.
 
+// Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
 
 use std::net::Ipv4Addr;
