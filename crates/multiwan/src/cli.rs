@@ -168,6 +168,17 @@ fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Cmd::Check { config } => {
             let cfg = load_config(&config)?;
+            for u in &cfg.uplinks {
+                let only_gateway = u
+                    .gateway
+                    .is_some_and(|g| u.check.targets.iter().all(|t| *t.ip() == g));
+                if only_gateway {
+                    eprintln!(
+                        "note: uplink {} probes only its gateway: a failure beyond the gateway (the ISP's upstream) goes unnoticed; add a target on the internet to [uplink.check] targets",
+                        u.name
+                    );
+                }
+            }
             println!(
                 "{}: ok ({} uplinks, {} rules, balance {})",
                 config.display(),

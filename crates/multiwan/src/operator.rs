@@ -106,11 +106,12 @@ pub fn status(c: &Conn) -> Result<()> {
 pub fn render_status(s: &Status) -> String {
     let mut o = String::new();
     o += &format!(
-        "multiwan: pid {}, up {}, balance {}, {} kernel updates, config {}\n\n",
+        "multiwan: pid {}, up {}, balance {}, {} kernel update{}, config {}\n\n",
         s.pid,
         ago(s.started),
         s.method,
         s.reconciles,
+        if s.reconciles == 1 { "" } else { "s" },
         s.config
     );
     o += &format!(

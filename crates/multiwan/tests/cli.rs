@@ -262,3 +262,24 @@ fn a_closed_pipe_is_not_an_error() {
     assert!(status.success(), "{status}: {err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+#[test]
+fn check_notes_gateway_only_probing() {
+    let out = bin()
+        .arg("check")
+        .arg("-c")
+        .arg(example("seed-003-connmark-round-robin.toml"))
+        .output()
+        .expect("run");
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("note: uplink adsl1 probes only its gateway")
+    );
+    let out = bin()
+        .arg("check")
+        .arg("-c")
+        .arg(example("seed-004-pppoe-multihomed.toml"))
+        .output()
+        .expect("run");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("probes only its gateway"));
+}
