@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{count, two_uplinks_checked, Lab};
+use common::{count, two_uplinks_checked, Lab, WaitFor};
 
 #[test]
 fn upstream_blackhole_fails_over_and_back() {
@@ -325,7 +325,7 @@ fn reload_rejects_invalid_and_applies_valid_config() {
     let d = lab.start_daemon(&text);
     let before = lab.kernel_snapshot();
     lab.write_config(&text.replace("gateway = \"10.37.2.1\"", "gateway = \"10.37.2\""));
-    d.signal(nix::sys::signal::Signal::SIGHUP);
+    d.signal(nix::sys::signal::Signal::SIGHUP).expect("signal");
     d.wait_for("the rejection in the log", Duration::from_secs(3), |_| {
         lab.daemon_log().contains("reload rejected")
     });
@@ -352,7 +352,7 @@ fn reload_rejects_invalid_and_applies_valid_config() {
         "gateway = \"10.37.1.1\"\n",
         "gateway = \"10.37.1.1\"\nweight = 3\n",
     ));
-    d.signal(nix::sys::signal::Signal::SIGHUP);
+    d.signal(nix::sys::signal::Signal::SIGHUP).expect("signal");
     d.wait_for("the reload in the log", Duration::from_secs(3), |_| {
         lab.daemon_log().contains("configuration reloaded")
     });
@@ -380,7 +380,7 @@ fn kill_9_loses_nothing_and_restart_adopts() {
     });
     let text = two_uplinks_checked("round-robin");
     let mut d = lab.start_daemon(&text);
-    d.signal(nix::sys::signal::Signal::SIGKILL);
+    d.signal(nix::sys::signal::Signal::SIGKILL).expect("signal");
     let _ = d.child.wait();
     let v = lab.tcp_from_host(0, 6);
     assert_eq!(

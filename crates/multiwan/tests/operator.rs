@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::time::Duration;
 
-use common::{count, two_uplinks_checked, Lab};
+use common::{count, two_uplinks_checked, Lab, WaitFor};
 use serde_json::Value;
 
 fn cli_json(lab: &Lab, args: &[&str]) -> Value {

@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use super::bulk;
+use super::daemon::LabDaemon;
 use super::topology::{IspSpec, Topology, TopologySpec, SERVER_ADDR};
 use super::traffic::{self, Server, UdpSink};
-use super::{bulk, LabDaemon};
 
 const SINK_PORT: u16 = 7001;
 
@@ -689,6 +690,8 @@ fn failover_trials(bin: &Path, check: &str, n: usize, carrier: bool) -> Result<V
         &cfg.display().to_string(),
         &dir.join("run"),
         &log,
+        true,
+        &[],
     )?;
     let server = Server::start(&topo.server, topo.server_endpoint())?;
     let ep = topo.server_endpoint();
@@ -703,7 +706,7 @@ fn failover_trials(bin: &Path, check: &str, n: usize, carrier: bool) -> Result<V
     let wait_state = |want: &str, limit: Duration| -> Option<f64> {
         let t = Instant::now();
         while t.elapsed() < limit {
-            if daemon.state_of("isp1").as_deref() == Some(want) {
+            if daemon.uplink_state("isp1").as_deref() == Some(want) {
                 return Some(t.elapsed().as_secs_f64());
             }
             std::thread::sleep(Duration::from_millis(5));
@@ -785,7 +788,7 @@ fn failover_trials(bin: &Path, check: &str, n: usize, carrier: bool) -> Result<V
         let mut streak = 0;
         let mut recovered = f64::NAN;
         while cut.elapsed() < Duration::from_secs(15) {
-            if detected.is_nan() && daemon.state_of("isp1").as_deref() == Some("down") {
+            if detected.is_nan() && daemon.uplink_state("isp1").as_deref() == Some("down") {
                 detected = cut.elapsed().as_secs_f64();
             }
             if attempt(Duration::from_millis(50)).is_some() {
@@ -814,7 +817,7 @@ fn failover_trials(bin: &Path, check: &str, n: usize, carrier: bool) -> Result<V
         let restored = Instant::now();
         let mut failback = f64::NAN;
         while restored.elapsed() < Duration::from_secs(15) {
-            if daemon.state_of("isp1").as_deref() == Some("up")
+            if daemon.uplink_state("isp1").as_deref() == Some("up")
                 && attempt(Duration::from_millis(200)) == Some(0)
             {
                 failback = restored.elapsed().as_secs_f64();
@@ -1082,6 +1085,8 @@ fn footprint(bin: &Path, quick: bool) -> Result<Section> {
             &cfg.display().to_string(),
             &dir.join("run"),
             &dir.join("daemon.log"),
+            true,
+            &[],
         )?;
         std::thread::sleep(Duration::from_secs(2));
         let pid = daemon.pid();
@@ -1259,11 +1264,4 @@ fn flush_scale(bin: &Path, quick: bool) -> Result<Section> {
         format!("{after1} / {after2}"),
     ]);
     Ok(s)
-}
-
-/// Helper so the failover code can read the daemon's pid.
-impl LabDaemon {
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
 }

@@ -5,6 +5,7 @@
 //! Ctrl-C included; the root namespace is never touched.
 
 pub mod bench;
+pub mod daemon;
 pub mod topology;
 pub mod traffic;
 
@@ -18,6 +19,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use crate::netns;
+use daemon::LabDaemon;
 use topology::{IspSpec, Topology, TopologySpec};
 use traffic::Server;
 
@@ -184,7 +186,7 @@ fn drive(
     let run_dir_s = run_dir.display().to_string();
     let cfg_s = cfg_path.display().to_string();
     let log_path = cfg_path.with_file_name("daemon.log");
-    let daemon = LabDaemon::start(topo, bin, &cfg_s, &run_dir, &log_path)?;
+    let daemon = LabDaemon::start(topo, bin, &cfg_s, &run_dir, &log_path, true, &[])?;
     println!("== multiwan run (in the router namespace): every uplink up from the start");
     for (name, state) in daemon.states() {
         println!("   {name}: {state}");
@@ -382,98 +384,6 @@ fn drive(
     Ok(())
 }
 
-/// `multiwan run` in the router namespace, with `--cleanup` so stopping it removes
-/// everything it installed.
-struct LabDaemon {
-    child: std::process::Child,
-    state: PathBuf,
-}
-
-impl LabDaemon {
-    fn start(
-        topo: &Topology,
-        bin: &std::path::Path,
-        cfg: &str,
-        run_dir: &std::path::Path,
-        log: &std::path::Path,
-    ) -> Result<Self> {
-        let mut c = topo.router.command(bin);
-        c.args(["run", "--cleanup", "-c", cfg, "--run-dir"])
-            .arg(run_dir)
-            .env("MULTIWAN_LOG", "info")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(log)?);
-        let child = c.spawn().context("starting multiwan run")?;
-        let mut d = Self {
-            child,
-            state: run_dir.join("state.json"),
-        };
-        let start = Instant::now();
-        while !d.state.exists() {
-            if let Some(status) = d.child.try_wait()? {
-                bail!(
-                    "multiwan run exited ({status}):\n{}",
-                    std::fs::read_to_string(log).unwrap_or_default()
-                );
-            }
-            if start.elapsed() > Duration::from_secs(10) {
-                bail!("multiwan run did not start within 10 s");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(d)
-    }
-
-    /// (uplink, state with reason) from the daemon's state.json.
-    fn states(&self) -> Vec<(String, String)> {
-        let v: serde_json::Value = std::fs::read_to_string(&self.state)
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .unwrap_or_default();
-        v["uplinks"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|u| {
-                let name = u["name"].as_str().unwrap_or("?").to_string();
-                let state = match u["detail"].as_str() {
-                    Some(d) => format!("{} ({d})", u["state"].as_str().unwrap_or("?")),
-                    None => u["state"].as_str().unwrap_or("?").to_string(),
-                };
-                (name, state)
-            })
-            .collect()
-    }
-
-    fn state_of(&self, name: &str) -> Option<String> {
-        self.states()
-            .into_iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, s)| s.split(' ').next().unwrap_or("").to_string())
-    }
-
-    fn stop(mut self) -> Result<()> {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
-        let status = self.child.wait()?;
-        if !status.success() {
-            bail!("multiwan run exited with {status}");
-        }
-        Ok(())
-    }
-}
-
-impl Drop for LabDaemon {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            let _ = self.child.wait();
-        }
-    }
-}
-
 /// Cuts the first ISP's upstream (its link stays up), measures how long until new
 /// connections succeed again, restores it and measures the failback.
 fn failover_drill(topo: &Topology, cfg: &multiwan_core::Config, d: &LabDaemon) -> Result<()> {
@@ -514,7 +424,7 @@ fn failover_drill(topo: &Topology, cfg: &multiwan_core::Config, d: &LabDaemon) -
     let mut streak = 0;
     let mut recovered = None;
     while cut.elapsed() < limit && (detected.is_none() || recovered.is_none()) {
-        if detected.is_none() && d.state_of(&name).as_deref() == Some("down") {
+        if detected.is_none() && d.uplink_state(&name).as_deref() == Some("down") {
             detected = Some(cut.elapsed());
         }
         if recovered.is_none() {
@@ -542,7 +452,7 @@ fn failover_drill(topo: &Topology, cfg: &multiwan_core::Config, d: &LabDaemon) -
     let restored = Instant::now();
     let mut back = None;
     while restored.elapsed() < limit {
-        if d.state_of(&name).as_deref() == Some("up") {
+        if d.uplink_state(&name).as_deref() == Some("up") {
             back = Some(restored.elapsed());
             break;
         }

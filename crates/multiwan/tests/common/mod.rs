@@ -174,34 +174,17 @@ method = "{method}"
 }
 
 /// A `multiwan run` daemon inside the router namespace; stopped (SIGTERM) on drop.
-pub struct Daemon {
-    pub child: std::process::Child,
-    pub state_path: PathBuf,
+pub use multiwan::lab::daemon::LabDaemon as Daemon;
+
+/// Test-side waiting on a daemon.
+pub trait WaitFor {
+    /// Waits until `f` holds, polling every 20 ms; fails the test after `limit`. Returns how
+    /// long it took.
+    fn wait_for(&self, what: &str, limit: Duration, f: impl Fn(&Self) -> bool) -> Duration;
 }
 
-impl Daemon {
-    pub fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    /// The daemon's state.json, once written.
-    pub fn state(&self) -> Option<serde_json::Value> {
-        let text = std::fs::read_to_string(&self.state_path).ok()?;
-        serde_json::from_str(&text).ok()
-    }
-
-    /// `state` of one uplink (up/degraded/down).
-    pub fn uplink_state(&self, name: &str) -> Option<String> {
-        let s = self.state()?;
-        s["uplinks"]
-            .as_array()?
-            .iter()
-            .find(|u| u["name"] == name)
-            .and_then(|u| u["state"].as_str().map(String::from))
-    }
-
-    /// Waits until `f` holds, polling every 20 ms; returns how long it took.
-    pub fn wait_for(&self, what: &str, limit: Duration, f: impl Fn(&Self) -> bool) -> Duration {
+impl WaitFor for Daemon {
+    fn wait_for(&self, what: &str, limit: Duration, f: impl Fn(&Self) -> bool) -> Duration {
         let start = std::time::Instant::now();
         while !f(self) {
             assert!(
@@ -212,20 +195,6 @@ impl Daemon {
             std::thread::sleep(Duration::from_millis(20));
         }
         start.elapsed()
-    }
-
-    pub fn signal(&self, sig: nix::sys::signal::Signal) {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).expect("signal");
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.pid()),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let _ = self.child.wait();
     }
 }
 
@@ -238,22 +207,16 @@ impl Lab {
     /// Starts `multiwan run` with extra environment variables.
     pub fn start_daemon_with_env(&self, text: &str, env: &[(&str, &str)]) -> Daemon {
         let cfg = self.write_config(text);
-        let log = std::fs::File::create(self.dir.join("daemon.log")).expect("log file");
-        let mut c = self.topo.router.command(bin());
-        c.args(["run", "-c", &cfg, "--run-dir", &self.run_dir()])
-            .env("MULTIWAN_LOG", "info")
-            .envs(env.iter().copied())
-            .stdout(std::process::Stdio::null())
-            .stderr(log);
-        let child = c.spawn().expect("start daemon");
-        let d = Daemon {
-            child,
-            state_path: self.dir.join("run").join("state.json"),
-        };
-        d.wait_for("the daemon's first state", Duration::from_secs(10), |d| {
-            d.state().is_some()
-        });
-        d
+        Daemon::start(
+            &self.topo,
+            bin(),
+            &cfg,
+            &self.dir.join("run"),
+            &self.dir.join("daemon.log"),
+            false,
+            env,
+        )
+        .expect("start daemon")
     }
 
     pub fn daemon_log(&self) -> String {
