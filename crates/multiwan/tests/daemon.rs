@@ -743,3 +743,40 @@ fn manual_damage_is_repaired() {
     let v = lab.tcp_from_host(0, 4);
     assert_eq!((count(&v, 0), count(&v, 1)), (2, 2), "{v:?}");
 }
+
+/// An uplink whose interface does not exist yet when the daemon starts waits for it; the
+/// others work from the first second.
+#[test]
+fn uplink_without_interface_at_start_waits_for_it() {
+    let lab = Lab::new(2, 1);
+    let r = &lab.topo.router;
+    r.ip(&["link", "del", "wan2"]).expect("no wan2 yet");
+    let d = lab.start_daemon(&two_uplinks_checked("round-robin"));
+    assert_eq!(d.uplink_state("isp1").as_deref(), Some("up"));
+    let s = d.state().expect("state");
+    assert_eq!(s["uplinks"][1]["reason"], "no_interface", "{s}");
+    let v = lab.tcp_from_host(0, 4);
+    assert_eq!(count(&v, 0), 4, "{v:?}");
+    multiwan::netns::veth(r, "wan2", &lab.topo.isps[1].ns, "cpe").expect("wan2 appears");
+    r.ip(&["addr", "add", "10.37.2.253/24", "dev", "wan2"])
+        .expect("address");
+    lab.topo.isps[1]
+        .ns
+        .ip(&["addr", "add", "10.37.2.1/24", "dev", "cpe"])
+        .expect("isp address");
+    lab.topo.isps[1]
+        .ns
+        .sysctl("net.ipv4.conf.cpe.rp_filter", "1")
+        .expect("rp_filter");
+    d.wait_for("isp2 up", Duration::from_secs(5), |d| {
+        d.uplink_state("isp2").as_deref() == Some("up")
+    });
+    // Its loose rp_filter came with it.
+    assert_eq!(
+        r.read_sysctl("net.ipv4.conf.wan2.rp_filter")
+            .expect("sysctl"),
+        "2"
+    );
+    let v = lab.tcp_from_host(0, 4);
+    assert_eq!((count(&v, 0), count(&v, 1)), (2, 2), "{v:?}");
+}
