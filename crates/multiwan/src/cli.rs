@@ -213,6 +213,11 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Cmd::Apply { config, run_dir } => {
             let cfg = load_config(&config)?;
             require_root("apply")?;
+            if let Some(pid) = daemon_in_this_namespace(&run_dir) {
+                return Err(Failure::Runtime(anyhow::anyhow!(
+                    "a multiwan daemon (pid {pid}) manages this network namespace; edit its config and run `multiwan reload` instead (a one-shot apply would undo its failover decisions)"
+                )));
+            }
             let (p, unusable) = live_plan(&cfg)?;
             for u in &unusable {
                 eprintln!("warning: uplink {u}: interface missing, down or without an address; it takes no connections");
@@ -302,6 +307,19 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// The pid of a live `multiwan run` using `run_dir` in this network namespace, if any.
+fn daemon_in_this_namespace(run_dir: &Path) -> Option<u32> {
+    let pid: u32 = std::fs::read_to_string(run_dir.join("multiwan.pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    let theirs = std::fs::read_link(format!("/proc/{pid}/ns/net")).ok()?;
+    let ours = std::fs::read_link("/proc/self/ns/net").ok()?;
+    (comm.trim() == "multiwan" && theirs == ours).then_some(pid)
 }
 
 fn require_root(what: &str) -> Result<(), Failure> {

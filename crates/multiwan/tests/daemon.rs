@@ -783,3 +783,27 @@ fn uplink_without_interface_at_start_waits_for_it() {
     let v = lab.tcp_from_host(0, 4);
     assert_eq!((count(&v, 0), count(&v, 1)), (2, 2), "{v:?}");
 }
+
+/// A one-shot `apply` next to a running daemon is refused: it would undo the daemon's
+/// failover decisions.
+#[test]
+fn apply_refuses_to_fight_a_running_daemon() {
+    let lab = Lab::new(2, 1);
+    let text = two_uplinks_checked("round-robin");
+    let _d = lab.start_daemon(&text);
+    let before = lab.kernel_snapshot();
+    let out = lab.multiwan(&[
+        "apply",
+        "-c",
+        &lab.write_config(&text),
+        "--run-dir",
+        &lab.run_dir(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("multiwan reload"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(before, lab.kernel_snapshot());
+}
