@@ -183,6 +183,8 @@ pub struct Monitor {
     disabled: bool,
     bad: u32,
     good: u32,
+    /// When the first round of the current streak of bad rounds finished.
+    bad_since: Option<Instant>,
     /// The last rounds' per-target results.
     window: VecDeque<Vec<Option<Duration>>>,
     window_len: usize,
@@ -207,6 +209,7 @@ impl Monitor {
             disabled: false,
             bad: 0,
             good: 0,
+            bad_since: None,
             window: VecDeque::new(),
             window_len: quality
                 .map(|q| q.window.max(1))
@@ -222,6 +225,12 @@ impl Monitor {
     /// Current state.
     pub fn state(&self) -> &State {
         &self.state
+    }
+
+    /// When the first round of the current streak of bad rounds finished (`None` after a
+    /// good round): the start of a failure as the probes saw it.
+    pub fn failing_since(&self) -> Option<Instant> {
+        self.bad_since
     }
 
     /// Since when the current state holds.
@@ -358,10 +367,12 @@ impl Monitor {
         let good = answered.len() as u32 >= self.min_targets.min(results.len() as u32).max(1);
         if good {
             self.bad = 0;
+            self.bad_since = None;
             self.good = self.good.saturating_add(1);
         } else {
             self.good = 0;
             self.bad = self.bad.saturating_add(1);
+            self.bad_since.get_or_insert(now);
         }
         match self.state.clone() {
             State::Up | State::Degraded(_) => {

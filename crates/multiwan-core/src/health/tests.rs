@@ -73,6 +73,11 @@ fn default_settings_detect_an_outage_within_a_second() {
     }
     let tr = tr.expect("goes down");
     assert_eq!(
+        m.failing_since(),
+        Some(cut + c.interval + c.timeout),
+        "the first bad round"
+    );
+    assert_eq!(
         tr.to,
         State::Down(Reason::ProbesFailing {
             rounds: c.down_after

@@ -89,8 +89,6 @@ struct UplinkRt {
     monitor: Monitor,
     since_wall: SystemTime,
     counters: server::Counters,
-    /// When the current streak of failed rounds began (probe send time).
-    first_bad: Option<Instant>,
     /// A failover in progress: the streak's start, until the kernel is updated.
     failover_from: Option<Instant>,
 }
@@ -101,7 +99,6 @@ impl UplinkRt {
             monitor,
             since_wall: SystemTime::now(),
             counters: server::Counters::default(),
-            first_bad: None,
             failover_from: None,
         }
     }
@@ -366,14 +363,8 @@ impl Daemon {
             return;
         }
         let now = Instant::now();
-        let min_targets = self
-            .cfg
-            .uplinks
-            .iter()
-            .find(|u| u.name == uplink)
-            .map(|u| (u.check.min_targets, u.check.timeout));
-        let t = match (self.uplinks.get_mut(uplink), min_targets) {
-            (Some(u), Some((min, timeout))) => {
+        let t = match self.uplinks.get_mut(uplink) {
+            Some(u) => {
                 let c = &mut u.counters;
                 let answered = results.iter().flatten().count();
                 c.probes_ok += answered as u64;
@@ -387,16 +378,9 @@ impl Daemon {
                         }
                     }
                 }
-                let good = answered as u32 >= min.min(results.len() as u32).max(1);
-                if good {
-                    u.first_bad = None;
-                } else if u.first_bad.is_none() {
-                    // The round was sent about `timeout` ago.
-                    u.first_bad = Some(now.checked_sub(timeout).unwrap_or(now));
-                }
                 u.monitor.round(results, now)
             }
-            _ => return,
+            None => return,
         };
         if let Some(t) = t {
             self.on_transition(uplink, t);
@@ -466,7 +450,18 @@ impl Daemon {
                 .entry(t.to.name().to_string())
                 .or_default() += 1;
             if matches!(t.to, State::Down(health::Reason::ProbesFailing { .. })) {
-                rt.failover_from = rt.first_bad;
+                // The streak's first round was sent about `timeout` before it finished.
+                let timeout = self
+                    .cfg
+                    .uplinks
+                    .iter()
+                    .find(|u| u.name == uplink)
+                    .map(|u| u.check.timeout)
+                    .unwrap_or_default();
+                rt.failover_from = rt
+                    .monitor
+                    .failing_since()
+                    .map(|t| t.checked_sub(timeout).unwrap_or(t));
             }
         }
         let unix_ms = |t: SystemTime| {

@@ -367,7 +367,7 @@ fn drive(
         println!("   the daemon's log during the drill:");
         let log = std::fs::read_to_string(&log_path).unwrap_or_default();
         for l in log.get(log_before..).unwrap_or("").lines() {
-            println!("   | {}", strip_ansi(l));
+            println!("   | {l}");
         }
     }
     drop(server);
@@ -379,7 +379,7 @@ fn drive(
         .lines()
         .filter(|l| l.contains("stopped"))
     {
-        println!("   {}", strip_ansi(l));
+        println!("   {l}");
     }
     Ok(())
 }
@@ -475,20 +475,6 @@ fn failover_drill(topo: &Topology, cfg: &multiwan_core::Config, d: &LabDaemon) -
         topo.isps.len()
     );
     Ok(())
-}
-
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::new();
-    let mut esc = false;
-    for c in s.chars() {
-        match (esc, c) {
-            (false, '\u{1b}') => esc = true,
-            (true, 'm') => esc = false,
-            (true, _) => {}
-            (false, c) => out.push(c),
-        }
-    }
-    out
 }
 
 /// Result of [`bulk`]: per uplink (flows, bytes in total, bytes in the window).
