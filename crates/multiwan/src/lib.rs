@@ -9,3 +9,4 @@ pub mod kernel;
 pub mod lab;
 pub mod netns;
 pub mod operator;
+pub mod settings;

@@ -1237,7 +1237,7 @@ fn flush_scale(bin: &Path, quick: bool) -> Result<Section> {
     let (before1, before2, took, after1, after2) = topo
         .router
         .spawn(move || -> Result<(usize, usize, f64, usize, usize)> {
-            use crate::daemon::netlink::{dump_conntrack, flush_conntrack};
+            use crate::kernel::conntrack::{dump as dump_conntrack, flush as flush_conntrack};
             let b1 = dump_conntrack(Some((mark1, mask)))?.len();
             let b2 = dump_conntrack(Some((0x0002_0000, mask)))?.len();
             let t = Instant::now();
