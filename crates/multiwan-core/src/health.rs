@@ -222,6 +222,11 @@ impl Monitor {
         m
     }
 
+    /// Whether the kernel reports the link as working.
+    pub fn link_ok(&self) -> bool {
+        self.link == LinkStatus::Ok
+    }
+
     /// Current state.
     pub fn state(&self) -> &State {
         &self.state
@@ -352,6 +357,20 @@ impl Monitor {
 
     /// A probe round finished.
     pub fn round(&mut self, results: &RoundResult, now: Instant) -> Option<Transition> {
+        self.round_judged(results, &[], None, now)
+    }
+
+    /// A probe round finished, judged with correlation: targets marked in `excluded`
+    /// (suspect: failing on every uplink at once) do not count; when no target is left the
+    /// gateway witness decides (`None`: no witness this round, so the round says nothing and
+    /// changes no streak).
+    pub fn round_judged(
+        &mut self,
+        results: &RoundResult,
+        excluded: &[bool],
+        witness: Option<bool>,
+        now: Instant,
+    ) -> Option<Transition> {
         let answered: Vec<Duration> = results.iter().flatten().copied().collect();
         let best = answered.iter().min().copied();
         if best.is_some() {
@@ -364,7 +383,18 @@ impl Monitor {
         if self.disabled || self.link != LinkStatus::Ok {
             return None;
         }
-        let good = answered.len() as u32 >= self.min_targets.min(results.len() as u32).max(1);
+        let considered: Vec<&Option<Duration>> = results
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !excluded.get(*i).copied().unwrap_or(false))
+            .map(|(_, r)| r)
+            .collect();
+        let good = if considered.is_empty() {
+            witness?
+        } else {
+            let ok = considered.iter().filter(|r| r.is_some()).count() as u32;
+            ok >= self.min_targets.min(considered.len() as u32).max(1)
+        };
         if good {
             self.bad = 0;
             self.bad_since = None;

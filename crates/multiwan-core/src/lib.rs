@@ -6,6 +6,7 @@
 //! kernel.
 
 pub mod config;
+pub mod correlate;
 pub mod duration;
 pub mod explain;
 pub mod health;

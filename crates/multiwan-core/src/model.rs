@@ -106,7 +106,7 @@ pub struct Quality {
 }
 
 /// Probe method.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum CheckMethod {
     Icmp,
     Tcp,

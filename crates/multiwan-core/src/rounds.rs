@@ -28,6 +28,8 @@ pub struct Rounds {
 pub struct Finished {
     pub id: u64,
     pub results: Vec<Option<Duration>>,
+    /// Which targets a probe was sent to (a target may be probed only in some rounds).
+    pub sent: Vec<bool>,
 }
 
 impl Rounds {
@@ -96,11 +98,17 @@ impl Rounds {
     pub fn due(&mut self, now: Instant) -> Vec<Finished> {
         let mut out = Vec::new();
         while let Some(r) = self.open.front() {
-            let all = r.rtt.iter().all(Option::is_some);
+            // Complete once every probe sent was answered (unsent ones never will be).
+            let all = r
+                .sent
+                .iter()
+                .zip(&r.rtt)
+                .all(|(s, a)| s.is_none() || a.is_some());
             if all || now >= r.started + self.timeout {
                 let r = self.open.pop_front().expect("front exists");
                 out.push(Finished {
                     id: r.id,
+                    sent: r.sent.iter().map(Option::is_some).collect(),
                     results: r.rtt,
                 });
             } else {
@@ -144,14 +152,16 @@ mod tests {
             done[0],
             Finished {
                 id: a,
-                results: vec![Some(ms(130)), None]
+                results: vec![Some(ms(130)), None],
+                sent: vec![true, true],
             }
         );
         assert_eq!(
             done[1],
             Finished {
                 id: b,
-                results: vec![Some(ms(10)), Some(ms(20))]
+                results: vec![Some(ms(10)), Some(ms(20))],
+                sent: vec![true, true],
             }
         );
     }
@@ -181,5 +191,21 @@ mod tests {
         r.answered(99, 0, t0 + ms(5)); // unknown round
         let done = r.due(t0 + ms(100));
         assert_eq!(done[0].results, vec![None, None]);
+        assert_eq!(done[0].sent, vec![true, false]);
+    }
+
+    #[test]
+    fn a_round_whose_sent_probes_all_answered_completes_early() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        // Target 1 (a witness) is not probed this round.
+        let mut r = Rounds::new(2, ms(200));
+        let a = r.start(t0);
+        r.sent(a, 0, t0);
+        r.answered(a, 0, t0 + ms(5));
+        let done = r.due(t0 + ms(10));
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].results, vec![Some(ms(5)), None]);
+        assert_eq!(done[0].sent, vec![true, false]);
     }
 }

@@ -136,6 +136,9 @@ pub struct UplinkStatus {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TargetStatus {
     pub target: String,
+    /// The target fails on every uplink at once while they work: it is not counted.
+    #[serde(default)]
+    pub suspect: bool,
     pub loss_percent: f64,
     pub rtt_avg_ms: Option<f64>,
     pub rtt_last_ms: Option<f64>,

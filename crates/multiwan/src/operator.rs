@@ -156,12 +156,17 @@ pub fn render_status(s: &Status) -> String {
         }
         for t in &u.targets {
             o += &format!(
-                "{:<12} probe {}: loss {:.1}%, rtt last {} avg {} ms\n",
+                "{:<12} probe {}: loss {:.1}%, rtt last {} avg {} ms{}\n",
                 "",
                 t.target,
                 t.loss_percent,
                 opt_ms(t.rtt_last_ms),
-                opt_ms(t.rtt_avg_ms)
+                opt_ms(t.rtt_avg_ms),
+                if t.suspect {
+                    " — SUSPECT: fails on every uplink while they work; not counted"
+                } else {
+                    ""
+                }
             );
         }
     }

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::sync::mpsc::SyncSender;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use multiwan_core::correlate::{target_label, Correlator};
 use multiwan_core::health::{self, LinkStatus, Monitor, State, Transition};
 use multiwan_core::model::OnUplinkDown;
 use multiwan_core::plan::{assign_ids, plan};
@@ -107,6 +108,7 @@ pub struct Engine<K: Kernel> {
     last_publish: Instant,
     /// The probers' configuration changed: restart them.
     pub probers_stale: bool,
+    correlator: Correlator,
 }
 
 impl<K: Kernel> Engine<K> {
@@ -122,6 +124,7 @@ impl<K: Kernel> Engine<K> {
         let facts = kernel.facts(&auto_gateways(&cfg))?;
         let installed = kernel.ids(cfg.kernel.mark_mask)?;
         let ids = assign_ids(&cfg, &installed)?;
+        let cfg_for_correlator = cfg.clone();
         let disabled: BTreeSet<String> = std::fs::read_to_string(run_dir.join("disabled.json"))
             .ok()
             .and_then(|t| serde_json::from_str(&t).ok())
@@ -157,6 +160,7 @@ impl<K: Kernel> Engine<K> {
             last_verify: now,
             last_publish: now,
             probers_stale: true,
+            correlator: Correlator::new(&cfg_for_correlator),
         })
     }
 
@@ -180,8 +184,23 @@ impl<K: Kernel> Engine<K> {
                 ident: (std::process::id() as u16)
                     .wrapping_mul(31)
                     .wrapping_add(i as u16),
+                witness: self.witness(u),
             })
             .collect()
+    }
+
+    /// The gateway to ping as a correlation witness, unless it is a target already.
+    fn witness(&self, u: &multiwan_core::model::Uplink) -> Option<std::net::Ipv4Addr> {
+        let gw = u.gateway.or_else(|| {
+            self.facts
+                .links
+                .as_ref()
+                .and_then(|l| l.get(&u.interface))
+                .and_then(|l| l.gateway)
+        })?;
+        let probed = u.check.method == multiwan_core::model::CheckMethod::Icmp
+            && u.check.targets.iter().any(|t| *t.ip() == gw);
+        (!probed).then_some(gw)
     }
 
     /// The longest time between two rounds of any uplink: what "the prober makes progress"
@@ -195,8 +214,41 @@ impl<K: Kernel> Engine<K> {
             .unwrap_or(Duration::from_secs(1))
     }
 
-    /// A probe round of `uplink` finished.
-    pub fn on_round(&mut self, uplink: &str, results: &[Option<Duration>], now: Instant) {
+    /// Probe rounds finished (one prober wake-up's worth): (uplink, per-target results,
+    /// gateway witness). Targets are correlated across uplinks first, so a target failing on
+    /// every uplink at once while they demonstrably work is suspect and does not count.
+    pub fn on_rounds(&mut self, batch: &[super::RoundReport], now: Instant) {
+        for (uplink, results, witness) in batch {
+            let eligible = self
+                .uplinks
+                .get(uplink)
+                .is_some_and(|u| !self.disabled.contains(uplink) && u.monitor.link_ok());
+            self.correlator.record(uplink, results, *witness, eligible);
+        }
+        let change = self.correlator.update();
+        for k in &change.became_suspect {
+            tracing::warn!(
+                target = %target_label(k),
+                "probe target fails on every uplink while they work: suspect, not counted until it answers again"
+            );
+        }
+        for k in &change.cleared {
+            tracing::info!(target = %target_label(k), "probe target answers again");
+        }
+        for (uplink, results, witness) in batch {
+            let excluded = self.correlator.excluded(uplink);
+            self.on_round(uplink, results, &excluded, *witness, now);
+        }
+    }
+
+    fn on_round(
+        &mut self,
+        uplink: &str,
+        results: &[Option<Duration>],
+        excluded: &[bool],
+        witness: Option<bool>,
+        now: Instant,
+    ) {
         let Some(u) = self.uplinks.get_mut(uplink) else {
             return;
         };
@@ -213,7 +265,7 @@ impl<K: Kernel> Engine<K> {
                 }
             }
         }
-        if let Some(t) = u.monitor.round(results, now) {
+        if let Some(t) = u.monitor.round_judged(results, excluded, witness, now) {
             self.on_transition(uplink, t);
         }
     }
@@ -229,7 +281,12 @@ impl<K: Kernel> Engine<K> {
                 }
             };
             if facts != self.facts {
+                let before = self.probe_specs();
                 self.facts = facts;
+                // A learned gateway changed: the witness probes follow it.
+                if self.probe_specs() != before {
+                    self.probers_stale = true;
+                }
                 // Addresses feed source rules and routes even when no state changes.
                 self.dirty = true;
                 let mut transitions = Vec::new();
@@ -456,6 +513,7 @@ impl<K: Kernel> Engine<K> {
             uplinks.insert(u.name.clone(), rt);
         }
         let gateways_changed = auto_gateways(&cfg) != auto_gateways(&self.cfg);
+        self.correlator = Correlator::new(&cfg);
         self.cfg = cfg;
         self.ids = ids;
         self.uplinks = uplinks;
@@ -513,6 +571,7 @@ impl<K: Kernel> Engine<K> {
                 })
                 .collect(),
             usable: health::usable(&self.cfg, &self.states()),
+            suspect: self.correlator.suspects().clone(),
             policies: self
                 .last_plan
                 .as_ref()
@@ -605,7 +664,12 @@ impl<K: Kernel> Engine<K> {
                 .iter()
                 .filter_map(|u| {
                     let rt = self.uplinks.get(&u.name)?;
-                    Some(uplink_state(u, rt, usable.contains(&u.name)))
+                    Some(uplink_state(
+                        u,
+                        rt,
+                        usable.contains(&u.name),
+                        self.correlator.suspects(),
+                    ))
                 })
                 .collect(),
         };
@@ -619,7 +683,12 @@ impl<K: Kernel> Engine<K> {
     }
 }
 
-fn uplink_state(u: &multiwan_core::model::Uplink, rt: &UplinkRt, usable: bool) -> UplinkState {
+fn uplink_state(
+    u: &multiwan_core::model::Uplink,
+    rt: &UplinkRt,
+    usable: bool,
+    suspect: &BTreeSet<multiwan_core::correlate::TargetKey>,
+) -> UplinkState {
     let s = rt.monitor.state();
     let stats = rt.monitor.stats();
     UplinkState {
@@ -646,6 +715,7 @@ fn uplink_state(u: &multiwan_core::model::Uplink, rt: &UplinkRt, usable: bool) -
                 loss_percent: s.loss_percent(),
                 rtt_ms: s.avg_rtt.map(|d| d.as_secs_f64() * 1000.0),
                 last_rtt_ms: s.last_rtt.map(|d| d.as_secs_f64() * 1000.0),
+                suspect: suspect.contains(&(u.check.method, *t)),
             })
             .collect(),
     }
@@ -678,6 +748,8 @@ struct UplinkState {
 #[derive(Debug, Serialize)]
 struct TargetState {
     target: String,
+    /// Fails on every uplink at once while they work: not counted.
+    suspect: bool,
     loss_percent: f64,
     rtt_ms: Option<f64>,
     last_rtt_ms: Option<f64>,

@@ -34,14 +34,18 @@ use crate::settings::{load_config, Failure};
 use engine::Engine;
 use supervise::Supervisor;
 
+/// One finished probe round: (uplink, per-target results, the gateway witness if it was
+/// pinged).
+pub type RoundReport = (String, Vec<Option<Duration>>, Option<bool>);
+
 /// Everything the event loop reacts to.
 #[derive(Debug)]
 pub enum Event {
-    /// Probe rounds finished: (uplink, per-target results), from prober generation
-    /// `generation`.
+    /// Probe rounds finished: (uplink, per-target results, the gateway witness if it was
+    /// pinged), from prober generation `generation`.
     Rounds {
         generation: u64,
-        rounds: Vec<(String, Vec<Option<Duration>>)>,
+        rounds: Vec<RoundReport>,
     },
     /// The kernel reported a change.
     KernelChanged(Change),
@@ -136,9 +140,7 @@ fn event_loop(
             let now = Instant::now();
             match ev {
                 Event::Rounds { generation, rounds } if generation == sup.generation => {
-                    for (uplink, results) in rounds {
-                        engine.on_round(&uplink, &results, now);
-                    }
+                    engine.on_rounds(&rounds, now);
                 }
                 Event::Rounds { .. } => {}
                 Event::KernelChanged(c) => change = change.merge(c),

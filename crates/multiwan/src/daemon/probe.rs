@@ -42,6 +42,9 @@ pub struct ProbeSpec {
     pub timeout: Duration,
     /// ICMP identifier / DNS id space of this prober.
     pub ident: u16,
+    /// The uplink's gateway, pinged as a witness in the rounds after a round with a failed
+    /// target: evidence for target correlation (is the target dead, or the uplink?).
+    pub witness: Option<Ipv4Addr>,
 }
 
 /// Starts the prober thread for all `specs`. It beats `heartbeat` on every wake-up and stops
@@ -282,32 +285,94 @@ struct Prober {
     next_key: u16,
     next_round: Instant,
     open_error_logged: bool,
+    /// An ICMP socket for the witness when the method is not icmp.
+    witness_sock: Option<Socket>,
+    /// The last finished round had a failed target: the next rounds ping the witness.
+    need_witness: bool,
 }
 
 impl Prober {
     fn new(spec: ProbeSpec, start: Instant) -> Self {
+        let slots = spec.targets.len() + usize::from(spec.witness.is_some());
         Self {
-            rounds: Rounds::new(spec.targets.len(), spec.timeout),
+            rounds: Rounds::new(slots, spec.timeout),
             spec,
             method: None,
             keys: HashMap::new(),
             next_key: 0,
             next_round: start,
             open_error_logged: false,
+            witness_sock: None,
+            need_witness: false,
+        }
+    }
+
+    /// The address probe slot `i` is sent to (the witness comes after the targets).
+    fn addr_of(&self, i: usize) -> Option<Ipv4Addr> {
+        match self.spec.targets.get(i) {
+            Some(t) => Some(*t.ip()),
+            None => self.spec.witness,
+        }
+    }
+
+    fn answered(&mut self, key: u16, src: Ipv4Addr, at: Duration, any_source: bool) {
+        if let Some((id, i, sent)) = self.keys.get(&key).copied() {
+            if any_source || Some(src) == self.addr_of(i) {
+                self.rounds.answered_rtt(id, i, at.saturating_sub(sent));
+            }
         }
     }
 
     fn collect(&mut self) {
+        if let Some(w) = &self.witness_sock {
+            let mut got = Vec::new();
+            drain(w.as_raw_fd(), |pkt, _, at| {
+                if let Some((src, key)) = parse_echo_reply(pkt, self.spec.ident) {
+                    got.push((key, src, at));
+                }
+            });
+            for (key, src, at) in got {
+                self.answered(key, src, at, false);
+            }
+        }
         let Some(m) = self.method.as_mut() else {
             return;
         };
         let is_tcp = matches!(m, Method::Tcp(_));
         for (key, src, at) in m.collect(&self.spec) {
-            if let Some((id, i, sent)) = self.keys.get(&key).copied() {
-                if src == *self.spec.targets[i].ip() || is_tcp {
-                    self.rounds.answered_rtt(id, i, at.saturating_sub(sent));
+            // A tcp answer is the connect completing: its source is the target.
+            let witness_slot = self
+                .keys
+                .get(&key)
+                .is_some_and(|(_, i, _)| *i >= self.spec.targets.len());
+            self.answered(key, src, at, is_tcp && !witness_slot);
+        }
+    }
+
+    /// Pings the witness in round `id`.
+    fn send_witness(&mut self, id: u64, now: Instant) {
+        let Some(w) = self.spec.witness else { return };
+        let key = self.next_key;
+        self.next_key = self.next_key.wrapping_add(1);
+        let slot = self.spec.targets.len();
+        let pkt = echo_request(self.spec.ident, key);
+        let to = SockAddr::from(SocketAddrV4::new(w, 0));
+        let sent = wall_now();
+        let r = match self.method.as_mut() {
+            Some(Method::Icmp(s)) => s.send_to(&pkt, &to),
+            _ => {
+                if self.witness_sock.is_none() {
+                    self.witness_sock = base_socket(&self.spec, Type::RAW, Protocol::ICMPV4).ok();
+                }
+                match &self.witness_sock {
+                    Some(s) => s.send_to(&pkt, &to),
+                    None => return,
                 }
             }
+        };
+        if r.is_ok() {
+            self.keys.insert(key, (id, slot, sent));
+            self.rounds.sent(id, slot, now);
         }
     }
 
@@ -346,6 +411,9 @@ impl Prober {
                     }
                 }
             }
+        }
+        if self.need_witness {
+            self.send_witness(id, now);
         }
         self.next_round += self.spec.interval;
         if self.next_round < now {
@@ -392,7 +460,12 @@ fn run(
             p.collect();
             for f in p.rounds.due(now) {
                 p.keys.retain(|_, (r, _, _)| *r != f.id);
-                finished.push((p.spec.uplink.clone(), f.results));
+                let n = p.spec.targets.len();
+                let witness = (f.sent.get(n) == Some(&true)).then(|| f.results[n].is_some());
+                let mut results = f.results;
+                results.truncate(n);
+                p.need_witness = results.iter().any(Option::is_none);
+                finished.push((p.spec.uplink.clone(), results, witness));
             }
             if now >= p.next_round {
                 p.send_round(now);

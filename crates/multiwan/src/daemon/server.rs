@@ -69,6 +69,8 @@ pub struct Snapshot {
     pub facts: Facts,
     pub uplinks: BTreeMap<String, UplinkSnap>,
     pub usable: BTreeSet<String>,
+    /// Probe targets suspect (failing on every uplink while they work).
+    pub suspect: BTreeSet<multiwan_core::correlate::TargetKey>,
     pub policies: Vec<PolicyPlan>,
 }
 
@@ -340,6 +342,7 @@ pub fn status(snap: &Snapshot) -> Status {
                             } else {
                                 t.to_string()
                             },
+                            suspect: snap.suspect.contains(&(u.check.method, *t)),
                             loss_percent: s.map(|s| s.loss_percent()).unwrap_or(0.0),
                             rtt_avg_ms: s.and_then(|s| ms(s.avg_rtt)),
                             rtt_last_ms: s.and_then(|s| ms(s.last_rtt)),

@@ -98,12 +98,16 @@ impl World {
     fn round(&mut self, ok: &[&str]) {
         self.t += Duration::from_millis(100);
         let names: Vec<String> = self.e.cfg.uplinks.iter().map(|u| u.name.clone()).collect();
-        for n in names {
-            let r = ok
-                .contains(&n.as_str())
-                .then_some(Duration::from_millis(20));
-            self.e.on_round(&n, &[r], self.t);
-        }
+        let batch: Vec<_> = names
+            .into_iter()
+            .map(|n| {
+                let r = ok
+                    .contains(&n.as_str())
+                    .then_some(Duration::from_millis(20));
+                (n, vec![r], None)
+            })
+            .collect();
+        self.e.on_rounds(&batch, self.t);
         self.e.tick(self.t);
     }
 
@@ -276,4 +280,47 @@ fn adoption_keeps_the_ids_a_previous_daemon_installed() {
     .expect("engine");
     assert_eq!(e.ids["isp1"], 7);
     assert_eq!(e.ids["isp2"], 3);
+}
+
+#[test]
+fn a_dead_shared_target_is_suspect_and_every_uplink_stays_up() {
+    let mut w = World::new(CFG);
+    // The one target both uplinks probe stops answering. The first round carries no witness
+    // (the prober pings the gateway only after a failed round); from then on the gateways
+    // answer.
+    let round = |w: &mut World, witness: Option<bool>| {
+        w.t += Duration::from_millis(100);
+        let batch = vec![
+            ("isp1".to_string(), vec![None], witness),
+            ("isp2".to_string(), vec![None], witness),
+        ];
+        w.e.on_rounds(&batch, w.t);
+        w.e.tick(w.t);
+    };
+    round(&mut w, None);
+    for _ in 0..50 {
+        round(&mut w, Some(true));
+    }
+    assert_eq!(w.state("isp1"), "up");
+    assert_eq!(w.state("isp2"), "up");
+    assert_eq!(w.e.snapshot().suspect.len(), 1);
+    assert_eq!(w.default_targets(), ["up_isp1", "up_isp2"]);
+    // Now isp1's upstream really dies while the target is still dead: its gateway still
+    // answers, so only the target answering again elsewhere can tell. The target returns
+    // over isp2 only: isp1 fails from then on, within the usual six rounds.
+    for i in 0..6 {
+        w.t += Duration::from_millis(100);
+        let batch = vec![
+            ("isp1".to_string(), vec![None], Some(true)),
+            (
+                "isp2".to_string(),
+                vec![Some(Duration::from_millis(20))],
+                None,
+            ),
+        ];
+        w.e.on_rounds(&batch, w.t);
+        w.e.tick(w.t);
+        assert_eq!(w.state("isp1"), if i < 5 { "up" } else { "down" });
+    }
+    assert!(w.e.snapshot().suspect.is_empty());
 }

@@ -1,0 +1,232 @@
+//! Probe targets correlated across uplinks: a target that several uplinks probe and that
+//! fails on every one of them at once, while other evidence says the uplinks work (another of
+//! their targets answered, or their gateway answered a witness probe), is **suspect**: the
+//! target died, not the uplinks. Suspect targets do not count in those uplinks' rounds, so a
+//! dead `1.1.1.1` shared by every uplink no longer takes the LAN offline; a real outage of one
+//! uplink still fails its rounds, because the same target keeps answering over the others.
+//!
+//! Sans-IO like [`crate::health`]: rounds go in, the exclusion masks come out.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddrV4;
+use std::time::Duration;
+
+use crate::model::{CheckMethod, Config};
+
+/// A target's identity: the same address probed the same way.
+pub type TargetKey = (CheckMethod, SocketAddrV4);
+
+/// An uplink's latest round, as far as correlation cares.
+#[derive(Debug, Clone, Default)]
+struct Latest {
+    answered: Vec<bool>,
+    witness: Option<bool>,
+    /// Its link works and it is not disabled: its rounds mean something.
+    eligible: bool,
+}
+
+/// The correlation state of one config.
+#[derive(Debug, Clone, Default)]
+pub struct Correlator {
+    /// Each uplink's targets, in config order.
+    targets: BTreeMap<String, Vec<TargetKey>>,
+    /// Targets probed by at least two uplinks → those uplinks.
+    shared: BTreeMap<TargetKey, Vec<String>>,
+    latest: BTreeMap<String, Latest>,
+    suspect: BTreeSet<TargetKey>,
+}
+
+/// What changed in an update, for the log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SuspectChange {
+    pub became_suspect: Vec<TargetKey>,
+    pub cleared: Vec<TargetKey>,
+}
+
+impl Correlator {
+    pub fn new(cfg: &Config) -> Self {
+        let mut targets = BTreeMap::new();
+        let mut probers: BTreeMap<TargetKey, Vec<String>> = BTreeMap::new();
+        for u in &cfg.uplinks {
+            let keys: Vec<TargetKey> = u
+                .check
+                .targets
+                .iter()
+                .map(|t| (u.check.method, *t))
+                .collect();
+            for k in &keys {
+                probers.entry(*k).or_default().push(u.name.clone());
+            }
+            targets.insert(u.name.clone(), keys);
+        }
+        probers.retain(|_, v| v.len() >= 2);
+        Self {
+            targets,
+            shared: probers,
+            latest: BTreeMap::new(),
+            suspect: BTreeSet::new(),
+        }
+    }
+
+    /// Targets probed by every uplink (when there are at least two): a single point of
+    /// failure worth a note in `check`.
+    pub fn shared_by_all(cfg: &Config) -> Vec<TargetKey> {
+        let c = Self::new(cfg);
+        c.shared
+            .iter()
+            .filter(|(_, v)| v.len() == cfg.uplinks.len())
+            .map(|(k, _)| *k)
+            .collect()
+    }
+
+    /// Records the latest round of `uplink`.
+    pub fn record(
+        &mut self,
+        uplink: &str,
+        results: &[Option<Duration>],
+        witness: Option<bool>,
+        eligible: bool,
+    ) {
+        self.latest.insert(
+            uplink.to_string(),
+            Latest {
+                answered: results.iter().map(Option::is_some).collect(),
+                witness,
+                eligible,
+            },
+        );
+    }
+
+    /// Whether `uplink`'s latest round shows it working, apart from `key`.
+    fn evidence(&self, uplink: &str, key: &TargetKey) -> bool {
+        let Some(l) = self.latest.get(uplink) else {
+            return false;
+        };
+        let others = self
+            .targets
+            .get(uplink)
+            .into_iter()
+            .flatten()
+            .zip(&l.answered)
+            .any(|(k, ok)| k != key && *ok);
+        others || l.witness == Some(true)
+    }
+
+    fn is_suspect_now(&self, key: &TargetKey, uplinks: &[String]) -> bool {
+        let eligible: Vec<&String> = uplinks
+            .iter()
+            .filter(|u| self.latest.get(*u).is_some_and(|l| l.eligible))
+            .collect();
+        if eligible.len() < 2 {
+            return false;
+        }
+        let failed_everywhere = eligible.iter().all(|u| {
+            let l = &self.latest[*u];
+            let idx = self.targets[*u].iter().position(|k| k == key);
+            idx.and_then(|i| l.answered.get(i)) == Some(&false)
+        });
+        failed_everywhere && eligible.iter().any(|u| self.evidence(u, key))
+    }
+
+    /// Re-evaluates every shared target from the latest rounds.
+    pub fn update(&mut self) -> SuspectChange {
+        let now: BTreeSet<TargetKey> = self
+            .shared
+            .iter()
+            .filter(|(k, u)| self.is_suspect_now(k, u))
+            .map(|(k, _)| *k)
+            .collect();
+        let change = SuspectChange {
+            became_suspect: now.difference(&self.suspect).copied().collect(),
+            cleared: self.suspect.difference(&now).copied().collect(),
+        };
+        self.suspect = now;
+        change
+    }
+
+    /// Which of `uplink`'s targets are suspect, in config order.
+    pub fn excluded(&self, uplink: &str) -> Vec<bool> {
+        self.targets
+            .get(uplink)
+            .map(|t| t.iter().map(|k| self.suspect.contains(k)).collect())
+            .unwrap_or_default()
+    }
+
+    /// The suspect targets.
+    pub fn suspects(&self) -> &BTreeSet<TargetKey> {
+        &self.suspect
+    }
+}
+
+/// How a target is written in status and logs: `ip` for icmp, `ip:port` otherwise.
+pub fn target_label(k: &TargetKey) -> String {
+    match k.0 {
+        CheckMethod::Icmp => k.1.ip().to_string(),
+        _ => k.1.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(targets1: &str, targets2: &str) -> Config {
+        crate::load(
+            "t.toml",
+            &format!(
+                "[lan]\ninterfaces=[\"lan0\"]\n[[uplink]]\nname=\"a\"\ninterface=\"wan1\"\ngateway=\"10.0.1.1\"\n[uplink.check]\ntargets=[{targets1}]\n[[uplink]]\nname=\"b\"\ninterface=\"wan2\"\ngateway=\"10.0.2.1\"\n[uplink.check]\ntargets=[{targets2}]\n"
+            ),
+        )
+        .expect("valid")
+    }
+
+    const OK: Option<Duration> = Some(Duration::from_millis(10));
+
+    #[test]
+    fn a_shared_target_dead_everywhere_is_suspect_only_with_evidence() {
+        let c = cfg("\"1.1.1.1\"", "\"1.1.1.1\"");
+        let mut k = Correlator::new(&c);
+        // Fails on both, no other evidence: could be both uplinks dying; not suspect.
+        k.record("a", &[None], None, true);
+        k.record("b", &[None], None, true);
+        assert!(k.update().became_suspect.is_empty());
+        // The gateways answer the witness probes: the target is the problem.
+        k.record("a", &[None], Some(true), true);
+        k.record("b", &[None], Some(true), true);
+        let ch = k.update();
+        assert_eq!(ch.became_suspect.len(), 1);
+        assert_eq!(target_label(&ch.became_suspect[0]), "1.1.1.1");
+        assert_eq!(k.excluded("a"), vec![true]);
+        // It answers again over one uplink: no longer suspect.
+        k.record("a", &[OK], None, true);
+        assert_eq!(k.update().cleared.len(), 1);
+        assert_eq!(k.excluded("a"), vec![false]);
+    }
+
+    #[test]
+    fn a_real_outage_of_one_uplink_is_never_blamed_on_the_target() {
+        let c = cfg("\"1.1.1.1\"", "\"1.1.1.1\"");
+        let mut k = Correlator::new(&c);
+        k.record("a", &[None], Some(true), true);
+        k.record("b", &[OK], None, true);
+        assert!(k.update().became_suspect.is_empty());
+        assert_eq!(k.excluded("a"), vec![false]);
+    }
+
+    #[test]
+    fn other_targets_are_evidence_and_ineligible_uplinks_do_not_count() {
+        let c = cfg("\"1.1.1.1\", \"9.9.9.9\"", "\"1.1.1.1\"");
+        let mut k = Correlator::new(&c);
+        k.record("a", &[None, OK], None, true);
+        k.record("b", &[None], None, true);
+        k.update();
+        assert_eq!(k.excluded("a"), vec![true, false]);
+        assert_eq!(k.excluded("b"), vec![true]);
+        // b's link is down: nothing to correlate with.
+        k.record("b", &[None], None, false);
+        k.update();
+        assert_eq!(k.excluded("a"), vec![false, false]);
+        assert_eq!(Correlator::shared_by_all(&c).len(), 1);
+        assert!(Correlator::shared_by_all(&cfg("\"1.1.1.1\"", "\"8.8.8.8\"")).is_empty());
+    }
+}
