@@ -15,13 +15,17 @@
 //! Exit leaves the data plane in place (fail-static) unless `--cleanup` is given, so a
 //! restart — or a `kill -9` — costs no connection; a new daemon adopts the installed state.
 
+pub mod hooks;
+pub mod listen;
+pub mod metrics;
 pub mod netlink;
+pub mod notify;
 pub mod probe;
+pub mod rundir;
 pub mod server;
-pub mod systemd;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
@@ -56,7 +60,7 @@ pub enum Event {
     /// A control or metrics request wants the current state.
     Query(Sender<server::Snapshot>),
     /// `watch`: send events to this channel until it closes.
-    Subscribe(Sender<crate::control::WatchEvent>),
+    Subscribe(server::Subscriber),
     /// `multiwan uplink NAME enable|disable`.
     Admin {
         name: String,
@@ -120,7 +124,7 @@ struct Daemon {
     last_plan: Option<Plan>,
     reconciles: u64,
     started: SystemTime,
-    subscribers: Vec<Sender<crate::control::WatchEvent>>,
+    subscribers: Vec<server::Subscriber>,
     /// Uplinks disabled by the operator (persisted in the run directory).
     disabled: BTreeSet<String>,
 }
@@ -139,15 +143,18 @@ fn link_status(facts: &Facts, u: &multiwan_core::model::Uplink) -> LinkStatus {
 /// Runs the daemon until SIGTERM/SIGINT.
 pub fn run(args: RunArgs) -> Result<(), Failure> {
     let cfg = load_config(&args.config)?;
-    std::fs::create_dir_all(&args.run_dir)
-        .with_context(|| format!("creating run directory {}", args.run_dir.display()))?;
-    let _pid = PidFile::create(&args.run_dir)?;
+    rundir::prepare(&args.run_dir)?;
+    let _pid = rundir::PidLock::acquire(&args.run_dir)?;
     let (tx, rx) = channel();
     spawn_signal_thread(tx.clone())?;
     netlink::watch_links(tx.clone()).context("watching links over netlink")?;
     let metrics = cfg.daemon.metrics;
     let mut d = Daemon::new(args, cfg, tx.clone())?;
-    server::start_control(&d.args.run_dir, tx.clone())?;
+    server::start_control(
+        &d.args.run_dir,
+        tx.clone(),
+        d.cfg.daemon.control_group.as_deref(),
+    )?;
     if let Some(addr) = metrics {
         server::start_metrics(addr, tx)?;
         tracing::info!(%addr, "serving Prometheus metrics at /metrics");
@@ -155,7 +162,7 @@ pub fn run(args: RunArgs) -> Result<(), Failure> {
     d.reconcile();
     // Probes need the uplinks' rules and routes: start them once those are in place.
     d.start_probers();
-    systemd::notify("READY=1");
+    notify::ready();
     tracing::info!(uplinks = d.cfg.uplinks.len(), "multiwan running");
     d.event_loop(&rx);
     Ok(())
@@ -183,47 +190,17 @@ fn spawn_signal_thread(tx: Sender<Event>) -> Result<()> {
     Ok(())
 }
 
-/// `multiwan.pid` in the run directory; refuses to start next to a live daemon.
-struct PidFile(PathBuf);
-
-impl PidFile {
-    fn create(run_dir: &Path) -> Result<Self> {
-        let path = run_dir.join("multiwan.pid");
-        if let Ok(old) = std::fs::read_to_string(&path) {
-            let pid = old.trim();
-            let alive = !pid.is_empty()
-                && std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                    .is_ok_and(|c| c.trim() == "multiwan");
-            if alive && pid != std::process::id().to_string() {
-                anyhow::bail!(
-                    "another multiwan daemon (pid {pid}) uses {}; give each daemon its own --run-dir",
-                    run_dir.display()
-                );
-            }
-        }
-        std::fs::write(&path, format!("{}\n", std::process::id()))
-            .with_context(|| format!("writing {}", path.display()))?;
-        Ok(Self(path))
-    }
-}
-
-impl Drop for PidFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 impl Daemon {
     fn new(args: RunArgs, cfg: Config, tx: Sender<Event>) -> Result<Self> {
         let facts = kernel::read_facts()?;
         let installed = kernel::read_installed()?;
         let ids = assign_ids(&cfg, &installed.ids)?;
         let now = Instant::now();
-        let disabled: BTreeSet<String> =
-            std::fs::read_to_string(args.run_dir.join("disabled.json"))
-                .ok()
-                .and_then(|t| serde_json::from_str(&t).ok())
-                .unwrap_or_default();
+        let disabled: BTreeSet<String> = rundir::read_file(&args.run_dir, "disabled.json")
+            .ok()
+            .flatten()
+            .and_then(|t| serde_json::from_slice(&t).ok())
+            .unwrap_or_default();
         let uplinks = cfg
             .uplinks
             .iter()
@@ -294,7 +271,7 @@ impl Daemon {
     }
 
     fn event_loop(&mut self, rx: &Receiver<Event>) {
-        let watchdog = systemd::watchdog_interval();
+        let watchdog = notify::watchdog_interval();
         let tick = watchdog
             .unwrap_or(Duration::from_secs(1))
             .min(Duration::from_secs(1));
@@ -353,7 +330,7 @@ impl Daemon {
                 last_state = Instant::now();
             }
             if watchdog.is_some() {
-                systemd::notify("WATCHDOG=1");
+                notify::watchdog();
             }
         }
     }
@@ -477,7 +454,7 @@ impl Daemon {
             reason: t.to.reason().map(|r| r.code().to_string()),
             detail: t.to.reason().map(|r| r.to_string()),
         };
-        self.subscribers.retain(|s| s.send(ev.clone()).is_ok());
+        self.subscribers.retain(|s| s.try_send(ev.clone()).is_ok());
         // An operator's drain lets established connections finish; a failure flushes them.
         if matches!(t.to, State::Down(ref r) if *r != health::Reason::AdminDisabled)
             && !matches!(t.from, State::Down(_))
@@ -493,9 +470,9 @@ impl Daemon {
                 .find(|u| u.name == uplink)
                 .map(|u| u.interface.clone())
                 .unwrap_or_default();
-            systemd::run_hook(
+            hooks::run_hook(
                 hook,
-                systemd::HookCall {
+                hooks::HookCall {
                     uplink: uplink.to_string(),
                     interface,
                     old_state: t.from.name().to_string(),
@@ -565,7 +542,7 @@ impl Daemon {
     }
 
     fn reload(&mut self) {
-        systemd::notify("RELOADING=1");
+        notify::reloading();
         match load_config(&self.args.config) {
             Err(Failure::Config(msg)) => {
                 for line in msg.lines() {
@@ -603,15 +580,21 @@ impl Daemon {
                     self.uplinks = uplinks;
                     self.start_probers();
                     self.dirty = true;
+                    if let Err(e) = server::socket_access(
+                        &self.args.run_dir,
+                        self.cfg.daemon.control_group.as_deref(),
+                    ) {
+                        tracing::error!(error = %format!("{e:#}"), "cannot set the control socket's access");
+                    }
                     tracing::info!(uplinks = self.cfg.uplinks.len(), "configuration reloaded");
                 }
             },
         }
-        systemd::notify("READY=1");
+        notify::ready();
     }
 
     fn stop(&mut self) {
-        systemd::notify("STOPPING=1");
+        notify::stopping();
         for p in self.probers.drain(..) {
             p.stop.store(true, Ordering::Relaxed);
             let _ = p.handle.join();
@@ -689,7 +672,8 @@ impl Daemon {
                 rtt_avg_ms: s.avg_rtt.map(|d| d.as_secs_f64() * 1000.0),
                 loss_percent: s.loss_percent(),
             };
-            self.subscribers.retain(|tx| tx.send(ev.clone()).is_ok());
+            self.subscribers
+                .retain(|tx| tx.try_send(ev.clone()).is_ok());
         }
     }
 
@@ -715,12 +699,11 @@ impl Daemon {
         } else {
             self.disabled.insert(name.to_string());
         }
-        let path = self.args.run_dir.join("disabled.json");
         if let Err(e) = serde_json::to_vec(&self.disabled)
             .map_err(std::io::Error::other)
-            .and_then(|b| std::fs::write(&path, b))
+            .and_then(|b| rundir::write_file_atomic(&self.args.run_dir, "disabled.json", &b))
         {
-            tracing::warn!(error = %e, "cannot persist {}", path.display());
+            tracing::warn!(error = %e, "cannot persist disabled.json");
         }
         tracing::info!(uplink = name, enabled = enable, "administrative change");
         if let Some(t) = t {
@@ -788,14 +771,11 @@ impl Daemon {
                 })
                 .collect(),
         };
-        let path = self.args.run_dir.join("state.json");
-        let tmp = self.args.run_dir.join("state.json.tmp");
         let written = serde_json::to_vec_pretty(&state)
             .map_err(std::io::Error::other)
-            .and_then(|b| std::fs::write(&tmp, b))
-            .and_then(|()| std::fs::rename(&tmp, &path));
+            .and_then(|b| rundir::write_file_atomic(&self.args.run_dir, "state.json", &b));
         if let Err(e) = written {
-            tracing::warn!(error = %e, "cannot write {}", path.display());
+            tracing::warn!(error = %e, "cannot write state.json");
         }
     }
 }
