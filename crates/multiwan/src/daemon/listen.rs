@@ -26,6 +26,8 @@ use nix::poll::{PollFd, PollFlags, PollTimeout};
 pub trait Stream: Read + Write + AsFd + Send + 'static {
     fn set_nonblocking(&self, on: bool) -> io::Result<()>;
     fn set_timeouts(&self, read: Duration, write: Duration) -> io::Result<()>;
+    /// Ends our side (FIN), so the answer is followed by an orderly end of stream.
+    fn finish(&self) -> io::Result<()>;
 }
 
 impl Stream for UnixStream {
@@ -36,6 +38,9 @@ impl Stream for UnixStream {
         self.set_read_timeout(Some(read))?;
         self.set_write_timeout(Some(write))
     }
+    fn finish(&self) -> io::Result<()> {
+        self.shutdown(std::net::Shutdown::Write)
+    }
 }
 
 impl Stream for std::net::TcpStream {
@@ -45,6 +50,9 @@ impl Stream for std::net::TcpStream {
     fn set_timeouts(&self, read: Duration, write: Duration) -> io::Result<()> {
         self.set_read_timeout(Some(read))?;
         self.set_write_timeout(Some(write))
+    }
+    fn finish(&self) -> io::Result<()> {
+        self.shutdown(std::net::Shutdown::Write)
     }
 }
 
@@ -331,9 +339,12 @@ impl<S: Stream, P: Protocol<S>> Acceptor<S, P> {
     }
 
     /// Best effort: the socket is non-blocking and its send buffer empty, so a short
-    /// refusal fits; a client that cannot take it gets the close alone.
+    /// refusal fits; a client that cannot take it gets the close alone. (A TCP client whose
+    /// unread request is still arriving may see a reset after the answer: the kernel's rule
+    /// for closing with unread data. Lingering to drain it would let the client hold us.)
     fn refuse(&self, mut stream: S, why: Refusal) {
         let _ = stream.write_all(&self.proto.refusal(why, &self.limits));
+        let _ = stream.finish();
         tracing::debug!(listener = self.proto.name(), ?why, "connection refused");
     }
 
