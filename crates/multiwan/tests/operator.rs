@@ -596,7 +596,7 @@ fn metrics_scrapes_share_one_kernel_read_and_listen_on_localhost_only() {
     assert_eq!(code(b"GET /other HTTP/1.1\r\n\r\n".to_vec()), "404");
     assert_eq!(code(b"nonsense\r\n\r\n".to_vec()), "400");
     let mut huge = b"GET /metrics HTTP/1.1\r\nX-Filler: ".to_vec();
-    huge.extend(std::iter::repeat(b'a').take(64 * 1024));
+    huge.extend(std::iter::repeat_n(b'a', 64 * 1024));
     assert_eq!(code(huge), "431");
     // A bare port: 127.0.0.1 only, not the router's uplink address, from inside or outside.
     assert!(scrape(

@@ -277,18 +277,27 @@ fn counters<V: EncodeCounterValue>(
 
 impl Collector for Exposition {
     fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
+        self.health(&mut enc)?;
+        self.histogram(&mut enc)?;
+        self.traffic(&mut enc)
+    }
+}
+
+impl Exposition {
+    /// State, share, RTT, loss and probe counts per uplink.
+    fn health(&self, enc: &mut DescriptorEncoder) -> std::fmt::Result {
         let st = &self.st;
         let each = |f: &dyn Fn(&crate::control::UplinkStatus) -> f64| -> Vec<(Labels, f64)> {
             st.uplinks.iter().map(|x| (uplink(&x.name), f(x))).collect()
         };
         gauges(
-            &mut enc,
+            enc,
             "multiwan_uplink_up",
             "Whether the uplink takes new connections (1) or not (0).",
             each(&|x| f64::from(u8::from(x.usable))),
         )?;
         gauges(
-            &mut enc,
+            enc,
             "multiwan_uplink_state",
             "The uplink's health state: 1 for the current one.",
             st.uplinks
@@ -304,13 +313,13 @@ impl Collector for Exposition {
                 .collect(),
         )?;
         gauges(
-            &mut enc,
+            enc,
             "multiwan_uplink_share_ratio",
             "Share of new connections the default policy gives the uplink.",
             each(&|x| x.share),
         )?;
         gauges(
-            &mut enc,
+            enc,
             "multiwan_uplink_rtt_seconds",
             "Average probe round-trip time over the window.",
             st.uplinks
@@ -319,13 +328,13 @@ impl Collector for Exposition {
                 .collect(),
         )?;
         gauges(
-            &mut enc,
+            enc,
             "multiwan_uplink_loss_ratio",
             "Probe loss over the window (0..1).",
             each(&|x| x.loss_percent / 100.0),
         )?;
         counters(
-            &mut enc,
+            enc,
             "multiwan_probes",
             "Probes sent, by result.",
             self.counters
@@ -336,9 +345,14 @@ impl Collector for Exposition {
                 })
                 .collect(),
         )?;
-        self.histogram(&mut enc)?;
+        Ok(())
+    }
+
+    /// Transitions, failover time, connections, bytes, rule hits and kernel updates.
+    fn traffic(&self, enc: &mut DescriptorEncoder) -> std::fmt::Result {
+        let st = &self.st;
         counters(
-            &mut enc,
+            enc,
             "multiwan_uplink_transitions",
             "State transitions, by the state entered.",
             self.counters
@@ -353,11 +367,11 @@ impl Collector for Exposition {
                 })
                 .collect(),
         )?;
-        gauges(&mut enc, "multiwan_uplink_last_failover_seconds",
+        gauges(enc, "multiwan_uplink_last_failover_seconds",
             "For the last failover: seconds from the first failed probe round to the kernel update.",
             self.counters.iter().filter_map(|(n, c)| c.last_failover_s.map(|f| (uplink(n), f))).collect())?;
         gauges(
-            &mut enc,
+            enc,
             "multiwan_uplink_connections",
             "Live connections (conntrack entries) on the uplink.",
             st.uplinks
@@ -366,7 +380,7 @@ impl Collector for Exposition {
                 .collect(),
         )?;
         counters(
-            &mut enc,
+            enc,
             "multiwan_uplink_new_connections",
             "New connections assigned to the uplink since the ruleset was loaded.",
             st.uplinks
@@ -375,7 +389,7 @@ impl Collector for Exposition {
                 .collect(),
         )?;
         counters(
-            &mut enc,
+            enc,
             "multiwan_uplink_receive_bytes",
             "Bytes received on the uplink's interface.",
             st.uplinks
@@ -384,7 +398,7 @@ impl Collector for Exposition {
                 .collect(),
         )?;
         counters(
-            &mut enc,
+            enc,
             "multiwan_uplink_transmit_bytes",
             "Bytes sent on the uplink's interface.",
             st.uplinks
@@ -393,7 +407,7 @@ impl Collector for Exposition {
                 .collect(),
         )?;
         counters(
-            &mut enc,
+            enc,
             "multiwan_rule_hits",
             "New connections that matched the rule.",
             st.rules
@@ -409,9 +423,6 @@ impl Collector for Exposition {
         )?;
         m.encode_counter(&st.reconciles, None::<&Exemplar<NoLabelSet, f64>>)
     }
-}
-
-impl Exposition {
     fn histogram(&self, enc: &mut DescriptorEncoder) -> std::fmt::Result {
         let mut m = enc.encode_descriptor(
             "multiwan_probe_rtt_seconds",
@@ -498,6 +509,149 @@ mod tests {
         let failed: Result<usize, &str> = sf.get(t0 + Duration::from_secs(5), || Err("no"));
         assert_eq!(failed, Err("no"));
         assert_eq!(again(t0 + Duration::from_secs(5)), Ok(2));
+    }
+
+    fn exposition() -> String {
+        let up = crate::control::UplinkStatus {
+            name: "isp1".into(),
+            interface: "wan1".into(),
+            state: "degraded".into(),
+            reason: Some("high_loss".into()),
+            detail: None,
+            since: 0,
+            tier: 1,
+            weight: 1,
+            share: 0.75,
+            usable: true,
+            disabled: false,
+            rtt_last_ms: Some(12.0),
+            rtt_avg_ms: Some(20.0),
+            loss_percent: 5.0,
+            targets: vec![],
+            connections: 3,
+            new_connections: 9,
+            bytes_in: 1000,
+            bytes_out: 2000,
+            addresses: vec![],
+            gateway: None,
+        };
+        let st = Status {
+            pid: 1,
+            started: 0,
+            config: "x".into(),
+            method: "round-robin".into(),
+            reconciles: 4,
+            uplinks: vec![up],
+            rules: vec![crate::control::RuleStatus {
+                name: "web \"80\"".into(),
+                mode: "balance".into(),
+                uplinks: vec![],
+                hits: 2,
+                now: String::new(),
+            }],
+        };
+        let mut c = Counters {
+            probes_ok: 3,
+            probes_lost: 1,
+            rtt_sum: 0.03,
+            last_failover_s: Some(0.8),
+            ..Counters::default()
+        };
+        // Cumulative, as the loop keeps them: 1 at <= 5 ms, 3 at <= 25 ms.
+        for (i, n) in [0, 0, 1, 1, 3, 3, 3, 3, 3, 3].into_iter().enumerate() {
+            c.rtt_buckets[i] = n;
+        }
+        c.transitions.insert("degraded".into(), 1);
+        let exp = Exposition {
+            st,
+            counters: [("isp1".to_string(), c)].into_iter().collect(),
+        };
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register_collector(Box::new(exp));
+        let mut out = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut out, &registry).expect("encode");
+        out
+    }
+
+    #[test]
+    fn the_exposition_keeps_every_name_label_and_help_text() {
+        let text = exposition();
+        let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+            .expect("valid Prometheus text");
+        let value = |name: &str, label: (&str, &str)| {
+            scrape
+                .samples
+                .iter()
+                .find(|s| s.metric == name && s.labels.get(label.0) == Some(label.1))
+                .map(|s| match s.value {
+                    prometheus_parse::Value::Gauge(v)
+                    | prometheus_parse::Value::Counter(v)
+                    | prometheus_parse::Value::Untyped(v) => v,
+                    _ => f64::NAN,
+                })
+        };
+        let u = ("uplink", "isp1");
+        assert_eq!(value("multiwan_uplink_up", u), Some(1.0));
+        assert_eq!(value("multiwan_uplink_share_ratio", u), Some(0.75));
+        assert_eq!(value("multiwan_uplink_rtt_seconds", u), Some(0.02));
+        assert_eq!(value("multiwan_uplink_loss_ratio", u), Some(0.05));
+        assert_eq!(value("multiwan_uplink_connections", u), Some(3.0));
+        assert_eq!(value("multiwan_uplink_new_connections_total", u), Some(9.0));
+        assert_eq!(
+            value("multiwan_uplink_receive_bytes_total", u),
+            Some(1000.0)
+        );
+        assert_eq!(
+            value("multiwan_uplink_transmit_bytes_total", u),
+            Some(2000.0)
+        );
+        assert_eq!(value("multiwan_uplink_last_failover_seconds", u), Some(0.8));
+        // Label values are escaped (prometheus-parse cannot read this one back; Prometheus can).
+        assert!(
+            text.contains("\nmultiwan_rule_hits_total{rule=\"web \\\"80\\\"\"} 2\n"),
+            "{text}"
+        );
+        assert_eq!(value("multiwan_reconciles_total", ("", "")), None);
+        assert!(text.contains("\nmultiwan_reconciles_total 4\n"), "{text}");
+        assert!(text.contains("multiwan_uplink_state{uplink=\"isp1\",state=\"degraded\"} 1\n"));
+        assert!(text.contains("multiwan_uplink_state{uplink=\"isp1\",state=\"up\"} 0\n"));
+        assert!(text.contains("multiwan_probes_total{uplink=\"isp1\",result=\"lost\"} 1\n"));
+        assert!(
+            text.contains("multiwan_uplink_transitions_total{uplink=\"isp1\",to=\"degraded\"} 1\n")
+        );
+        // The histogram is cumulative again on the wire, with +Inf = every answered probe.
+        assert!(
+            text.contains("multiwan_probe_rtt_seconds_bucket{uplink=\"isp1\",le=\"0.005\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("multiwan_probe_rtt_seconds_bucket{uplink=\"isp1\",le=\"0.025\"} 3\n")
+        );
+        assert!(text.contains("multiwan_probe_rtt_seconds_bucket{uplink=\"isp1\",le=\"+Inf\"} 3\n"));
+        assert!(text.contains("multiwan_probe_rtt_seconds_count{uplink=\"isp1\"} 3\n"));
+        // The help texts, word for word, as before the move to prometheus-client.
+        for (name, kind, help) in [
+            ("multiwan_uplink_up", "gauge", "Whether the uplink takes new connections (1) or not (0)."),
+            ("multiwan_uplink_state", "gauge", "The uplink's health state: 1 for the current one."),
+            ("multiwan_uplink_share_ratio", "gauge", "Share of new connections the default policy gives the uplink."),
+            ("multiwan_uplink_rtt_seconds", "gauge", "Average probe round-trip time over the window."),
+            ("multiwan_uplink_loss_ratio", "gauge", "Probe loss over the window (0..1)."),
+            ("multiwan_probes_total", "counter", "Probes sent, by result."),
+            ("multiwan_probe_rtt_seconds", "histogram", "Probe round-trip times."),
+            ("multiwan_uplink_transitions_total", "counter", "State transitions, by the state entered."),
+            ("multiwan_uplink_last_failover_seconds", "gauge", "For the last failover: seconds from the first failed probe round to the kernel update."),
+            ("multiwan_uplink_connections", "gauge", "Live connections (conntrack entries) on the uplink."),
+            ("multiwan_uplink_new_connections_total", "counter", "New connections assigned to the uplink since the ruleset was loaded."),
+            ("multiwan_uplink_receive_bytes_total", "counter", "Bytes received on the uplink's interface."),
+            ("multiwan_uplink_transmit_bytes_total", "counter", "Bytes sent on the uplink's interface."),
+            ("multiwan_rule_hits_total", "counter", "New connections that matched the rule."),
+            ("multiwan_reconciles_total", "counter", "Kernel updates made by the daemon."),
+        ] {
+            assert!(
+                text.contains(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n")),
+                "{name}: {text}"
+            );
+        }
     }
 
     #[test]
