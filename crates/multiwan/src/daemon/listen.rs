@@ -302,7 +302,8 @@ impl<S: Stream, P: Protocol<S>> Acceptor<S, P> {
     }
 
     fn accept_all<L: Listener<Stream = S>>(&mut self, listener: &L) {
-        loop {
+        // Bounded, so a flood of connects cannot keep this thread from reading requests.
+        for _ in 0..self.limits.max_pending {
             let stream = match listener.accept_stream() {
                 Ok(s) => s,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
