@@ -66,6 +66,7 @@ pub struct RawConfig {
 pub struct RawDaemon {
     pub hook: Option<Spanned<String>>,
     pub metrics: Option<Spanned<NumOrStr>>,
+    pub control_group: Option<Spanned<String>>,
 }
 
 /// `[lan]`

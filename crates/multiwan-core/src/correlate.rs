@@ -97,19 +97,20 @@ impl Correlator {
         );
     }
 
-    /// Whether `uplink`'s latest round shows it working, apart from `key`.
+    /// Whether `uplink`'s latest round shows it working, apart from `key`: another of its
+    /// targets answered, or — when `key` is its only target — its gateway answered the
+    /// witness ping. An uplink whose other targets all fail too is not shown working by its
+    /// gateway: every target silent at once is what a dead upstream looks like.
     fn evidence(&self, uplink: &str, key: &TargetKey) -> bool {
         let Some(l) = self.latest.get(uplink) else {
             return false;
         };
-        let others = self
-            .targets
-            .get(uplink)
-            .into_iter()
-            .flatten()
+        let targets = self.targets.get(uplink).map(Vec::as_slice).unwrap_or(&[]);
+        let others = targets
+            .iter()
             .zip(&l.answered)
             .any(|(k, ok)| k != key && *ok);
-        others || l.witness == Some(true)
+        others || (targets.len() == 1 && l.witness == Some(true))
     }
 
     fn is_suspect_now(&self, key: &TargetKey, uplinks: &[String]) -> bool {
@@ -211,6 +212,15 @@ mod tests {
         k.record("b", &[OK], None, true);
         assert!(k.update().became_suspect.is_empty());
         assert_eq!(k.excluded("a"), vec![false]);
+    }
+
+    #[test]
+    fn every_target_silent_everywhere_is_an_outage_not_suspects() {
+        let c = cfg("\"1.1.1.1\", \"9.9.9.9\"", "\"1.1.1.1\", \"9.9.9.9\"");
+        let mut k = Correlator::new(&c);
+        k.record("a", &[None, None], Some(true), true);
+        k.record("b", &[None, None], Some(true), true);
+        assert!(k.update().became_suspect.is_empty());
     }
 
     #[test]

@@ -41,6 +41,9 @@ pub struct Daemon {
     pub hook: Option<String>,
     /// Where to serve Prometheus metrics (off when `None`).
     pub metrics: Option<std::net::SocketAddr>,
+    /// Group whose members may use the read-only control requests (status, flows, explain,
+    /// watch); `None`: root only.
+    pub control_group: Option<String>,
 }
 
 /// The LAN side: new connections entering on these interfaces are balanced.
@@ -484,7 +487,23 @@ impl<'a> Validator<'a> {
                 }
             }
         };
-        Some(Daemon { hook, metrics })
+        let control_group = match &raw.get_ref().control_group {
+            None => None,
+            Some(g) if g.get_ref().is_empty() => {
+                self.push(
+                    g.span(),
+                    "daemon.control_group",
+                    "must name a group (or be left out: root only)".to_string(),
+                );
+                return None;
+            }
+            Some(g) => Some(g.get_ref().clone()),
+        };
+        Some(Daemon {
+            hook,
+            metrics,
+            control_group,
+        })
     }
 
     fn lan(&mut self, raw: Option<Spanned<config::RawLan>>) -> Option<Lan> {

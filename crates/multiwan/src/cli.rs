@@ -242,15 +242,12 @@ fn run(cli: Cli) -> Result<(), Failure> {
             if let Some(c) = &config {
                 load_config(c)?;
             }
-            let pid_file = run_dir.join("multiwan.pid");
-            let pid: i32 = std::fs::read_to_string(&pid_file)
-                .ok()
-                .and_then(|p| p.trim().parse().ok())
-                .ok_or_else(|| {
-                    anyhow::anyhow!("no daemon runs with run directory {}", run_dir.display())
-                })?;
+            // The pid file's lock tells a live daemon from a stale file.
+            let pid = crate::rundir::locked_pid(&run_dir).ok_or_else(|| {
+                anyhow::anyhow!("no daemon runs with run directory {}", run_dir.display())
+            })?;
             nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
+                nix::unistd::Pid::from_raw(pid as i32),
                 nix::sys::signal::Signal::SIGHUP,
             )
             .map_err(|e| anyhow::anyhow!("signalling multiwan (pid {pid}): {e}"))?;
@@ -291,15 +288,11 @@ fn run(cli: Cli) -> Result<(), Failure> {
 
 /// The pid of a live `multiwan run` using `run_dir` in this network namespace, if any.
 fn daemon_in_this_namespace(run_dir: &Path) -> Option<u32> {
-    let pid: u32 = std::fs::read_to_string(run_dir.join("multiwan.pid"))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    // Only a daemon holding the pid file's lock counts: a stale file is no daemon.
+    let pid = crate::rundir::locked_pid(run_dir)?;
     let theirs = std::fs::read_link(format!("/proc/{pid}/ns/net")).ok()?;
     let ours = std::fs::read_link("/proc/self/ns/net").ok()?;
-    (comm.trim() == "multiwan" && theirs == ours).then_some(pid)
+    (theirs == ours).then_some(pid)
 }
 
 fn require_root(what: &str) -> Result<(), Failure> {

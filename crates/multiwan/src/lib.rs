@@ -9,4 +9,5 @@ pub mod kernel;
 pub mod lab;
 pub mod netns;
 pub mod operator;
+pub mod rundir;
 pub mod settings;

@@ -557,7 +557,8 @@ fn hook_and_sd_notify() {
     );
     let mut buf = [0u8; 256];
     let n = sock.recv(&mut buf).expect("a notification");
-    assert_eq!(&buf[..n], b"READY=1");
+    // sd-notify ends each assignment with a newline, as sd_notify(3) allows.
+    assert_eq!(String::from_utf8_lossy(&buf[..n]).trim_end(), "READY=1");
     lab.cut_upstream(0);
     d.wait_for("isp1 down", Duration::from_secs(3), |d| {
         d.uplink_state("isp1").as_deref() == Some("down")
@@ -585,7 +586,7 @@ fn hook_and_sd_notify() {
     drop(d);
     let mut seen = Vec::new();
     while let Ok(n) = sock.recv(&mut buf) {
-        seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        seen.push(String::from_utf8_lossy(&buf[..n]).trim_end().to_string());
         if seen.last().map(String::as_str) == Some("STOPPING=1") {
             break;
         }
@@ -806,4 +807,113 @@ fn apply_refuses_to_fight_a_running_daemon() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(before, lab.kernel_snapshot());
+}
+
+/// Issue 10 "Files and privileges": hooks run one at a time, in the order of the transitions,
+/// with a clean environment (no NOTIFY_SOCKET), and a hook anyone but root could change is
+/// refused.
+#[test]
+fn hooks_run_in_order_alone_with_a_clean_environment() {
+    let lab = Lab::new(2, 1);
+    let record = lab.dir.join("hook.log");
+    let hook = lab.dir.join("hook.sh");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\necho \"start $MULTIWAN_SEQUENCE $MULTIWAN_OLD_STATE $MULTIWAN_NEW_STATE\" >> {rec}\nenv > {dir}/env.$MULTIWAN_SEQUENCE\nsleep 0.1\necho \"end $MULTIWAN_SEQUENCE\" >> {rec}\n",
+            rec = record.display(),
+            dir = lab.dir.display()
+        ),
+    )
+    .expect("hook");
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let sock_path = lab.dir.join("notify.sock");
+    let _sock = std::os::unix::net::UnixDatagram::bind(&sock_path).expect("notify socket");
+    let text = format!(
+        "[daemon]\nhook = \"{}\"\n\n{}",
+        hook.display(),
+        two_uplinks_checked("round-robin")
+    );
+    let _d = lab.start_daemon_with_env(
+        &text,
+        &[("NOTIFY_SOCKET", &sock_path.display().to_string())],
+    );
+    let rd = lab.run_dir();
+    // Fast flaps: each drain and undrain is a transition at once; the hooks (0.1 s each)
+    // cannot keep up, so they queue.
+    for _ in 0..4 {
+        for action in ["disable", "enable"] {
+            let out = lab.multiwan(&["uplink", "isp1", action, "--run-dir", &rd]);
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    let lines = |want: usize| {
+        let start = std::time::Instant::now();
+        loop {
+            let got = std::fs::read_to_string(&record).unwrap_or_default();
+            let n = got.lines().filter(|l| l.starts_with("end ")).count();
+            if n >= want {
+                return got;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "{n} of {want} hooks done: {got}\n{}",
+                lab.daemon_log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let got = lines(8);
+    let rows: Vec<Vec<&str>> = got.lines().map(|l| l.split(' ').collect()).collect();
+    assert_eq!(rows.len(), 16, "{got}");
+    let mut prev_new = "up".to_string();
+    for (i, pair) in rows.chunks(2).enumerate() {
+        let seq = (i + 1).to_string();
+        // start N, end N, start N+1, ...: in order and never two at once.
+        assert_eq!((pair[0][0], pair[0][1]), ("start", seq.as_str()), "{got}");
+        assert_eq!(pair[1], ["end", seq.as_str()], "{got}");
+        assert_eq!(
+            pair[0][2], prev_new,
+            "each call starts where the last ended: {got}"
+        );
+        prev_new = pair[0][3].to_string();
+        let env = std::fs::read_to_string(lab.dir.join(format!("env.{seq}"))).expect("env");
+        assert!(!env.contains("NOTIFY_SOCKET"), "{env}");
+        assert!(
+            env.contains("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n"),
+            "{env}"
+        );
+        assert!(
+            env.contains("MULTIWAN_UPLINK=isp1\n") && env.contains("MULTIWAN_INTERFACE=wan1\n")
+        );
+        assert!(
+            !env.contains("MULTIWAN_LOG"),
+            "the daemon's own environment leaks: {env}"
+        );
+    }
+    assert_eq!(prev_new, "up");
+    // A world-writable hook is refused, with the reason in the log.
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+        .expect("chmod");
+    let out = lab.multiwan(&["uplink", "isp1", "disable", "--run-dir", &rd]);
+    assert!(out.status.success());
+    let start = std::time::Instant::now();
+    while !lab.daemon_log().contains("refusing to run the hook") {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{}",
+            lab.daemon_log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(lab
+        .daemon_log()
+        .contains("group or world writable (mode 0777)"));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(std::fs::read_to_string(&record).expect("record"), got);
 }

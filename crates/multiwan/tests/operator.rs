@@ -379,3 +379,359 @@ fn watch_streams_transitions_and_probe_summaries() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// One raw request line on the control socket (from the test process: the socket is a file,
+/// reachable from any namespace); the first answer line.
+fn raw_request(lab: &Lab, bytes: &[u8]) -> String {
+    let mut s = std::os::unix::net::UnixStream::connect(
+        std::path::Path::new(&lab.run_dir()).join("multiwan.sock"),
+    )
+    .expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    // The daemon may stop reading (and close) before a large request is all written.
+    let _ = s.write_all(bytes);
+    let mut line = String::new();
+    let _ = BufReader::new(s).read_line(&mut line);
+    line
+}
+
+fn status_works(lab: &Lab) {
+    let s = cli_json(lab, &["status"]);
+    assert_eq!(s["uplinks"][0]["name"], "isp1", "{s}");
+}
+
+/// Issue 10 "Bounds": a request without end, idle connections and busy workers neither grow
+/// the daemon nor keep `status` out.
+#[test]
+fn control_socket_bounds_size_idle_connections_and_concurrency() {
+    let lab = Lab::new(2, 1);
+    let d = lab.start_daemon(&two_uplinks_checked("round-robin"));
+    // 1 MiB without a newline: refused as a normal error response after 16 KiB.
+    let answer = raw_request(&lab, &vec![b'x'; 1 << 20]);
+    let r: Value = serde_json::from_str(&answer).expect("a JSON error line");
+    assert_eq!(r["ok"], false);
+    assert!(
+        r["error"]
+            .as_str()
+            .expect("error")
+            .starts_with("request too large"),
+        "{r}"
+    );
+    let bad: Value = serde_json::from_str(&raw_request(
+        &lab,
+        b"{\"version\":1,\"request\":\"reboot\"}\n",
+    ))
+    .expect("json");
+    assert!(
+        bad["error"]
+            .as_str()
+            .expect("error")
+            .starts_with("bad request: "),
+        "{bad}"
+    );
+    status_works(&lab);
+    // 100 idle connections (more than the 64 held while they send nothing) cost no thread and
+    // do not keep a prompt client out.
+    let sock = std::path::Path::new(&lab.run_dir()).join("multiwan.sock");
+    let idle: Vec<_> = (0..100)
+        .map(|_| std::os::unix::net::UnixStream::connect(&sock).expect("connect"))
+        .collect();
+    let start = std::time::Instant::now();
+    status_works(&lab);
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
+    drop(idle);
+    // 16 watch streams occupy every worker: the next request is refused at once, and served
+    // again once they are gone.
+    let watchers: Vec<_> = (0..16)
+        .map(|_| {
+            let mut s = std::os::unix::net::UnixStream::connect(&sock).expect("connect");
+            s.write_all(b"{\"version\":1,\"request\":\"watch\"}\n")
+                .expect("watch");
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let start = std::time::Instant::now();
+    let busy = raw_request(&lab, b"{\"version\":1,\"request\":\"status\"}\n");
+    assert!(
+        busy.contains("\"ok\":false") && busy.contains("busy"),
+        "{busy}"
+    );
+    assert!(start.elapsed() < Duration::from_secs(2));
+    drop(watchers);
+    // Each watch thread notices its client is gone at its next event (once a second).
+    let start = std::time::Instant::now();
+    loop {
+        let line = raw_request(&lab, b"{\"version\":1,\"request\":\"status\"}\n");
+        if line.contains("\"ok\":true") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "still busy: {line}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        lab.daemon_log().contains("too many requests in progress"),
+        "{}",
+        lab.daemon_log()
+    );
+    drop(d);
+}
+
+/// A `watch` client that never reads is dropped (its writes time out); the daemon goes on.
+#[test]
+fn a_watch_client_that_never_reads_is_dropped() {
+    let lab = Lab::new(2, 1);
+    let d = lab.start_daemon(&two_uplinks_checked("round-robin"));
+    let sock = std::path::Path::new(&lab.run_dir()).join("multiwan.sock");
+    // For a unix stream only the sender's buffer counts; the daemon keeps it small for watch.
+    let mut s = std::os::unix::net::UnixStream::connect(&sock).expect("connect");
+    s.write_all(b"{\"version\":1,\"request\":\"watch\"}\n")
+        .expect("watch");
+    let start = std::time::Instant::now();
+    while !lab
+        .daemon_log()
+        .contains("watch client stopped reading: dropped")
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "not dropped: {}",
+            lab.daemon_log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!("dropped after {:?}", start.elapsed());
+    status_works(&lab);
+    assert!(d.state().is_some());
+    drop(s);
+}
+
+fn scrape(lab: &Lab, addr: &'static str, request: Vec<u8>) -> std::io::Result<String> {
+    lab.topo
+        .router
+        .spawn(move || {
+            let mut s = std::net::TcpStream::connect_timeout(
+                &addr.parse().expect("addr"),
+                Duration::from_secs(2),
+            )?;
+            s.set_read_timeout(Some(Duration::from_secs(20)))?;
+            let _ = s.write_all(&request);
+            let mut r = Vec::new();
+            // A refused oversized request may end in a reset after the answer: keep what came.
+            match s.read_to_end(&mut r) {
+                Err(e) if r.is_empty() => Err(e),
+                _ => Ok(String::from_utf8_lossy(&r).into_owned()),
+            }
+        })
+        .expect("spawn")
+        .join()
+        .expect("join")
+}
+
+/// Concurrent scrapes share one kernel read; later ones within a second hit the cache; only
+/// `GET /metrics` with a bounded head is served; a bare port listens on 127.0.0.1 only.
+#[test]
+fn metrics_scrapes_share_one_kernel_read_and_listen_on_localhost_only() {
+    let lab = Lab::new(2, 1);
+    let text = format!(
+        "[daemon]\nmetrics = 9797\n\n{}",
+        two_uplinks_checked("round-robin")
+    );
+    let _d = lab.start_daemon_with_env(
+        &text,
+        &[("MULTIWAN_LOG", "info,multiwan::daemon::server=debug")],
+    );
+    let reads = || lab.daemon_log().matches("kernel counters read").count();
+    assert_eq!(reads(), 0);
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
+    let scrapes: Vec<_> = (0..8)
+        .map(|_| {
+            let b = barrier.clone();
+            lab.topo
+                .router
+                .spawn(move || {
+                    let mut s = std::net::TcpStream::connect("127.0.0.1:9797").expect("connect");
+                    b.wait();
+                    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+                        .expect("request");
+                    let mut r = String::new();
+                    s.read_to_string(&mut r).expect("response");
+                    r
+                })
+                .expect("spawn")
+        })
+        .collect();
+    let bodies: Vec<String> = scrapes
+        .into_iter()
+        .map(|h| h.join().expect("join"))
+        .collect();
+    for b in &bodies {
+        assert!(b.starts_with("HTTP/1.1 200"), "{b}");
+        assert_eq!(b, &bodies[0], "every scrape shares one result");
+    }
+    assert_eq!(reads(), 1, "{}", lab.daemon_log());
+    // A second later the result is stale: the next scrape reads the kernel again.
+    std::thread::sleep(Duration::from_millis(1200));
+    let again = scrape(
+        &lab,
+        "127.0.0.1:9797",
+        b"GET /metrics HTTP/1.0\r\n\r\n".to_vec(),
+    )
+    .expect("scrape");
+    assert!(again.starts_with("HTTP/1.1 200"), "{again}");
+    assert_eq!(reads(), 2);
+    // Only GET /metrics, with a head of at most 8 KiB.
+    let code = |req: Vec<u8>| {
+        let r = scrape(&lab, "127.0.0.1:9797", req).expect("answer");
+        r.split_whitespace().nth(1).unwrap_or("").to_string()
+    };
+    assert_eq!(code(b"POST /metrics HTTP/1.1\r\n\r\n".to_vec()), "405");
+    assert_eq!(code(b"GET /other HTTP/1.1\r\n\r\n".to_vec()), "404");
+    assert_eq!(code(b"nonsense\r\n\r\n".to_vec()), "400");
+    let mut huge = b"GET /metrics HTTP/1.1\r\nX-Filler: ".to_vec();
+    huge.extend(std::iter::repeat_n(b'a', 64 * 1024));
+    assert_eq!(code(huge), "431");
+    // A bare port: 127.0.0.1 only, not the router's uplink address, from inside or outside.
+    assert!(scrape(
+        &lab,
+        "10.37.1.253:9797",
+        b"GET /metrics HTTP/1.0\r\n\r\n".to_vec()
+    )
+    .is_err());
+    let from_isp = lab.topo.isps[0]
+        .ns
+        .spawn(|| {
+            std::net::TcpStream::connect_timeout(
+                &"10.37.1.253:9797".parse().expect("addr"),
+                Duration::from_secs(2),
+            )
+            .is_ok()
+        })
+        .expect("spawn")
+        .join()
+        .expect("join");
+    assert!(!from_isp, "metrics reachable from the ISP side");
+}
+
+/// `[daemon] control_group`: members (by primary or supplementary group) may read, not change;
+/// the daemon checks the peer itself (SO_PEERCRED) even when the socket's mode lets someone in.
+#[test]
+fn control_group_members_may_read_but_not_change() {
+    let lab = Lab::new(2, 1);
+    let text = format!(
+        "[daemon]\ncontrol_group = \"nogroup\"\n\n{}",
+        two_uplinks_checked("round-robin")
+    );
+    let _d = lab.start_daemon(&text);
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let run = std::path::PathBuf::from(lab.run_dir());
+    let sock = run.join("multiwan.sock");
+    let md = std::fs::metadata(&sock).expect("socket");
+    assert_eq!((md.mode() & 0o777, md.gid()), (0o660, 65534));
+    let md = std::fs::metadata(&run).expect("run dir");
+    assert_eq!((md.mode() & 0o777, md.gid()), (0o710, 65534));
+    let bin = lab.dir.join("multiwan-copy");
+    std::fs::copy(common::bin(), &bin).expect("copy");
+    std::fs::set_permissions(&lab.dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let as_user = |ids: &[&str], args: &[&str]| {
+        let out = std::process::Command::new("setpriv")
+            .args(ids)
+            .arg(&bin)
+            .args(args)
+            .args(["--run-dir", &lab.run_dir()])
+            .output()
+            .expect("setpriv");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let member = ["--reuid", "65534", "--regid", "65534", "--clear-groups"];
+    let (code, out, err) = as_user(&member, &["status", "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("\"isp1\""), "{out}");
+    let (code, _, err) = as_user(&member, &["uplink", "isp1", "disable"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("permission denied") && err.contains("needs root"),
+        "{err}"
+    );
+    assert_eq!(cli_json(&lab, &["status"])["uplinks"][0]["disabled"], false);
+    // A supplementary group counts like the primary one.
+    let supplementary = ["--reuid", "65534", "--regid", "1", "--groups", "65534"];
+    let (code, _, err) = as_user(&supplementary, &["status"]);
+    assert_eq!(code, Some(0), "{err}");
+    // Outsiders: the kernel refuses them (mode 0660)...
+    let outsider = ["--reuid", "65534", "--regid", "1", "--clear-groups"];
+    let (code, _, err) = as_user(&outsider, &["status"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("permission denied"), "{err}");
+    // ...and so does the daemon when the file modes would let them in.
+    std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o711)).expect("chmod");
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+    let (code, _, err) = as_user(&outsider, &["status"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("permission denied: uid 65534 is neither root nor in"),
+        "{err}"
+    );
+}
+
+/// The run directory must be the daemon's own; the pid file's lock keeps a second daemon out
+/// and tells a live daemon from a stale file (after `kill -9`).
+#[test]
+fn run_directory_is_checked_and_locked() {
+    let lab = Lab::new(2, 1);
+    let cfg = lab.write_config(&two_uplinks_checked("round-robin"));
+    // A symlink or a world-writable directory is refused before anything is touched.
+    let real = lab.dir.join("real-run");
+    std::fs::create_dir(&real).expect("dir");
+    let link = lab.dir.join("link-run");
+    std::os::unix::fs::symlink(&real, &link).expect("symlink");
+    let out = lab.multiwan(&["run", "-c", &cfg, "--run-dir", &link.display().to_string()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is a symlink"));
+    std::fs::set_permissions(&real, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+        .expect("chmod");
+    let out = lab.multiwan(&["run", "-c", &cfg, "--run-dir", &real.display().to_string()]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("world writable"));
+    assert!(!real.join("multiwan.sock").exists());
+    // A second daemon on the same run directory names the first.
+    let mut d = lab.start_daemon(&two_uplinks_checked("round-robin"));
+    let out = lab.multiwan(&["run", "-c", &cfg, "--run-dir", &lab.run_dir()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("another multiwan daemon (pid {})", d.pid())),
+        "{err}"
+    );
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(lab.run_dir())
+            .expect("run dir")
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o700);
+    // After kill -9 the pid file stays but nobody holds it: no daemon, and apply may run.
+    d.child.kill().expect("kill -9");
+    d.child.wait().expect("reap");
+    assert!(std::path::Path::new(&lab.run_dir())
+        .join("multiwan.pid")
+        .exists());
+    let out = lab.multiwan(&["reload", "--run-dir", &lab.run_dir()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no daemon runs"));
+    let out = lab.multiwan(&["apply", "-c", &cfg, "--run-dir", &lab.run_dir()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

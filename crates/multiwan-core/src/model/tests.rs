@@ -238,3 +238,23 @@ fn ports_as_numbers_and_ranges() {
     assert_eq!(c.rules[1].uplinks, vec![1, 0]);
     assert_eq!(c.rules[1].mode, Mode::Failover);
 }
+
+#[test]
+fn control_group_is_a_non_empty_name() {
+    let ok = load(
+        "t.toml",
+        &format!("[daemon]\ncontrol_group = \"netadmin\"\n{FULL}"),
+    )
+    .expect("loads");
+    assert_eq!(ok.daemon.control_group.as_deref(), Some("netadmin"));
+    assert_eq!(
+        load("t.toml", FULL).expect("loads").daemon.control_group,
+        None
+    );
+    let e = errs(&format!("[daemon]\ncontrol_group = \"\"\n{FULL}"));
+    assert!(
+        e.iter()
+            .any(|d| d.contains("t.toml:2:") && d.contains("daemon.control_group")),
+        "{e:?}"
+    );
+}

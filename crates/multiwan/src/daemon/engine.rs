@@ -6,7 +6,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::mpsc::SyncSender;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use multiwan_core::correlate::{target_label, Correlator};
@@ -16,9 +15,9 @@ use multiwan_core::plan::{assign_ids, plan};
 use multiwan_core::{Config, Facts, Plan};
 use serde::Serialize;
 
+use super::hooks::HookCall;
 use super::probe::ProbeSpec;
 use super::server;
-use super::systemd::HookCall;
 use crate::control::WatchEvent;
 use crate::kernel::events::Change;
 use crate::kernel::Kernel;
@@ -99,7 +98,7 @@ pub struct Engine<K: Kernel> {
     pub last_plan: Option<Plan>,
     pub reconciles: u64,
     started: SystemTime,
-    subscribers: Vec<SyncSender<WatchEvent>>,
+    subscribers: Vec<server::Subscriber>,
     /// Uplinks disabled by the operator (persisted in the run directory).
     disabled: BTreeSet<String>,
     /// Hook calls to run, in order (drained by the runtime).
@@ -125,9 +124,10 @@ impl<K: Kernel> Engine<K> {
         let installed = kernel.ids(cfg.kernel.mark_mask)?;
         let ids = assign_ids(&cfg, &installed)?;
         let cfg_for_correlator = cfg.clone();
-        let disabled: BTreeSet<String> = std::fs::read_to_string(run_dir.join("disabled.json"))
+        let disabled: BTreeSet<String> = crate::rundir::read_file(&run_dir, "disabled.json")
             .ok()
-            .and_then(|t| serde_json::from_str(&t).ok())
+            .flatten()
+            .and_then(|t| serde_json::from_slice(&t).ok())
             .unwrap_or_default();
         let uplinks = cfg
             .uplinks
@@ -539,7 +539,7 @@ impl<K: Kernel> Engine<K> {
     }
 
     /// A new `watch` client.
-    pub fn subscribe(&mut self, tx: SyncSender<WatchEvent>) {
+    pub fn subscribe(&mut self, tx: server::Subscriber) {
         self.subscribers.push(tx);
     }
 
@@ -627,12 +627,11 @@ impl<K: Kernel> Engine<K> {
         } else {
             self.disabled.insert(name.to_string());
         }
-        let path = self.run_dir.join("disabled.json");
         let written = serde_json::to_vec(&self.disabled)
-            .map_err(anyhow::Error::from)
-            .and_then(|b| crate::kernel::write_private(&self.run_dir, &path, &b));
+            .map_err(std::io::Error::other)
+            .and_then(|b| crate::rundir::write_file_atomic(&self.run_dir, "disabled.json", &b));
         if let Err(e) = written {
-            tracing::warn!(error = %format!("{e:#}"), "cannot persist {}", path.display());
+            tracing::warn!(error = %e, "cannot persist disabled.json");
         }
         tracing::info!(uplink = name, enabled = enable, "administrative change");
         if let Some(t) = t {
@@ -673,12 +672,11 @@ impl<K: Kernel> Engine<K> {
                 })
                 .collect(),
         };
-        let path = self.run_dir.join("state.json");
         let written = serde_json::to_vec_pretty(&state)
-            .map_err(anyhow::Error::from)
-            .and_then(|b| crate::kernel::write_private(&self.run_dir, &path, &b));
+            .map_err(std::io::Error::other)
+            .and_then(|b| crate::rundir::write_file_atomic(&self.run_dir, "state.json", &b));
         if let Err(e) = written {
-            tracing::warn!(error = %format!("{e:#}"), "cannot write {}", path.display());
+            tracing::warn!(error = %e, "cannot write state.json");
         }
     }
 }

@@ -17,19 +17,23 @@
 //! restart — or a `kill -9` — costs no connection; a new daemon adopts the installed state.
 
 pub mod engine;
+pub mod hooks;
+pub mod listen;
+pub mod metrics;
+pub mod notify;
 pub mod probe;
 pub mod server;
 pub mod supervise;
-pub mod systemd;
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender, SyncSender};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
 use crate::kernel::events::Change;
 use crate::kernel::System;
+use crate::rundir;
 use crate::settings::{load_config, Failure};
 use engine::Engine;
 use supervise::Supervisor;
@@ -56,7 +60,7 @@ pub enum Event {
     /// A control or metrics request wants the current state.
     Query(Sender<server::Snapshot>),
     /// `watch`: send events to this bounded queue until it closes or fills.
-    Subscribe(SyncSender<crate::control::WatchEvent>),
+    Subscribe(server::Subscriber),
     /// `multiwan uplink NAME enable|disable`.
     Admin {
         name: String,
@@ -83,9 +87,8 @@ pub struct RunArgs {
 /// (then it exits non-zero and leaves the kernel state for the next daemon).
 pub fn run(args: RunArgs) -> Result<(), Failure> {
     let cfg = load_config(&args.config)?;
-    std::fs::create_dir_all(&args.run_dir)
-        .with_context(|| format!("creating run directory {}", args.run_dir.display()))?;
-    let _pid = PidFile::create(&args.run_dir)?;
+    rundir::prepare(&args.run_dir)?;
+    let _pid = rundir::PidLock::acquire(&args.run_dir)?;
     let (tx, rx) = channel();
     spawn_signal_thread(tx.clone())?;
     let metrics = cfg.daemon.metrics;
@@ -99,7 +102,11 @@ pub fn run(args: RunArgs) -> Result<(), Failure> {
     )?;
     let mut sup = Supervisor::new(tx.clone());
     sup.start_watcher()?;
-    server::start_control(&args.run_dir, tx.clone())?;
+    server::start_control(
+        &args.run_dir,
+        tx.clone(),
+        engine.cfg.daemon.control_group.as_deref(),
+    )?;
     if let Some(addr) = metrics {
         server::start_metrics(addr, tx)?;
         tracing::info!(%addr, "serving Prometheus metrics at /metrics");
@@ -108,7 +115,7 @@ pub fn run(args: RunArgs) -> Result<(), Failure> {
     // Probes need the uplinks' rules and routes: start them once those are in place.
     sup.start_prober(engine.probe_specs())?;
     engine.probers_stale = false;
-    systemd::notify("READY=1");
+    notify::ready();
     tracing::info!(uplinks = engine.cfg.uplinks.len(), "multiwan running");
     let result = event_loop(&mut engine, &mut sup, &rx, &args);
     sup.stop();
@@ -121,7 +128,7 @@ fn event_loop(
     rx: &Receiver<Event>,
     args: &RunArgs,
 ) -> Result<(), Failure> {
-    let watchdog = systemd::watchdog_interval();
+    let watchdog = notify::watchdog_interval();
     let tick = watchdog
         .unwrap_or(Duration::from_secs(1))
         .min(Duration::from_secs(1));
@@ -144,7 +151,7 @@ fn event_loop(
                 }
                 Event::Rounds { .. } => {}
                 Event::KernelChanged(c) => change = change.merge(c),
-                Event::Reload => reload(engine, &args.config, now),
+                Event::Reload => reload(engine, &args.config, &args.run_dir, now),
                 Event::Query(reply) => {
                     let _ = reply.send(engine.snapshot());
                 }
@@ -157,7 +164,7 @@ fn event_loop(
                     let _ = reply.send(engine.admin(&name, enable, now));
                 }
                 Event::Stop => {
-                    systemd::notify("STOPPING=1");
+                    notify::stopping();
                     sup.stop();
                     engine.stop(args.cleanup);
                     let _ = std::fs::remove_file(crate::control::socket_path(&args.run_dir));
@@ -186,15 +193,15 @@ fn event_loop(
         if let Some(every) = watchdog {
             let due = last_ping.is_none_or(|t| now.saturating_duration_since(t) >= every);
             if due && sup.watchdog_ok(now, gap) {
-                systemd::notify("WATCHDOG=1");
+                notify::watchdog();
                 last_ping = Some(now);
             }
         }
     }
 }
 
-fn reload(engine: &mut Engine<System>, path: &Path, now: Instant) {
-    systemd::notify("RELOADING=1");
+fn reload(engine: &mut Engine<System>, path: &Path, run_dir: &Path, now: Instant) {
+    notify::reloading();
     let cfg = match load_config(path) {
         Ok(c) => Some(c),
         Err(Failure::Config(msg)) => {
@@ -209,7 +216,10 @@ fn reload(engine: &mut Engine<System>, path: &Path, now: Instant) {
         }
     };
     engine.reload(cfg, now);
-    systemd::notify("READY=1");
+    if let Err(e) = server::socket_access(run_dir, engine.cfg.daemon.control_group.as_deref()) {
+        tracing::error!(error = %format!("{e:#}"), "cannot set the control socket's access");
+    }
+    notify::ready();
 }
 
 fn run_hooks(engine: &mut Engine<System>) {
@@ -218,7 +228,7 @@ fn run_hooks(engine: &mut Engine<System>) {
         return;
     };
     for call in std::mem::take(&mut engine.hook_calls) {
-        systemd::run_hook(&hook, call);
+        hooks::run_hook(&hook, call);
     }
 }
 
@@ -242,34 +252,4 @@ fn spawn_signal_thread(tx: Sender<Event>) -> Result<()> {
         })
         .context("starting the signal thread")?;
     Ok(())
-}
-
-/// `multiwan.pid` in the run directory; refuses to start next to a live daemon.
-struct PidFile(PathBuf);
-
-impl PidFile {
-    fn create(run_dir: &Path) -> Result<Self> {
-        let path = run_dir.join("multiwan.pid");
-        if let Ok(old) = std::fs::read_to_string(&path) {
-            let pid = old.trim();
-            let alive = !pid.is_empty()
-                && std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                    .is_ok_and(|c| c.trim() == "multiwan");
-            if alive && pid != std::process::id().to_string() {
-                anyhow::bail!(
-                    "another multiwan daemon (pid {pid}) uses {}; give each daemon its own --run-dir",
-                    run_dir.display()
-                );
-            }
-        }
-        std::fs::write(&path, format!("{}\n", std::process::id()))
-            .with_context(|| format!("writing {}", path.display()))?;
-        Ok(Self(path))
-    }
-}
-
-impl Drop for PidFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
 }

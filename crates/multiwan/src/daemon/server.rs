@@ -1,16 +1,23 @@
 //! The daemon's two listeners: the control socket (status, flows, explain, watch, uplink
-//! enable/disable) and the optional Prometheus endpoint. Each connection gets a thread; the
-//! event loop only hands out a [`Snapshot`] of its state, and the slow reads (conntrack dump,
-//! nft counters, interface counters) happen here, off the loop.
+//! enable/disable) and the optional Prometheus endpoint ([`super::metrics`]), both behind the
+//! bounded acceptor of [`super::listen`]. The event loop only hands out a [`Snapshot`] of its
+//! state; the slow reads (conntrack dump, nft counters, interface counters) happen in the
+//! request's thread, one at a time.
+//!
+//! Who may ask: the peer's credentials come from `SO_PEERCRED`. Root may do everything; the
+//! members of `[daemon] control_group` (primary or supplementary group) may use the read-only
+//! requests; everyone else is refused. The socket's mode says the same to the kernel (0600, or
+//! 0660 with the group), so the daemon's check is the second of two.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
-use std::sync::mpsc::{channel, Sender};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, sync_channel, Sender, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use multiwan_core::explain::{explain, Query, Verdict};
@@ -19,6 +26,8 @@ use multiwan_core::model::{Config, Mode, Proto};
 use multiwan_core::plan::{Decision, PolicyPlan};
 use multiwan_core::Facts;
 
+use super::listen::{self, Limits, Protocol, Refusal};
+use super::metrics::{MetricsHttp, SingleFlight};
 use super::Event;
 use crate::control::{
     self, Candidate, Envelope, Excluded, ExplainInfo, FlowInfo, Request, Response, RuleStatus,
@@ -27,6 +36,32 @@ use crate::control::{
 use crate::kernel::conntrack::{self, Flow};
 use crate::kernel::netlink::Rtnl;
 use crate::kernel::nft::Nft;
+use crate::rundir;
+
+/// Bounds of the control socket.
+pub const CONTROL_LIMITS: Limits = Limits {
+    max_active: 16,
+    max_pending: 64,
+    max_request: control::MAX_REQUEST_BYTES,
+    request_timeout: Duration::from_secs(5),
+    write_timeout: Duration::from_secs(5),
+};
+
+/// Bounds of the metrics listener.
+pub const METRICS_LIMITS: Limits = Limits {
+    max_active: 16,
+    max_pending: 64,
+    max_request: super::metrics::MAX_HEAD,
+    request_timeout: Duration::from_secs(5),
+    write_timeout: Duration::from_secs(5),
+};
+
+/// Events queued for one `watch` client before it is dropped as too slow.
+pub const WATCH_QUEUE: usize = 256;
+/// Send buffer of a `watch` connection: a stream of small lines needs little in flight, and a
+/// small buffer finds a client that stopped reading within seconds (then the write timeout
+/// drops it) instead of after the kernel's default ~200 KiB.
+const WATCH_SNDBUF: usize = 4096;
 
 /// Upper bounds (seconds) of the probe RTT histogram buckets.
 pub const RTT_BUCKETS: [f64; 10] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
@@ -92,7 +127,8 @@ impl Snapshot {
     }
 }
 
-fn snapshot(tx: &Sender<Event>) -> Result<Snapshot> {
+/// Takes a snapshot of the event loop's state.
+pub fn snapshot(tx: &Sender<Event>) -> Result<Snapshot> {
     let (reply, rx) = channel();
     tx.send(Event::Query(reply))
         .map_err(|_| anyhow::anyhow!("the daemon is stopping"))?;
@@ -100,30 +136,222 @@ fn snapshot(tx: &Sender<Event>) -> Result<Snapshot> {
         .context("the daemon did not answer")
 }
 
-/// Starts the control socket listener (root only: mode 0600).
-pub fn start_control(run_dir: &Path, tx: Sender<Event>) -> Result<()> {
+/// One `watch` client as the event loop holds it: a bounded queue. The loop only ever calls
+/// [`Subscriber::try_send`], so a slow client can never block it; a full queue drops the client.
+#[derive(Debug)]
+pub struct Subscriber {
+    tx: SyncSender<WatchEvent>,
+    overflowed: Arc<AtomicBool>,
+}
+
+impl Subscriber {
+    /// A subscriber and the receiving end its connection thread reads.
+    pub fn new() -> (Self, std::sync::mpsc::Receiver<WatchEvent>, Arc<AtomicBool>) {
+        let (tx, rx) = sync_channel(WATCH_QUEUE);
+        let overflowed = Arc::new(AtomicBool::new(false));
+        (
+            Self {
+                tx,
+                overflowed: overflowed.clone(),
+            },
+            rx,
+            overflowed,
+        )
+    }
+
+    /// Queues an event without blocking; an error means: drop this subscriber.
+    pub fn try_send(&self, ev: WatchEvent) -> std::result::Result<(), Dropped> {
+        match self.tx.try_send(ev) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => {
+                self.overflowed.store(true, Ordering::Release);
+                tracing::warn!(
+                    queued = WATCH_QUEUE,
+                    "watch client does not keep up: dropped"
+                );
+                Err(Dropped::TooSlow)
+            }
+            Err(TrySendError::Disconnected(_)) => Err(Dropped::Gone),
+        }
+    }
+}
+
+/// Why a subscriber is dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dropped {
+    /// Its queue was full.
+    TooSlow,
+    /// Its connection ended.
+    Gone,
+}
+
+/// Starts the control socket listener (mode 0600, or 0660 for `control_group`).
+pub fn start_control(run_dir: &Path, tx: Sender<Event>, control_group: Option<&str>) -> Result<()> {
     let path = control::socket_path(run_dir);
-    let _ = std::fs::remove_file(&path);
+    // Removes a stale socket, or a symlink planted at its name (not what it points to).
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("removing the old {}", path.display()))
+        }
+        _ => {}
+    }
+    // bind(2) creates the socket itself and never follows a symlink; with the umask the new
+    // socket is at most 0755, which nobody else can connect to, until it is restricted below.
     let listener =
         UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+    socket_access(run_dir, control_group)?;
+    listen::spawn(listener, CONTROL_LIMITS, Arc::new(Control { tx }))
+}
+
+/// Sets who can reach the control socket: root only (0600), or also `group` (0660, and the
+/// run directory 0710 with that group so members can reach the socket). Also called on reload.
+pub fn socket_access(run_dir: &Path, group: Option<&str>) -> Result<()> {
+    let path = control::socket_path(run_dir);
+    let gid = match group {
+        None => None,
+        Some(g) => Some(group_id(g)?),
+    };
+    // The run directory is ours alone (checked at start), so nothing can swap the socket for
+    // a symlink between this check and the chmod below.
+    let md = std::fs::symlink_metadata(&path)
+        .with_context(|| format!("inspecting {}", path.display()))?;
+    if !std::os::unix::fs::FileTypeExt::is_socket(&md.file_type()) {
+        anyhow::bail!("{} is not the daemon's socket", path.display());
+    }
+    if let Some(gid) = gid {
+        std::os::unix::fs::lchown(&path, None, Some(gid))
+            .with_context(|| format!("giving {} to group {gid}", path.display()))?;
+    }
+    let mode = if gid.is_some() { 0o660 } else { 0o600 };
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
         .with_context(|| format!("restricting {}", path.display()))?;
-    std::thread::Builder::new()
-        .name("control".into())
-        .spawn(move || {
-            for conn in listener.incoming().flatten() {
-                let tx = tx.clone();
-                let _ = std::thread::Builder::new()
-                    .name("control-conn".into())
-                    .spawn(move || {
-                        if let Err(e) = serve(conn, &tx) {
-                            tracing::debug!(error = %format!("{e:#}"), "control connection ended");
-                        }
-                    });
-            }
+    rundir::allow_group(run_dir, gid)
+}
+
+fn group_id(name: &str) -> Result<u32> {
+    match nix::unistd::Group::from_name(name) {
+        Ok(Some(g)) => Ok(g.gid.as_raw()),
+        Ok(None) => anyhow::bail!("daemon.control_group: no group named {name:?} on this system"),
+        Err(e) => anyhow::bail!("daemon.control_group: looking up group {name:?}: {e}"),
+    }
+}
+
+/// What a peer may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Full,
+    ReadOnly,
+    Denied,
+}
+
+/// The permission model (pure): root may do everything, members of the control group (by
+/// primary or supplementary gid) may read, everyone else nothing.
+pub fn access(uid: u32, gids: &[u32], control_gid: Option<u32>) -> Access {
+    if uid == 0 {
+        Access::Full
+    } else if control_gid.is_some_and(|g| gids.contains(&g)) {
+        Access::ReadOnly
+    } else {
+        Access::Denied
+    }
+}
+
+/// The supplementary groups in a `/proc/PID/status` text (`Groups:\t4 27 1000`).
+pub fn groups_from_status(text: &str) -> Vec<u32> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .map(|g| {
+            g.split_whitespace()
+                .filter_map(|n| n.parse().ok())
+                .collect()
         })
-        .context("starting the control thread")?;
-    Ok(())
+        .unwrap_or_default()
+}
+
+/// The peer's uid and all its gids. The groups come from the process itself (what `setpriv`
+/// or `newgrp` gave it), falling back to the group database for its user.
+fn peer_ids(s: &UnixStream) -> Option<(u32, Vec<u32>)> {
+    let cred = nix::sys::socket::getsockopt(s, nix::sys::socket::sockopt::PeerCredentials).ok()?;
+    let (uid, gid) = (cred.uid(), cred.gid());
+    let mut gids = vec![gid];
+    match std::fs::read_to_string(format!("/proc/{}/status", cred.pid())) {
+        Ok(text) => gids.extend(groups_from_status(&text)),
+        Err(_) => {
+            let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)).ok()??;
+            let name = std::ffi::CString::new(user.name).ok()?;
+            let all = nix::unistd::getgrouplist(&name, nix::unistd::Gid::from_raw(gid)).ok()?;
+            gids.extend(all.into_iter().map(|g| g.as_raw()));
+        }
+    }
+    Some((uid, gids))
+}
+
+/// Why a peer is refused, or `None` when it may make `request`.
+fn refused(s: &UnixStream, tx: &Sender<Event>, request: &Request) -> Result<Option<String>> {
+    let Some((uid, gids)) = peer_ids(s) else {
+        return Ok(Some("permission denied: cannot tell who is asking".into()));
+    };
+    if uid == 0 {
+        return Ok(None);
+    }
+    let group = snapshot(tx)?.cfg.daemon.control_group;
+    let gid = group.as_deref().and_then(|g| group_id(g).ok());
+    Ok(match access(uid, &gids, gid) {
+        Access::Full => None,
+        Access::ReadOnly if request.read_only() => None,
+        Access::ReadOnly => Some(format!(
+            "permission denied: uid {uid} may read (control_group {}) but changing an uplink needs root",
+            group.unwrap_or_default()
+        )),
+        Access::Denied => Some(format!(
+            "permission denied: uid {uid} is neither root nor in [daemon] control_group"
+        )),
+    })
+}
+
+/// The control socket's protocol: one JSON request line, JSON Lines back.
+struct Control {
+    tx: Sender<Event>,
+}
+
+impl Protocol<UnixStream> for Control {
+    fn name(&self) -> &'static str {
+        "control"
+    }
+
+    fn complete(&self, buf: &[u8]) -> Option<usize> {
+        buf.iter().position(|b| *b == b'\n').map(|i| i + 1)
+    }
+
+    fn refusal(&self, why: Refusal, limits: &Limits) -> Vec<u8> {
+        let msg = match why {
+            Refusal::TooLarge => {
+                format!("request too large: more than {} bytes", limits.max_request)
+            }
+            Refusal::Timeout => format!(
+                "bad request: no complete request line within {:?}",
+                limits.request_timeout
+            ),
+            Refusal::Busy => format!(
+                "busy: {} requests in progress (the limit); try again",
+                limits.max_active
+            ),
+            Refusal::Evicted => "busy: too many connections that send no request".to_string(),
+        };
+        let mut line = serde_json::to_string(&Response::<()>::err(msg)).unwrap_or_default();
+        line.push('\n');
+        line.into_bytes()
+    }
+
+    fn serve(&self, mut s: UnixStream, request: &[u8]) {
+        let r = match control::parse_request(request) {
+            Ok(env) => serve(&mut s, env, &self.tx),
+            Err(msg) => write_line::<()>(&mut s, &Response::err(msg)),
+        };
+        if let Err(e) = r {
+            tracing::debug!(error = %format!("{e:#}"), "control connection ended");
+        }
+    }
 }
 
 fn write_line<T: serde::Serialize>(s: &mut UnixStream, r: &Response<T>) -> Result<()> {
@@ -133,41 +361,27 @@ fn write_line<T: serde::Serialize>(s: &mut UnixStream, r: &Response<T>) -> Resul
     Ok(())
 }
 
-fn serve(mut s: UnixStream, tx: &Sender<Event>) -> Result<()> {
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut line = String::new();
-    BufReader::new(s.try_clone()?).read_line(&mut line)?;
-    let env: Envelope = match serde_json::from_str(&line) {
-        Ok(e) => e,
-        Err(e) => return write_line::<()>(&mut s, &Response::err(format!("bad request: {e}"))),
-    };
-    if env.version != control::VERSION {
-        return write_line::<()>(
-            &mut s,
-            &Response::err(format!(
-                "this daemon speaks control protocol {}, the request {}",
-                control::VERSION,
-                env.version
-            )),
-        );
+fn serve(s: &mut UnixStream, env: Envelope, tx: &Sender<Event>) -> Result<()> {
+    if let Some(why) = refused(s, tx, &env.request)? {
+        return write_line::<()>(s, &Response::err(why));
     }
     match env.request {
         Request::Status => {
             let snap = snapshot(tx)?;
-            write_line(&mut s, &Response::ok(status(&snap)))
+            write_line(s, &Response::ok(status(&snap)))
         }
         Request::Flows { uplink } => {
             let snap = snapshot(tx)?;
             match flows(&snap, uplink.as_deref()) {
-                Ok(f) => write_line(&mut s, &Response::ok(f)),
-                Err(e) => write_line::<()>(&mut s, &Response::err(format!("{e:#}"))),
+                Ok(f) => write_line(s, &Response::ok(f)),
+                Err(e) => write_line::<()>(s, &Response::err(format!("{e:#}"))),
             }
         }
         Request::Explain(q) => {
             let snap = snapshot(tx)?;
             match explain_query(&snap.cfg, &snap.states(), &q) {
-                Ok(e) => write_line(&mut s, &Response::ok(e)),
-                Err(e) => write_line::<()>(&mut s, &Response::err(e)),
+                Ok(e) => write_line(s, &Response::ok(e)),
+                Err(e) => write_line::<()>(s, &Response::err(e)),
             }
         }
         Request::Uplink { name, enable } => {
@@ -179,21 +393,56 @@ fn serve(mut s: UnixStream, tx: &Sender<Event>) -> Result<()> {
             })
             .map_err(|_| anyhow::anyhow!("the daemon is stopping"))?;
             match rx.recv_timeout(Duration::from_secs(10))? {
-                Ok(ack) => write_line(&mut s, &Response::ok(ack)),
-                Err(e) => write_line::<()>(&mut s, &Response::err(e)),
+                Ok(ack) => write_line(s, &Response::ok(ack)),
+                Err(e) => write_line::<()>(s, &Response::err(e)),
             }
         }
-        Request::Watch => {
-            // Bounded: a client that stops reading is dropped by the daemon, never waited for.
-            let (events, rx) = std::sync::mpsc::sync_channel(256);
-            tx.send(Event::Subscribe(events))
-                .map_err(|_| anyhow::anyhow!("the daemon is stopping"))?;
-            for ev in rx {
-                write_line::<WatchEvent>(&mut s, &Response::ok(ev))?;
+        Request::Watch => watch(s, tx),
+    }
+}
+
+/// Streams events until the client goes away, stops reading (the write timeout), falls
+/// `WATCH_QUEUE` events behind, or the daemon stops.
+fn watch(s: &mut UnixStream, tx: &Sender<Event>) -> Result<()> {
+    let _ = socket2::SockRef::from(&*s).set_send_buffer_size(WATCH_SNDBUF);
+    let (sub, rx, overflowed) = Subscriber::new();
+    tx.send(Event::Subscribe(sub))
+        .map_err(|_| anyhow::anyhow!("the daemon is stopping"))?;
+    for ev in rx {
+        if let Err(e) = write_line::<WatchEvent>(s, &Response::ok(ev)) {
+            if matches!(
+                e.downcast_ref::<std::io::Error>().map(|e| e.kind()),
+                Some(std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
+            ) {
+                tracing::warn!(
+                    timeout = ?CONTROL_LIMITS.write_timeout,
+                    "watch client stopped reading: dropped"
+                );
             }
-            Ok(())
+            return Err(e);
         }
     }
+    if overflowed.load(Ordering::Acquire) {
+        // Best effort: the client was too slow, so this may not fit either.
+        let why = format!("dropped: this client fell {WATCH_QUEUE} events behind");
+        return write_line::<()>(s, &Response::err(why));
+    }
+    Ok(())
+}
+
+/// Serialises the kernel reads of `status` and `/metrics`: at most one runs at a time, however
+/// many clients ask at once (each still gets its own fresh answer).
+static KERNEL_READS: Mutex<()> = Mutex::new(());
+
+fn kernel_counters(snap: &Snapshot) -> KernelCounters {
+    let _one = KERNEL_READS.lock().unwrap_or_else(|p| p.into_inner());
+    let start = Instant::now();
+    let k = read_counters(snap);
+    tracing::debug!(
+        took_ms = start.elapsed().as_millis() as u64,
+        "kernel counters read"
+    );
+    k
 }
 
 /// Reads an nft named counter / rule counters and interface statistics.
@@ -305,7 +554,7 @@ fn ms(d: Option<Duration>) -> Option<f64> {
 
 /// Builds `status` from a snapshot plus the kernel's counters.
 pub fn status(snap: &Snapshot) -> Status {
-    let k = read_counters(snap);
+    let k = kernel_counters(snap);
     let uplinks = snap
         .cfg
         .uplinks
@@ -429,7 +678,11 @@ pub fn flows(snap: &Snapshot, uplink: Option<&str>) -> Result<Vec<FlowInfo>> {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
-    let list: Vec<Flow> = conntrack::dump(filter).context("reading conntrack")?;
+    let list: Vec<Flow> = {
+        // A conntrack dump is a kernel read like the counters: one at a time.
+        let _one = KERNEL_READS.lock().unwrap_or_else(|p| p.into_inner());
+        conntrack::dump(filter).context("reading conntrack")?
+    };
     Ok(list
         .into_iter()
         .map(|f| FlowInfo {
@@ -519,255 +772,67 @@ pub fn explain_query(
 
 /// Starts the Prometheus endpoint on `addr` (`GET /metrics`).
 pub fn start_metrics(addr: std::net::SocketAddr, tx: Sender<Event>) -> Result<()> {
-    let listener = TcpListener::bind(addr).with_context(|| format!("binding metrics on {addr}"))?;
-    std::thread::Builder::new()
-        .name("metrics".into())
-        .spawn(move || {
-            for conn in listener.incoming().flatten() {
-                let tx = tx.clone();
-                let _ = std::thread::Builder::new()
-                    .name("metrics-conn".into())
-                    .spawn(move || {
-                        let _ = serve_metrics(conn, &tx);
-                    });
-            }
-        })
-        .context("starting the metrics thread")?;
-    Ok(())
-}
-
-fn serve_metrics(mut s: TcpStream, tx: &Sender<Event>) -> Result<()> {
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut buf = [0u8; 2048];
-    let n = s.read(&mut buf)?;
-    let req = String::from_utf8_lossy(&buf[..n]);
-    let path = req.split_whitespace().nth(1).unwrap_or("");
-    let (code, body, ctype) = if path == "/metrics" {
-        match snapshot(tx) {
-            Ok(snap) => (
-                "200 OK",
-                metrics(&snap),
-                "text/plain; version=0.0.4; charset=utf-8",
-            ),
-            Err(e) => ("503 Service Unavailable", format!("{e:#}\n"), "text/plain"),
-        }
-    } else {
-        ("404 Not Found", "see /metrics\n".to_string(), "text/plain")
+    let listener =
+        std::net::TcpListener::bind(addr).with_context(|| format!("binding metrics on {addr}"))?;
+    let proto = MetricsHttp {
+        tx,
+        cache: SingleFlight::new(super::metrics::CACHE_FOR),
     };
-    write!(
-        s,
-        "HTTP/1.1 {code}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    Ok(())
-}
-
-fn esc(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-/// Prometheus text format writer.
-#[derive(Default)]
-struct Exposition(String);
-
-impl Exposition {
-    fn family(&mut self, name: &str, kind: &str, help: &str) {
-        self.0
-            .push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
-    }
-    fn sample(&mut self, name: &str, labels: &str, value: impl std::fmt::Display) {
-        if labels.is_empty() {
-            self.0.push_str(&format!("{name} {value}\n"));
-        } else {
-            self.0.push_str(&format!("{name}{{{labels}}} {value}\n"));
-        }
-    }
-    /// A gauge or counter family with one sample per (labels, value).
-    fn simple(&mut self, name: &str, kind: &str, help: &str, samples: Vec<(String, String)>) {
-        self.family(name, kind, help);
-        for (l, v) in samples {
-            self.sample(name, &l, v);
-        }
-    }
+    listen::spawn(listener, METRICS_LIMITS, Arc::new(proto))
 }
 
 /// The Prometheus text exposition of a snapshot.
 pub fn metrics(snap: &Snapshot) -> String {
-    let st = status(snap);
-    let mut m = Exposition::default();
-    let u = |n: &str| format!("uplink=\"{}\"", esc(n));
-    m.simple(
-        "multiwan_uplink_up",
-        "gauge",
-        "Whether the uplink takes new connections (1) or not (0).",
-        st.uplinks
-            .iter()
-            .map(|x| (u(&x.name), u8::from(x.usable).to_string()))
-            .collect(),
-    );
-    m.simple(
-        "multiwan_uplink_state",
-        "gauge",
-        "The uplink's health state: 1 for the current one.",
-        st.uplinks
-            .iter()
-            .flat_map(|x| {
-                ["up", "degraded", "down"].map(|s| {
-                    (
-                        format!("{},state=\"{s}\"", u(&x.name)),
-                        u8::from(x.state == s).to_string(),
-                    )
-                })
-            })
-            .collect(),
-    );
-    m.simple(
-        "multiwan_uplink_share_ratio",
-        "gauge",
-        "Share of new connections the default policy gives the uplink.",
-        st.uplinks
-            .iter()
-            .map(|x| (u(&x.name), x.share.to_string()))
-            .collect(),
-    );
-    m.simple(
-        "multiwan_uplink_rtt_seconds",
-        "gauge",
-        "Average probe round-trip time over the window.",
-        st.uplinks
-            .iter()
-            .filter_map(|x| x.rtt_avg_ms.map(|r| (u(&x.name), (r / 1000.0).to_string())))
-            .collect(),
-    );
-    m.simple(
-        "multiwan_uplink_loss_ratio",
-        "gauge",
-        "Probe loss over the window (0..1).",
-        st.uplinks
-            .iter()
-            .map(|x| (u(&x.name), (x.loss_percent / 100.0).to_string()))
-            .collect(),
-    );
-    m.simple(
-        "multiwan_probes_total",
-        "counter",
-        "Probes sent, by result.",
-        snap.uplinks
-            .iter()
-            .flat_map(|(n, s)| {
-                [
-                    (
-                        format!("{},result=\"ok\"", u(n)),
-                        s.counters.probes_ok.to_string(),
-                    ),
-                    (
-                        format!("{},result=\"lost\"", u(n)),
-                        s.counters.probes_lost.to_string(),
-                    ),
-                ]
-            })
-            .collect(),
-    );
-    let h = "multiwan_probe_rtt_seconds";
-    m.family(h, "histogram", "Probe round-trip times.");
-    for (n, s) in &snap.uplinks {
-        for (i, le) in RTT_BUCKETS.iter().enumerate() {
-            m.sample(
-                &format!("{h}_bucket"),
-                &format!("{},le=\"{le}\"", u(n)),
-                s.counters.rtt_buckets[i],
-            );
-        }
-        m.sample(
-            &format!("{h}_bucket"),
-            &format!("{},le=\"+Inf\"", u(n)),
-            s.counters.probes_ok,
-        );
-        m.sample(&format!("{h}_sum"), &u(n), s.counters.rtt_sum);
-        m.sample(&format!("{h}_count"), &u(n), s.counters.probes_ok);
+    super::metrics::render(snap)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permissions_root_all_group_reads_others_nothing() {
+        assert_eq!(access(0, &[0], None), Access::Full);
+        assert_eq!(access(1000, &[1000, 27], Some(27)), Access::ReadOnly);
+        assert_eq!(access(1000, &[27], Some(27)), Access::ReadOnly);
+        assert_eq!(access(1000, &[1000, 4], Some(27)), Access::Denied);
+        assert_eq!(access(1000, &[1000], None), Access::Denied);
     }
-    m.simple(
-        "multiwan_uplink_transitions_total",
-        "counter",
-        "State transitions, by the state entered.",
-        snap.uplinks
-            .iter()
-            .flat_map(|(n, s)| {
-                ["up", "degraded", "down"].map(|to| {
-                    (
-                        format!("{},to=\"{to}\"", u(n)),
-                        s.counters
-                            .transitions
-                            .get(to)
-                            .copied()
-                            .unwrap_or(0)
-                            .to_string(),
-                    )
-                })
-            })
-            .collect(),
-    );
-    m.simple(
-        "multiwan_uplink_last_failover_seconds",
-        "gauge",
-        "For the last failover: seconds from the first failed probe round to the kernel update.",
-        snap.uplinks
-            .iter()
-            .filter_map(|(n, s)| s.counters.last_failover_s.map(|f| (u(n), f.to_string())))
-            .collect(),
-    );
-    m.simple(
-        "multiwan_uplink_connections",
-        "gauge",
-        "Live connections (conntrack entries) on the uplink.",
-        st.uplinks
-            .iter()
-            .map(|x| (u(&x.name), x.connections.to_string()))
-            .collect(),
-    );
-    m.simple(
-        "multiwan_uplink_new_connections_total",
-        "counter",
-        "New connections assigned to the uplink since the ruleset was loaded.",
-        st.uplinks
-            .iter()
-            .map(|x| (u(&x.name), x.new_connections.to_string()))
-            .collect(),
-    );
-    m.simple(
-        "multiwan_uplink_receive_bytes_total",
-        "counter",
-        "Bytes received on the uplink's interface.",
-        st.uplinks
-            .iter()
-            .map(|x| (u(&x.name), x.bytes_in.to_string()))
-            .collect(),
-    );
-    m.simple(
-        "multiwan_uplink_transmit_bytes_total",
-        "counter",
-        "Bytes sent on the uplink's interface.",
-        st.uplinks
-            .iter()
-            .map(|x| (u(&x.name), x.bytes_out.to_string()))
-            .collect(),
-    );
-    m.simple(
-        "multiwan_rule_hits_total",
-        "counter",
-        "New connections that matched the rule.",
-        st.rules
-            .iter()
-            .map(|r| (format!("rule=\"{}\"", esc(&r.name)), r.hits.to_string()))
-            .collect(),
-    );
-    m.simple(
-        "multiwan_reconciles_total",
-        "counter",
-        "Kernel updates made by the daemon.",
-        vec![(String::new(), st.reconciles.to_string())],
-    );
-    m.0
+
+    #[test]
+    fn supplementary_groups_are_read_from_proc_status() {
+        let text = "Name:\tbash\nUid:\t1000\t1000\t1000\t1000\nGroups:\t4 27 1000 \nNgid:\t0\n";
+        assert_eq!(groups_from_status(text), vec![4, 27, 1000]);
+        assert_eq!(groups_from_status("Groups:\t\n"), Vec::<u32>::new());
+        let own = std::fs::read_to_string("/proc/self/status").expect("status");
+        assert_eq!(
+            groups_from_status(&own),
+            nix::unistd::getgroups()
+                .expect("groups")
+                .into_iter()
+                .map(|g| g.as_raw())
+                .collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn a_full_watch_queue_drops_the_subscriber_and_says_so() {
+        let (sub, rx, overflowed) = Subscriber::new();
+        let ev = WatchEvent::Probes {
+            time_ms: 0,
+            uplink: "isp1".into(),
+            state: "up".into(),
+            rtt_last_ms: None,
+            rtt_avg_ms: None,
+            loss_percent: 0.0,
+        };
+        for _ in 0..WATCH_QUEUE {
+            sub.try_send(ev.clone()).expect("room");
+        }
+        assert!(!overflowed.load(Ordering::Acquire));
+        assert_eq!(sub.try_send(ev.clone()), Err(Dropped::TooSlow));
+        assert!(overflowed.load(Ordering::Acquire));
+        drop(rx);
+        assert_eq!(sub.try_send(ev), Err(Dropped::Gone));
+    }
 }

@@ -22,9 +22,7 @@ pub mod sysctl;
 pub mod fake;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write as _;
 use std::net::Ipv4Addr;
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -91,29 +89,6 @@ pub fn netns_id() -> Result<String> {
         .collect())
 }
 
-/// Writes `path` (inside `dir`) atomically, mode 0600, never through a symlink: a fresh
-/// temporary file created exclusively, then renamed over the target.
-pub fn write_private(dir: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let name = path
-        .file_name()
-        .ok_or_else(|| anyhow!("{} has no file name", path.display()))?
-        .to_string_lossy()
-        .into_owned();
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(nix::libc::O_NOFOLLOW)
-        .open(&tmp)
-        .with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(bytes)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))
-}
-
 /// multiwan's state as installed.
 #[derive(Debug, Clone, Default)]
 struct Installed {
@@ -154,7 +129,10 @@ impl System {
     /// Opens netlink sockets in the current namespace; `run_dir` keeps the saved sysctls and
     /// the last loaded ruleset.
     pub fn open(run_dir: &Path) -> Result<Self> {
-        let known_good = std::fs::read_to_string(ruleset_path(run_dir)?).ok();
+        let known_good = crate::rundir::read_file(run_dir, &ruleset_name()?)
+            .ok()
+            .flatten()
+            .and_then(|b| String::from_utf8(b).ok());
         Ok(Self {
             run_dir: run_dir.to_path_buf(),
             rt: Rtnl::open()?,
@@ -424,8 +402,8 @@ fn previous_policy(p: &PolicyMap, s: &PolicyState) -> PolicyMap {
     prev
 }
 
-fn ruleset_path(run_dir: &Path) -> Result<PathBuf> {
-    Ok(run_dir.join(format!("ruleset-netns{}.nft", netns_id()?)))
+fn ruleset_name() -> Result<String> {
+    Ok(format!("ruleset-netns{}.nft", netns_id()?))
 }
 
 fn describe_route(
@@ -523,11 +501,13 @@ impl Kernel for System {
                 sysctl::save(&self.run_dir, &changed)?;
                 if report.nft_replaced {
                     let text = plan.nft_transaction();
-                    write_private(
+                    crate::rundir::prepare(&self.run_dir)?;
+                    crate::rundir::write_file_atomic(
                         &self.run_dir,
-                        &ruleset_path(&self.run_dir)?,
+                        &ruleset_name()?,
                         text.as_bytes(),
-                    )?;
+                    )
+                    .context("saving the loaded ruleset")?;
                     self.known_good = Some(text);
                 }
                 self.tables = Some(plan.routes.iter().map(|r| r.table).collect());
@@ -574,7 +554,7 @@ impl Kernel for System {
             report.routes_removed += 1;
         }
         report.sysctls_restored = sysctl::restore_saved(&self.run_dir)?;
-        let saved = ruleset_path(&self.run_dir)?;
+        let saved = self.run_dir.join(ruleset_name()?);
         if saved.exists() {
             std::fs::remove_file(&saved)
                 .with_context(|| format!("removing {}", saved.display()))?;

@@ -4,7 +4,7 @@
 //! the few keys multiwan may set — a tampered state file cannot make `down` write elsewhere.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{anyhow, Context, Result};
 use multiwan_core::plan::{sysctl_path, Sysctl};
@@ -59,20 +59,22 @@ pub fn restore(previous: &[(String, String)]) {
 
 /// Saved original values, keyed by network namespace so several namespaces sharing `/run`
 /// never mix their state.
-fn state_path(run_dir: &Path) -> Result<PathBuf> {
-    Ok(run_dir.join(format!("sysctl-saved-netns{}.json", super::netns_id()?)))
+fn state_name() -> Result<String> {
+    Ok(format!("sysctl-saved-netns{}.json", super::netns_id()?))
 }
 
 /// Reads the saved values: key → value. Older files stored `[path, value]` pairs; the path is
 /// ignored.
-fn load(path: &Path) -> Result<BTreeMap<String, String>> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+fn load(run_dir: &Path, name: &str) -> Result<BTreeMap<String, String>> {
+    let path = run_dir.join(name);
+    let text = match crate::rundir::read_file(run_dir, name)
+        .with_context(|| format!("reading {}", path.display()))?
+    {
+        Some(t) => t,
+        None => return Ok(BTreeMap::new()),
     };
     let v: BTreeMap<String, Value> =
-        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        serde_json::from_slice(&text).with_context(|| format!("parsing {}", path.display()))?;
     let mut out = BTreeMap::new();
     for (k, v) in v {
         let value = match &v {
@@ -95,22 +97,25 @@ pub fn save(run_dir: &Path, changed: &[(String, String)]) -> Result<()> {
     if changed.is_empty() {
         return Ok(());
     }
-    let path = state_path(run_dir)?;
-    let mut saved = load(&path)?;
+    let name = state_name()?;
+    let mut saved = load(run_dir, &name)?;
     for (k, v) in changed {
         saved.entry(k.clone()).or_insert_with(|| v.clone());
     }
-    super::write_private(
+    crate::rundir::prepare(run_dir)?;
+    crate::rundir::write_file_atomic(
         run_dir,
-        &path,
+        &name,
         serde_json::to_string_pretty(&saved)?.as_bytes(),
     )
+    .with_context(|| format!("saving the replaced sysctls in {}", run_dir.display()))
 }
 
 /// Restores every saved value whose key still exists and forgets them; returns how many.
 pub fn restore_saved(run_dir: &Path) -> Result<usize> {
-    let path = state_path(run_dir)?;
-    let saved = load(&path)?;
+    let name = state_name()?;
+    let path = run_dir.join(&name);
+    let saved = load(run_dir, &name)?;
     let mut n = 0;
     for (key, value) in &saved {
         // An interface may be gone by now; its sysctl went with it. Unknown keys are refused.
