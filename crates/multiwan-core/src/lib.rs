@@ -16,5 +16,5 @@ pub mod rounds;
 #[doc(hidden)]
 pub mod testkit;
 
-pub use model::{load, Config, ConfigError, Diagnostic};
+pub use model::{load, Config, ConfigError, Diagnostic, Source};
 pub use plan::{plan, Facts, Plan};
