@@ -275,6 +275,22 @@ impl Validator<'_> {
                 return None;
             }
         }
+        if let (Some(m), Some(v)) = (max_rtt, c.str("max_rtt")) {
+            // The average RTT is over answered probes, and an answer after the timeout is a
+            // loss: a limit at or above the timeout would never trigger.
+            if m >= t.timeout {
+                self.push(
+                    v.span(),
+                    &t.key("max_rtt"),
+                    format!(
+                        "max_rtt {} can never be exceeded: answers later than timeout ({}) count as lost, not slow; lower max_rtt or raise timeout",
+                        Human(m),
+                        Human(t.timeout)
+                    ),
+                );
+                return None;
+            }
+        }
         if let (Some(m), Some(r), Some(v)) = (max_rtt, recover_rtt, c.str("recover_rtt")) {
             if r > m {
                 self.push(

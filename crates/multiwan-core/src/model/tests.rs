@@ -437,7 +437,8 @@ fn check_timing_is_bounded_with_reasons() {
         ("interval = \"1m\"\nup_after = 11", "uplink[0].check.up_after: a recovered uplink would come back only after up_after × interval = 11 × 1m = 11m, more than 10m"),
         ("interval = \"1s\"\nmax_loss = 10\nwindow = \"500ms\"", "uplink[0].check.window: window 500ms is shorter than interval 1s"),
         ("interval = \"20s\"\nmax_loss = 10", "uplink[0].check.interval: window 10s (the default) is shorter than interval 20s"),
-        ("interval = \"10ms\"\nmax_rtt = \"100ms\"\nwindow = \"2m\"", "uplink[0].check.window: window 2m holds 12000 rounds of 10ms; at most 10000 are kept"),
+        ("max_rtt = \"200ms\"", "uplink[0].check.max_rtt: max_rtt 200ms can never be exceeded: answers later than timeout (200ms) count as lost"),
+        ("interval = \"10ms\"\nmax_rtt = \"50ms\"\nwindow = \"2m\"", "uplink[0].check.window: window 2m holds 12000 rounds of 10ms; at most 10000 are kept"),
     ];
     for (check, want) in cases {
         let e = errs(&with_check(check));
