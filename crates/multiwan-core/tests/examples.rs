@@ -123,3 +123,23 @@ fn every_example_rejects_an_unknown_key_in_every_table() {
         assert_eq!(got, expect(&all), "{name}: {err}");
     }
 }
+
+#[test]
+fn the_readme_configuration_reference_is_a_valid_config() {
+    let readme =
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../README.md"))
+            .expect("README.md");
+    let section = readme
+        .split("## Configuration reference")
+        .nth(1)
+        .expect("a configuration reference");
+    let block = section
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("a toml block");
+    let cfg = load("README.md", block).unwrap_or_else(|e| panic!("README reference:\n{e}"));
+    // It shows every section.
+    assert!(cfg.daemon.control_group.is_some() && cfg.daemon.metrics.is_some());
+    assert!(!cfg.rules.is_empty() && cfg.uplinks[0].check.quality.is_some());
+}
