@@ -1,18 +1,205 @@
-//! The config file as written: TOML deserialised into raw structs that keep every value's
-//! byte span, so validation can point at `file:line:col`. Unknown keys are rejected here.
+//! The config file as written: [`SCHEMA`], the one list of every section and key with its
+//! type, and a walk of the parsed TOML document against it. The walk keeps every value's byte
+//! span (so validation can point at `file:line:col`) and reports *every* unknown key and
+//! wrongly typed value in one pass, each with a closest-key suggestion.
 //!
-//! Nothing is interpreted in this module; [`crate::model`] turns these structs into the
-//! validated domain model.
+//! Nothing is interpreted here; [`crate::model`] turns the [`Table`]s into the validated
+//! domain model. To add a key, add one line to its section below and read it in the model.
 
-use serde::Deserialize;
-use toml::Spanned;
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
+
+use toml_edit::{Item, TableLike};
+
+/// The type a key's value must have.
+#[derive(Debug, Clone, Copy)]
+pub enum Kind {
+    /// `"text"`
+    Str,
+    /// `42`
+    Int,
+    /// `true`
+    Bool,
+    /// `20` or `2.5`
+    Number,
+    /// `80` or `"8000-8080"` (ports, masks, listen addresses)
+    IntOrStr,
+    /// `["a", "b"]`
+    StrList,
+    /// `[80, "8000-8080"]`
+    IntOrStrList,
+    /// `[section]` (or an inline table)
+    Table(&'static Section),
+    /// `[[section]]` (or an array of inline tables)
+    Tables(&'static Section),
+}
+
+impl Kind {
+    fn expected(self) -> &'static str {
+        match self {
+            Kind::Str => "a string",
+            Kind::Int => "an integer",
+            Kind::Bool => "true or false",
+            Kind::Number => "a number",
+            Kind::IntOrStr => "a number or a string",
+            Kind::StrList => "a list of strings such as [\"a\", \"b\"]",
+            Kind::IntOrStrList => "a list of numbers or strings such as [80, \"8000-8080\"]",
+            Kind::Table(_) => "a table",
+            Kind::Tables(_) => "an array of tables ([[...]])",
+        }
+    }
+}
+
+/// One key of a section.
+#[derive(Debug)]
+pub struct Field {
+    pub name: &'static str,
+    pub kind: Kind,
+}
+
+/// A section of the file: the keys it may hold.
+#[derive(Debug)]
+pub struct Section {
+    /// How messages name it (`[uplink.check]`).
+    pub title: &'static str,
+    pub fields: &'static [Field],
+}
+
+impl Section {
+    fn field(&self, name: &str) -> Option<&'static Field> {
+        self.fields.iter().find(|f| f.name == name)
+    }
+}
+
+const fn f(name: &'static str, kind: Kind) -> Field {
+    Field { name, kind }
+}
+
+/// The whole file: every section and key multiwan knows. Anything else is an error.
+pub static SCHEMA: Section = Section {
+    title: "the top level",
+    fields: &[
+        f("daemon", Kind::Table(&DAEMON)),
+        f("lan", Kind::Table(&LAN)),
+        f("uplink", Kind::Tables(&UPLINK)),
+        f("balance", Kind::Table(&BALANCE)),
+        f("rule", Kind::Tables(&RULE)),
+        f("kernel", Kind::Table(&KERNEL)),
+    ],
+};
+
+/// `[daemon]`
+pub static DAEMON: Section = Section {
+    title: "[daemon]",
+    fields: &[
+        f("hook", Kind::Str),
+        f("metrics", Kind::IntOrStr),
+        f("control_group", Kind::Str),
+    ],
+};
+
+/// `[lan]`
+pub static LAN: Section = Section {
+    title: "[lan]",
+    fields: &[f("interfaces", Kind::StrList)],
+};
+
+/// `[[uplink]]`
+pub static UPLINK: Section = Section {
+    title: "[[uplink]]",
+    fields: &[
+        f("name", Kind::Str),
+        f("interface", Kind::Str),
+        f("gateway", Kind::Str),
+        f("weight", Kind::Int),
+        f("tier", Kind::Int),
+        f("snat", Kind::Str),
+        f("check", Kind::Table(&CHECK)),
+    ],
+};
+
+/// `[uplink.check]`
+pub static CHECK: Section = Section {
+    title: "[uplink.check]",
+    fields: &[
+        f("targets", Kind::StrList),
+        f("method", Kind::Str),
+        f("interval", Kind::Str),
+        f("timeout", Kind::Str),
+        f("down_after", Kind::Int),
+        f("up_after", Kind::Int),
+        f("min_targets", Kind::Int),
+        f("max_loss", Kind::Number),
+        f("max_rtt", Kind::Str),
+        f("recover_loss", Kind::Number),
+        f("recover_rtt", Kind::Str),
+        f("window", Kind::Str),
+    ],
+};
+
+/// `[balance]`
+pub static BALANCE: Section = Section {
+    title: "[balance]",
+    fields: &[
+        f("method", Kind::Str),
+        f("local", Kind::Bool),
+        f("when_all_down", Kind::Str),
+        f("on_uplink_down", Kind::Str),
+    ],
+};
+
+/// `[[rule]]`
+pub static RULE: Section = Section {
+    title: "[[rule]]",
+    fields: &[
+        f("name", Kind::Str),
+        f("src", Kind::StrList),
+        f("dst", Kind::StrList),
+        f("proto", Kind::Str),
+        f("sport", Kind::IntOrStrList),
+        f("dport", Kind::IntOrStrList),
+        f("uplinks", Kind::StrList),
+        f("mode", Kind::Str),
+    ],
+};
+
+/// `[kernel]`: the resources multiwan owns, so it can coexist with other fwmark users.
+pub static KERNEL: Section = Section {
+    title: "[kernel]",
+    fields: &[
+        f("mark_mask", Kind::IntOrStr),
+        f("table_base", Kind::Int),
+        f("rule_priority", Kind::Int),
+    ],
+};
+
+/// A value with the byte range it occupies in the file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Spanned<T> {
+    span: Range<usize>,
+    value: T,
+}
+
+impl<T> Spanned<T> {
+    pub fn new(span: Range<usize>, value: T) -> Self {
+        Self { span, value }
+    }
+    pub fn span(&self) -> Range<usize> {
+        self.span.clone()
+    }
+    pub fn get_ref(&self) -> &T {
+        &self.value
+    }
+    pub fn into_inner(self) -> T {
+        self.value
+    }
+}
 
 /// A list of strings, with spans for the list and each element.
 pub type SpannedList = Spanned<Vec<Spanned<String>>>;
 
 /// A value that users may write as a number or as a string (`80` or `"8000-8080"`).
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(untagged)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum NumOrStr {
     Num(i64),
     Str(String),
@@ -29,8 +216,7 @@ impl NumOrStr {
 }
 
 /// A number written as an integer or a float (`20` or `2.5`).
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
-#[serde(untagged)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum RawNumber {
     Int(i64),
     Float(f64),
@@ -46,101 +232,446 @@ impl RawNumber {
     }
 }
 
-/// The whole file.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawConfig {
-    pub daemon: Option<Spanned<RawDaemon>>,
-    pub lan: Option<Spanned<RawLan>>,
-    #[serde(default)]
-    pub uplink: Vec<Spanned<RawUplink>>,
-    pub balance: Option<Spanned<RawBalance>>,
-    #[serde(default)]
-    pub rule: Vec<Spanned<RawRule>>,
-    pub kernel: Option<Spanned<RawKernel>>,
+/// A value of the type its [`Kind`] demands.
+#[derive(Debug, Clone, PartialEq)]
+enum Value {
+    Str(Spanned<String>),
+    Int(Spanned<i64>),
+    Bool(Spanned<bool>),
+    Number(Spanned<RawNumber>),
+    IntOrStr(Spanned<NumOrStr>),
+    StrList(SpannedList),
+    IntOrStrList(Spanned<Vec<Spanned<NumOrStr>>>),
+    Table(Spanned<Table>),
+    Tables(Vec<Spanned<Table>>),
 }
 
-/// `[daemon]`
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawDaemon {
-    pub hook: Option<Spanned<String>>,
-    pub metrics: Option<Spanned<NumOrStr>>,
-    pub control_group: Option<Spanned<String>>,
+/// One section as written: its known, correctly typed keys. Keys that were unknown or had
+/// the wrong type are absent (and were reported).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Table {
+    entries: BTreeMap<&'static str, Value>,
 }
 
-/// `[lan]`
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawLan {
-    pub interfaces: Option<SpannedList>,
+impl Table {
+    pub fn str(&self, key: &str) -> Option<&Spanned<String>> {
+        match self.entries.get(key)? {
+            Value::Str(v) => Some(v),
+            _ => None,
+        }
+    }
+    pub fn int(&self, key: &str) -> Option<&Spanned<i64>> {
+        match self.entries.get(key)? {
+            Value::Int(v) => Some(v),
+            _ => None,
+        }
+    }
+    pub fn bool(&self, key: &str) -> Option<&Spanned<bool>> {
+        match self.entries.get(key)? {
+            Value::Bool(v) => Some(v),
+            _ => None,
+        }
+    }
+    pub fn number(&self, key: &str) -> Option<&Spanned<RawNumber>> {
+        match self.entries.get(key)? {
+            Value::Number(v) => Some(v),
+            _ => None,
+        }
+    }
+    pub fn int_or_str(&self, key: &str) -> Option<&Spanned<NumOrStr>> {
+        match self.entries.get(key)? {
+            Value::IntOrStr(v) => Some(v),
+            _ => None,
+        }
+    }
+    pub fn str_list(&self, key: &str) -> Option<&SpannedList> {
+        match self.entries.get(key)? {
+            Value::StrList(v) => Some(v),
+            _ => None,
+        }
+    }
+    pub fn int_or_str_list(&self, key: &str) -> Option<&Spanned<Vec<Spanned<NumOrStr>>>> {
+        match self.entries.get(key)? {
+            Value::IntOrStrList(v) => Some(v),
+            _ => None,
+        }
+    }
+    pub fn table(&self, key: &str) -> Option<&Spanned<Table>> {
+        match self.entries.get(key)? {
+            Value::Table(v) => Some(v),
+            _ => None,
+        }
+    }
+    /// The tables of `[[key]]`, in file order (none when absent).
+    pub fn tables(&self, key: &str) -> &[Spanned<Table>] {
+        match self.entries.get(key) {
+            Some(Value::Tables(v)) => v,
+            _ => &[],
+        }
+    }
 }
 
-/// `[[uplink]]`
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawUplink {
-    pub name: Option<Spanned<String>>,
-    pub interface: Option<Spanned<String>>,
-    pub gateway: Option<Spanned<String>>,
-    pub weight: Option<Spanned<i64>>,
-    pub tier: Option<Spanned<i64>>,
-    pub snat: Option<Spanned<String>>,
-    pub check: Option<Spanned<RawCheck>>,
+/// A problem found while walking the document against the schema.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub span: Range<usize>,
+    /// Key path such as `uplink[1].gatway`.
+    pub key: String,
+    pub message: String,
 }
 
-/// `[uplink.check]`
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawCheck {
-    pub targets: Option<SpannedList>,
-    pub method: Option<Spanned<String>>,
-    pub interval: Option<Spanned<String>>,
-    pub timeout: Option<Spanned<String>>,
-    pub down_after: Option<Spanned<i64>>,
-    pub up_after: Option<Spanned<i64>>,
-    pub min_targets: Option<Spanned<i64>>,
-    pub max_loss: Option<Spanned<RawNumber>>,
-    pub max_rtt: Option<Spanned<String>>,
-    pub recover_loss: Option<Spanned<RawNumber>>,
-    pub recover_rtt: Option<Spanned<String>>,
-    pub window: Option<Spanned<String>>,
+/// The document walked against [`SCHEMA`].
+#[derive(Debug, Clone, Default)]
+pub struct Parsed {
+    pub root: Table,
+    /// Unknown keys and wrongly typed values, in file order.
+    pub problems: Vec<Problem>,
+    /// Key paths whose value was rejected: validation must not report them again (as
+    /// "missing", say).
+    pub rejected: BTreeSet<String>,
 }
 
-/// `[balance]`
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawBalance {
-    pub method: Option<Spanned<String>>,
-    pub local: Option<Spanned<bool>>,
-    pub when_all_down: Option<Spanned<String>>,
-    pub on_uplink_down: Option<Spanned<String>>,
+/// The file could not be parsed as TOML at all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyntaxError {
+    pub span: Range<usize>,
+    pub message: String,
 }
 
-/// `[[rule]]`
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawRule {
-    pub name: Option<Spanned<String>>,
-    pub src: Option<SpannedList>,
-    pub dst: Option<SpannedList>,
-    pub proto: Option<Spanned<String>>,
-    pub sport: Option<Spanned<Vec<Spanned<NumOrStr>>>>,
-    pub dport: Option<Spanned<Vec<Spanned<NumOrStr>>>>,
-    pub uplinks: Option<SpannedList>,
-    pub mode: Option<Spanned<String>>,
+/// Parses TOML text and walks it against [`SCHEMA`].
+pub fn parse(text: &str) -> Result<Parsed, SyntaxError> {
+    let doc = toml_edit::ImDocument::parse(text).map_err(|e| SyntaxError {
+        span: e.span().unwrap_or(0..0),
+        message: e.message().trim().to_string(),
+    })?;
+    let mut walk = Walk::default();
+    let root = walk.table(&SCHEMA, doc.as_table(), "", 0..0);
+    walk.problems.sort_by_key(|p| p.span.start);
+    Ok(Parsed {
+        root,
+        problems: walk.problems,
+        rejected: walk.rejected,
+    })
 }
 
-/// `[kernel]`: the resources multiwan owns, so it can coexist with other fwmark users.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawKernel {
-    pub mark_mask: Option<Spanned<NumOrStr>>,
-    pub table_base: Option<Spanned<i64>>,
-    pub rule_priority: Option<Spanned<i64>>,
+#[derive(Default)]
+struct Walk {
+    problems: Vec<Problem>,
+    rejected: BTreeSet<String>,
 }
 
-/// Parses TOML text into the raw structs. Errors carry a byte span when toml knows one.
-pub fn parse(text: &str) -> Result<RawConfig, toml::de::Error> {
-    toml::from_str(text)
+fn join(prefix: &str, key: &str) -> String {
+    if prefix.is_empty() {
+        key.to_string()
+    } else {
+        format!("{prefix}.{key}")
+    }
+}
+
+/// What the user wrote, for messages.
+fn written(item: &Item) -> &'static str {
+    match item {
+        Item::None => "nothing",
+        Item::Value(v) => match v {
+            toml_edit::Value::String(_) => "a string",
+            toml_edit::Value::Integer(_) => "an integer",
+            toml_edit::Value::Float(_) => "a float",
+            toml_edit::Value::Boolean(_) => "a boolean",
+            toml_edit::Value::Datetime(_) => "a date-time",
+            toml_edit::Value::Array(_) => "an array",
+            toml_edit::Value::InlineTable(_) => "an inline table",
+        },
+        Item::Table(_) => "a table",
+        Item::ArrayOfTables(_) => "an array of tables",
+    }
+}
+
+impl Walk {
+    fn table(
+        &mut self,
+        section: &'static Section,
+        t: &dyn TableLike,
+        path: &str,
+        fallback: Range<usize>,
+    ) -> Table {
+        let mut out = Table::default();
+        for (key, item) in t.iter() {
+            let key_span = t.key(key).and_then(|k| k.span());
+            let value_span = item.span().or_else(|| key_span.clone());
+            let key_span = key_span
+                .or_else(|| value_span.clone())
+                .unwrap_or(fallback.clone());
+            let value_span = value_span.unwrap_or(key_span.clone());
+            let full = join(path, key);
+            let Some(field) = section.field(key) else {
+                self.problems.push(Problem {
+                    span: key_span,
+                    key: full,
+                    message: unknown_key_message(section, key),
+                });
+                continue;
+            };
+            match self.value(field.kind, item, &full, value_span.clone()) {
+                Some(v) => {
+                    out.entries.insert(field.name, v);
+                }
+                None => {
+                    self.rejected.insert(full);
+                }
+            }
+        }
+        out
+    }
+
+    /// Converts `item` to `kind`; `None` (and a reported problem) when it has another type.
+    fn value(&mut self, kind: Kind, item: &Item, path: &str, span: Range<usize>) -> Option<Value> {
+        let scalar = item.as_value();
+        let converted = match kind {
+            Kind::Str => scalar
+                .and_then(|v| v.as_str())
+                .map(|s| Value::Str(Spanned::new(span.clone(), s.to_string()))),
+            Kind::Int => scalar
+                .and_then(|v| v.as_integer())
+                .map(|n| Value::Int(Spanned::new(span.clone(), n))),
+            Kind::Bool => scalar
+                .and_then(|v| v.as_bool())
+                .map(|b| Value::Bool(Spanned::new(span.clone(), b))),
+            Kind::Number => scalar
+                .and_then(number)
+                .map(|n| Value::Number(Spanned::new(span.clone(), n))),
+            Kind::IntOrStr => scalar
+                .and_then(num_or_str)
+                .map(|n| Value::IntOrStr(Spanned::new(span.clone(), n))),
+            Kind::StrList => {
+                return self
+                    .list(item, path, span, kind, |v| v.as_str().map(str::to_string))
+                    .map(Value::StrList)
+            }
+            Kind::IntOrStrList => {
+                return self
+                    .list(item, path, span, kind, num_or_str)
+                    .map(Value::IntOrStrList)
+            }
+            Kind::Table(section) => item.as_table_like().map(|t| {
+                Value::Table(Spanned::new(
+                    span.clone(),
+                    self.table(section, t, path, span.clone()),
+                ))
+            }),
+            Kind::Tables(section) => {
+                return self.tables(section, item, path, span).map(Value::Tables)
+            }
+        };
+        if converted.is_none() {
+            self.problems.push(Problem {
+                span,
+                key: path.to_string(),
+                message: format!("expected {}, found {}", kind.expected(), written(item)),
+            });
+        }
+        converted
+    }
+
+    /// A list whose every element converts with `elem`; one bad element rejects the list.
+    fn list<T>(
+        &mut self,
+        item: &Item,
+        path: &str,
+        span: Range<usize>,
+        kind: Kind,
+        elem: impl Fn(&toml_edit::Value) -> Option<T>,
+    ) -> Option<Spanned<Vec<Spanned<T>>>> {
+        let Some(arr) = item.as_array() else {
+            self.problems.push(Problem {
+                span,
+                key: path.to_string(),
+                message: format!("expected {}, found {}", kind.expected(), written(item)),
+            });
+            return None;
+        };
+        let mut out = Vec::new();
+        let mut ok = true;
+        for (i, v) in arr.iter().enumerate() {
+            let vspan = v.span().unwrap_or(span.clone());
+            match elem(v) {
+                Some(x) => out.push(Spanned::new(vspan, x)),
+                None => {
+                    let what = written(&Item::Value(v.clone()));
+                    self.problems.push(Problem {
+                        span: vspan,
+                        key: format!("{path}[{i}]"),
+                        message: format!("expected {}, found {what}", element(kind)),
+                    });
+                    ok = false;
+                }
+            }
+        }
+        ok.then(|| Spanned::new(span, out))
+    }
+
+    /// `[[section]]`, or an array of inline tables.
+    fn tables(
+        &mut self,
+        section: &'static Section,
+        item: &Item,
+        path: &str,
+        span: Range<usize>,
+    ) -> Option<Vec<Spanned<Table>>> {
+        let mut out = Vec::new();
+        if let Some(aot) = item.as_array_of_tables() {
+            for (i, t) in aot.iter().enumerate() {
+                let tspan = t.span().unwrap_or(span.clone());
+                let table = self.table(section, t, &format!("{path}[{i}]"), tspan.clone());
+                out.push(Spanned::new(tspan, table));
+            }
+            return Some(out);
+        }
+        let arr = item
+            .as_array()
+            .filter(|a| a.iter().all(|v| v.is_inline_table()));
+        let Some(arr) = arr else {
+            self.problems.push(Problem {
+                span,
+                key: path.to_string(),
+                message: format!(
+                    "expected {}, found {}",
+                    Kind::Tables(section).expected(),
+                    written(item)
+                ),
+            });
+            return None;
+        };
+        for (i, v) in arr.iter().enumerate() {
+            let tspan = v.span().unwrap_or(span.clone());
+            if let Some(t) = v.as_inline_table() {
+                let table = self.table(section, t, &format!("{path}[{i}]"), tspan.clone());
+                out.push(Spanned::new(tspan, table));
+            }
+        }
+        Some(out)
+    }
+}
+
+fn element(kind: Kind) -> &'static str {
+    match kind {
+        Kind::IntOrStrList => "a number or a string",
+        _ => "a string",
+    }
+}
+
+fn number(v: &toml_edit::Value) -> Option<RawNumber> {
+    v.as_integer()
+        .map(RawNumber::Int)
+        .or_else(|| v.as_float().map(RawNumber::Float))
+}
+
+fn num_or_str(v: &toml_edit::Value) -> Option<NumOrStr> {
+    v.as_integer()
+        .map(NumOrStr::Num)
+        .or_else(|| v.as_str().map(|s| NumOrStr::Str(s.to_string())))
+}
+
+/// "unknown key; did you mean `gateway`?", or where the key belongs, or what is known here.
+fn unknown_key_message(section: &Section, key: &str) -> String {
+    if let Some(best) = closest(key, section.fields.iter().map(|f| f.name)) {
+        return format!("unknown key; did you mean `{best}`?");
+    }
+    if let Some(home) = home_of(&SCHEMA, key, section) {
+        return format!(
+            "unknown key in {}; `{key}` belongs in {home}",
+            section.title
+        );
+    }
+    let known: Vec<&str> = section.fields.iter().map(|f| f.name).collect();
+    format!(
+        "unknown key in {} (known keys: {})",
+        section.title,
+        known.join(", ")
+    )
+}
+
+/// The most similar candidate, when it is similar enough to be a likely typo and no other
+/// candidate is as similar (a guess between equals would mislead).
+pub fn closest<'a>(key: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    let mut best: Option<(f64, &str)> = None;
+    let mut tie = false;
+    for c in candidates {
+        let score = strsim::jaro_winkler(key, c);
+        match best {
+            Some((b, _)) if score < b => {}
+            Some((b, _)) if score == b => tie = true,
+            _ => {
+                best = Some((score, c));
+                tie = false;
+            }
+        }
+    }
+    best.filter(|(score, _)| *score >= 0.8 && !tie)
+        .map(|(_, c)| c)
+}
+
+/// The title of another section that knows `key` (a key written in the wrong section).
+fn home_of(section: &'static Section, key: &str, not: &Section) -> Option<&'static str> {
+    if !std::ptr::eq(section, not) && section.field(key).is_some() {
+        return Some(section.title);
+    }
+    section.fields.iter().find_map(|f| match f.kind {
+        Kind::Table(s) | Kind::Tables(s) => home_of(s, key, not),
+        _ => None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_problem_in_one_pass() {
+        let text = "[lan]\ninterfaces = [\"eth0\", 3]\nbogus = 1\n[[uplink]]\nname = 5\ngatway = \"x\"\ntargets = []\n";
+        let p = parse(text).expect("toml");
+        let keys: Vec<&str> = p.problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "lan.interfaces[1]",
+                "lan.bogus",
+                "uplink[0].name",
+                "uplink[0].gatway",
+                "uplink[0].targets"
+            ]
+        );
+        assert!(
+            p.problems[3].message.contains("did you mean `gateway`?"),
+            "{:?}",
+            p.problems
+        );
+        assert!(
+            p.problems[4].message.contains("belongs in [uplink.check]"),
+            "{:?}",
+            p.problems
+        );
+        assert!(p.rejected.contains("lan.interfaces") && p.rejected.contains("uplink[0].name"));
+        assert!(p.root.tables("uplink")[0].get_ref().str("name").is_none());
+    }
+
+    #[test]
+    fn inline_tables_are_tables() {
+        let text = "lan = { interfaces = [\"eth0\"] }\nuplink = [{ name = \"a\", check = { window = \"1s\" } }]\n";
+        let p = parse(text).expect("toml");
+        assert!(p.problems.is_empty(), "{:?}", p.problems);
+        let up = &p.root.tables("uplink")[0];
+        let check = up.get_ref().table("check").expect("check");
+        assert_eq!(
+            check.get_ref().str("window").map(|s| s.get_ref().as_str()),
+            Some("1s")
+        );
+    }
+
+    #[test]
+    fn suggestions_need_similarity() {
+        let keys = ["name", "interface", "gateway"];
+        assert_eq!(closest("gatway", keys.into_iter()), Some("gateway"));
+        assert_eq!(closest("interfaces", keys.into_iter()), Some("interface"));
+        assert_eq!(closest("zzz", keys.into_iter()), None);
+    }
 }

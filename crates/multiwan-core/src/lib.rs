@@ -14,6 +14,8 @@ pub mod model;
 pub mod net;
 pub mod plan;
 pub mod rounds;
+#[doc(hidden)]
+pub mod testkit;
 
-pub use model::{load, Config, ConfigError, Diagnostic};
+pub use model::{load, Config, ConfigError, Diagnostic, Source};
 pub use plan::{plan, Facts, Plan};

@@ -27,8 +27,10 @@ impl From<anyhow::Error> for Failure {
 
 /// Reads and validates a config file; errors are formatted diagnostics.
 pub fn load_config(path: &Path) -> Result<Config, Failure> {
-    let text = std::fs::read_to_string(path)
+    // Bytes, not text: a file that is not UTF-8 is reported with the position of the first
+    // bad byte, like every other config error.
+    let bytes = std::fs::read(path)
         .map_err(|e| Failure::Config(format!("{}: cannot read config: {e}", path.display())))?;
-    multiwan_core::load(&path.display().to_string(), &text)
+    multiwan_core::load(&path.display().to_string(), &bytes)
         .map_err(|e| Failure::Config(e.to_string()))
 }

@@ -284,3 +284,77 @@ fn check_notes_gateway_only_probing() {
         .expect("run");
     assert!(!String::from_utf8_lossy(&out.stderr).contains("probes only its gateway"));
 }
+
+#[test]
+fn check_reports_all_errors_at_once_with_suggestions() {
+    let (_d, p) = tmp_config(
+        "[lan]\ninterfaces = [\"eth0\"]\n[[uplink]]\nname = \"isp1\"\ninterface = \"eth*\"\ngatway = \"10.0.0.1\"\n[uplink.check]\ntargets = [\"10.0.0.1\"]\nintervall = \"1s\"\ninterval = \"1ms\"\n",
+    );
+    let out = bin().arg("check").arg("-c").arg(&p).output().expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let f = p.display().to_string();
+    let expect = [
+        format!("{f}:5:13: uplink[0].interface: invalid interface name \"eth*\": '*' is a wildcard in nft"),
+        format!("{f}:6:1: uplink[0].gatway: unknown key; did you mean `gateway`?"),
+        format!("{f}:9:1: uplink[0].check.intervall: unknown key; did you mean `interval`?"),
+        format!("{f}:10:12: uplink[0].check.interval: 1ms is out of range (expected 10ms..=1m)"),
+    ];
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), expect.len(), "{err}");
+    for (line, want) in lines.iter().zip(&expect) {
+        assert!(
+            line.starts_with(want.as_str()),
+            "{line:?} should start with {want:?}"
+        );
+    }
+}
+
+#[test]
+fn check_reports_a_file_that_is_not_utf8_with_its_position() {
+    let d = tempdir::Dir::new();
+    let p = d.path().join("latin1.toml");
+    std::fs::write(&p, b"[lan]\ninterfaces = [\"eth0\"]\n# Stra\xdfe\n").expect("write");
+    let out = bin().arg("check").arg("-c").arg(&p).output().expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        err.trim_end(),
+        format!(
+            "{}:3:7: the file is not valid UTF-8 (byte 0xdf here); save it as UTF-8",
+            p.display()
+        )
+    );
+}
+
+#[test]
+fn check_rejects_more_uplinks_than_the_mark_mask_has_ids() {
+    let mut text = String::from("[lan]\ninterfaces = [\"lan0\"]\n");
+    for i in 0..258 {
+        text +=
+            &format!("[[uplink]]\nname = \"u{i}\"\ninterface = \"w{i}\"\ngateway = \"10.0.0.1\"\n");
+    }
+    let (_d, p) = tmp_config(&text);
+    let out = bin().arg("check").arg("-c").arg(&p).output().expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("uplink[253]: too many uplinks: 258 are configured, but the default mark_mask 0x00ff0000 has room for 253"),
+        "{err}"
+    );
+    // And what check accepts, plan plans.
+    let (_d2, p) = tmp_config(&format!("{text}[kernel]\nmark_mask = \"0x0fff0000\"\n"));
+    let out = bin().arg("check").arg("-c").arg(&p).output().expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = bin().arg("plan").arg("-c").arg(&p).output().expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

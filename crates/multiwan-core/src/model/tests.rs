@@ -74,9 +74,12 @@ fn issue_example_loads_with_defaults() {
 #[test]
 fn unknown_key_points_at_it() {
     let e = errs("[lan]\ninterfaces = [\"eth0\"]\nbogus = 1\n");
-    assert_eq!(e.len(), 1);
-    assert!(e[0].starts_with("t.toml:3:1:"), "{e:?}");
-    assert!(e[0].contains("bogus"), "{e:?}");
+    let bogus: Vec<_> = e.iter().filter(|l| l.contains("bogus")).collect();
+    assert_eq!(bogus.len(), 1, "{e:?}");
+    assert!(
+        bogus[0].starts_with("t.toml:3:1: lan.bogus: unknown key in [lan]"),
+        "{e:?}"
+    );
 }
 
 #[test]
@@ -135,7 +138,14 @@ fn rule_references_unknown_uplink() {
     let text = format!("{FULL}\n[[rule]]\nname = \"x\"\nuplinks = [\"isp9\"]\n");
     let e = errs(&text);
     assert_eq!(e.len(), 1, "{e:?}");
-    assert!(e[0].contains("rule[1].uplinks[0]: no uplink named \"isp9\" (known: isp1, isp2)"));
+    // isp1 and isp2 are equally close: no guess.
+    assert!(
+        e[0].contains("rule[1].uplinks[0]: no uplink named \"isp9\" (known: isp1, isp2)"),
+        "{e:?}"
+    );
+    let text = format!("{FULL}\n[[rule]]\nname = \"x\"\nuplinks = [\"ips2\"]\n");
+    assert!(errs(&text)[0]
+        .contains("no uplink named \"ips2\" (did you mean \"isp2\"? known: isp1, isp2)"));
 }
 
 #[test]
@@ -239,22 +249,306 @@ fn ports_as_numbers_and_ranges() {
     assert_eq!(c.rules[1].mode, Mode::Failover);
 }
 
+/// A minimal valid config to build on: one LAN interface, one uplink with a gateway.
+const BASE: &str = "[lan]\ninterfaces = [\"eth0\"]\n[[uplink]]\nname = \"a\"\ninterface = \"eth1\"\ngateway = \"10.0.0.1\"\n";
+
+/// The config with `[uplink.check]` holding `check`.
+fn with_check(check: &str) -> String {
+    format!("{BASE}[uplink.check]\n{check}\n")
+}
+
 #[test]
-fn control_group_is_a_non_empty_name() {
-    let ok = load(
-        "t.toml",
-        &format!("[daemon]\ncontrol_group = \"netadmin\"\n{FULL}"),
-    )
-    .expect("loads");
-    assert_eq!(ok.daemon.control_group.as_deref(), Some("netadmin"));
+fn every_unknown_key_with_its_path_position_and_suggestion() {
+    let text = r#"[lan]
+interfaces = ["eth0"]
+[[uplink]]
+name = "a"
+interface = "eth1"
+gateway = "10.0.0.1"
+[[uplink]]
+name = "b"
+interface = "eth2"
+gatway = "10.0.1.1"
+[uplink.check]
+intervall = "1s"
+[balance]
+methd = "random"
+[frobnicate]
+"#;
+    let e = errs(text);
+    let expect = [
+        "t.toml:10:1: uplink[1].gatway: unknown key; did you mean `gateway`?",
+        // What the file says without the misspelt key: true, and fixed with it.
+        "t.toml:11:1: uplink[1].check.targets: missing key: an uplink without a gateway needs explicit check targets",
+        "t.toml:12:1: uplink[1].check.intervall: unknown key; did you mean `interval`?",
+        "t.toml:14:1: balance.methd: unknown key; did you mean `method`?",
+        "t.toml:15:2: frobnicate: unknown key in the top level (known keys: daemon, lan, uplink, balance, rule, kernel)",
+    ];
+    assert_eq!(e, expect);
+}
+
+#[test]
+fn a_key_in_the_wrong_section_says_where_it_belongs() {
+    let e = errs(&format!("{BASE}targets = [\"192.0.2.1\"]\n"));
     assert_eq!(
-        load("t.toml", FULL).expect("loads").daemon.control_group,
-        None
+        e,
+        ["t.toml:7:1: uplink[0].targets: unknown key in [[uplink]]; `targets` belongs in [uplink.check]"]
     );
-    let e = errs(&format!("[daemon]\ncontrol_group = \"\"\n{FULL}"));
+}
+
+#[test]
+fn wrong_types_are_all_reported_once() {
+    let text = "[lan]\ninterfaces = \"eth0\"\n[[uplink]]\nname = 1\ninterface = \"eth1\"\nweight = \"3\"\n[uplink.check]\ntargets = [\"192.0.2.1\", 7]\n";
+    let e = errs(text);
+    assert_eq!(
+        e,
+        [
+            "t.toml:2:14: lan.interfaces: expected a list of strings such as [\"a\", \"b\"], found a string",
+            "t.toml:4:8: uplink[0].name: expected a string, found an integer",
+            "t.toml:6:10: uplink[0].weight: expected an integer, found a string",
+            "t.toml:8:25: uplink[0].check.targets[1]: expected a string, found an integer",
+        ],
+        "no second \"missing key\" message for a rejected value"
+    );
+}
+
+#[test]
+fn not_utf8_points_at_the_first_bad_byte() {
+    let mut bytes = b"[lan]\ninterfaces = [\"eth0\"]\n# caf\xc3\xa9 ok\nx = \"".to_vec();
+    bytes.extend_from_slice(b"\xff\xfe\"\n");
+    let e = load("t.toml", &bytes).expect_err("not UTF-8");
+    assert_eq!(
+        e.to_string(),
+        "t.toml:4:6: the file is not valid UTF-8 (byte 0xff here); save it as UTF-8"
+    );
+    load("t.toml", BASE.as_bytes()).expect("bytes load like text");
+}
+
+#[test]
+fn interface_names_must_be_literal_for_the_kernel_and_nft() {
+    for bad in [
+        "eth*",
+        "*",
+        "eth0:1",
+        "all",
+        "a b",
+        "eth%d",
+        "abcdefghijklmnop",
+    ] {
+        let text = BASE.replace("\"eth1\"", &format!("{bad:?}"));
+        let e = errs(&text);
+        assert_eq!(e.len(), 1, "{bad}: {e:?}");
+        assert!(
+            e[0].starts_with(&format!(
+                "t.toml:5:13: uplink[0].interface: invalid interface name {bad:?}"
+            )),
+            "{e:?}"
+        );
+        assert!(
+            e[0].contains("(allowed: 1..=15 printable ASCII characters"),
+            "{e:?}"
+        );
+        let text = BASE.replace("\"eth0\"", &format!("{bad:?}"));
+        let e = errs(&text);
+        assert!(
+            e[0].contains("lan.interfaces[0]: invalid interface name"),
+            "{e:?}"
+        );
+    }
+    assert!(errs(&BASE.replace("\"eth1\"", "\"eth*\""))[0].contains("wildcard"));
+}
+
+#[test]
+fn an_interface_is_lan_or_uplink_not_both() {
+    let e = errs(&BASE.replace("\"eth1\"", "\"eth0\""));
+    assert_eq!(
+        e,
+        ["t.toml:5:13: uplink[0].interface: \"eth0\" is also in lan.interfaces; an interface is either LAN or uplink"]
+    );
+}
+
+#[test]
+fn uplink_names_main_and_none_are_reserved() {
+    for n in ["main", "none"] {
+        let e = errs(&BASE.replace("\"a\"", &format!("{n:?}")));
+        assert!(e[0].contains("is reserved"), "{e:?}");
+    }
+}
+
+fn uplinks(n: usize) -> String {
+    let mut text = String::from("[lan]\ninterfaces = [\"lan0\"]\n");
+    for i in 0..n {
+        text += &format!("[[uplink]]\nname = \"u{i}\"\ninterface = \"w{i}\"\n[uplink.check]\ntargets = [\"192.0.2.1\"]\n");
+    }
+    text
+}
+
+#[test]
+fn uplink_count_is_checked_against_the_default_mask() {
+    let cfg = load("t.toml", &uplinks(253)).expect("253 ids fit under 0x00ff0000");
+    assert!(crate::plan::assign_ids(&cfg, &Default::default()).is_ok());
+    let e = errs(&uplinks(258));
+    assert_eq!(e.len(), 1, "{e:?}");
+    // The 254th uplink is the first without an id; its header is on line 3 + 253 * 5.
+    assert_eq!(
+        e[0],
+        "t.toml:1268:1: uplink[253]: too many uplinks: 258 are configured, but the default mark_mask 0x00ff0000 has room for 253; set a wider [kernel] mark_mask (e.g. \"0x0fff0000\")"
+    );
+    let wide = format!("{}[kernel]\nmark_mask = \"0x0fff0000\"\n", uplinks(258));
+    load("t.toml", &wide).expect("a wider mask has room");
+}
+
+#[test]
+fn table_range_must_fit_and_avoid_reserved_tables() {
+    let e = errs(&format!("{BASE}[kernel]\nmark_mask = \"0xffffffff\"\n"));
     assert!(
-        e.iter()
-            .any(|d| d.contains("t.toml:2:") && d.contains("daemon.control_group")),
+        e[0].contains("kernel.mark_mask: tables 1000..=4294968293 go past the largest table id"),
         "{e:?}"
     );
+    let e = errs(&format!(
+        "{BASE}[kernel]\nmark_mask = \"0xffff0000\"\ntable_base = 100\n"
+    ));
+    assert!(
+        e[0].contains(
+            "kernel.table_base: tables 100..=65633 would include the kernel's reserved tables"
+        ),
+        "{e:?}"
+    );
+    let e = errs(&format!("{BASE}[kernel]\nrule_priority = 32762\n"));
+    assert!(
+        e[0].contains("kernel.rule_priority: 32762 is out of range (expected 1..=32761)"),
+        "{e:?}"
+    );
+    load(
+        "t.toml",
+        &format!("{BASE}[kernel]\nrule_priority = 32761\n"),
+    )
+    .expect("32761..=32765");
+}
+
+#[test]
+fn check_timing_is_bounded_with_reasons() {
+    let cases = [
+        ("interval = \"1ms\"", "8:12: uplink[0].check.interval: 1ms is out of range (expected 10ms..=1m)"),
+        ("interval = \"2m\"", "uplink[0].check.interval: 2m is out of range"),
+        ("interval = \"100ms\"\ntimeout = \"1h\"", "9:11: uplink[0].check.timeout: timeout 1h is longer than 10 × interval (1s): at most 10 probe rounds"),
+        ("timeout = \"1s500ms\"", "invalid duration"),
+        ("interval = \"1m\"\ntimeout = \"1m\"\ndown_after = 10", "10:14: uplink[0].check.down_after: a dead uplink would be noticed only after down_after × interval + timeout = 10 × 1m + 1m = 11m, more than 10m"),
+        ("interval = \"1m\"\nup_after = 11", "uplink[0].check.up_after: a recovered uplink would come back only after up_after × interval = 11 × 1m = 11m, more than 10m"),
+        ("interval = \"1s\"\nmax_loss = 10\nwindow = \"500ms\"", "uplink[0].check.window: window 500ms is shorter than interval 1s"),
+        ("interval = \"20s\"\nmax_loss = 10", "uplink[0].check.interval: window 10s (the default) is shorter than interval 20s"),
+        ("max_rtt = \"200ms\"", "uplink[0].check.max_rtt: max_rtt 200ms can never be exceeded: answers later than timeout (200ms) count as lost"),
+        ("interval = \"10ms\"\nmax_rtt = \"50ms\"\nwindow = \"2m\"", "uplink[0].check.window: window 2m holds 12000 rounds of 10ms; at most 10000 are kept"),
+    ];
+    for (check, want) in cases {
+        let e = errs(&with_check(check));
+        assert_eq!(e.len(), 1, "{check}: {e:?}");
+        assert!(e[0].contains(want), "{check}: {e:?}");
+    }
+    let c = load(
+        "t.toml",
+        &with_check("interval = \"10ms\"\ntimeout = \"100ms\"\nmax_loss = 5\nwindow = \"100s\""),
+    )
+    .expect("at the limits");
+    assert_eq!(c.uplinks[0].check.quality.map(|q| q.window), Some(10_000));
+    let c = load("t.toml", &with_check("interval = \"15ms\"")).expect("valid");
+    assert_eq!(
+        c.uplinks[0].check.timeout,
+        Duration::from_millis(150),
+        "default timeout fits"
+    );
+}
+
+#[test]
+fn dns_and_tcp_targets_need_a_port() {
+    let e = errs(&with_check("method = \"dns\"\ntargets = [\"192.0.2.1:0\"]"));
+    assert!(e[0].contains("port 0 cannot be probed"), "{e:?}");
+    let c = load(
+        "t.toml",
+        &with_check("method = \"dns\"\ntargets = [\"192.0.2.1\"]"),
+    )
+    .expect("valid");
+    assert_eq!(c.uplinks[0].check.targets[0].port(), 53);
+}
+
+#[test]
+fn control_group_is_a_unix_group_name() {
+    let c = load(
+        "t.toml",
+        &format!("[daemon]\ncontrol_group = \"netadm\"\n{BASE}"),
+    )
+    .expect("valid");
+    assert_eq!(c.daemon.control_group.as_deref(), Some("netadm"));
+    assert_eq!(
+        load("t.toml", BASE).expect("valid").daemon.control_group,
+        None
+    );
+    let e = errs(&format!("[daemon]\ncontrol_group = \"Net Adm\"\n{BASE}"));
+    assert_eq!(
+        e,
+        ["t.toml:2:17: daemon.control_group: invalid group name \"Net Adm\": expected a Unix group such as \"netadm\" ([a-z_][a-z0-9_-]{0,31})"]
+    );
+}
+
+mod accepted_configs_plan {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A config from a few knobs that matter for ids and tables; it may well be invalid.
+    fn config(uplinks: usize, mask: u32, base: Option<u32>, prio: Option<u32>) -> String {
+        let mut text = String::from("[lan]\ninterfaces = [\"lan0\"]\n");
+        for i in 0..uplinks {
+            text += &format!(
+                "[[uplink]]\nname = \"u{i}\"\ninterface = \"w{i}\"\ngateway = \"10.0.0.1\"\n"
+            );
+        }
+        text += &format!("[kernel]\nmark_mask = {mask}\n");
+        if let Some(b) = base {
+            text += &format!("table_base = {b}\n");
+        }
+        if let Some(p) = prio {
+            text += &format!("rule_priority = {p}\n");
+        }
+        text
+    }
+
+    /// Contiguous masks of every width and position, and some that are not.
+    fn mask() -> impl Strategy<Value = u32> {
+        prop_oneof![
+            (1u32..=32, 0u32..32).prop_map(|(w, s)| {
+                let ones = if w == 32 { u32::MAX } else { (1u32 << w) - 1 };
+                ones.checked_shl(s).unwrap_or(0)
+            }),
+            any::<u32>(),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Whatever `load` accepts gets an id for every uplink, whatever ids the kernel
+        /// reported before, and every table and priority it plans is in range.
+        #[test]
+        fn assign_ids_never_fails_for_an_accepted_config(
+            uplinks in 1usize..20,
+            mask in mask(),
+            base in proptest::option::of(prop_oneof![0u32..300, any::<u32>()]),
+            prio in proptest::option::of(prop_oneof![32755u32..32770, any::<u32>()]),
+            previous in proptest::collection::btree_map("u[0-9]{1,2}", any::<u32>(), 0..10),
+        ) {
+            let Ok(cfg) = load("p.toml", &config(uplinks, mask, base, prio)) else {
+                return Ok(());
+            };
+            let ids = crate::plan::assign_ids(&cfg, &previous).expect("ids for an accepted config");
+            prop_assert_eq!(ids.len(), uplinks);
+            let k = cfg.kernel;
+            for id in ids.values() {
+                let table = u64::from(k.table_base) + u64::from(*id);
+                prop_assert!(table <= u64::from(u32::MAX) && !(253..=255).contains(&table));
+                prop_assert_eq!(k.mark_of(*id) & !k.mark_mask, 0);
+                prop_assert!(k.mark_of(*id) != k.mark_main() && k.mark_of(*id) != k.mark_none());
+            }
+            prop_assert!(k.rule_priority >= 1 && k.rule_priority + RULE_PRIORITY_SPAN - 1 <= 32765);
+        }
+    }
 }

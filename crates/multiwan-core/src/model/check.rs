@@ -1,0 +1,416 @@
+//! Validation of `[uplink.check]`: method, targets, and the timing settings bounded against
+//! each other (see [`super::check_limits`] for the limits and their reasons), then the
+//! optional quality limits.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::ops::Range;
+use std::time::Duration;
+
+use super::{check_defaults, check_limits, Check, CheckMethod, Quality, Validator};
+use crate::config::{RawNumber, Spanned, SpannedList, Table};
+use crate::duration::{self, Human};
+
+/// The timing keys of one check, with whether (and where) each was written.
+struct Timing<'t> {
+    raw: &'t Table,
+    /// The `[uplink.check]` table, or the uplink when there is none.
+    span: Range<usize>,
+    prefix: String,
+    interval: Duration,
+    timeout: Duration,
+    down_after: u32,
+    up_after: u32,
+}
+
+impl Timing<'_> {
+    fn key(&self, k: &str) -> String {
+        format!("{}.{k}", self.prefix)
+    }
+
+    /// The span of the first of `keys` that was written (the check table otherwise).
+    fn span_of(&self, keys: &[&str]) -> (Range<usize>, String) {
+        for k in keys {
+            let span = self
+                .raw
+                .str(k)
+                .map(|v| v.span())
+                .or_else(|| self.raw.int(k).map(|v| v.span()));
+            if let Some(span) = span {
+                return (span, self.key(k));
+            }
+        }
+        (self.span.clone(), self.key(keys[0]))
+    }
+}
+
+impl Validator<'_> {
+    /// A duration key (`"200ms"`), 1ms..=1h, or `default` when absent.
+    fn duration(
+        &mut self,
+        v: Option<&Spanned<String>>,
+        key: &str,
+        default: Duration,
+    ) -> Option<Duration> {
+        let Some(v) = v else { return Some(default) };
+        match duration::parse(v.get_ref()) {
+            Ok(d) if d.is_zero() => {
+                self.push(v.span(), key, "must be greater than zero".into());
+                None
+            }
+            Ok(d) if d > Duration::from_secs(3600) => {
+                self.push(
+                    v.span(),
+                    key,
+                    format!("{:?} is too long (at most 1h)", v.get_ref()),
+                );
+                None
+            }
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.push(v.span(), key, e.to_string());
+                None
+            }
+        }
+    }
+
+    pub(super) fn check(
+        &mut self,
+        i: usize,
+        uplink_span: Range<usize>,
+        raw: Option<&Spanned<Table>>,
+        gateway: Option<Ipv4Addr>,
+        gateway_auto: bool,
+    ) -> Option<Check> {
+        let prefix = format!("uplink[{i}].check");
+        let p = |k: &str| format!("{prefix}.{k}");
+        let empty = Table::default();
+        let (c, span) = match raw {
+            Some(r) => (r.get_ref(), r.span()),
+            None => (&empty, uplink_span),
+        };
+        let method = self.method(c.str("method"), &p("method"));
+        let interval = self.duration(c.str("interval"), &p("interval"), check_defaults::INTERVAL);
+        // The default timeout never breaks the rounds-in-flight bound of a short interval.
+        let default_timeout = interval.map_or(check_defaults::TIMEOUT, |i| {
+            check_defaults::TIMEOUT.min(i * check_limits::MAX_ROUNDS_IN_FLIGHT)
+        });
+        let timeout = self.duration(c.str("timeout"), &p("timeout"), default_timeout);
+        let rounds = 1..=check_limits::MAX_ROUNDS;
+        let down_after = self.int_in(
+            c.int("down_after"),
+            &p("down_after"),
+            check_defaults::DOWN_AFTER,
+            rounds.clone(),
+        );
+        let up_after = self.int_in(
+            c.int("up_after"),
+            &p("up_after"),
+            check_defaults::UP_AFTER,
+            rounds,
+        );
+        let method = method?;
+        let target_key = p("targets");
+        let targets = self.targets(
+            c.str_list("targets"),
+            method,
+            gateway,
+            gateway_auto,
+            span.clone(),
+            &target_key,
+        )?;
+        let min_targets = match c.int("min_targets") {
+            None => Some(check_defaults::MIN_TARGETS.min(targets.len() as u32)),
+            Some(v) => self.int_in(
+                Some(v),
+                &p("min_targets"),
+                1,
+                1..=(targets.len().max(1) as u32),
+            ),
+        };
+        let timing = Timing {
+            raw: c,
+            span,
+            prefix,
+            interval: interval?,
+            timeout: timeout?,
+            down_after: down_after?,
+            up_after: up_after?,
+        };
+        let timing_ok = self.timing(&timing);
+        // A window measured in rounds of a rejected interval would only add noise.
+        let quality = self.quality(&timing, timing_ok)?;
+        timing_ok.then_some(Check {
+            method,
+            targets,
+            quality,
+            interval: timing.interval,
+            timeout: timing.timeout,
+            down_after: timing.down_after,
+            up_after: timing.up_after,
+            min_targets: min_targets?,
+        })
+    }
+
+    fn method(&mut self, raw: Option<&Spanned<String>>, key: &str) -> Option<CheckMethod> {
+        let Some(m) = raw else {
+            return Some(CheckMethod::Icmp);
+        };
+        match m.get_ref().as_str() {
+            "icmp" => Some(CheckMethod::Icmp),
+            "tcp" => Some(CheckMethod::Tcp),
+            "dns" => Some(CheckMethod::Dns),
+            other => {
+                self.push(
+                    m.span(),
+                    key,
+                    format!("unknown method {other:?}: expected \"icmp\", \"tcp\" or \"dns\""),
+                );
+                None
+            }
+        }
+    }
+
+    /// Interval, timeout, down_after and up_after against each other; every violation is
+    /// reported at the key most likely to be wrong that was written.
+    fn timing(&mut self, t: &Timing) -> bool {
+        use check_limits::*;
+        let mut ok = true;
+        let (interval, timeout) = (t.interval, t.timeout);
+        if !(MIN_INTERVAL..=MAX_INTERVAL).contains(&interval) {
+            let (span, key) = t.span_of(&["interval"]);
+            self.push(span, &key, format!(
+                "{} is out of range (expected {}..={}): probing more often floods the target, less often notices nothing",
+                Human(interval), Human(MIN_INTERVAL), Human(MAX_INTERVAL)
+            ));
+            return false;
+        }
+        if timeout > interval * MAX_ROUNDS_IN_FLIGHT {
+            let (span, key) = t.span_of(&["timeout", "interval"]);
+            self.push(span, &key, format!(
+                "timeout {} is longer than {MAX_ROUNDS_IN_FLIGHT} × interval ({}): at most {MAX_ROUNDS_IN_FLIGHT} probe rounds may be in flight; lower timeout or raise interval",
+                Human(timeout), Human(interval * MAX_ROUNDS_IN_FLIGHT)
+            ));
+            ok = false;
+        }
+        let detection = interval * t.down_after + timeout;
+        // With a timeout already rejected, the detection time would repeat that message.
+        if ok && detection > MAX_DETECTION {
+            let (span, key) = t.span_of(&["down_after", "interval", "timeout"]);
+            self.push(span, &key, format!(
+                "a dead uplink would be noticed only after down_after × interval + timeout = {} × {} + {} = {}, more than {}; lower down_after or interval",
+                t.down_after, Human(interval), Human(timeout), Human(detection), Human(MAX_DETECTION)
+            ));
+            ok = false;
+        }
+        let recovery = interval * t.up_after;
+        if recovery > MAX_DETECTION {
+            let (span, key) = t.span_of(&["up_after", "interval"]);
+            self.push(span, &key, format!(
+                "a recovered uplink would come back only after up_after × interval = {} × {} = {}, more than {}; lower up_after or interval",
+                t.up_after, Human(interval), Human(recovery), Human(MAX_DETECTION)
+            ));
+            ok = false;
+        }
+        ok
+    }
+
+    fn percent(&mut self, v: Option<&Spanned<RawNumber>>, key: &str) -> Option<Option<f64>> {
+        let Some(v) = v else { return Some(None) };
+        let x = v.get_ref().as_f64();
+        if !(0.0..=100.0).contains(&x) {
+            self.push(
+                v.span(),
+                key,
+                format!("{x} is out of range (expected a percentage 0..=100)"),
+            );
+            return None;
+        }
+        Some(Some(x))
+    }
+
+    fn optional_duration(
+        &mut self,
+        v: Option<&Spanned<String>>,
+        key: &str,
+    ) -> Option<Option<Duration>> {
+        match v {
+            None => Some(None),
+            Some(v) => self.duration(Some(v), key, Duration::ZERO).map(Some),
+        }
+    }
+
+    fn quality(&mut self, t: &Timing, check_window: bool) -> Option<Option<Quality>> {
+        let c = t.raw;
+        let max_loss = self.percent(c.number("max_loss"), &t.key("max_loss"));
+        let recover_loss = self.percent(c.number("recover_loss"), &t.key("recover_loss"));
+        let max_rtt = self.optional_duration(c.str("max_rtt"), &t.key("max_rtt"));
+        let recover_rtt = self.optional_duration(c.str("recover_rtt"), &t.key("recover_rtt"));
+        let window = self.duration(c.str("window"), &t.key("window"), check_defaults::WINDOW);
+        let (max_loss, recover_loss, max_rtt, recover_rtt, window) =
+            (max_loss?, recover_loss?, max_rtt?, recover_rtt?, window?);
+        if max_loss.is_none() && max_rtt.is_none() {
+            for k in ["recover_loss", "recover_rtt"] {
+                let span = c
+                    .number(k)
+                    .map(|v| v.span())
+                    .or_else(|| c.str(k).map(|v| v.span()));
+                if let Some(span) = span {
+                    self.push(
+                        span,
+                        &t.key(k),
+                        format!("has no effect without max_{}", &k[8..]),
+                    );
+                    return None;
+                }
+            }
+            return Some(None);
+        }
+        if let (Some(m), Some(r), Some(v)) = (max_loss, recover_loss, c.number("recover_loss")) {
+            if r > m {
+                self.push(
+                    v.span(),
+                    &t.key("recover_loss"),
+                    format!("{r} must not be above max_loss ({m})"),
+                );
+                return None;
+            }
+        }
+        if let (Some(m), Some(v)) = (max_rtt, c.str("max_rtt")) {
+            // The average RTT is over answered probes, and an answer after the timeout is a
+            // loss: a limit at or above the timeout would never trigger.
+            if m >= t.timeout {
+                self.push(
+                    v.span(),
+                    &t.key("max_rtt"),
+                    format!(
+                        "max_rtt {} can never be exceeded: answers later than timeout ({}) count as lost, not slow; lower max_rtt or raise timeout",
+                        Human(m),
+                        Human(t.timeout)
+                    ),
+                );
+                return None;
+            }
+        }
+        if let (Some(m), Some(r), Some(v)) = (max_rtt, recover_rtt, c.str("recover_rtt")) {
+            if r > m {
+                self.push(
+                    v.span(),
+                    &t.key("recover_rtt"),
+                    "must not be above max_rtt".into(),
+                );
+                return None;
+            }
+        }
+        let rounds = if check_window {
+            self.window_rounds(t, window)?
+        } else {
+            1
+        };
+        Some(Some(Quality {
+            max_loss,
+            max_rtt,
+            recover_loss: recover_loss.unwrap_or(max_loss.unwrap_or(0.0) / 2.0),
+            recover_rtt,
+            window: rounds,
+        }))
+    }
+
+    /// The window in rounds: at least one, at most [`check_limits::MAX_WINDOW_ROUNDS`].
+    fn window_rounds(&mut self, t: &Timing, window: Duration) -> Option<usize> {
+        let rounds = window.as_millis() / t.interval.as_millis().max(1);
+        let (span, key) = t.span_of(&["window", "interval"]);
+        let written = if t.raw.str("window").is_some() {
+            ""
+        } else {
+            " (the default)"
+        };
+        if rounds < 1 {
+            self.push(span, &key, format!(
+                "window {}{written} is shorter than interval {}: it must hold at least one probe round",
+                Human(window), Human(t.interval)
+            ));
+            return None;
+        }
+        if rounds > check_limits::MAX_WINDOW_ROUNDS {
+            self.push(span, &key, format!(
+                "window {}{written} holds {rounds} rounds of {}; at most {} are kept: shorten window or raise interval",
+                Human(window), Human(t.interval), check_limits::MAX_WINDOW_ROUNDS
+            ));
+            return None;
+        }
+        usize::try_from(rounds).ok()
+    }
+
+    fn targets(
+        &mut self,
+        raw: Option<&SpannedList>,
+        method: CheckMethod,
+        gateway: Option<Ipv4Addr>,
+        gateway_auto: bool,
+        span: Range<usize>,
+        key: &str,
+    ) -> Option<Vec<SocketAddrV4>> {
+        let default_port = match method {
+            CheckMethod::Icmp => Some(0),
+            CheckMethod::Dns => Some(check_defaults::DNS_PORT),
+            CheckMethod::Tcp => None,
+        };
+        let Some(list) = raw else {
+            let problem = match (gateway, default_port) {
+                (Some(g), Some(port)) => return Some(vec![SocketAddrV4::new(g, port)]),
+                (None, _) if gateway_auto => "missing key: with gateway = \"auto\" the gateway is only known at run time; list targets to probe",
+                (None, _) => "missing key: an uplink without a gateway needs explicit check targets",
+                (Some(_), None) => "missing key: method \"tcp\" needs targets written as \"ip:port\"",
+            };
+            self.push(span, key, problem.into());
+            return None;
+        };
+        if list.get_ref().is_empty() {
+            self.push(list.span(), key, "must list at least one target".into());
+            return None;
+        }
+        let mut ok = true;
+        let mut out = Vec::new();
+        for (j, t) in list.get_ref().iter().enumerate() {
+            match target(t.get_ref(), method) {
+                Ok(a) => out.push(a),
+                Err(m) => {
+                    self.push(t.span(), &format!("{key}[{j}]"), m);
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(out)
+    }
+}
+
+/// One probe target as written for `method`.
+fn target(s: &str, method: CheckMethod) -> Result<SocketAddrV4, String> {
+    match method {
+        CheckMethod::Icmp => s
+            .parse::<Ipv4Addr>()
+            .map(|a| SocketAddrV4::new(a, 0))
+            .map_err(|_| {
+                format!(
+                    "invalid target {s:?}: icmp targets are IPv4 addresses such as \"10.37.1.1\""
+                )
+            }),
+        CheckMethod::Tcp => match s.parse::<SocketAddrV4>() {
+            Ok(a) if a.port() == 0 => Err(format!("invalid target {s:?}: port 0 cannot be probed")),
+            Ok(a) => Ok(a),
+            Err(_) => Err(format!(
+                "invalid target {s:?}: tcp targets are written \"ip:port\", e.g. \"10.37.1.1:443\""
+            )),
+        },
+        CheckMethod::Dns => match s.parse::<SocketAddrV4>().or_else(|_| {
+            s.parse::<Ipv4Addr>()
+                .map(|a| SocketAddrV4::new(a, check_defaults::DNS_PORT))
+        }) {
+            Ok(a) if a.port() == 0 => Err(format!("invalid target {s:?}: port 0 cannot be probed")),
+            Ok(a) => Ok(a),
+            Err(_) => Err(format!(
+                "invalid target {s:?}: dns targets are resolver addresses, \"ip\" or \"ip:port\""
+            )),
+        },
+    }
+}

@@ -1,0 +1,168 @@
+//! Validation of `[[uplink]]`: names, interfaces, gateways, weights, tiers, SNAT, and which
+//! uplinks may share an interface. Health checks are in [`super::check`].
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+
+use super::names::{ifname_problem, uplink_name_problem};
+use super::{Snat, Uplink, Validator, MAX_TIER, MAX_WEIGHT};
+use crate::config::{Spanned, Table};
+
+impl Validator<'_> {
+    pub(super) fn uplinks(&mut self, raw: &[Spanned<Table>]) -> Option<Vec<Uplink>> {
+        if raw.is_empty() {
+            self.push(
+                0..0,
+                "uplink",
+                "no [[uplink]] configured: add at least one".into(),
+            );
+            return None;
+        }
+        let mut ok = true;
+        let mut out = Vec::new();
+        let mut names = BTreeSet::new();
+        for (i, u) in raw.iter().enumerate() {
+            match self.uplink(i, u, &mut names) {
+                Some(up) => out.push((i, up)),
+                None => ok = false,
+            }
+        }
+        // Two uplinks may share an interface only when they are told apart by gateway
+        // (seed 004 §4.2.5: two routers on one Ethernet segment).
+        for (j, (i, b)) in out.iter().enumerate() {
+            let clash = out[..j].iter().map(|(_, a)| a).find(|a| {
+                a.interface == b.interface
+                    && (a.gateway.is_none() || b.gateway.is_none() || a.gateway == b.gateway)
+            });
+            if let Some(a) = clash {
+                let span = raw[*i]
+                    .get_ref()
+                    .str("interface")
+                    .map(|s| s.span())
+                    .unwrap_or(raw[*i].span());
+                self.push(
+                    span,
+                    &format!("uplink[{i}].interface"),
+                    format!(
+                        "uplinks {:?} and {:?} both use {:?}; two uplinks can share an interface only with different gateways",
+                        a.name, b.name, a.interface
+                    ),
+                );
+                ok = false;
+            }
+        }
+        ok.then(|| out.into_iter().map(|(_, u)| u).collect())
+    }
+
+    fn uplink(
+        &mut self,
+        i: usize,
+        raw: &Spanned<Table>,
+        names: &mut BTreeSet<String>,
+    ) -> Option<Uplink> {
+        let span = raw.span();
+        let u = raw.get_ref();
+        let p = |k: &str| format!("uplink[{i}].{k}");
+        let name = self.uplink_name(u.str("name"), &p("name"), span.clone(), names);
+        let interface = match u.str("interface") {
+            None => {
+                self.push(
+                    span.clone(),
+                    &p("interface"),
+                    "missing key: the uplink's network interface, e.g. \"eth1\" or \"ppp0\"".into(),
+                );
+                None
+            }
+            Some(s) => match ifname_problem(s.get_ref()) {
+                Some(problem) => {
+                    self.push(s.span(), &p("interface"), problem);
+                    None
+                }
+                None => Some(s.get_ref().clone()),
+            },
+        };
+        let gateway_auto = u.str("gateway").is_some_and(|g| g.get_ref() == "auto");
+        let gateway = match u.str("gateway") {
+            None => Some(None),
+            Some(_) if gateway_auto => Some(None),
+            Some(g) => match g.get_ref().parse::<Ipv4Addr>() {
+                Ok(a) => Some(Some(a)),
+                Err(_) => {
+                    self.push(
+                        g.span(),
+                        &p("gateway"),
+                        format!("invalid IPv4 address {:?} (e.g. \"10.37.1.1\", or \"auto\" to follow the DHCP gateway; omit the key for point-to-point links)", g.get_ref()),
+                    );
+                    None
+                }
+            },
+        };
+        let weight = self.int_in(u.int("weight"), &p("weight"), 1, 1..=MAX_WEIGHT);
+        let tier = self.int_in(u.int("tier"), &p("tier"), 1, 1..=MAX_TIER);
+        let snat = self.snat(u.str("snat"), &p("snat"));
+        let check = self.check(i, span, u.table("check"), gateway.flatten(), gateway_auto);
+        Some(Uplink {
+            name: name?,
+            interface: interface?,
+            gateway: gateway?,
+            gateway_auto,
+            weight: weight?,
+            tier: tier?,
+            snat: snat?,
+            check: check?,
+        })
+    }
+
+    fn uplink_name(
+        &mut self,
+        raw: Option<&Spanned<String>>,
+        key: &str,
+        table: std::ops::Range<usize>,
+        names: &mut BTreeSet<String>,
+    ) -> Option<String> {
+        let Some(n) = raw else {
+            self.push(
+                table,
+                key,
+                "missing key: every uplink needs a name such as \"isp1\"".into(),
+            );
+            return None;
+        };
+        if let Some(problem) = uplink_name_problem(n.get_ref()) {
+            self.push(n.span(), key, problem);
+            return None;
+        }
+        if !names.insert(n.get_ref().clone()) {
+            self.push(
+                n.span(),
+                key,
+                format!("duplicate uplink name {:?}", n.get_ref()),
+            );
+            return None;
+        }
+        Some(n.get_ref().clone())
+    }
+
+    fn snat(&mut self, raw: Option<&Spanned<String>>, key: &str) -> Option<Snat> {
+        let Some(s) = raw else {
+            return Some(Snat::Auto);
+        };
+        match s.get_ref().as_str() {
+            "auto" => Some(Snat::Auto),
+            "none" => Some(Snat::None),
+            other => match other.parse::<Ipv4Addr>() {
+                Ok(a) => Some(Snat::To(a)),
+                Err(_) => {
+                    self.push(
+                        s.span(),
+                        key,
+                        format!(
+                            "invalid value {other:?}: expected \"auto\", \"none\" or an IPv4 address"
+                        ),
+                    );
+                    None
+                }
+            },
+        }
+    }
+}
