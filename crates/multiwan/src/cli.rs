@@ -1,4 +1,4 @@
-//! The command line: `check`, `plan`, `apply`, `down`, `lab`. Help text comes from these doc
+//! The command line: `check`, `plan`, `apply`, `down`, `run` and the operator commands. Help text comes from these doc
 //! comments. Errors are printed with their whole chain; config errors exit 2, runtime
 //! failures 1.
 
@@ -12,7 +12,6 @@ use multiwan_core::plan::{assign_ids, plan};
 use multiwan_core::{Config, Facts};
 
 use crate::kernel;
-use crate::lab;
 
 /// Default config path.
 pub const DEFAULT_CONFIG: &str = "/etc/multiwan/multiwan.toml";
@@ -102,8 +101,6 @@ pub enum Cmd {
     Completions { shell: clap_complete::Shell },
     /// Print the man page (roff).
     Manpage,
-    /// Build a virtual network in fresh namespaces, run a config on it and report.
-    Lab(lab::LabArgs),
 }
 
 /// A failure with its exit code.
@@ -300,10 +297,6 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 .render(&mut buf)
                 .map_err(anyhow::Error::from)?;
             crate::operator::write_out(None, &buf)?;
-        }
-        Cmd::Lab(args) => {
-            require_root("lab")?;
-            lab::run(args)?;
         }
     }
     Ok(())

@@ -20,8 +20,6 @@ use multiwan_core::plan::{
 use multiwan_core::Facts;
 use serde_json::Value;
 
-use crate::netns::run;
-
 /// What multiwan currently has installed in this network namespace.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Installed {
@@ -684,6 +682,23 @@ pub fn down(run_dir: &Path) -> Result<DownReport> {
         std::fs::remove_file(&state).with_context(|| format!("removing {}", state.display()))?;
     }
     Ok(report)
+}
+
+/// Runs a command, returning stdout or an error that includes the command and its stderr.
+fn run(c: &mut Command) -> Result<String> {
+    let out = c
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {c:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{:?} failed ({}): {}",
+            c,
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 #[cfg(test)]

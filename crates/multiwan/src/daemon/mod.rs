@@ -555,8 +555,11 @@ impl Daemon {
                 continue;
             };
             let mark = self.cfg.kernel.mark_of(*id);
+            let flush_started = Instant::now();
             match netlink::flush_conntrack(mark, self.cfg.kernel.mark_mask) {
-                Ok(()) => tracing::info!(uplink = %name, "flushed the uplink's connections"),
+                Ok(()) => {
+                    tracing::info!(uplink = %name, took_ms = flush_started.elapsed().as_millis() as u64, "flushed the uplink's connections")
+                }
                 Err(e) => tracing::warn!(uplink = %name, error = %e, "cannot flush connections"),
             }
         }

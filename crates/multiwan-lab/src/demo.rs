@@ -1,31 +1,35 @@
-//! `multiwan lab`: builds the virtual network of [`topology`], runs `multiwan run` with a
-//! config in the router namespace, drives real connections and bulk transfers through it,
-//! prints what each uplink carried against what the weights promise, and runs a failover
-//! drill (an ISP's upstream is cut while its link stays up). Every namespace is removed on exit,
-//! Ctrl-C included; the root namespace is never touched.
-
-pub mod bench;
-pub mod daemon;
-pub mod topology;
-pub mod traffic;
+//! The lab's demo (`multiwan-lab` with no `--bench`): builds the virtual network of
+//! [`topology`](crate::topology), runs `multiwan run` with a config in the router namespace,
+//! drives real connections and bulk transfers through it, prints what each uplink carried
+//! against what the weights promise, and runs a failover drill (an ISP's upstream is cut while
+//! its link stays up). However it ends — normally, with an error, a panic, Ctrl-C or SIGTERM
+//! at any moment — every process it started is stopped, every namespace removed and its
+//! private directory deleted; the root namespace is never touched.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
-use clap::Args;
+use anyhow::{Context, Result};
+use clap::Parser;
 
-use crate::netns;
-use daemon::LabDaemon;
-use topology::{IspSpec, Topology, TopologySpec};
-use traffic::Server;
+use crate::daemon::LabDaemon;
+use crate::topology::{self, IspSpec, Topology, TopologySpec};
+use crate::traffic::{self, Server};
+use crate::{bench, netns, router, scratch};
 
-/// Options of `multiwan lab`.
-#[derive(Debug, Clone, Args)]
+/// Build a virtual network in fresh network namespaces, run multiwan on it with real
+/// traffic and report; or run the benchmarks (--bench). Needs root; changes nothing outside
+/// the namespaces it creates, and removes them (and everything running in them) on exit.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "multiwan-lab", version, about, long_about = None)]
 pub struct LabArgs {
+    /// The multiwan router binary to drive (default: $MULTIWAN_BIN, else `multiwan` next to
+    /// this executable).
+    #[arg(long, value_name = "PATH")]
+    pub multiwan: Option<PathBuf>,
     /// Run this config instead of the generated one. It must use the lab's names: LAN
     /// interface `lan0`; uplink N on interface `wanN` with gateway `10.37.N.1`.
     #[arg(long)]
@@ -75,38 +79,49 @@ fn wan_count(text: &str) -> usize {
         .unwrap_or(2)
 }
 
-/// Runs the lab; Ctrl-C and SIGTERM remove every namespace before exiting.
+/// Runs the lab. Ctrl-C and SIGTERM stop every process it started, remove every namespace
+/// and its private directory, and exit with 130.
 pub fn run(args: LabArgs) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone()).context("installing signal handler")?;
     }
+    let exe = std::env::current_exe().context("locating this executable")?;
+    let bin = router::find(args.multiwan.as_deref(), &exe)?;
     let reaped = netns::reap_stale(topology::NS_PREFIX);
     if reaped > 0 {
         println!("removed {reaped} namespaces left behind by an earlier lab run");
     }
-    let worker = std::thread::spawn(move || run_lab(&args));
+    // Owned here, not by the worker: the interrupt path below exits without unwinding the
+    // worker, and must still delete it.
+    let dir = scratch::private_dir("lab")?;
+    let path = dir.path().to_path_buf();
+    let worker = std::thread::spawn(move || run_lab(&args, &bin, &path));
     while !worker.is_finished() {
         if stop.load(Ordering::Relaxed) {
-            eprintln!("\ninterrupted: removing the lab's namespaces");
+            eprintln!("\ninterrupted: stopping the lab's processes and removing its namespaces");
             netns::cleanup_all();
+            drop(dir);
             std::process::exit(130);
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(20));
     }
-    match worker.join() {
+    let result = match worker.join() {
         Ok(r) => r,
         Err(_) => {
             netns::cleanup_all();
-            bail!("the lab crashed; its namespaces were removed")
+            Err(anyhow::anyhow!(
+                "the lab crashed; its processes were stopped and its namespaces removed"
+            ))
         }
-    }
+    };
+    drop(dir);
+    result
 }
 
-fn run_lab(args: &LabArgs) -> Result<()> {
-    let bin = std::env::current_exe().context("locating the multiwan binary")?;
+fn run_lab(args: &LabArgs, bin: &Path, dir: &Path) -> Result<()> {
     if args.bench {
-        return bench::run(&bin, args.quick, &args.bench_out);
+        return bench::run(bin, args.quick, &args.bench_out);
     }
     let custom = match &args.config {
         Some(p) => {
@@ -147,8 +162,6 @@ fn run_lab(args: &LabArgs) -> Result<()> {
                 .unwrap_or_else(|| "unshaped".into())
         );
     }
-    let dir = std::env::temp_dir().join(format!("multiwan-lab-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
     let cfg_path = dir.join("multiwan.toml");
     let text = match custom {
         Some(t) => t,
@@ -165,20 +178,13 @@ fn run_lab(args: &LabArgs) -> Result<()> {
         }
     };
     std::fs::write(&cfg_path, &text)?;
-    let result = drive(args, &topo, &bin, &cfg_path, &text);
-    let _ = std::fs::remove_dir_all(&dir);
+    let result = drive(args, &topo, bin, &cfg_path, &text);
     println!("== removing the virtual network");
     drop(topo);
     result
 }
 
-fn drive(
-    args: &LabArgs,
-    topo: &Topology,
-    bin: &std::path::Path,
-    cfg_path: &std::path::Path,
-    text: &str,
-) -> Result<()> {
+fn drive(args: &LabArgs, topo: &Topology, bin: &Path, cfg_path: &Path, text: &str) -> Result<()> {
     let cfg = multiwan_core::load(&cfg_path.display().to_string(), text)
         .map_err(|e| anyhow::anyhow!("the lab config is invalid:\n{e}"))?;
     println!("== config\n{}", indent(text));
