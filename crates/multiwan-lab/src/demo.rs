@@ -199,9 +199,49 @@ fn drive(args: &LabArgs, topo: &Topology, bin: &Path, cfg_path: &Path, text: &st
     }
 
     let server = Server::start(&topo.server, topo.server_endpoint())?;
-    let ep = topo.server_endpoint();
+    short_connections(args, topo, &cfg, &server)?;
+    server.reset();
+    bulk_downloads(args, topo, &cfg)?;
+    inbound(topo)?;
 
-    // Phase 1: many short connections from every LAN host.
+    // What an operator sees right now.
+    match topo.multiwan(bin, &["status", "--run-dir", &run_dir_s]) {
+        Ok(out) => print!("== multiwan status\n{}", indent(&out)),
+        Err(e) => println!("== multiwan status failed: {e:#}"),
+    }
+
+    if topo.isps.len() >= 2 && !args.no_drill {
+        let log_before = std::fs::read_to_string(&log_path).unwrap_or_default().len();
+        failover_drill(topo, &cfg, &daemon)?;
+        println!("   the daemon's log during the drill:");
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        for l in log.get(log_before..).unwrap_or("").lines() {
+            println!("   | {l}");
+        }
+    }
+    drop(server);
+
+    daemon.stop()?;
+    println!("== multiwan stopped with --cleanup");
+    for l in std::fs::read_to_string(&log_path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("stopped"))
+    {
+        println!("   {l}");
+    }
+    Ok(())
+}
+
+/// Phase 1: many short connections (TCP, every fourth one UDP) from every LAN host; what
+/// each uplink carried against what the weights promise.
+fn short_connections(
+    args: &LabArgs,
+    topo: &Topology,
+    cfg: &multiwan_core::Config,
+    server: &Server,
+) -> Result<()> {
+    let ep = topo.server_endpoint();
     let started = Instant::now();
     let hosts = topo.hosts.len().max(1);
     let mut handles = Vec::new();
@@ -238,7 +278,7 @@ fn drive(args: &LabArgs, topo: &Topology, bin: &Path, cfg_path: &Path, text: &st
         }
     }
     let total: u64 = conns.iter().sum();
-    let expected = expected_shares(&cfg);
+    let expected = expected_shares(cfg);
     println!(
         "== {} short connections (TCP and UDP) from {} hosts in {:.1}s, {failures} failed",
         total + foreign,
@@ -250,7 +290,7 @@ fn drive(args: &LabArgs, topo: &Topology, bin: &Path, cfg_path: &Path, text: &st
         "uplink", "conns", "share", "promised"
     );
     for (i, c) in conns.iter().enumerate() {
-        let name = uplink_name(&cfg, i);
+        let name = uplink_name(cfg, i);
         let promised = expected.get(&name).copied().unwrap_or(0.0);
         println!(
             "   {:<8} {:>8} {:>8.1}% {:>8.1}%",
@@ -275,9 +315,11 @@ fn drive(args: &LabArgs, topo: &Topology, bin: &Path, cfg_path: &Path, text: &st
             topo.hosts.len()
         );
     }
+    Ok(())
+}
 
-    // Phase 2: parallel bulk downloads.
-    server.reset();
+/// Phase 2: parallel bulk downloads over a steady-state window.
+fn bulk_downloads(args: &LabArgs, topo: &Topology, cfg: &multiwan_core::Config) -> Result<()> {
     let flows = args.flows.max(1);
     let b = bulk(topo, flows, args.seconds.max(1) * 1000)?;
     let (per_isp, window, bulk_failed) = (b.per_isp, b.window_s, b.failed);
@@ -294,7 +336,7 @@ fn drive(args: &LabArgs, topo: &Topology, bin: &Path, cfg_path: &Path, text: &st
     for (i, (f, b, w)) in per_isp.iter().enumerate() {
         println!(
             "   {:<8} {:>6} {:>12.1} {:>12.1} {:>10}",
-            uplink_name(&cfg, i),
+            uplink_name(cfg, i),
             f,
             *b as f64 / (1024.0 * 1024.0),
             *w as f64 * 8.0 / window / 1e6,
@@ -312,8 +354,11 @@ fn drive(args: &LabArgs, topo: &Topology, bin: &Path, cfg_path: &Path, text: &st
         ),
         None => println!("   aggregate {agg:.1} Mbit/s (uplinks unshaped)"),
     }
+    Ok(())
+}
 
-    // Phase 3: connections coming in on each uplink are answered over it (seed 004 §4.2.2).
+/// Phase 3: connections coming in on each uplink are answered over it (seed 004 §4.2.2).
+fn inbound(topo: &Topology) -> Result<()> {
     println!("== inbound: the server connects to the router's address on each uplink");
     let listener = topo
         .router
@@ -360,33 +405,6 @@ fn drive(args: &LabArgs, topo: &Topology, bin: &Path, cfg_path: &Path, text: &st
         );
     }
     drop(accept);
-
-    // What an operator sees right now.
-    match topo.multiwan(bin, &["status", "--run-dir", &run_dir_s]) {
-        Ok(out) => print!("== multiwan status\n{}", indent(&out)),
-        Err(e) => println!("== multiwan status failed: {e:#}"),
-    }
-
-    if topo.isps.len() >= 2 && !args.no_drill {
-        let log_before = std::fs::read_to_string(&log_path).unwrap_or_default().len();
-        failover_drill(topo, &cfg, &daemon)?;
-        println!("   the daemon's log during the drill:");
-        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-        for l in log.get(log_before..).unwrap_or("").lines() {
-            println!("   | {l}");
-        }
-    }
-    drop(server);
-
-    daemon.stop()?;
-    println!("== multiwan stopped with --cleanup");
-    for l in std::fs::read_to_string(&log_path)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.contains("stopped"))
-    {
-        println!("   {l}");
-    }
     Ok(())
 }
 
@@ -423,37 +441,53 @@ fn failover_drill(topo: &Topology, cfg: &multiwan_core::Config, d: &LabDaemon) -
             .and_then(|h| h.join().ok())
             .unwrap_or(false)
     };
+    let log_from = d.log_len();
     topo.cut_upstream(0)?;
-    let cut = Instant::now();
+    // Both clocks start once the cut is in effect: the client's, and the system clock the
+    // daemon's log timestamps use.
+    let (cut, cut_wall) = (Instant::now(), crate::daemon::unix_now());
     let limit = Duration::from_secs(15);
-    let mut detected = None;
     let mut streak = 0;
+    let mut first_ok = None;
     let mut recovered = None;
-    while cut.elapsed() < limit && (detected.is_none() || recovered.is_none()) {
-        if detected.is_none() && d.uplink_state(&name).as_deref() == Some("down") {
-            detected = Some(cut.elapsed());
-        }
-        if recovered.is_none() {
-            // Ten new connections in a row must succeed (half of them would go to the dead
-            // uplink without failover).
-            if attempt(Duration::from_millis(100)) {
-                streak += 1;
-                if streak == 10 {
-                    recovered = Some(cut.elapsed());
-                }
-            } else {
-                streak = 0;
+    while cut.elapsed() < limit && recovered.is_none() {
+        // Ten new connections in a row must succeed (half of them would go to the dead
+        // uplink without failover); recovery is when the first of them succeeded.
+        if attempt(Duration::from_millis(100)) {
+            streak += 1;
+            if streak == 1 {
+                first_ok = Some(cut.elapsed());
+            }
+            if streak == 10 {
+                recovered = first_ok;
             }
         } else {
-            std::thread::sleep(Duration::from_millis(10));
+            streak = 0;
         }
+    }
+    let mut detected = None;
+    let wait = Instant::now();
+    while detected.is_none() && wait.elapsed() < Duration::from_secs(5) {
+        detected = d
+            .log_since(log_from)
+            .iter()
+            .find(|l| l.has("uplink down") && l.field("uplink") == Some(name.as_str()))
+            .and_then(|l| l.unix_s)
+            .map(|s| Duration::from_secs_f64((s - cut_wall).max(0.0)));
+        std::thread::sleep(Duration::from_millis(10));
     }
     let ms = |d: Option<Duration>| {
         d.map(|d| format!("{} ms", d.as_millis()))
             .unwrap_or_else(|| format!("not within {} s", limit.as_secs()))
     };
-    println!("   {name} marked down after      {}", ms(detected));
-    println!("   new connections all succeed after {}", ms(recovered));
+    println!(
+        "   {name} marked down after      {} (the daemon's log)",
+        ms(detected)
+    );
+    println!(
+        "   new connections all succeed after {} (the first of ten in a row)",
+        ms(recovered)
+    );
     topo.restore_upstream(0)?;
     let restored = Instant::now();
     let mut back = None;

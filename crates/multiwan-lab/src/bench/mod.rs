@@ -381,6 +381,22 @@ impl Setup {
     }
 }
 
+/// Sets `topo`'s router up as `setup` does.
+fn prepare(setup: Setup, topo: &Topology, bin: &Path) -> Result<()> {
+    match setup {
+        Setup::Plain => topo.router.sysctl("net.ipv4.ip_forward", "1")?,
+        Setup::Nat => {
+            topo.router.sysctl("net.ipv4.ip_forward", "1")?;
+            topo.router.nft(
+                "table ip nat {\n chain post {\n  type nat hook postrouting priority srcnat; policy accept;\n  oifname \"wan1\" masquerade\n }\n}\n",
+            )?;
+        }
+        Setup::Seed => seed_003(topo)?,
+        Setup::Multiwan => apply(topo, bin, SEED_003_CONFIG)?,
+    }
+    Ok(())
+}
+
 /// Sections 1 and 2: throughput, packets per second, connection rate.
 fn forwarding(bin: &Path, quick: bool) -> Result<(Section, Section)> {
     let rounds = if quick { 1 } else { 5 };
@@ -399,17 +415,7 @@ fn forwarding(bin: &Path, quick: bool) -> Result<(Section, Section)> {
             use std::io::Write;
             let _ = std::io::stdout().flush();
             let topo = forwarding_topology()?;
-            match s {
-                Setup::Plain => topo.router.sysctl("net.ipv4.ip_forward", "1")?,
-                Setup::Nat => {
-                    topo.router.sysctl("net.ipv4.ip_forward", "1")?;
-                    topo.router.nft(
-                        "table ip nat {\n chain post {\n  type nat hook postrouting priority srcnat; policy accept;\n  oifname \"wan1\" masquerade\n }\n}\n",
-                    )?;
-                }
-                Setup::Seed => seed_003(&topo)?,
-                Setup::Multiwan => apply(&topo, bin, SEED_003_CONFIG)?,
-            }
+            prepare(s, &topo, bin)?;
             let server = Server::start(&topo.server, topo.server_endpoint())?;
             let sink = UdpSink::start(&topo.server, SocketAddrV4::new(SERVER_ADDR, SINK_PORT))?;
             let b = bulk(&topo, 2, secs * 1000 + 500)?;
