@@ -64,7 +64,7 @@ pub struct LabArgs {
     /// Run the benchmarks instead of the demo and write them to --bench-out.
     #[arg(long)]
     pub bench: bool,
-    /// With --bench: the quick subset (under a minute).
+    /// With --bench: the quick subset (about a minute).
     #[arg(long, requires = "bench")]
     pub quick: bool,
     /// With --bench: where to write the report.

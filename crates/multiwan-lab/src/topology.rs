@@ -1,4 +1,4 @@
-//! The virtual network shared by `multiwan lab` and the namespace tests:
+//! The virtual network shared by `multiwan-lab` and the namespace tests:
 //!
 //! ```text
 //!  host1 ─┐                        ┌─ isp1 ─┐

@@ -167,7 +167,7 @@ pub(super) fn false_alarms(bin: &Path, quick: bool) -> Result<Section> {
         &[
             "probes",
             "lost (measured)",
-            "lost probes by streak length (measured)",
+            "streaks of lost probes, by length (measured)",
             "longest streak (measured)",
             "false failovers in the run (measured)",
             "false failovers per day (extrapolated)",
@@ -177,7 +177,7 @@ pub(super) fn false_alarms(bin: &Path, quick: bool) -> Result<Section> {
         probes.to_string(),
         format!("{dropped} ({:.2} %)", 100.0 * p),
         hist.iter()
-            .map(|(len, n)| format!("{len}: {n}×"))
+            .map(|(len, n)| format!("length {len}: {n}"))
             .collect::<Vec<_>>()
             .join(", "),
         format!("{longest} (down after {down_after})"),

@@ -600,8 +600,8 @@ fn aggregation(bin: &Path, quick: bool) -> Result<Section> {
         &format!(
             "Uplinks shaped with tbf in both directions; N parallel downloads balanced round-robin by \
              weight = capacity; TCP payload over a steady-state window of a {secs} s run, against the sum \
-             of the shaped capacities (which count link-layer bytes, so ~95-97 % is the ceiling for \
-             TCP payload)."
+             of the shaped capacities (which count link-layer bytes; headers make ~95-97 % the ceiling \
+             for TCP payload, an estimate from header sizes, not a measurement)."
         ),
         &["uplinks (Mbit/s)", "flows", "aggregate Mbit/s", "of capacity"],
     );

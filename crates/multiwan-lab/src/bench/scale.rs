@@ -43,8 +43,8 @@ pub(super) fn plan_scale(quick: bool) -> Result<Section> {
         "8. Scale of the plan",
         &format!(
             "Config → validated model → full plan (nft ruleset, rules, routes), in-process, median \
-             of {reps} runs; the size of the ruleset; and the time `nft -f` takes to load it into \
-             a fresh namespace (one transaction)."
+             of {reps} runs; the size of the ruleset; and the time `nft -f -` (the ruleset on stdin) \
+             takes to load it into a fresh namespace (one transaction)."
         ),
         &["uplinks", "rules", "check + plan", "ruleset", "nft load"],
     );
@@ -148,8 +148,7 @@ pub(super) fn flush_scale(bin: &Path, quick: bool) -> Result<Section> {
             "{n} UDP flows balanced over two uplinks by the daemon; then uplink 1's upstream is cut \
              and the daemon, with `on_uplink_down = \"flush\"`, deletes the entries with uplink 1's \
              mark and nothing else. *Took* is the daemon's own `took_ms` around its delete; the \
-             counts are `multiwan flows --json --uplink NAME` before the cut and after the flush \
-             (which also counts the daemon's probe flows)."
+             counts are `multiwan flows --json --uplink NAME` before the cut and after the flush."
         ),
         &[
             "entries (uplink 1 / uplink 2)",
