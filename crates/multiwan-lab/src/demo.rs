@@ -96,6 +96,7 @@ pub fn run(args: LabArgs) -> Result<()> {
     // worker, and must still delete it.
     let dir = scratch::private_dir("lab")?;
     let path = dir.path().to_path_buf();
+    scratch::set_base(path.clone());
     let worker = std::thread::spawn(move || run_lab(&args, &bin, &path));
     while !worker.is_finished() {
         if stop.load(Ordering::Relaxed) {

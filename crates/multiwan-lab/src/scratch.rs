@@ -5,17 +5,32 @@
 
 use std::fs::Permissions;
 use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::OnceLock;
 
 use anyhow::{Context, Result};
 pub use tempfile::TempDir;
 
-/// Creates a private directory under `$TMPDIR` (or /tmp) named `multiwan-<label>-XXXXXX`.
+/// Where later private directories go, once set: inside the lab's own private directory, so
+/// that the interrupt path, which exits without unwinding, removes them all with it.
+static BASE: OnceLock<PathBuf> = OnceLock::new();
+
+/// Puts every later [`private_dir`] of this process inside `dir` (the first call wins).
+pub fn set_base(dir: PathBuf) {
+    let _ = BASE.set(dir);
+}
+
+/// Creates a private directory named `multiwan-<label>-XXXXXX` under the base set with
+/// [`set_base`], else under `$TMPDIR` (or /tmp).
 pub fn private_dir(label: &str) -> Result<TempDir> {
-    tempfile::Builder::new()
-        .prefix(&format!("multiwan-{label}-"))
-        .permissions(Permissions::from_mode(0o700))
-        .tempdir()
-        .with_context(|| format!("creating a private directory for {label}"))
+    let prefix = format!("multiwan-{label}-");
+    let mut b = tempfile::Builder::new();
+    b.prefix(&prefix).permissions(Permissions::from_mode(0o700));
+    match BASE.get() {
+        Some(base) => b.tempdir_in(base),
+        None => b.tempdir(),
+    }
+    .with_context(|| format!("creating a private directory for {label}"))
 }
 
 #[cfg(test)]
