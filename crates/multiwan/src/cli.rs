@@ -1,6 +1,6 @@
-//! The command line: `check`, `plan`, `apply`, `down`, `run` and the operator commands. Help text comes from these doc
-//! comments. Errors are printed with their whole chain; config errors exit 2, runtime
-//! failures 1.
+//! The command line: `check`, `plan`, `apply`, `down`, `run` and the operator commands. Help
+//! text comes from these doc comments. Errors are printed with their whole chain; config
+//! errors exit 2, runtime failures 1.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -11,12 +11,8 @@ use clap::{Parser, Subcommand};
 use multiwan_core::plan::{assign_ids, plan};
 use multiwan_core::{Config, Facts};
 
-use crate::kernel;
-
-/// Default config path.
-pub const DEFAULT_CONFIG: &str = "/etc/multiwan/multiwan.toml";
-/// Default run directory.
-pub const DEFAULT_RUN_DIR: &str = "/run/multiwan";
+use crate::kernel::{Kernel, System};
+pub use crate::settings::{load_config, Failure, DEFAULT_CONFIG, DEFAULT_RUN_DIR};
 
 /// Balance a Linux gateway's connections over several internet uplinks.
 #[derive(Debug, Parser)]
@@ -103,44 +99,28 @@ pub enum Cmd {
     Manpage,
 }
 
-/// A failure with its exit code.
-#[derive(Debug)]
-pub enum Failure {
-    /// Bad config or usage: exit 2.
-    Config(String),
-    /// Runtime failure: exit 1.
-    Runtime(anyhow::Error),
-}
-
-impl From<anyhow::Error> for Failure {
-    fn from(e: anyhow::Error) -> Self {
-        Failure::Runtime(e)
-    }
-}
-
-/// Reads and validates a config file; errors are formatted diagnostics.
-pub fn load_config(path: &Path) -> Result<Config, Failure> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Failure::Config(format!("{}: cannot read config: {e}", path.display())))?;
-    multiwan_core::load(&path.display().to_string(), &text)
-        .map_err(|e| Failure::Config(e.to_string()))
-}
-
 /// Computes the plan for this namespace from the live kernel state; also returns the uplinks
 /// that cannot take connections right now.
 pub fn live_plan(cfg: &Config) -> Result<(multiwan_core::Plan, Vec<String>)> {
-    let facts = kernel::read_facts()?;
-    let installed = match kernel::read_installed() {
+    let auto = cfg
+        .uplinks
+        .iter()
+        .filter(|u| u.gateway_auto)
+        .map(|u| u.interface.clone())
+        .collect();
+    let mut k = System::open(Path::new(DEFAULT_RUN_DIR))?;
+    let facts = k.facts(&auto)?;
+    let installed = match k.ids(cfg.kernel.mark_mask) {
         Ok(i) => i,
         // Reading nftables needs root; `plan --live` must not. Without it the installed
         // uplink ids are unknown and fresh ones are shown.
         Err(e) if !nix::unistd::geteuid().is_root() => {
             eprintln!("note: not root, so the installed state is unknown ({e:#}); showing fresh uplink ids");
-            kernel::Installed::default()
+            BTreeMap::new()
         }
         Err(e) => return Err(e),
     };
-    let ids = assign_ids(cfg, &installed.ids)?;
+    let ids = assign_ids(cfg, &installed)?;
     let usable = usable_now(cfg, &facts);
     let unusable = cfg
         .uplinks
@@ -219,7 +199,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             for u in &unusable {
                 eprintln!("warning: uplink {u}: interface missing, down or without an address; it takes no connections");
             }
-            let r = kernel::apply(&p, &run_dir)?;
+            let r = System::open(&run_dir)?.apply(&p)?;
             if r.changed() {
                 let nft = if r.nft_replaced {
                     "replaced".to_string()
@@ -242,7 +222,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
         Cmd::Down { run_dir } => {
             require_root("down")?;
-            let r = kernel::down(&run_dir)?;
+            let r = System::open(&run_dir)?.down()?;
             println!(
                 "down: nft table {}, {} rules and {} routes removed, {} sysctls restored",
                 if r.nft_removed { "removed" } else { "absent" },

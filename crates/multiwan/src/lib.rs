@@ -7,3 +7,4 @@ pub mod control;
 pub mod daemon;
 pub mod kernel;
 pub mod operator;
+pub mod settings;

@@ -116,7 +116,8 @@ fn plan_needs_no_root_and_no_interfaces() {
     );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("table inet multiwan {"));
-    assert!(text.contains("numgen inc mod 2 vmap { 0 : goto up_adsl1, 1 : goto up_adsl2 }"));
+    assert!(text.contains("numgen inc mod 2 vmap @m_policy_default"));
+    assert!(text.contains("elements = { 0 : goto up_adsl1, 1 : goto up_adsl2 }"));
     assert!(
         text.contains("ip rule add priority 1001 fwmark 0x10000/0xff0000 lookup 1001 protocol 77")
     );

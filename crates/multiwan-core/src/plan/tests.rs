@@ -2,13 +2,14 @@
 
 use super::*;
 use crate::model::load;
+use crate::model::Method;
 use proptest::prelude::*;
 
-fn cfg(text: &str) -> Config {
+pub(super) fn cfg(text: &str) -> Config {
     load("t.toml", text).expect("valid config")
 }
 
-const TWO: &str = r#"
+pub(super) const TWO: &str = r#"
 [lan]
 interfaces = ["eth0"]
 [[uplink]]
@@ -27,12 +28,24 @@ gateway = "10.37.3.1"
 tier = 2
 "#;
 
-fn all_usable(c: &Config) -> BTreeSet<String> {
+pub(super) fn all_usable(c: &Config) -> BTreeSet<String> {
     c.uplinks.iter().map(|u| u.name.clone()).collect()
 }
 
-fn ids(c: &Config) -> BTreeMap<String, u32> {
+pub(super) fn ids(c: &Config) -> BTreeMap<String, u32> {
     assign_ids(c, &BTreeMap::new()).expect("ids")
+}
+
+/// The targets of a policy's map, slot by slot.
+fn slots(p: &Plan, chain: &str) -> Vec<String> {
+    p.policy_maps
+        .iter()
+        .find(|m| m.chain == chain)
+        .unwrap_or_else(|| panic!("no policy {chain}"))
+        .elements
+        .iter()
+        .map(|(_, c)| c.clone())
+        .collect()
 }
 
 #[test]
@@ -65,13 +78,21 @@ fn tier_two_is_unused_while_tier_one_is_usable() {
     let c = cfg(TWO);
     let p = plan(&c, &ids(&c), &all_usable(&c), &Facts::default());
     assert!(
+        p.nft.contains("numgen inc mod 4 vmap @m_policy_default"),
+        "{}",
+        p.nft
+    );
+    assert!(
         p.nft.contains(
-            "numgen inc mod 4 vmap { 0-1 : goto up_isp1, 2 : goto up_isp2, 3 : goto up_isp1 }"
+            "elements = { 0 : goto up_isp1, 1 : goto up_isp1, 2 : goto up_isp2, 3 : goto up_isp1 }"
         ),
         "{}",
         p.nft
     );
-    assert!(!p.nft.contains("goto up_lte }"));
+    assert_eq!(
+        slots(&p, "policy_default"),
+        ["up_isp1", "up_isp1", "up_isp2", "up_isp1"]
+    );
     let d = &p.policies.last().expect("default").decision;
     assert_eq!(
         d,
@@ -87,17 +108,11 @@ fn tiers_fall_through_and_all_down_is_unreachable() {
     let c = cfg(TWO);
     let only_lte: BTreeSet<String> = ["lte".to_string()].into();
     let p = plan(&c, &ids(&c), &only_lte, &Facts::default());
-    assert!(
-        p.nft
-            .contains("chain policy_default {\n\t\tgoto up_lte comment"),
-        "{}",
-        p.nft
-    );
+    assert_eq!(slots(&p, "policy_default"), ["up_lte"]);
+    assert!(p.nft.contains("numgen inc mod 1 vmap @m_policy_default"));
     let none = BTreeSet::new();
     let p = plan(&c, &ids(&c), &none, &Facts::default());
-    assert!(p
-        .nft
-        .contains("chain policy_default {\n\t\tgoto to_none comment"));
+    assert_eq!(slots(&p, "policy_default"), ["to_none"]);
     assert!(p
         .rules
         .iter()
@@ -110,9 +125,7 @@ fn tiers_fall_through_and_all_down_is_unreachable() {
 fn when_all_down_main_and_blackhole() {
     let c = cfg(&format!("{TWO}[balance]\nwhen_all_down = \"main\"\n"));
     let p = plan(&c, &ids(&c), &BTreeSet::new(), &Facts::default());
-    assert!(p
-        .nft
-        .contains("chain policy_default {\n\t\tgoto to_main comment"));
+    assert_eq!(slots(&p, "policy_default"), ["to_main"]);
     let c = cfg(&format!("{TWO}[balance]\nwhen_all_down = \"blackhole\"\n"));
     let p = plan(&c, &ids(&c), &BTreeSet::new(), &Facts::default());
     assert!(p
@@ -145,9 +158,10 @@ mode = \"bypass\"
     let c = cfg(&text);
     let p = plan(&c, &ids(&c), &all_usable(&c), &Facts::default());
     assert!(p.nft.contains("ip saddr 192.168.0.228 meta l4proto tcp th dport { 80, 8000-8080 } counter goto rule_web"), "{}", p.nft);
-    assert!(p.nft.contains("chain rule_web {\n\t\tgoto up_isp2 comment"));
-    assert!(
-        p.nft.contains("chain rule_voip {\n\t\tgoto up_lte comment"),
+    assert_eq!(slots(&p, "rule_web"), ["up_isp2"]);
+    assert_eq!(
+        slots(&p, "rule_voip"),
+        ["up_lte"],
         "failover takes list order, not tiers"
     );
     assert!(p
@@ -155,13 +169,15 @@ mode = \"bypass\"
         .contains("ip daddr 10.0.0.0/8 counter goto rule_lan2lan"));
     assert!(p
         .nft
-        .contains("chain rule_lan2lan {\n\t\tgoto to_main comment"));
+        .contains("chain rule_lan2lan {\n\t\tgoto to_main\n\t}"));
+    assert!(
+        !p.policy_maps.iter().any(|m| m.chain == "rule_lan2lan"),
+        "bypass does not depend on health"
+    );
     // Failover moves on when the first is down.
     let without_lte: BTreeSet<String> = ["isp1".to_string(), "isp2".to_string()].into();
     let p = plan(&c, &ids(&c), &without_lte, &Facts::default());
-    assert!(p
-        .nft
-        .contains("chain rule_voip {\n\t\tgoto up_isp1 comment"));
+    assert_eq!(slots(&p, "rule_voip"), ["up_isp1"]);
 }
 
 #[test]
@@ -227,14 +243,9 @@ fn policy_routing_layout() {
             "net.ipv4.conf.eth2.rp_filter"
         ]
     );
-    assert_eq!(
-        p.sysctls[3].proc_path(),
-        "/proc/sys/net/ipv4/conf/eth1/rp_filter"
-    );
-    assert_eq!(
-        p.sysctls[1].proc_path(),
-        "/proc/sys/net/netfilter/nf_conntrack_acct"
-    );
+    for s in &p.sysctls {
+        assert!(sysctl_path(&s.key).is_some(), "{} has no path", s.key);
+    }
 }
 
 #[test]
@@ -262,7 +273,7 @@ fn same_inputs_same_bytes() {
     assert!(a
         .nft
         .contains(&format!("comment \"multiwan {}\"", a.digest)));
-    // A health change keeps the structure and changes only the policy chains' rules.
+    // A health change keeps the structure and changes only the policies' maps.
     let d = plan(
         &c,
         &ids(&c),
@@ -270,15 +281,12 @@ fn same_inputs_same_bytes() {
         &Facts::default(),
     );
     assert_eq!(a.digest, d.digest);
-    assert_ne!(a.policy_chains, d.policy_chains);
-    assert!(d.nft.contains(&d.policy_chains[0].text()));
+    assert_ne!(a.policy_maps, d.policy_maps);
     assert_eq!(
-        d.policy_chains[0].replace_script(),
-        format!(
-            "flush chain inet multiwan policy_default\nadd rule inet multiwan policy_default goto up_isp2 comment \"p:{}\"\n",
-            d.policy_chains[0].digest
-        )
+        d.policy_maps[0].rule_text(),
+        "numgen inc mod 1 vmap @m_policy_default"
     );
+    assert!(d.nft.contains(&d.policy_maps[0].rule_text()));
     // Weights live in the policies only; interfaces are structure.
     let c2 = cfg(&TWO.replace("weight = 3", "weight = 2"));
     let e = plan(&c2, &ids(&c2), &all_usable(&c2), &Facts::default());
@@ -344,12 +352,10 @@ proptest! {
             Decision::Main => prop_assert!(false, "main only with when_all_down = main"),
         }
         // The balancing chain never jumps to an unusable uplink.
-        let policy = p.nft.split("chain policy_default {").nth(1).expect("policy").split('}').next().expect("body").to_string();
+        let targets = slots(&p, "policy_default");
         for u in &c.uplinks {
             if !usable.contains(&u.name) {
-                let a = format!("up_{} ", u.name);
-                let b = format!("up_{}\n", u.name);
-                prop_assert!(!policy.contains(&a) && !policy.contains(&b), "{} is unusable", &u.name);
+                prop_assert!(!targets.contains(&format!("up_{}", u.name)), "{} is unusable", &u.name);
             }
         }
     }

@@ -27,6 +27,7 @@ use multiwan_core::rounds::Rounds;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
+use super::supervise::Heartbeat;
 use super::Event;
 
 /// What one prober needs to know.
@@ -43,16 +44,39 @@ pub struct ProbeSpec {
     pub ident: u16,
 }
 
-/// Starts the prober thread for all `specs`. It stops when `stop` is set.
+/// Starts the prober thread for all `specs`. It beats `heartbeat` on every wake-up and stops
+/// when `stop` is set.
 pub fn spawn(
     specs: Vec<ProbeSpec>,
     generation: u64,
     tx: Sender<Event>,
     stop: Arc<AtomicBool>,
+    heartbeat: Heartbeat,
 ) -> std::io::Result<JoinHandle<()>> {
+    let fault = Fault::from_env(generation);
     std::thread::Builder::new()
         .name("probes".into())
-        .spawn(move || run(specs, generation, tx, stop))
+        .spawn(move || run(specs, generation, tx, stop, heartbeat, fault))
+}
+
+/// Faults injected for the supervision tests (`MULTIWAN_FAULT`), read once per prober:
+/// `prober-panic` panics every prober after its first rounds, `prober-panic-once` only the
+/// first one, `prober-hang` stops beating and never sends again. Unset in normal use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    Panic,
+    Hang,
+}
+
+impl Fault {
+    fn from_env(generation: u64) -> Option<Self> {
+        match std::env::var("MULTIWAN_FAULT").ok()?.as_str() {
+            "prober-panic" => Some(Fault::Panic),
+            "prober-panic-once" if generation == 1 => Some(Fault::Panic),
+            "prober-hang" => Some(Fault::Hang),
+            _ => None,
+        }
+    }
 }
 
 fn base_socket(spec: &ProbeSpec, ty: Type, proto: Protocol) -> std::io::Result<Socket> {
@@ -336,12 +360,31 @@ impl Prober {
     }
 }
 
-fn run(specs: Vec<ProbeSpec>, generation: u64, tx: Sender<Event>, stop: Arc<AtomicBool>) {
+fn run(
+    specs: Vec<ProbeSpec>,
+    generation: u64,
+    tx: Sender<Event>,
+    stop: Arc<AtomicBool>,
+    heartbeat: Heartbeat,
+    fault: Option<Fault>,
+) {
     // Every uplink starts now, so rounds of equal intervals share their wake-ups.
     let start = Instant::now();
     let mut probers: Vec<Prober> = specs.into_iter().map(|s| Prober::new(s, start)).collect();
     while !stop.load(Ordering::Relaxed) {
         let now = Instant::now();
+        if fault.is_some() && now.duration_since(start) > Duration::from_secs(1) {
+            match fault {
+                Some(Fault::Panic) => panic!("injected prober fault (MULTIWAN_FAULT)"),
+                _ => {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    return;
+                }
+            }
+        }
+        heartbeat.beat();
         let mut finished = Vec::new();
         for p in &mut probers {
             // Answers first, so a reply that arrived before a round's deadline counts even

@@ -9,7 +9,6 @@ use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
-use std::process::Command;
 use std::sync::mpsc::{channel, Sender};
 use std::time::Duration;
 
@@ -19,14 +18,15 @@ use multiwan_core::health::{State, WindowStats};
 use multiwan_core::model::{Config, Mode, Proto};
 use multiwan_core::plan::{Decision, PolicyPlan};
 use multiwan_core::Facts;
-use serde_json::Value;
 
-use super::netlink::{self, Flow};
 use super::Event;
 use crate::control::{
     self, Candidate, Envelope, Excluded, ExplainInfo, FlowInfo, Request, Response, RuleStatus,
     Status, TargetStatus, UplinkStatus, WatchEvent,
 };
+use crate::kernel::conntrack::{self, Flow};
+use crate::kernel::netlink::Rtnl;
+use crate::kernel::nft::Nft;
 
 /// Upper bounds (seconds) of the probe RTT histogram buckets.
 pub const RTT_BUCKETS: [f64; 10] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
@@ -182,7 +182,8 @@ fn serve(mut s: UnixStream, tx: &Sender<Event>) -> Result<()> {
             }
         }
         Request::Watch => {
-            let (events, rx) = channel();
+            // Bounded: a client that stops reading is dropped by the daemon, never waited for.
+            let (events, rx) = std::sync::mpsc::sync_channel(256);
             tx.send(Event::Subscribe(events))
                 .map_err(|_| anyhow::anyhow!("the daemon is stopping"))?;
             for ev in rx {
@@ -212,52 +213,38 @@ fn read_counters(snap: &Snapshot) -> KernelCounters {
         ifaces: BTreeMap::new(),
         live: BTreeMap::new(),
     };
-    let nft_json = |args: &[&str]| -> Option<Value> {
-        let out = Command::new("nft").args(args).output().ok()?;
-        serde_json::from_slice(&out.stdout).ok()
-    };
-    if let Some(v) = nft_json(&["-j", "list", "counters", "table", "inet", "multiwan"]) {
-        for o in v["nftables"].as_array().into_iter().flatten() {
-            let c = &o["counter"];
-            if let (Some(name), Some(p)) = (c["name"].as_str(), c["packets"].as_u64()) {
-                if let Some(u) = name.strip_prefix("conns_") {
-                    k.new_conns.insert(u.to_string(), p);
+    // Structures over netlink, no process: named counters, the balance chain's rule
+    // counters, interface statistics and conntrack.
+    match Nft::open() {
+        Ok(mut nft) => {
+            match nft.named_counters() {
+                Ok(c) => {
+                    for (name, p) in c {
+                        if let Some(u) = name.strip_prefix("conns_") {
+                            k.new_conns.insert(u.to_string(), p);
+                        }
+                    }
                 }
+                Err(e) => tracing::debug!(error = %format!("{e:#}"), "cannot read counters"),
+            }
+            match nft.goto_counters("balance") {
+                Ok(c) => {
+                    for (target, p) in c {
+                        if let Some(r) = target.strip_prefix("rule_") {
+                            k.rule_hits.insert(r.to_string(), p);
+                        }
+                    }
+                }
+                Err(e) => tracing::debug!(error = %format!("{e:#}"), "cannot read rule counters"),
             }
         }
+        Err(e) => tracing::debug!(error = %format!("{e:#}"), "cannot open nfnetlink"),
     }
-    if let Some(v) = nft_json(&["-j", "list", "chain", "inet", "multiwan", "balance"]) {
-        for o in v["nftables"].as_array().into_iter().flatten() {
-            let exprs = o["rule"]["expr"].as_array();
-            let mut hits = None;
-            let mut target = None;
-            for e in exprs.into_iter().flatten() {
-                if let Some(p) = e["counter"]["packets"].as_u64() {
-                    hits = Some(p);
-                }
-                if let Some(t) = e["goto"]["target"].as_str() {
-                    target = t.strip_prefix("rule_").map(str::to_string);
-                }
-            }
-            if let (Some(h), Some(t)) = (hits, target) {
-                k.rule_hits.insert(t, h);
-            }
-        }
+    match Rtnl::open().and_then(|mut r| r.link_bytes()) {
+        Ok(b) => k.ifaces = b,
+        Err(e) => tracing::debug!(error = %format!("{e:#}"), "cannot read interface counters"),
     }
-    if let Ok(out) = Command::new("ip")
-        .args(["-j", "-s", "link", "show"])
-        .output()
-    {
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        for l in v.as_array().into_iter().flatten() {
-            if let Some(name) = l["ifname"].as_str() {
-                let rx = l["stats64"]["rx"]["bytes"].as_u64().unwrap_or(0);
-                let tx = l["stats64"]["tx"]["bytes"].as_u64().unwrap_or(0);
-                k.ifaces.insert(name.to_string(), (rx, tx));
-            }
-        }
-    }
-    match netlink::dump_conntrack(Some((0, 0))) {
+    match conntrack::dump(None) {
         Ok(all) => {
             for f in all {
                 if let Some(u) = snap.uplink_of_mark(f.mark) {
@@ -265,7 +252,7 @@ fn read_counters(snap: &Snapshot) -> KernelCounters {
                 }
             }
         }
-        Err(e) => tracing::debug!(error = %e, "cannot read conntrack"),
+        Err(e) => tracing::debug!(error = %format!("{e:#}"), "cannot read conntrack"),
     }
     k
 }
@@ -439,7 +426,7 @@ pub fn flows(snap: &Snapshot, uplink: Option<&str>) -> Result<Vec<FlowInfo>> {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
-    let list: Vec<Flow> = netlink::dump_conntrack(filter).context("reading conntrack")?;
+    let list: Vec<Flow> = conntrack::dump(filter).context("reading conntrack")?;
     Ok(list
         .into_iter()
         .map(|f| FlowInfo {

@@ -1,0 +1,467 @@
+//! The planner: a validated [`Config`], the uplink ids in use, which uplinks are usable and
+//! what the kernel reports about interfaces go in; the exact nftables ruleset, `ip rule`s,
+//! routes and sysctls come out. Pure and deterministic: the same inputs give byte-identical
+//! output, which is what makes `apply` idempotent and the golden tests meaningful.
+//!
+//! Each piece is built by its own module, with its own golden test:
+//! - [`marks`]: uplink ids, the per-uplink mark chains and the `restore` map;
+//! - [`policies`]: the balancing policies (one named map and one rule per policy) and the
+//!   `balance` chain that evaluates the `[[rule]]`s;
+//! - [`hooks`]: the `prerouting` and `output` chains that restore marks and start balancing;
+//! - [`nat`]: per-uplink SNAT in `postrouting`;
+//! - [`routing`]: `ip rule`s, routes and sysctls.
+//!
+//! Health changes alter only the policies' map elements and numgen moduli ([`PolicyMap`]):
+//! the table's digest covers everything else, so they are applied as element updates that
+//! keep counters, sets and every other chain.
+
+mod hooks;
+mod marks;
+mod nat;
+mod policies;
+mod routing;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::{self, Write as _};
+use std::net::Ipv4Addr;
+
+use crate::model::{Config, KernelOpts};
+
+pub use marks::{assign_ids, PlanError};
+pub use policies::{hash_buckets, smooth_rotation, Decision, PolicyPlan};
+pub use routing::{next_hop, sysctl_path};
+
+/// Routing protocol number stamped on every route and rule multiwan installs, so it can
+/// recognise (and only ever remove) its own.
+pub const RTPROT_MULTIWAN: u8 = 77;
+/// The single nftables table multiwan owns.
+pub const NFT_FAMILY: &str = "inet";
+/// Name of the nftables table.
+pub const NFT_TABLE: &str = "multiwan";
+/// Name of the map from connection mark to restore chain (the installed uplink ids).
+pub const RESTORE_MAP: &str = "restore";
+/// Buckets used by the hash methods, so a failed uplink's hosts move and nobody else's.
+pub const HASH_BUCKETS: u32 = 256;
+/// Seed of the jhash methods; fixed so restarts keep every host on its uplink.
+pub const HASH_SEED: u32 = 0x6d77_616e;
+
+/// What the kernel reports about interfaces, as far as the planner cares.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Facts {
+    /// Interface name → link facts. `None` means unknown (offline `plan`): every interface is
+    /// assumed present, addresses are not known.
+    pub links: Option<BTreeMap<String, Link>>,
+}
+
+/// One interface as the kernel reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Link {
+    /// Administratively up and carrier present.
+    pub up: bool,
+    /// IPv4 addresses on the interface.
+    pub addrs: Vec<Ipv4Addr>,
+    /// The gateway of a default route through this interface that multiwan did not install
+    /// (typically the DHCP client's), for `gateway = "auto"`.
+    pub gateway: Option<Ipv4Addr>,
+}
+
+impl Facts {
+    /// Whether routes through `ifname` can be installed.
+    pub fn routable(&self, ifname: &str, needs_addr: bool) -> bool {
+        match &self.links {
+            None => true,
+            Some(l) => l
+                .get(ifname)
+                .is_some_and(|l| l.up && (!needs_addr || !l.addrs.is_empty())),
+        }
+    }
+
+    fn addrs(&self, ifname: &str) -> &[Ipv4Addr] {
+        self.links
+            .as_ref()
+            .and_then(|l| l.get(ifname))
+            .map(|l| l.addrs.as_slice())
+            .unwrap_or(&[])
+    }
+}
+
+/// The action of an `ip rule`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RuleAction {
+    /// `lookup main suppress_prefixlength 0`
+    MainNoDefault,
+    /// `lookup TABLE`
+    Lookup(u32),
+    /// `unreachable`
+    Unreachable,
+    /// `blackhole`
+    Blackhole,
+}
+
+/// One `ip rule` owned by multiwan.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct IpRule {
+    pub priority: u32,
+    /// (mark, mask)
+    pub fwmark: Option<(u32, u32)>,
+    pub from: Option<Ipv4Addr>,
+    pub action: RuleAction,
+}
+
+impl IpRule {
+    /// Arguments after `ip rule add` / `ip rule del` (what `plan` prints).
+    pub fn args(&self) -> Vec<String> {
+        let mut a = vec!["priority".to_string(), self.priority.to_string()];
+        if let Some(from) = self.from {
+            a.push("from".into());
+            a.push(from.to_string());
+        }
+        if let Some((mark, mask)) = self.fwmark {
+            a.push("fwmark".into());
+            a.push(format!("{mark:#x}/{mask:#x}"));
+        }
+        match self.action {
+            RuleAction::MainNoDefault => {
+                a.extend(["lookup", "main", "suppress_prefixlength", "0"].map(String::from))
+            }
+            RuleAction::Lookup(t) => {
+                a.push("lookup".into());
+                a.push(t.to_string());
+            }
+            RuleAction::Unreachable => a.push("unreachable".into()),
+            RuleAction::Blackhole => a.push("blackhole".into()),
+        }
+        a.push("protocol".into());
+        a.push(RTPROT_MULTIWAN.to_string());
+        a
+    }
+}
+
+/// A next hop of a route.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Nexthop {
+    pub via: Option<Ipv4Addr>,
+    pub dev: String,
+    pub weight: u32,
+}
+
+/// A default route in a table owned by multiwan.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Route {
+    pub table: u32,
+    /// One entry: a plain route (weight ignored); several: a multipath route.
+    pub nexthops: Vec<Nexthop>,
+}
+
+impl Route {
+    /// Arguments after `ip route replace` (what `plan` prints).
+    pub fn args(&self) -> Vec<String> {
+        let mut a = vec!["default".to_string()];
+        if let [nh] = self.nexthops.as_slice() {
+            if let Some(via) = nh.via {
+                a.push("via".into());
+                a.push(via.to_string());
+            }
+            a.push("dev".into());
+            a.push(nh.dev.clone());
+        }
+        a.extend([
+            "table".to_string(),
+            self.table.to_string(),
+            "proto".into(),
+            RTPROT_MULTIWAN.to_string(),
+        ]);
+        if self.nexthops.len() > 1 {
+            for nh in &self.nexthops {
+                a.push("nexthop".into());
+                if let Some(via) = nh.via {
+                    a.push("via".into());
+                    a.push(via.to_string());
+                }
+                a.push("dev".into());
+                a.push(nh.dev.clone());
+                a.push("weight".into());
+                a.push(nh.weight.to_string());
+            }
+        }
+        a
+    }
+}
+
+/// A sysctl multiwan sets.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Sysctl {
+    /// Dotted key, e.g. `net.ipv4.conf.eth1.rp_filter`.
+    pub key: String,
+    pub value: String,
+}
+
+/// How a policy picks a slot of its map for a new connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Selector {
+    /// `numgen inc|random mod MODULUS`: the slot count changes with the usable uplinks.
+    Numgen { random: bool, modulus: u32 },
+    /// `jhash ip saddr [. ip daddr] mod HASH_BUCKETS seed HASH_SEED`: fixed slot count.
+    Jhash { with_dst: bool },
+}
+
+impl Selector {
+    /// The nft expression.
+    pub fn expr(&self) -> String {
+        match self {
+            Selector::Numgen { random, modulus } => {
+                let kind = if *random { "random" } else { "inc" };
+                format!("numgen {kind} mod {modulus}")
+            }
+            Selector::Jhash { with_dst } => {
+                let key = if *with_dst {
+                    "ip saddr . ip daddr"
+                } else {
+                    "ip saddr"
+                };
+                format!("jhash {key} mod {HASH_BUCKETS} seed {:#010x}", HASH_SEED)
+            }
+        }
+    }
+
+    /// The `typeof` of its map's key (independent of health).
+    fn key_typeof(&self) -> &'static str {
+        match self {
+            Selector::Numgen { .. } => "numgen inc mod 1",
+            Selector::Jhash { .. } => "jhash ip saddr mod 256",
+        }
+    }
+}
+
+/// A balancing policy as the kernel holds it: chain `chain` has the single rule
+/// `SELECTOR vmap @map`, and map `map` sends each slot to an uplink's chain (`up_NAME`) or to
+/// `to_main` / `to_none`. This is the only state a health change alters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyMap {
+    /// `policy_default` or `rule_NAME`.
+    pub chain: String,
+    /// `m_policy_default` or `m_rule_NAME`.
+    pub map: String,
+    pub selector: Selector,
+    /// Slot → target chain, slots `0..n` in order.
+    pub elements: Vec<(u32, String)>,
+}
+
+impl PolicyMap {
+    /// The chain's rule.
+    pub fn rule_text(&self) -> String {
+        format!("{} vmap @{}", self.selector.expr(), self.map)
+    }
+
+    /// The map declaration; with state its current elements, without (for the structure
+    /// digest) a placeholder.
+    fn map_text(&self, with_state: bool) -> String {
+        let elements = if with_state {
+            let e: Vec<String> = self
+                .elements
+                .iter()
+                .map(|(k, c)| format!("{k} : goto {c}"))
+                .collect();
+            format!("{{ {} }}", e.join(", "))
+        } else {
+            "policy".into()
+        };
+        format!(
+            "\tmap {} {{\n\t\ttypeof {} : verdict\n\t\telements = {elements}\n\t}}\n",
+            self.map,
+            self.selector.key_typeof(),
+        )
+    }
+
+    /// Chain and map as installed; without state (for the structure digest) the elements and
+    /// the numgen modulus are left out.
+    fn text(&self, with_state: bool) -> String {
+        let rule = match (with_state, self.selector) {
+            (false, Selector::Numgen { random, .. }) => format!(
+                "numgen {} mod policy vmap @{}",
+                if random { "random" } else { "inc" },
+                self.map
+            ),
+            _ => self.rule_text(),
+        };
+        format!(
+            "{}\n\tchain {} {{\n\t\t{rule}\n\t}}\n\n",
+            self.map_text(with_state),
+            self.chain
+        )
+    }
+}
+
+/// Everything `apply` installs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// The complete `table inet multiwan { ... }` text, including its digest comment.
+    pub nft: String,
+    /// Digest of the ruleset without the policies' state; stored as the table's comment, so
+    /// an unchanged structure is never reloaded.
+    pub digest: String,
+    /// The health-dependent state of every balancing policy.
+    pub policy_maps: Vec<PolicyMap>,
+    pub rules: Vec<IpRule>,
+    pub routes: Vec<Route>,
+    pub sysctls: Vec<Sysctl>,
+    /// What each policy decides now (reports, `explain`, `status`).
+    pub policies: Vec<PolicyPlan>,
+    /// Uplink name → id.
+    pub ids: BTreeMap<String, u32>,
+    /// Tables multiwan owns under this config (routes in them that are not planned go).
+    pub tables: BTreeSet<u32>,
+}
+
+impl Plan {
+    /// The nft script that replaces the table atomically in one transaction.
+    pub fn nft_transaction(&self) -> String {
+        format!(
+            "add table {NFT_FAMILY} {NFT_TABLE}\ndelete table {NFT_FAMILY} {NFT_TABLE}\n{}",
+            self.nft
+        )
+    }
+}
+
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "# nftables: replaced in one transaction (nft -f)")?;
+        write!(f, "{}", self.nft)?;
+        writeln!(f)?;
+        writeln!(f, "# policy routing rules")?;
+        for r in &self.rules {
+            writeln!(f, "ip rule add {}", r.args().join(" "))?;
+        }
+        writeln!(f)?;
+        writeln!(f, "# routes")?;
+        for r in &self.routes {
+            writeln!(f, "ip route replace {}", r.args().join(" "))?;
+        }
+        writeln!(f)?;
+        writeln!(f, "# sysctls")?;
+        for s in &self.sysctls {
+            writeln!(f, "{} = {}", s.key, s.value)?;
+        }
+        Ok(())
+    }
+}
+
+/// FNV-1a, 64 bit: a stable digest of the ruleset text (not a security measure).
+fn digest(text: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+fn hex(v: u32) -> String {
+    format!("{v:#010x}")
+}
+
+fn set_expr<T: fmt::Display>(items: &[T]) -> String {
+    if items.len() == 1 {
+        items[0].to_string()
+    } else {
+        let v: Vec<String> = items.iter().map(|i| i.to_string()).collect();
+        format!("{{ {} }}", v.join(", "))
+    }
+}
+
+fn quoted_set(items: &[String]) -> String {
+    let q: Vec<String> = items.iter().map(|s| format!("\"{s}\"")).collect();
+    set_expr(&q)
+}
+
+/// Whether uplink `i` shares its interface with another uplink (two routers on one segment).
+fn shares_interface(cfg: &Config, i: usize) -> bool {
+    let ifname = &cfg.uplinks[i].interface;
+    cfg.uplinks
+        .iter()
+        .filter(|o| &o.interface == ifname)
+        .count()
+        > 1
+}
+
+/// What every piece of the planner needs.
+struct Ctx<'a> {
+    cfg: &'a Config,
+    k: KernelOpts,
+    ids: &'a BTreeMap<String, u32>,
+}
+
+impl Ctx<'_> {
+    fn id(&self, i: usize) -> u32 {
+        self.ids
+            .get(&self.cfg.uplinks[i].name)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn mark(&self, i: usize) -> u32 {
+        self.k.mark_of(self.id(i))
+    }
+
+    fn set_mark_stmts(&self, value: u32, ct: bool) -> String {
+        let keep = hex(!self.k.mark_mask);
+        let v = hex(value);
+        if ct {
+            format!("ct mark set ct mark and {keep} or {v}")
+        } else {
+            format!("meta mark set meta mark and {keep} or {v}")
+        }
+    }
+}
+
+/// Builds the plan. `usable` names the uplinks that may take new connections.
+pub fn plan(
+    cfg: &Config,
+    ids: &BTreeMap<String, u32>,
+    usable: &BTreeSet<String>,
+    facts: &Facts,
+) -> Plan {
+    let ctx = Ctx {
+        cfg,
+        k: cfg.kernel,
+        ids,
+    };
+    let pol = policies::build(&ctx, usable);
+    // The table body, twice: as installed, and without the policies' state for the digest.
+    let body = |with_state: bool| {
+        let mut w = String::new();
+        w.push_str(&marks::chains(&ctx));
+        w.push_str(&marks::restore_map(&ctx));
+        for m in &pol.maps {
+            w.push_str(&m.text(with_state));
+        }
+        w.push_str(&pol.static_chains);
+        w.push_str(&pol.balance);
+        w.push_str(&hooks::prerouting(&ctx));
+        w.push_str(&hooks::output(&ctx));
+        w.push_str(&nat::postrouting(&ctx));
+        w
+    };
+    let dg = digest(&body(false));
+    let mut nft = String::new();
+    let _ = write!(
+        nft,
+        "table {NFT_FAMILY} {NFT_TABLE} {{\n\tcomment \"multiwan {dg}\"\n\n{}}}\n",
+        body(true)
+    );
+    let routing = routing::build(&ctx, facts, &pol.default_usable);
+    Plan {
+        nft,
+        digest: dg,
+        policy_maps: pol.maps,
+        rules: routing.rules,
+        routes: routing.routes,
+        sysctls: routing::sysctls(cfg, facts),
+        policies: pol.decisions,
+        ids: ids.clone(),
+        tables: routing.tables,
+    }
+}
+
+#[cfg(test)]
+mod tests;

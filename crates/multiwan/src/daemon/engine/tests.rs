@@ -1,0 +1,279 @@
+//! The daemon's decisions against the in-memory kernel, with scripted time: failover and
+//! failback, flushing only the failed uplink, link events, failed updates and retries,
+//! drift repair, reloads, drains and hook order. No root, no namespace, no sleeping.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use multiwan_core::plan::Link;
+use multiwan_core::Facts;
+
+use super::*;
+use crate::kernel::fake::FakeKernel;
+
+const CFG: &str = r#"
+[lan]
+interfaces = ["lan0"]
+[daemon]
+hook = "/bin/true"
+[[uplink]]
+name = "isp1"
+interface = "wan1"
+gateway = "10.37.1.1"
+[uplink.check]
+targets = ["172.16.0.100"]
+[[uplink]]
+name = "isp2"
+interface = "wan2"
+gateway = "10.37.2.1"
+[uplink.check]
+targets = ["172.16.0.100"]
+"#;
+
+fn cfg(text: &str) -> Config {
+    multiwan_core::load("t.toml", text).expect("valid config")
+}
+
+fn facts(up: &[(&str, bool)]) -> Facts {
+    let links: BTreeMap<String, Link> = up
+        .iter()
+        .enumerate()
+        .map(|(i, (name, up))| {
+            (
+                name.to_string(),
+                Link {
+                    up: *up,
+                    addrs: vec![format!("10.37.{}.253", i + 1).parse().expect("ip")],
+                    gateway: None,
+                },
+            )
+        })
+        .collect();
+    Facts { links: Some(links) }
+}
+
+struct World {
+    e: Engine<FakeKernel>,
+    t: Instant,
+    _dir: tempfile_dir::Dir,
+}
+
+/// A private directory removed on drop (state.json is written there).
+mod tempfile_dir {
+    pub struct Dir(pub std::path::PathBuf);
+    impl Dir {
+        pub fn new() -> Self {
+            static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            let p = std::env::temp_dir().join(format!(
+                "mw-engine-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            ));
+            std::fs::create_dir_all(&p).expect("dir");
+            Self(p)
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+impl World {
+    fn new(text: &str) -> Self {
+        let dir = tempfile_dir::Dir::new();
+        let kernel = FakeKernel {
+            facts: facts(&[("wan1", true), ("wan2", true), ("lan0", true)]),
+            ..FakeKernel::default()
+        };
+        let t = Instant::now();
+        let mut e =
+            Engine::new(kernel, cfg(text), "t.toml".into(), dir.0.clone(), t).expect("engine");
+        e.reconcile(t);
+        Self { e, t, _dir: dir }
+    }
+
+    /// One round for every uplink, `ok` naming the uplinks whose probe answered.
+    fn round(&mut self, ok: &[&str]) {
+        self.t += Duration::from_millis(100);
+        let names: Vec<String> = self.e.cfg.uplinks.iter().map(|u| u.name.clone()).collect();
+        for n in names {
+            let r = ok
+                .contains(&n.as_str())
+                .then_some(Duration::from_millis(20));
+            self.e.on_round(&n, &[r], self.t);
+        }
+        self.e.tick(self.t);
+    }
+
+    fn default_targets(&self) -> Vec<String> {
+        let p = self.e.last_plan.as_ref().expect("planned");
+        let m = p
+            .policy_maps
+            .iter()
+            .find(|m| m.chain == "policy_default")
+            .expect("default policy");
+        let mut t: Vec<String> = m.elements.iter().map(|(_, c)| c.clone()).collect();
+        t.sort();
+        t.dedup();
+        t
+    }
+
+    fn state(&self, name: &str) -> &'static str {
+        self.e.uplinks[name].monitor.state().name()
+    }
+}
+
+#[test]
+fn start_applies_once_with_every_working_uplink() {
+    let w = World::new(CFG);
+    assert_eq!(w.e.kernel.applies.len(), 1);
+    assert!(w.e.kernel.applies[0].nft_replaced);
+    assert_eq!(w.default_targets(), ["up_isp1", "up_isp2"]);
+}
+
+#[test]
+fn failover_after_down_after_rounds_flushes_only_the_failed_uplink() {
+    let mut w = World::new(CFG);
+    for _ in 0..5 {
+        w.round(&["isp2"]);
+    }
+    assert_eq!(w.state("isp1"), "up", "five bad rounds are not enough");
+    assert_eq!(w.e.kernel.applies.len(), 1);
+    w.round(&["isp2"]);
+    assert_eq!(w.state("isp1"), "down");
+    assert_eq!(w.default_targets(), ["up_isp2"]);
+    let last = w.e.kernel.applies.last().expect("apply");
+    assert!(!last.nft_replaced, "a health change keeps the table");
+    assert_eq!(last.policies_updated, 1);
+    let mark1 = w.e.cfg.kernel.mark_of(w.e.ids["isp1"]);
+    assert_eq!(w.e.kernel.flushed, vec![(mark1, w.e.cfg.kernel.mark_mask)]);
+    // Failback after ten good rounds, without a flush.
+    for _ in 0..9 {
+        w.round(&["isp1", "isp2"]);
+    }
+    assert_eq!(w.state("isp1"), "down");
+    w.round(&["isp1", "isp2"]);
+    assert_eq!(w.state("isp1"), "up");
+    assert_eq!(w.default_targets(), ["up_isp1", "up_isp2"]);
+    assert_eq!(w.e.kernel.flushed.len(), 1);
+    let calls: Vec<(String, String)> =
+        w.e.hook_calls
+            .iter()
+            .map(|c| (c.uplink.clone(), c.new_state.clone()))
+            .collect();
+    assert_eq!(
+        calls,
+        [
+            ("isp1".to_string(), "down".to_string()),
+            ("isp1".to_string(), "up".to_string())
+        ],
+        "hook calls in order"
+    );
+}
+
+#[test]
+fn a_failed_update_is_retried_and_nothing_is_lost() {
+    let mut w = World::new(CFG);
+    w.e.kernel.fail_applies = 2;
+    for _ in 0..6 {
+        w.round(&["isp2"]);
+    }
+    assert_eq!(w.state("isp1"), "down");
+    // The update failed: still dirty, the kernel holds the old plan, nothing flushed yet.
+    assert!(w.e.is_dirty());
+    assert!(w.e.kernel.flushed.is_empty());
+    w.round(&["isp2"]);
+    assert!(w.e.is_dirty(), "second injected failure");
+    w.round(&["isp2"]);
+    assert!(!w.e.is_dirty());
+    assert_eq!(w.default_targets(), ["up_isp2"]);
+    assert_eq!(
+        w.e.kernel.flushed.len(),
+        1,
+        "flushed once the update went through"
+    );
+}
+
+#[test]
+fn a_lost_link_is_down_at_once_without_probes() {
+    let mut w = World::new(CFG);
+    w.e.kernel.facts = facts(&[("wan1", false), ("wan2", true), ("lan0", true)]);
+    w.e.on_kernel_changed(
+        Change {
+            links: true,
+            ..Change::default()
+        },
+        w.t,
+    );
+    w.e.tick(w.t);
+    assert_eq!(w.state("isp1"), "down");
+    assert_eq!(w.default_targets(), ["up_isp2"]);
+}
+
+#[test]
+fn drift_is_repaired_on_the_periodic_verify() {
+    let mut w = World::new(CFG);
+    let applies = w.e.kernel.applies.len();
+    // Someone removes our state by hand; no notification arrives.
+    w.e.kernel.installed = None;
+    w.t += VERIFY_EVERY - Duration::from_millis(1);
+    w.e.tick(w.t);
+    assert_eq!(w.e.kernel.applies.len(), applies, "not yet due");
+    w.t += Duration::from_millis(2);
+    w.e.tick(w.t);
+    assert_eq!(w.e.kernel.applies.len(), applies + 1);
+    assert!(w.e.kernel.installed.is_some());
+}
+
+#[test]
+fn invalid_reload_keeps_the_running_state_and_a_valid_one_keeps_ids() {
+    let mut w = World::new(CFG);
+    let ids = w.e.ids.clone();
+    w.e.reload(None, w.t);
+    assert_eq!(w.e.ids, ids);
+    let bigger = format!(
+        "{}[[uplink]]\nname = \"lte\"\ninterface = \"wwan0\"\ngateway = \"10.64.64.64\"\ntier = 2\n",
+        CFG.replace("name = \"isp1\"", "name = \"isp1\"\nweight = 3")
+    );
+    w.e.reload(Some(cfg(&bigger)), w.t);
+    w.e.tick(w.t);
+    assert_eq!(w.e.ids["isp1"], ids["isp1"]);
+    assert_eq!(w.e.ids["isp2"], ids["isp2"]);
+    assert_eq!(w.e.ids["lte"], 3);
+    assert!(w.e.probers_stale);
+    assert_eq!(w.state("lte"), "down", "its interface does not exist");
+}
+
+#[test]
+fn a_drain_takes_no_new_connections_and_flushes_nothing() {
+    let mut w = World::new(CFG);
+    let ack = w.e.admin("isp2", false, w.t).expect("known uplink");
+    assert_eq!(ack.uplink, "isp2");
+    assert_eq!(w.default_targets(), ["up_isp1"]);
+    assert!(w.e.kernel.flushed.is_empty());
+    assert!(w.e.admin("nope", false, w.t).is_err());
+    w.e.admin("isp2", true, w.t).expect("enable");
+    assert_eq!(w.default_targets(), ["up_isp1", "up_isp2"]);
+}
+
+#[test]
+fn adoption_keeps_the_ids_a_previous_daemon_installed() {
+    let dir = tempfile_dir::Dir::new();
+    let kernel = FakeKernel {
+        facts: facts(&[("wan1", true), ("wan2", true)]),
+        preinstalled_ids: [("isp1".to_string(), 7), ("isp2".to_string(), 3)].into(),
+        ..FakeKernel::default()
+    };
+    let e = Engine::new(
+        kernel,
+        cfg(CFG),
+        "t.toml".into(),
+        dir.0.clone(),
+        Instant::now(),
+    )
+    .expect("engine");
+    assert_eq!(e.ids["isp1"], 7);
+    assert_eq!(e.ids["isp2"], 3);
+}

@@ -1,0 +1,586 @@
+//! THE ONLY MODULE THAT CHANGES THE KERNEL. It reads interfaces and multiwan's own state back
+//! as structures (rtnetlink, nfnetlink), and applies a [`Plan`] as a verified, reversible
+//! sequence whose nftables part is one atomic transaction.
+//!
+//! **Architecture invariant:** everything multiwan installs is recognisable as its own — the
+//! `inet multiwan` table, rules and routes with protocol [`RTPROT_MULTIWAN`], the sysctls of
+//! [`multiwan_core::plan::sysctl_path`] — and nothing else is ever deleted or modified. `down`
+//! removes exactly that set.
+//!
+//! The [`Kernel`] trait is the seam the daemon is written against: [`System`] is the real
+//! kernel, `fake::FakeKernel` an in-memory one for the daemon's logic tests.
+
+pub mod conntrack;
+pub mod events;
+pub mod exec;
+pub mod netlink;
+pub mod nft;
+pub mod socket;
+pub mod sysctl;
+
+#[cfg(test)]
+pub mod fake;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write as _;
+use std::net::Ipv4Addr;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use multiwan_core::plan::{IpRule, Link, Plan, PolicyMap, Route, RTPROT_MULTIWAN};
+use multiwan_core::Facts;
+
+use netlink::{Rtnl, Unknown};
+use nft::{Nft, PolicyState};
+
+/// What the daemon (and the commands) need from the kernel.
+pub trait Kernel {
+    /// Interfaces, their IPv4 addresses, and for the interfaces in `auto_gateways` the
+    /// gateway of the default route someone else (a DHCP client) installed through them.
+    fn facts(&mut self, auto_gateways: &BTreeSet<String>) -> Result<Facts>;
+    /// The uplink ids of the installed table (empty when there is none). Anything that cannot
+    /// be understood is an error, never a silent reassignment.
+    fn ids(&mut self, mark_mask: u32) -> Result<BTreeMap<String, u32>>;
+    /// Makes the kernel equal `plan`, all or nothing, verified.
+    fn apply(&mut self, plan: &Plan) -> Result<ApplyReport>;
+    /// Checks that the kernel equals `plan`.
+    fn verify(&mut self, plan: &Plan) -> Result<()>;
+    /// Deletes the connections whose mark under `mask` is `mark`.
+    fn flush(&mut self, mark: u32, mask: u32) -> Result<()>;
+    /// Removes everything multiwan installed, and nothing else.
+    fn down(&mut self) -> Result<DownReport>;
+}
+
+/// What `apply` changed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ApplyReport {
+    pub routes_changed: usize,
+    pub routes_removed: usize,
+    pub rules_added: usize,
+    pub rules_removed: usize,
+    pub nft_replaced: bool,
+    /// Policies rewritten in place (the structure was unchanged).
+    pub policies_updated: usize,
+    pub sysctls_changed: usize,
+}
+
+impl ApplyReport {
+    /// Whether anything changed.
+    pub fn changed(&self) -> bool {
+        *self != Self::default()
+    }
+}
+
+/// What `down` removed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct DownReport {
+    pub nft_removed: bool,
+    pub rules_removed: usize,
+    pub routes_removed: usize,
+    pub sysctls_restored: usize,
+}
+
+/// The network namespace's inode number, for per-namespace state files.
+pub fn netns_id() -> Result<String> {
+    let ns = std::fs::read_link("/proc/self/ns/net").context("reading /proc/self/ns/net")?;
+    Ok(ns
+        .to_string_lossy()
+        .chars()
+        .filter(|c| c.is_ascii_digit())
+        .collect())
+}
+
+/// Writes `path` (inside `dir`) atomically, mode 0600, never through a symlink: a fresh
+/// temporary file created exclusively, then renamed over the target.
+pub fn write_private(dir: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| anyhow!("{} has no file name", path.display()))?
+        .to_string_lossy()
+        .into_owned();
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(bytes)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))
+}
+
+/// multiwan's state as installed.
+#[derive(Debug, Clone, Default)]
+struct Installed {
+    rules: BTreeSet<IpRule>,
+    routes: BTreeSet<Route>,
+    /// Rules and routes with multiwan's protocol that the planner cannot express.
+    unknown: Vec<Unknown>,
+    /// Routes someone else put into one of the tables looked at.
+    foreign: Vec<String>,
+    /// The table's digest; `None` when there is no table.
+    digest: Option<String>,
+}
+
+/// The real kernel of the current network namespace.
+pub struct System {
+    run_dir: PathBuf,
+    rt: Rtnl,
+    nft: Nft,
+    /// The last ruleset this process (or an earlier `apply`, from the run directory) loaded
+    /// successfully: what a failed structural change is rolled back to.
+    known_good: Option<String>,
+    /// Tables known to hold multiwan's routes; `None` until a full scan found them.
+    tables: Option<BTreeSet<u32>>,
+}
+
+/// One reversible change.
+enum Step {
+    RouteReplaced { new: Route, old: Option<Route> },
+    RouteDeleted(Route),
+    RuleAdded(IpRule),
+    RuleDeleted(IpRule),
+    TableLoaded { existed: bool },
+    Policies(Vec<PolicyMap>),
+    Sysctls(Vec<(String, String)>),
+}
+
+impl System {
+    /// Opens netlink sockets in the current namespace; `run_dir` keeps the saved sysctls and
+    /// the last loaded ruleset.
+    pub fn open(run_dir: &Path) -> Result<Self> {
+        let known_good = std::fs::read_to_string(ruleset_path(run_dir)?).ok();
+        Ok(Self {
+            run_dir: run_dir.to_path_buf(),
+            rt: Rtnl::open()?,
+            nft: Nft::open()?,
+            known_good,
+            tables: None,
+        })
+    }
+
+    fn links(&mut self) -> Result<(BTreeMap<String, u32>, BTreeMap<u32, String>)> {
+        let links = self.rt.links()?;
+        Ok((
+            links.iter().map(|l| (l.name.clone(), l.index)).collect(),
+            links.into_iter().map(|l| (l.index, l.name)).collect(),
+        ))
+    }
+
+    /// Reads multiwan's rules, its routes in `tables` (every table, by protocol, when
+    /// `None`), foreign routes in those tables and the table digest.
+    fn installed(
+        &mut self,
+        tables: Option<&BTreeSet<u32>>,
+        names: &BTreeMap<u32, String>,
+    ) -> Result<Installed> {
+        let mut s = Installed::default();
+        for m in self.rt.rules()? {
+            if netlink::rule_is_ours(&m) {
+                match netlink::parse_rule(&m) {
+                    Some(r) => {
+                        s.rules.insert(r);
+                    }
+                    None => s.unknown.push(Unknown::Rule(m)),
+                }
+            }
+        }
+        let routes = match tables {
+            Some(t) => {
+                let mut all = Vec::new();
+                for table in t {
+                    all.extend(self.rt.routes(Some(*table), None)?);
+                }
+                all
+            }
+            None => self.rt.routes(None, Some(RTPROT_MULTIWAN))?,
+        };
+        for m in routes {
+            if !netlink::is_ours(&m) {
+                s.foreign.push(describe_route(&m, names));
+                continue;
+            }
+            match netlink::parse_route(&m, names) {
+                Some(r) => {
+                    s.routes.insert(r);
+                }
+                None => s.unknown.push(Unknown::Route(m)),
+            }
+        }
+        s.digest = self
+            .nft
+            .table_comment()?
+            .map(|c| c.strip_prefix("multiwan ").unwrap_or("").to_string());
+        Ok(s)
+    }
+
+    /// The tables to look at for a plan: its own, and every table known to hold ours. The
+    /// first call scans every table (once per process).
+    fn tables_for(&mut self, plan: &Plan, names: &BTreeMap<u32, String>) -> Result<BTreeSet<u32>> {
+        let known = match &self.tables {
+            Some(t) => t.clone(),
+            None => {
+                let all = self.installed(None, names)?;
+                all.routes.iter().map(|r| r.table).collect()
+            }
+        };
+        let mut t = plan.tables.clone();
+        t.extend(plan.routes.iter().map(|r| r.table));
+        t.extend(known);
+        Ok(t)
+    }
+
+    fn policy_states(&mut self, plan: &Plan) -> Result<Vec<(PolicyMap, PolicyState)>> {
+        let mut out = Vec::new();
+        for p in &plan.policy_maps {
+            out.push((p.clone(), self.nft.policy(p)?));
+        }
+        Ok(out)
+    }
+
+    fn undo(&mut self, steps: Vec<Step>, index: &BTreeMap<String, u32>) {
+        for s in steps.into_iter().rev() {
+            let r = match s {
+                Step::RouteReplaced { new, old: None } => self.rt.delete_route(new.table),
+                Step::RouteReplaced { old: Some(o), .. } | Step::RouteDeleted(o) => {
+                    self.rt.replace_route(&o, index)
+                }
+                Step::RuleAdded(r) => self.rt.delete_rule(&r),
+                Step::RuleDeleted(r) => self.rt.add_rule(&r),
+                Step::TableLoaded { existed: false } => self.nft.delete_table(),
+                Step::TableLoaded { existed: true } => match &self.known_good {
+                    Some(text) => nft::load(text, false),
+                    None => Err(anyhow!(
+                        "the previous table was not loaded by this multiwan and cannot be restored"
+                    )),
+                },
+                Step::Policies(previous) => {
+                    let refs: Vec<&PolicyMap> = previous.iter().collect();
+                    self.nft.update_policies(&refs)
+                }
+                Step::Sysctls(previous) => {
+                    sysctl::restore(&previous);
+                    Ok(())
+                }
+            };
+            if let Err(e) = r {
+                tracing::error!(error = %format!("{e:#}"), "rollback step failed");
+            }
+        }
+    }
+
+    fn apply_steps(
+        &mut self,
+        plan: &Plan,
+        before: &Installed,
+        index: &BTreeMap<String, u32>,
+        steps: &mut Vec<Step>,
+    ) -> Result<ApplyReport> {
+        let mut report = ApplyReport::default();
+        let replace_table = before.digest.as_deref() != Some(plan.digest.as_str());
+        // Forwarding and loose rp_filter first: routes are useless without them. Conntrack's
+        // sysctls come after the ruleset, which is what makes the kernel load conntrack.
+        let (late, early): (Vec<_>, Vec<_>) = plan
+            .sysctls
+            .iter()
+            .cloned()
+            .partition(|s| s.key.starts_with("net.netfilter."));
+        let changed = sysctl::apply(&early)?;
+        report.sysctls_changed += changed.len();
+        steps.push(Step::Sysctls(changed));
+        let old_by_table: BTreeMap<u32, &Route> =
+            before.routes.iter().map(|r| (r.table, r)).collect();
+        for r in &plan.routes {
+            if !before.routes.contains(r) {
+                self.rt.replace_route(r, index)?;
+                steps.push(Step::RouteReplaced {
+                    new: r.clone(),
+                    old: old_by_table.get(&r.table).map(|r| (*r).clone()),
+                });
+                report.routes_changed += 1;
+            }
+        }
+        for r in &plan.rules {
+            if !before.rules.contains(r) {
+                self.rt.add_rule(r)?;
+                steps.push(Step::RuleAdded(r.clone()));
+                report.rules_added += 1;
+            }
+        }
+        if replace_table {
+            nft::load(&plan.nft_transaction(), false)?;
+            steps.push(Step::TableLoaded {
+                existed: before.digest.is_some(),
+            });
+            report.nft_replaced = true;
+        } else {
+            // Same structure: rewrite only the policies that differ, in one batch, so counters,
+            // sets and every other chain stay as they are.
+            let states = self.policy_states(plan)?;
+            let stale: Vec<&PolicyMap> = states
+                .iter()
+                .filter(|(p, s)| !s.matches(p))
+                .map(|(p, _)| p)
+                .collect();
+            if !stale.is_empty() {
+                self.nft.update_policies(&stale)?;
+                report.policies_updated = stale.len();
+                let previous = states
+                    .iter()
+                    .filter(|(p, s)| !s.matches(p))
+                    .map(|(p, s)| previous_policy(p, s))
+                    .collect();
+                steps.push(Step::Policies(previous));
+            }
+        }
+        let changed = sysctl::apply(&late)?;
+        report.sysctls_changed += changed.len();
+        steps.push(Step::Sysctls(changed));
+        let planned_rules: BTreeSet<&IpRule> = plan.rules.iter().collect();
+        for r in &before.rules {
+            if !planned_rules.contains(r) {
+                self.rt.delete_rule(r)?;
+                steps.push(Step::RuleDeleted(r.clone()));
+                report.rules_removed += 1;
+            }
+        }
+        for u in &before.unknown {
+            // Not undoable on purpose: it was never multiwan's intent.
+            self.rt.delete_unknown(u)?;
+            report.rules_removed += 1;
+        }
+        let planned_tables: BTreeSet<u32> = plan.routes.iter().map(|r| r.table).collect();
+        for r in &before.routes {
+            if !planned_tables.contains(&r.table) {
+                self.rt.delete_route(r.table)?;
+                steps.push(Step::RouteDeleted(r.clone()));
+                report.routes_removed += 1;
+            }
+        }
+        Ok(report)
+    }
+
+    fn compare(&mut self, plan: &Plan, tables: &BTreeSet<u32>) -> Result<()> {
+        let (_, names) = self.links()?;
+        let now = self.installed(Some(tables), &names)?;
+        let want_rules: BTreeSet<IpRule> = plan.rules.iter().cloned().collect();
+        let want_routes: BTreeSet<Route> = plan.routes.iter().cloned().collect();
+        let mut problems = Vec::new();
+        if now.rules != want_rules {
+            problems.push(format!(
+                "ip rules differ: missing {:?}, unexpected {:?}",
+                want_rules.difference(&now.rules).collect::<Vec<_>>(),
+                now.rules.difference(&want_rules).collect::<Vec<_>>()
+            ));
+        }
+        if now.routes != want_routes {
+            problems.push(format!(
+                "routes differ: missing {:?}, unexpected {:?}",
+                want_routes.difference(&now.routes).collect::<Vec<_>>(),
+                now.routes.difference(&want_routes).collect::<Vec<_>>()
+            ));
+        }
+        if !now.unknown.is_empty() {
+            problems.push(format!(
+                "{} unrecognised rules or routes of multiwan's",
+                now.unknown.len()
+            ));
+        }
+        if now.digest.as_deref() != Some(plan.digest.as_str()) {
+            problems.push(format!(
+                "nft table digest is {:?}, expected {}",
+                now.digest, plan.digest
+            ));
+        } else {
+            for (p, s) in self.policy_states(plan)? {
+                if !s.matches(&p) {
+                    problems.push(format!("policy {} is not the planned one", p.chain));
+                }
+            }
+        }
+        if !problems.is_empty() {
+            bail!(
+                "kernel state does not match the plan: {}",
+                problems.join("; ")
+            );
+        }
+        Ok(())
+    }
+}
+
+/// A policy with the state the kernel held before (for rollback).
+fn previous_policy(p: &PolicyMap, s: &PolicyState) -> PolicyMap {
+    let mut prev = p.clone();
+    prev.elements = s.elements.clone();
+    if let (multiwan_core::plan::Selector::Numgen { random, .. }, Some(m)) = (p.selector, s.modulus)
+    {
+        prev.selector = multiwan_core::plan::Selector::Numgen { random, modulus: m };
+    }
+    prev
+}
+
+fn ruleset_path(run_dir: &Path) -> Result<PathBuf> {
+    Ok(run_dir.join(format!("ruleset-netns{}.nft", netns_id()?)))
+}
+
+fn describe_route(
+    m: &netlink_packet_route::route::RouteMessage,
+    names: &BTreeMap<u32, String>,
+) -> String {
+    let r = netlink::parse_route(m, names);
+    format!(
+        "table {}: {}",
+        netlink::table_of(m),
+        match r {
+            Some(r) => r.args().join(" "),
+            None => format!("a /{} route", m.header.destination_prefix_length),
+        }
+    )
+}
+
+impl Kernel for System {
+    fn facts(&mut self, auto_gateways: &BTreeSet<String>) -> Result<Facts> {
+        let links = self.rt.links()?;
+        let mut by_index: BTreeMap<u32, &str> = BTreeMap::new();
+        let mut out: BTreeMap<String, Link> = BTreeMap::new();
+        for l in &links {
+            by_index.insert(l.index, &l.name);
+            out.insert(
+                l.name.clone(),
+                Link {
+                    up: l.up,
+                    addrs: Vec::new(),
+                    gateway: None,
+                },
+            );
+        }
+        for (index, ip) in self.rt.addrs4()? {
+            if let Some(l) = by_index.get(&index).and_then(|n| out.get_mut(*n)) {
+                l.addrs.push(ip);
+            }
+        }
+        // The lowest metric of the default routes through the interface, the main table
+        // first: what a DHCP client installs.
+        for l in links.iter().filter(|l| auto_gateways.contains(&l.name)) {
+            let mut best: Option<(bool, u32, Ipv4Addr)> = None;
+            for m in self.rt.routes_via(l.index)? {
+                if let Some((gw, metric, table)) = netlink::default_gateway(&m) {
+                    let key = (table != 254, metric, gw);
+                    if best.is_none_or(|b| (key.0, key.1) < (b.0, b.1)) {
+                        best = Some(key);
+                    }
+                }
+            }
+            if let Some(link) = out.get_mut(&l.name) {
+                link.gateway = best.map(|b| b.2);
+            }
+        }
+        Ok(Facts { links: Some(out) })
+    }
+
+    fn ids(&mut self, mark_mask: u32) -> Result<BTreeMap<String, u32>> {
+        if self.nft.table_comment()?.is_none() {
+            return Ok(BTreeMap::new());
+        }
+        self.nft
+            .ids(mark_mask)
+            .context("reading the installed uplink ids (nothing was changed)")
+    }
+
+    fn apply(&mut self, plan: &Plan) -> Result<ApplyReport> {
+        let (index, names) = self.links()?;
+        let tables = self.tables_for(plan, &names)?;
+        let before = self.installed(Some(&tables), &names)?;
+        if !before.foreign.is_empty() {
+            bail!(
+                "routing tables multiwan would use already hold routes it did not install ({}); nothing was changed. Choose a free range with [kernel] table_base",
+                before.foreign.join("; ")
+            );
+        }
+        // Validate a new ruleset before touching anything.
+        if before.digest.as_deref() != Some(plan.digest.as_str()) {
+            nft::load(&plan.nft_transaction(), true).context("checking the nftables ruleset")?;
+        }
+        let mut steps = Vec::new();
+        let result = self
+            .apply_steps(plan, &before, &index, &mut steps)
+            .and_then(|r| self.compare(plan, &tables).map(|()| r));
+        match result {
+            Ok(report) => {
+                let changed: Vec<(String, String)> = steps
+                    .iter()
+                    .filter_map(|s| match s {
+                        Step::Sysctls(v) => Some(v.clone()),
+                        _ => None,
+                    })
+                    .flatten()
+                    .collect();
+                sysctl::save(&self.run_dir, &changed)?;
+                if report.nft_replaced {
+                    let text = plan.nft_transaction();
+                    write_private(
+                        &self.run_dir,
+                        &ruleset_path(&self.run_dir)?,
+                        text.as_bytes(),
+                    )?;
+                    self.known_good = Some(text);
+                }
+                self.tables = Some(plan.routes.iter().map(|r| r.table).collect());
+                Ok(report)
+            }
+            Err(e) => {
+                self.undo(steps, &index);
+                Err(e.context("apply failed; every change was rolled back"))
+            }
+        }
+    }
+
+    fn verify(&mut self, plan: &Plan) -> Result<()> {
+        let (_, names) = self.links()?;
+        let tables = self.tables_for(plan, &names)?;
+        self.compare(plan, &tables)
+    }
+
+    fn flush(&mut self, mark: u32, mask: u32) -> Result<()> {
+        conntrack::flush(mark, mask)
+    }
+
+    fn down(&mut self) -> Result<DownReport> {
+        let (_, names) = self.links()?;
+        let now = self.installed(None, &names)?;
+        let mut report = DownReport::default();
+        if now.digest.is_some() {
+            self.nft.delete_table()?;
+            report.nft_removed = true;
+        }
+        for r in &now.rules {
+            self.rt.delete_rule(r)?;
+            report.rules_removed += 1;
+        }
+        for u in &now.unknown {
+            self.rt.delete_unknown(u)?;
+            match u {
+                Unknown::Rule(_) => report.rules_removed += 1,
+                Unknown::Route(_) => report.routes_removed += 1,
+            }
+        }
+        for r in &now.routes {
+            self.rt.delete_route(r.table)?;
+            report.routes_removed += 1;
+        }
+        report.sysctls_restored = sysctl::restore_saved(&self.run_dir)?;
+        let saved = ruleset_path(&self.run_dir)?;
+        if saved.exists() {
+            std::fs::remove_file(&saved)
+                .with_context(|| format!("removing {}", saved.display()))?;
+        }
+        self.known_good = None;
+        self.tables = None;
+        Ok(report)
+    }
+}

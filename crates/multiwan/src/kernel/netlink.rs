@@ -1,0 +1,556 @@
+//! rtnetlink: links, addresses, routes and rules, read as structures and written as messages
+//! (no `ip` process). Route dumps are filtered by the kernel per table, so reading multiwan's
+//! tables costs the same with 100 000 routes in the main table as with none.
+//!
+//! Everything multiwan reads back is either understood or reported: a rule or route with
+//! multiwan's protocol that does not fit the planner's types is returned as [`Unknown`], so
+//! `apply` removes it and `down` deletes it, instead of dropping it silently.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+
+use anyhow::{anyhow, Context, Result};
+use multiwan_core::plan::{IpRule, Nexthop, Route, RuleAction, RTPROT_MULTIWAN};
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_REPLACE};
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteNextHop, RouteProtocol,
+    RouteScope, RouteType,
+};
+use netlink_packet_route::rule::{RuleAction as NlRuleAction, RuleAttribute, RuleMessage};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use netlink_sys::protocols::NETLINK_ROUTE;
+
+use super::socket::NlSocket;
+
+const MAIN_TABLE: u32 = 254;
+/// `RT_TABLE_COMPAT`: the header's one-byte table field for tables above 255.
+const COMPAT_TABLE: u8 = 252;
+
+/// One interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkInfo {
+    pub index: u32,
+    pub name: String,
+    /// Administratively up with carrier.
+    pub up: bool,
+}
+
+/// A rule or route with multiwan's protocol that the planner cannot express: kept as the
+/// kernel sent it, so it can be deleted exactly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unknown {
+    Rule(RuleMessage),
+    Route(RouteMessage),
+}
+
+/// An rtnetlink socket.
+pub struct Rtnl(NlSocket);
+
+fn proto() -> RouteProtocol {
+    RouteProtocol::from(RTPROT_MULTIWAN)
+}
+
+impl Rtnl {
+    /// Opens a socket in the current network namespace.
+    pub fn open() -> Result<Self> {
+        Ok(Self(NlSocket::open(NETLINK_ROUTE, true)?))
+    }
+
+    fn dump(&mut self, msg: RouteNetlinkMessage) -> Result<Vec<RouteNetlinkMessage>> {
+        self.0.request(msg, NLM_F_DUMP)
+    }
+
+    fn change(&mut self, msg: RouteNetlinkMessage, flags: u16) -> Result<()> {
+        self.0.request(msg, flags).map(|_| ())
+    }
+
+    /// Every interface.
+    pub fn links(&mut self) -> Result<Vec<LinkInfo>> {
+        let mut out = Vec::new();
+        for m in self.dump(RouteNetlinkMessage::GetLink(LinkMessage::default()))? {
+            if let RouteNetlinkMessage::NewLink(l) = m {
+                out.push(link_info(&l));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Byte counters of every interface: name → (received, sent).
+    pub fn link_bytes(&mut self) -> Result<BTreeMap<String, (u64, u64)>> {
+        let mut out = BTreeMap::new();
+        for m in self.dump(RouteNetlinkMessage::GetLink(LinkMessage::default()))? {
+            if let RouteNetlinkMessage::NewLink(l) = m {
+                let stats = l.attributes.iter().find_map(|a| match a {
+                    LinkAttribute::Stats64(s) => Some((s.rx_bytes, s.tx_bytes)),
+                    _ => None,
+                });
+                out.insert(link_info(&l).name, stats.unwrap_or((0, 0)));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every IPv4 address: (interface index, address).
+    pub fn addrs4(&mut self) -> Result<Vec<(u32, Ipv4Addr)>> {
+        let mut req = AddressMessage::default();
+        req.header.family = AddressFamily::Inet;
+        let mut out = Vec::new();
+        for m in self.dump(RouteNetlinkMessage::GetAddress(req))? {
+            if let RouteNetlinkMessage::NewAddress(a) = m {
+                if let Some(ip) = addr_of(&a) {
+                    out.push((a.header.index, ip));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// IPv4 routes of `table`, or of every table when `None`, with routing protocol
+    /// `protocol` if given (both filtered by the kernel).
+    pub fn routes(
+        &mut self,
+        table: Option<u32>,
+        protocol: Option<u8>,
+    ) -> Result<Vec<RouteMessage>> {
+        let mut req = RouteMessage::default();
+        req.header.address_family = AddressFamily::Inet;
+        if let Some(p) = protocol {
+            req.header.protocol = RouteProtocol::from(p);
+        }
+        if let Some(t) = table {
+            req.header.table = compat_table(t);
+            req.attributes.push(RouteAttribute::Table(t));
+        }
+        let mut out = Vec::new();
+        match self.dump(RouteNetlinkMessage::GetRoute(req)) {
+            Ok(list) => {
+                for m in list {
+                    if let RouteNetlinkMessage::NewRoute(r) = m {
+                        out.push(r);
+                    }
+                }
+            }
+            // A table that does not exist yet holds nothing.
+            Err(e) if table.is_some() && super::socket::errno(&e) == Some(nix::libc::ENOENT) => {}
+            Err(e) => return Err(e),
+        }
+        Ok(out)
+    }
+
+    /// IPv4 routes through interface `index` in every table (kernel-filtered by device).
+    pub fn routes_via(&mut self, index: u32) -> Result<Vec<RouteMessage>> {
+        let mut req = RouteMessage::default();
+        req.header.address_family = AddressFamily::Inet;
+        req.attributes.push(RouteAttribute::Oif(index));
+        let mut out = Vec::new();
+        for m in self.dump(RouteNetlinkMessage::GetRoute(req))? {
+            if let RouteNetlinkMessage::NewRoute(r) = m {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every IPv4 rule.
+    pub fn rules(&mut self) -> Result<Vec<RuleMessage>> {
+        let mut req = RuleMessage::default();
+        req.header.family = AddressFamily::Inet;
+        let mut out = Vec::new();
+        for m in self.dump(RouteNetlinkMessage::GetRule(req))? {
+            if let RouteNetlinkMessage::NewRule(r) = m {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    /// `ip route replace` of one of multiwan's routes.
+    pub fn replace_route(&mut self, r: &Route, index: &BTreeMap<String, u32>) -> Result<()> {
+        let msg = route_message(r, index)?;
+        self.change(
+            RouteNetlinkMessage::NewRoute(msg),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )
+        .with_context(|| format!("installing route {}", r.args().join(" ")))
+    }
+
+    /// Deletes multiwan's default route in `table`.
+    pub fn delete_route(&mut self, table: u32) -> Result<()> {
+        let mut m = RouteMessage::default();
+        m.header = route_header(table, RouteScope::NoWhere);
+        m.attributes.push(RouteAttribute::Table(table));
+        self.change(RouteNetlinkMessage::DelRoute(m), 0)
+            .with_context(|| format!("removing multiwan's route in table {table}"))
+    }
+
+    pub fn add_rule(&mut self, r: &IpRule) -> Result<()> {
+        self.change(RouteNetlinkMessage::NewRule(rule_message(r)), NLM_F_CREATE)
+            .with_context(|| format!("adding ip rule {}", r.args().join(" ")))
+    }
+
+    pub fn delete_rule(&mut self, r: &IpRule) -> Result<()> {
+        self.change(RouteNetlinkMessage::DelRule(rule_message(r)), 0)
+            .with_context(|| format!("removing ip rule {}", r.args().join(" ")))
+    }
+
+    /// Deletes a rule or route of multiwan's that the planner could not express.
+    pub fn delete_unknown(&mut self, u: &Unknown) -> Result<()> {
+        match u {
+            Unknown::Rule(m) => self.change(RouteNetlinkMessage::DelRule(m.clone()), 0),
+            Unknown::Route(m) => self.change(RouteNetlinkMessage::DelRoute(m.clone()), 0),
+        }
+        .context("removing an unrecognised rule or route of multiwan's")
+    }
+}
+
+fn link_info(l: &LinkMessage) -> LinkInfo {
+    let name = l
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            LinkAttribute::IfName(n) => Some(n.clone()),
+            _ => None,
+        })
+        .unwrap_or_default();
+    let f = l.header.flags;
+    LinkInfo {
+        index: l.header.index,
+        name,
+        up: f.contains(LinkFlags::Up) && f.contains(LinkFlags::LowerUp),
+    }
+}
+
+fn addr_of(a: &AddressMessage) -> Option<Ipv4Addr> {
+    let pick = |local: bool| {
+        a.attributes.iter().find_map(|x| match (x, local) {
+            (AddressAttribute::Local(IpAddr::V4(ip)), true) => Some(*ip),
+            (AddressAttribute::Address(IpAddr::V4(ip)), false) => Some(*ip),
+            _ => None,
+        })
+    };
+    pick(true).or_else(|| pick(false))
+}
+
+fn compat_table(t: u32) -> u8 {
+    u8::try_from(t).unwrap_or(COMPAT_TABLE)
+}
+
+fn route_header(table: u32, scope: RouteScope) -> RouteHeader {
+    RouteHeader {
+        address_family: AddressFamily::Inet,
+        table: compat_table(table),
+        protocol: proto(),
+        scope,
+        kind: RouteType::Unicast,
+        ..RouteHeader::default()
+    }
+}
+
+fn ifindex(index: &BTreeMap<String, u32>, dev: &str) -> Result<u32> {
+    index
+        .get(dev)
+        .copied()
+        .ok_or_else(|| anyhow!("interface {dev:?} does not exist"))
+}
+
+fn route_message(r: &Route, index: &BTreeMap<String, u32>) -> Result<RouteMessage> {
+    let mut m = RouteMessage::default();
+    // Like `ip`: a single device route (no gateway) is link-scoped, anything else universe.
+    let scope = match r.nexthops.as_slice() {
+        [nh] if nh.via.is_none() => RouteScope::Link,
+        _ => RouteScope::Universe,
+    };
+    m.header = route_header(r.table, scope);
+    m.attributes.push(RouteAttribute::Table(r.table));
+    match r.nexthops.as_slice() {
+        [nh] => {
+            if let Some(via) = nh.via {
+                m.attributes
+                    .push(RouteAttribute::Gateway(RouteAddress::Inet(via)));
+            }
+            m.attributes
+                .push(RouteAttribute::Oif(ifindex(index, &nh.dev)?));
+        }
+        hops => {
+            let mut list = Vec::new();
+            for nh in hops {
+                let mut h = RouteNextHop::default();
+                h.interface_index = ifindex(index, &nh.dev)?;
+                h.hops = u8::try_from(nh.weight.clamp(1, 256) - 1).unwrap_or(u8::MAX);
+                if let Some(via) = nh.via {
+                    h.attributes
+                        .push(RouteAttribute::Gateway(RouteAddress::Inet(via)));
+                }
+                list.push(h);
+            }
+            m.attributes.push(RouteAttribute::MultiPath(list));
+        }
+    }
+    Ok(m)
+}
+
+/// The table of a route message (the attribute wins over the one-byte header field).
+pub fn table_of(m: &RouteMessage) -> u32 {
+    m.attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(u32::from(m.header.table))
+}
+
+/// Whether a route is multiwan's.
+pub fn is_ours(m: &RouteMessage) -> bool {
+    m.header.protocol == proto()
+}
+
+fn gateway4(attrs: &[RouteAttribute]) -> Option<Ipv4Addr> {
+    attrs.iter().find_map(|a| match a {
+        RouteAttribute::Gateway(RouteAddress::Inet(g)) => Some(*g),
+        _ => None,
+    })
+}
+
+fn oif(attrs: &[RouteAttribute]) -> Option<u32> {
+    attrs.iter().find_map(|a| match a {
+        RouteAttribute::Oif(i) => Some(*i),
+        _ => None,
+    })
+}
+
+/// A default route as the planner writes it, or `None` when it is anything else.
+pub fn parse_route(m: &RouteMessage, names: &BTreeMap<u32, String>) -> Option<Route> {
+    if m.header.destination_prefix_length != 0 || m.header.kind != RouteType::Unicast {
+        return None;
+    }
+    let name = |i: u32| names.get(&i).cloned();
+    let multipath = m.attributes.iter().find_map(|a| match a {
+        RouteAttribute::MultiPath(h) => Some(h),
+        _ => None,
+    });
+    let nexthops = match multipath {
+        Some(hops) => hops
+            .iter()
+            .map(|h| {
+                Some(Nexthop {
+                    via: gateway4(&h.attributes),
+                    dev: name(h.interface_index)?,
+                    weight: u32::from(h.hops) + 1,
+                })
+            })
+            .collect::<Option<Vec<_>>>()?,
+        None => vec![Nexthop {
+            via: gateway4(&m.attributes),
+            dev: name(oif(&m.attributes)?)?,
+            weight: 1,
+        }],
+    };
+    Some(Route {
+        table: table_of(m),
+        nexthops,
+    })
+}
+
+/// The gateway and metric of a default route (for `gateway = "auto"`).
+pub fn default_gateway(m: &RouteMessage) -> Option<(Ipv4Addr, u32, u32)> {
+    if m.header.destination_prefix_length != 0 || is_ours(m) {
+        return None;
+    }
+    let metric = m
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Priority(p) => Some(*p),
+            _ => None,
+        })
+        .unwrap_or(0);
+    Some((gateway4(&m.attributes)?, metric, table_of(m)))
+}
+
+fn rule_message(r: &IpRule) -> RuleMessage {
+    let mut m = RuleMessage::default();
+    m.header.family = AddressFamily::Inet;
+    m.attributes.push(RuleAttribute::Priority(r.priority));
+    m.attributes.push(RuleAttribute::Protocol(proto()));
+    if let Some(from) = r.from {
+        m.header.src_len = 32;
+        m.attributes.push(RuleAttribute::Source(IpAddr::V4(from)));
+    }
+    if let Some((mark, mask)) = r.fwmark {
+        m.attributes.push(RuleAttribute::FwMark(mark));
+        m.attributes.push(RuleAttribute::FwMask(mask));
+    }
+    match r.action {
+        RuleAction::MainNoDefault => {
+            m.header.action = NlRuleAction::ToTable;
+            m.header.table = MAIN_TABLE as u8;
+            m.attributes.push(RuleAttribute::Table(MAIN_TABLE));
+            m.attributes.push(RuleAttribute::SuppressPrefixLen(0));
+        }
+        RuleAction::Lookup(t) => {
+            m.header.action = NlRuleAction::ToTable;
+            m.header.table = compat_table(t);
+            m.attributes.push(RuleAttribute::Table(t));
+        }
+        RuleAction::Unreachable => m.header.action = NlRuleAction::Unreachable,
+        RuleAction::Blackhole => m.header.action = NlRuleAction::Blackhole,
+    }
+    m
+}
+
+/// Whether a rule is multiwan's.
+pub fn rule_is_ours(m: &RuleMessage) -> bool {
+    m.attributes
+        .iter()
+        .any(|a| matches!(a, RuleAttribute::Protocol(p) if *p == proto()))
+}
+
+/// A rule as the planner writes it, or `None` when it has anything the planner never writes.
+pub fn parse_rule(m: &RuleMessage) -> Option<IpRule> {
+    let mut priority = 0;
+    let mut fwmark = None;
+    let mut fwmask = u32::MAX;
+    let mut from = None;
+    let mut table = u32::from(m.header.table);
+    let mut suppress = None;
+    for a in &m.attributes {
+        match a {
+            RuleAttribute::Priority(p) => priority = *p,
+            RuleAttribute::FwMark(v) => fwmark = Some(*v),
+            RuleAttribute::FwMask(v) => fwmask = *v,
+            RuleAttribute::Source(IpAddr::V4(ip)) if m.header.src_len == 32 => from = Some(*ip),
+            RuleAttribute::Table(t) => table = *t,
+            // The kernel reports "unset" as -1.
+            RuleAttribute::SuppressPrefixLen(s) if *s != u32::MAX => suppress = Some(*s),
+            RuleAttribute::SuppressPrefixLen(_) => {}
+            RuleAttribute::SuppressIfGroup(g) if *g == u32::MAX => {}
+            RuleAttribute::Protocol(_) => {}
+            _ => return None,
+        }
+    }
+    if m.header.dst_len != 0 || (m.header.src_len != 0 && from.is_none()) {
+        return None;
+    }
+    let action = match (m.header.action, suppress) {
+        (NlRuleAction::ToTable, Some(0)) if table == MAIN_TABLE => RuleAction::MainNoDefault,
+        (NlRuleAction::ToTable, None) => RuleAction::Lookup(table),
+        (NlRuleAction::Unreachable, None) => RuleAction::Unreachable,
+        (NlRuleAction::Blackhole, None) => RuleAction::Blackhole,
+        _ => return None,
+    };
+    Some(IpRule {
+        priority,
+        fwmark: fwmark.map(|v| (v, fwmask)),
+        from,
+        action,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_round_trip_through_their_messages() {
+        for r in [
+            IpRule {
+                priority: 1000,
+                fwmark: None,
+                from: None,
+                action: RuleAction::MainNoDefault,
+            },
+            IpRule {
+                priority: 1001,
+                fwmark: Some((0x10000, 0xff0000)),
+                from: None,
+                action: RuleAction::Lookup(1001),
+            },
+            IpRule {
+                priority: 1002,
+                fwmark: Some((0xff0000, 0xff0000)),
+                from: None,
+                action: RuleAction::Blackhole,
+            },
+            IpRule {
+                priority: 1003,
+                fwmark: None,
+                from: Some(Ipv4Addr::new(10, 0, 0, 1)),
+                action: RuleAction::Lookup(1001),
+            },
+        ] {
+            let m = rule_message(&r);
+            assert!(rule_is_ours(&m));
+            assert_eq!(parse_rule(&m), Some(r));
+        }
+        // Something multiwan never writes is not forced into its types.
+        let mut m = rule_message(&IpRule {
+            priority: 1001,
+            fwmark: None,
+            from: None,
+            action: RuleAction::Lookup(5),
+        });
+        m.attributes.push(RuleAttribute::Iifname("eth0".into()));
+        assert_eq!(parse_rule(&m), None);
+    }
+
+    #[test]
+    fn routes_round_trip_through_their_messages() {
+        let index: BTreeMap<String, u32> =
+            [("eth1".to_string(), 3), ("ppp0".to_string(), 7)].into();
+        let names: BTreeMap<u32, String> = index.iter().map(|(n, i)| (*i, n.clone())).collect();
+        for r in [
+            Route {
+                table: 1001,
+                nexthops: vec![Nexthop {
+                    via: Some(Ipv4Addr::new(10, 0, 0, 1)),
+                    dev: "eth1".into(),
+                    weight: 1,
+                }],
+            },
+            Route {
+                table: 1002,
+                nexthops: vec![Nexthop {
+                    via: None,
+                    dev: "ppp0".into(),
+                    weight: 1,
+                }],
+            },
+            Route {
+                table: 1000,
+                nexthops: vec![
+                    Nexthop {
+                        via: Some(Ipv4Addr::new(10, 0, 0, 1)),
+                        dev: "eth1".into(),
+                        weight: 3,
+                    },
+                    Nexthop {
+                        via: None,
+                        dev: "ppp0".into(),
+                        weight: 1,
+                    },
+                ],
+            },
+        ] {
+            let m = route_message(&r, &index).expect("message");
+            assert!(is_ours(&m));
+            assert_eq!(table_of(&m), r.table);
+            assert_eq!(parse_route(&m, &names), Some(r));
+        }
+        let err = route_message(
+            &Route {
+                table: 1001,
+                nexthops: vec![Nexthop {
+                    via: None,
+                    dev: "gone0".into(),
+                    weight: 1,
+                }],
+            },
+            &index,
+        )
+        .expect_err("missing interface");
+        assert!(err.to_string().contains("gone0"), "{err}");
+    }
+}

@@ -1,0 +1,170 @@
+//! One request/response netlink socket, generic over the message family (rtnetlink,
+//! nfnetlink): send a request and collect its answers, or send a batch and collect one
+//! acknowledgement per message. Every receive has a deadline, so a kernel that never answers
+//! is an error, not a hang.
+
+use std::fmt::Debug;
+use std::io;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use netlink_packet_core::{
+    NetlinkDeserializable, NetlinkHeader, NetlinkMessage, NetlinkPayload, NetlinkSerializable,
+    NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
+};
+use netlink_sys::{Socket, SocketAddr};
+
+/// How long a single answer may take.
+const ANSWER_DEADLINE: Duration = Duration::from_secs(5);
+
+/// A connected netlink socket with its own sequence numbers.
+pub struct NlSocket {
+    sock: Socket,
+    seq: u32,
+}
+
+impl NlSocket {
+    /// Opens a socket of `protocol` (`netlink_sys::protocols::*`). `strict` asks the kernel to
+    /// filter dumps by the request's header and attributes (used for per-table route dumps).
+    pub fn open(protocol: isize, strict: bool) -> Result<Self> {
+        let mut sock = Socket::new(protocol).context("opening a netlink socket")?;
+        sock.bind_auto().context("binding a netlink socket")?;
+        sock.connect(&SocketAddr::new(0, 0))
+            .context("connecting a netlink socket")?;
+        // Extended acks make the kernel explain some errors; harmless where unsupported.
+        let _ = sock.set_ext_ack(true);
+        if strict {
+            sock.set_netlink_get_strict_chk(true)
+                .context("enabling strict netlink dumps")?;
+        }
+        let tv = nix::sys::time::TimeVal::new(ANSWER_DEADLINE.as_secs() as i64, 0);
+        nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::ReceiveTimeout, &tv)
+            .context("setting the netlink receive deadline")?;
+        // Large dumps (conntrack) arrive faster than they are parsed.
+        let _ = sock.set_rx_buf_sz(4 << 20);
+        Ok(Self { sock, seq: 0 })
+    }
+
+    fn next_seq(&mut self) -> u32 {
+        self.seq = self.seq.wrapping_add(1);
+        self.seq
+    }
+
+    fn frame<T: NetlinkSerializable + Debug>(&mut self, msg: T, flags: u16) -> (u32, Vec<u8>) {
+        let seq = self.next_seq();
+        let mut header = NetlinkHeader::default();
+        header.flags = flags;
+        header.sequence_number = seq;
+        let mut m = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
+        m.finalize();
+        let mut buf = vec![0u8; m.buffer_len()];
+        m.serialize(&mut buf);
+        (seq, buf)
+    }
+
+    /// Sends one request and returns its answers: every object of a dump (`NLM_F_DUMP` in
+    /// `flags`), or the object(s) sent before the acknowledgement otherwise. A kernel error is
+    /// returned as an `io::Error` in the chain (match `ENOENT` with [`errno`]).
+    pub fn request<T>(&mut self, msg: T, flags: u16) -> Result<Vec<T>>
+    where
+        T: NetlinkSerializable + NetlinkDeserializable + Debug,
+    {
+        let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
+        let flags = flags | NLM_F_REQUEST | if dump { 0 } else { NLM_F_ACK };
+        let (seq, buf) = self.frame(msg, flags);
+        self.sock
+            .send(&buf, 0)
+            .context("sending a netlink request")?;
+        let mut out = Vec::new();
+        loop {
+            for m in self.receive::<T>()? {
+                if m.header.sequence_number != seq {
+                    continue;
+                }
+                match m.payload {
+                    NetlinkPayload::InnerMessage(i) => out.push(i),
+                    NetlinkPayload::Done(_) => return Ok(out),
+                    NetlinkPayload::Error(e) => match e.code {
+                        None => return Ok(out),
+                        Some(_) => return Err(anyhow::Error::new(e.to_io())),
+                    },
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// Sends `msgs` in one datagram (an nfnetlink batch needs that) and waits for the
+    /// acknowledgements of the ones flagged `acked`; the first error is returned.
+    pub fn batch<T>(&mut self, msgs: Vec<(T, u16, bool)>) -> Result<()>
+    where
+        T: NetlinkSerializable + NetlinkDeserializable + Debug,
+    {
+        let mut buf = Vec::new();
+        let mut pending = std::collections::BTreeSet::new();
+        for (msg, flags, acked) in msgs {
+            let flags = flags | NLM_F_REQUEST | if acked { NLM_F_ACK } else { 0 };
+            let (seq, b) = self.frame(msg, flags);
+            if acked {
+                pending.insert(seq);
+            }
+            buf.extend_from_slice(&b);
+        }
+        self.sock.send(&buf, 0).context("sending a netlink batch")?;
+        let mut first_error = None;
+        while !pending.is_empty() {
+            for m in self.receive::<T>()? {
+                if let NetlinkPayload::Error(e) = m.payload {
+                    pending.remove(&m.header.sequence_number);
+                    if e.code.is_some() && first_error.is_none() {
+                        first_error = Some(e.to_io());
+                    }
+                }
+            }
+            // After an error the kernel aborts the batch; acks of later messages may not come.
+            if first_error.is_some() {
+                break;
+            }
+        }
+        match first_error {
+            Some(e) => Err(anyhow::Error::new(e)),
+            None => Ok(()),
+        }
+    }
+
+    fn receive<T: NetlinkDeserializable + Debug>(&mut self) -> Result<Vec<NetlinkMessage<T>>> {
+        let (data, _) = match self.sock.recv_from_full() {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                bail!("the kernel did not answer a netlink request within {ANSWER_DEADLINE:?}")
+            }
+            Err(e) => return Err(e).context("receiving from netlink"),
+        };
+        parse_all(&data)
+    }
+}
+
+/// Splits a datagram into its netlink messages. Anything that cannot be decoded is an error:
+/// state read back from the kernel is never guessed.
+pub fn parse_all<T: NetlinkDeserializable + Debug>(data: &[u8]) -> Result<Vec<NetlinkMessage<T>>> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at + 16 <= data.len() {
+        let len = u32::from_ne_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]]) as usize;
+        if len < 16 || at + len > data.len() {
+            bail!("truncated netlink message ({len} bytes at offset {at})");
+        }
+        let m = NetlinkMessage::<T>::deserialize(&data[at..at + len])
+            .map_err(|e| anyhow!("cannot decode a netlink message: {e}"))?;
+        out.push(m);
+        at += (len + 3) & !3;
+    }
+    Ok(out)
+}
+
+/// The errno of a kernel error in `e`'s chain, if it is one.
+pub fn errno(e: &anyhow::Error) -> Option<i32> {
+    e.chain()
+        .find_map(|c| c.downcast_ref::<io::Error>())
+        .and_then(io::Error::raw_os_error)
+}
