@@ -463,7 +463,7 @@ pub(super) fn failover(bin: &Path, quick: bool) -> Result<(Section, Section)> {
         r.row(vec![
             v.label.into(),
             format!(
-                "{:.0} ms / {:.0} ms / {:.0} ms",
+                "{:.1} ms / {:.1} ms / {:.1} ms",
                 median(&km),
                 percentile(&km, 95.0),
                 max(&km)

@@ -158,7 +158,7 @@ pub(super) fn flush_scale(bin: &Path, quick: bool) -> Result<Section> {
     );
     s.row(vec![
         format!("{before1} / {before2}"),
-        took.map(|t| format!("{t:.0} ms"))
+        took.map(|t| format!("{t:.1} ms"))
             .unwrap_or_else(|| "not logged".into()),
         format!("{after1} / {after2}"),
     ]);
