@@ -1,6 +1,6 @@
-//! The command line: `check`, `plan`, `apply`, `down`, `lab`. Help text comes from these doc
-//! comments. Errors are printed with their whole chain; config errors exit 2, runtime
-//! failures 1.
+//! The command line: `check`, `plan`, `apply`, `down`, `run` and the operator commands. Help
+//! text comes from these doc comments. Errors are printed with their whole chain; config
+//! errors exit 2, runtime failures 1.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -12,7 +12,6 @@ use multiwan_core::plan::{assign_ids, plan};
 use multiwan_core::{Config, Facts};
 
 use crate::kernel::{Kernel, System};
-use crate::lab;
 pub use crate::settings::{load_config, Failure, DEFAULT_CONFIG, DEFAULT_RUN_DIR};
 
 /// Balance a Linux gateway's connections over several internet uplinks.
@@ -98,8 +97,6 @@ pub enum Cmd {
     Completions { shell: clap_complete::Shell },
     /// Print the man page (roff).
     Manpage,
-    /// Build a virtual network in fresh namespaces, run a config on it and report.
-    Lab(lab::LabArgs),
 }
 
 /// Computes the plan for this namespace from the live kernel state; also returns the uplinks
@@ -277,10 +274,6 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 .render(&mut buf)
                 .map_err(anyhow::Error::from)?;
             crate::operator::write_out(None, &buf)?;
-        }
-        Cmd::Lab(args) => {
-            require_root("lab")?;
-            lab::run(args)?;
         }
     }
     Ok(())

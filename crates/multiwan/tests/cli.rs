@@ -161,7 +161,7 @@ fn completions_and_man_page_come_from_the_cli_definition() {
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     for cmd in [
-        "status", "flows", "explain", "watch", "uplink", "apply", "run", "lab",
+        "status", "flows", "explain", "watch", "uplink", "apply", "run",
     ] {
         assert!(text.contains(cmd), "bash completion lacks {cmd}");
     }

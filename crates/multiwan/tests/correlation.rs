@@ -34,7 +34,7 @@ fn a_dead_shared_target_leaves_the_lan_online_and_is_reported() {
     let lab = Lab::new(2, 1);
     add_target(&lab);
     let text = two_uplinks_checked("round-robin").replace(
-        &format!("\"{}\"", multiwan::lab::topology::SERVER_ADDR),
+        &format!("\"{}\"", multiwan_lab::topology::SERVER_ADDR),
         &format!("\"{TARGET}\""),
     );
     let d = lab.start_daemon(&text);

@@ -86,9 +86,9 @@ fn idle_connections(lab: &Lab, n: usize) -> Vec<std::net::TcpStream> {
 /// Only the failed uplink's connections are flushed; the survivor's keep flowing throughout.
 #[test]
 fn failover_flushes_only_the_failed_uplinks_flows_and_spares_the_rest() {
-    let lab = Lab::with_spec(multiwan::lab::topology::TopologySpec {
+    let lab = Lab::with_spec(multiwan_lab::topology::TopologySpec {
         isps: vec![
-            multiwan::lab::topology::IspSpec {
+            multiwan_lab::topology::IspSpec {
                 rate_mbit: Some(20)
             };
             2
@@ -105,7 +105,7 @@ fn failover_flushes_only_the_failed_uplinks_flows_and_spares_the_rest() {
     let ep = lab.topo.server_endpoint();
     let download = lab.topo.hosts[0]
         .ns
-        .spawn(move || multiwan::lab::traffic::tcp_get(ep, 6 << 20))
+        .spawn(move || multiwan_lab::traffic::tcp_get(ep, 6 << 20))
         .expect("spawn");
     std::thread::sleep(Duration::from_millis(200));
     lab.cut_upstream(0);
@@ -163,7 +163,7 @@ fn address_change_is_followed() {
         .ns
         .spawn(move || {
             (0..6)
-                .filter_map(|_| multiwan::lab::traffic::tcp_hello(ep, Duration::from_secs(2)).ok())
+                .filter_map(|_| multiwan_lab::traffic::tcp_hello(ep, Duration::from_secs(2)).ok())
                 .collect()
         })
         .expect("spawn")
@@ -198,7 +198,7 @@ fn interface_deleted_and_recreated_is_followed() {
     assert_eq!(s["uplinks"][1]["reason"], "no_interface");
     let v = lab.tcp_from_host(0, 6);
     assert_eq!(count(&v, 0), 6, "all traffic on isp1 meanwhile: {v:?}");
-    multiwan::netns::veth(r, "wan2", &lab.topo.isps[1].ns, "cpe").expect("re-create");
+    multiwan_lab::netns::veth(r, "wan2", &lab.topo.isps[1].ns, "cpe").expect("re-create");
     r.ip(&["addr", "add", "10.37.2.253/24", "dev", "wan2"])
         .expect("address");
     lab.topo.isps[1]
@@ -312,9 +312,9 @@ fn flapping_upstream_neither_crashes_nor_storms() {
 /// that a connection on an unchanged uplink survives.
 #[test]
 fn reload_rejects_invalid_and_applies_valid_config() {
-    let lab = Lab::with_spec(multiwan::lab::topology::TopologySpec {
+    let lab = Lab::with_spec(multiwan_lab::topology::TopologySpec {
         isps: vec![
-            multiwan::lab::topology::IspSpec {
+            multiwan_lab::topology::IspSpec {
                 rate_mbit: Some(20)
             };
             2
@@ -343,11 +343,23 @@ fn reload_rejects_invalid_and_applies_valid_config() {
 
     let ep = lab.topo.server_endpoint();
     assert_eq!(lab.try_connect(0, Duration::from_secs(1)), Some(0));
+    // A download that runs for 8 s at the shaped 20 Mbit/s, reporting every byte as it
+    // arrives: the reload happens in its middle, and bytes must keep arriving after it.
+    let progress = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let p = progress.clone();
     let download = lab.topo.hosts[0]
         .ns
-        .spawn(move || multiwan::lab::traffic::tcp_get(ep, 4 << 20))
+        .spawn(move || multiwan_lab::traffic::tcp_time(ep, 8000, &p))
         .expect("spawn");
-    std::thread::sleep(Duration::from_millis(200));
+    let bytes = || progress.load(std::sync::atomic::Ordering::Relaxed);
+    let started = std::time::Instant::now();
+    while bytes() < 256 << 10 {
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "the download never got going"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     lab.write_config(&text.replace(
         "gateway = \"10.37.1.1\"\n",
         "gateway = \"10.37.1.1\"\nweight = 3\n",
@@ -356,10 +368,27 @@ fn reload_rejects_invalid_and_applies_valid_config() {
     d.wait_for("the reload in the log", Duration::from_secs(3), |_| {
         lab.daemon_log().contains("configuration reloaded")
     });
+    let at_reload = bytes();
+    std::thread::sleep(Duration::from_millis(500));
+    let after = bytes();
+    assert!(
+        started.elapsed() < Duration::from_millis(7500),
+        "the reload took so long that the transfer may have ended before it; nothing proven"
+    );
+    // 20 Mbit/s is 1.2 MiB in half a second; a quarter of that proves the flow kept moving.
+    assert!(
+        after - at_reload >= 300 << 10,
+        "the transfer stalled across the reload: {at_reload} -> {after} bytes in 500 ms"
+    );
     let t = download
         .join()
         .expect("join")
-        .expect("the transfer survives the reload");
+        .expect("the transfer survives the reload and completes");
+    assert!(
+        t.bytes > after,
+        "{} bytes at the end, {after} before",
+        t.bytes
+    );
     assert_eq!(lab.topo.isp_of(t.seen_as), Some(1));
     let v = lab.tcp_from_host(0, 8);
     assert_eq!((count(&v, 0), count(&v, 1)), (6, 2), "new weights: {v:?}");
@@ -369,9 +398,9 @@ fn reload_rejects_invalid_and_applies_valid_config() {
 /// the connections in flight.
 #[test]
 fn kill_9_loses_nothing_and_restart_adopts() {
-    let lab = Lab::with_spec(multiwan::lab::topology::TopologySpec {
+    let lab = Lab::with_spec(multiwan_lab::topology::TopologySpec {
         isps: vec![
-            multiwan::lab::topology::IspSpec {
+            multiwan_lab::topology::IspSpec {
                 rate_mbit: Some(20)
             };
             2
@@ -393,7 +422,7 @@ fn kill_9_loses_nothing_and_restart_adopts() {
         .ns
         .spawn(move || {
             let hs: Vec<_> = (0..2)
-                .map(|_| std::thread::spawn(move || multiwan::lab::traffic::tcp_get(ep, 3 << 20)))
+                .map(|_| std::thread::spawn(move || multiwan_lab::traffic::tcp_get(ep, 3 << 20)))
                 .collect();
             hs.into_iter()
                 .map(|h| h.join().expect("join"))
@@ -414,8 +443,8 @@ fn kill_9_loses_nothing_and_restart_adopts() {
 #[test]
 fn tcp_and_dns_probes_work() {
     let lab = Lab::new(2, 1);
-    let server = multiwan::lab::topology::SERVER_ADDR;
-    let _dns = multiwan::lab::traffic::DnsResponder::start(
+    let server = multiwan_lab::topology::SERVER_ADDR;
+    let _dns = multiwan_lab::traffic::DnsResponder::start(
         &lab.topo.server,
         std::net::SocketAddrV4::new(server, 53),
     )
@@ -470,9 +499,7 @@ fn lossy_uplink_is_degraded_and_recovers() {
     let d = lab.start_daemon(&text);
     // Random 40 % loss beyond ISP 1, emulated with nft numgen (no netem on this kernel).
     let isp = &lab.topo.isps[0].ns;
-    let rules = lab.dir.join("loss.nft");
-    std::fs::write(&rules, "table ip loss {\n chain forward_loss {\n  type filter hook forward priority 0; policy accept;\n  numgen random mod 100 < 40 drop\n }\n}\n").expect("write");
-    isp.exec("nft", &["-f", &rules.display().to_string()])
+    isp.nft("table ip loss {\n chain forward_loss {\n  type filter hook forward priority 0; policy accept;\n  numgen random mod 100 < 40 drop\n }\n}\n")
         .expect("loss");
     d.wait_for("isp1 degraded", Duration::from_secs(6), |d| {
         d.uplink_state("isp1").as_deref() == Some("degraded")
@@ -761,7 +788,7 @@ fn uplink_without_interface_at_start_waits_for_it() {
     assert_eq!(s["uplinks"][1]["reason"], "no_interface", "{s}");
     let v = lab.tcp_from_host(0, 4);
     assert_eq!(count(&v, 0), 4, "{v:?}");
-    multiwan::netns::veth(r, "wan2", &lab.topo.isps[1].ns, "cpe").expect("wan2 appears");
+    multiwan_lab::netns::veth(r, "wan2", &lab.topo.isps[1].ns, "cpe").expect("wan2 appears");
     r.ip(&["addr", "add", "10.37.2.253/24", "dev", "wan2"])
         .expect("address");
     lab.topo.isps[1]

@@ -7,8 +7,8 @@ mod common;
 use std::time::Duration;
 
 use common::{count, two_uplinks, Lab};
-use multiwan::lab::topology::{IspSpec, TopologySpec};
-use multiwan::lab::traffic;
+use multiwan_lab::topology::{IspSpec, TopologySpec};
+use multiwan_lab::traffic;
 
 /// Item 9 and the control for everything else: without multiwan the ISPs drop the LAN's
 /// unNATed packets and the router's replies that leave on the wrong uplink.

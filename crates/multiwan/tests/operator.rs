@@ -125,7 +125,7 @@ fn explain_agrees_with_where_connections_go() {
         two_uplinks_checked("src-hash")
     );
     let d = lab.start_daemon(&text);
-    let server = multiwan::lab::topology::SERVER_ADDR.to_string();
+    let server = multiwan_lab::topology::SERVER_ADDR.to_string();
     for (h, host) in lab.topo.hosts.iter().enumerate() {
         let src = host.addr.to_string();
         let e = cli_json(

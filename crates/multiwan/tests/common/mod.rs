@@ -1,5 +1,7 @@
-//! Shared helpers for the namespace tests: a lab topology (the same one `multiwan lab`
-//! uses) with a running server, plus `multiwan` invoked inside the router namespace.
+//! Shared helpers for the namespace tests: a lab topology (the same one `multiwan-lab`
+//! builds) with a running server, plus `multiwan` invoked inside the router namespace. Each
+//! lab keeps its configs, run directory and logs in a private directory (0700, random name),
+//! and checks when it is dropped that no process naming that directory outlived the test.
 
 // Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
@@ -9,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
-use multiwan::lab::topology::{IspSpec, Topology, TopologySpec};
-use multiwan::lab::traffic::{self, Server};
+use multiwan_lab::topology::{IspSpec, Topology, TopologySpec};
+use multiwan_lab::traffic::{self, Server};
 
 pub fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_multiwan"))
@@ -26,12 +28,20 @@ pub fn require_root() {
 pub struct Lab {
     pub topo: Topology,
     pub server: Server,
+    /// The private directory (`_private`'s path): configs, run directory, daemon log.
     pub dir: PathBuf,
+    _private: multiwan_lab::scratch::TempDir,
 }
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+        // Daemons are dropped (stopped) before their lab; anything still naming the lab's
+        // directory escaped that. The namespaces' removal right after this stops it anyway,
+        // but the test fails: every way a test ends must stop what it started.
+        let left = multiwan_lab::netns::processes_mentioning(&self.dir.display().to_string());
+        if !left.is_empty() && !std::thread::panicking() {
+            panic!("processes outlived their test: {left:?}");
+        }
     }
 }
 
@@ -47,9 +57,13 @@ impl Lab {
         require_root();
         let topo = Topology::build(&spec).expect("build topology");
         let server = Server::start(&topo.server, topo.server_endpoint()).expect("server");
-        let dir = std::env::temp_dir().join(format!("{}-state", topo.router.name()));
-        std::fs::create_dir_all(&dir).expect("state dir");
-        Self { topo, server, dir }
+        let private = multiwan_lab::scratch::private_dir("test").expect("private dir");
+        Self {
+            topo,
+            server,
+            dir: private.path().to_path_buf(),
+            _private: private,
+        }
     }
 
     pub fn run_dir(&self) -> String {
@@ -174,7 +188,7 @@ method = "{method}"
 }
 
 /// A `multiwan run` daemon inside the router namespace; stopped (SIGTERM) on drop.
-pub use multiwan::lab::daemon::LabDaemon as Daemon;
+pub use multiwan_lab::daemon::LabDaemon as Daemon;
 
 /// Test-side waiting on a daemon.
 pub trait WaitFor {
@@ -246,7 +260,7 @@ impl Lab {
 
 /// A two-uplink config whose health checks probe the server beyond the ISPs.
 pub fn two_uplinks_checked(method: &str) -> String {
-    let server = multiwan::lab::topology::SERVER_ADDR;
+    let server = multiwan_lab::topology::SERVER_ADDR;
     format!(
         r#"[lan]
 interfaces = ["lan0"]

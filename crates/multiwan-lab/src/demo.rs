@@ -1,31 +1,35 @@
-//! `multiwan lab`: builds the virtual network of [`topology`], runs `multiwan run` with a
-//! config in the router namespace, drives real connections and bulk transfers through it,
-//! prints what each uplink carried against what the weights promise, and runs a failover
-//! drill (an ISP's upstream is cut while its link stays up). Every namespace is removed on exit,
-//! Ctrl-C included; the root namespace is never touched.
-
-pub mod bench;
-pub mod daemon;
-pub mod topology;
-pub mod traffic;
+//! The lab's demo (`multiwan-lab` with no `--bench`): builds the virtual network of
+//! [`topology`](crate::topology), runs `multiwan run` with a config in the router namespace,
+//! drives real connections and bulk transfers through it, prints what each uplink carried
+//! against what the weights promise, and runs a failover drill (an ISP's upstream is cut while
+//! its link stays up). However it ends — normally, with an error, a panic, Ctrl-C or SIGTERM
+//! at any moment — every process it started is stopped, every namespace removed and its
+//! private directory deleted; the root namespace is never touched.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
-use clap::Args;
+use anyhow::{Context, Result};
+use clap::Parser;
 
-use crate::netns;
-use daemon::LabDaemon;
-use topology::{IspSpec, Topology, TopologySpec};
-use traffic::Server;
+use crate::daemon::LabDaemon;
+use crate::topology::{self, IspSpec, Topology, TopologySpec};
+use crate::traffic::{self, Server};
+use crate::{bench, netns, router, scratch};
 
-/// Options of `multiwan lab`.
-#[derive(Debug, Clone, Args)]
+/// Build a virtual network in fresh network namespaces, run multiwan on it with real
+/// traffic and report; or run the benchmarks (--bench). Needs root; changes nothing outside
+/// the namespaces it creates, and removes them (and everything running in them) on exit.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "multiwan-lab", version, about, long_about = None)]
 pub struct LabArgs {
+    /// The multiwan router binary to drive (default: $MULTIWAN_BIN, else `multiwan` next to
+    /// this executable).
+    #[arg(long, value_name = "PATH")]
+    pub multiwan: Option<PathBuf>,
     /// Run this config instead of the generated one. It must use the lab's names: LAN
     /// interface `lan0`; uplink N on interface `wanN` with gateway `10.37.N.1`.
     #[arg(long)]
@@ -60,7 +64,7 @@ pub struct LabArgs {
     /// Run the benchmarks instead of the demo and write them to --bench-out.
     #[arg(long)]
     pub bench: bool,
-    /// With --bench: the quick subset (under a minute).
+    /// With --bench: the quick subset (about a minute).
     #[arg(long, requires = "bench")]
     pub quick: bool,
     /// With --bench: where to write the report.
@@ -75,38 +79,50 @@ fn wan_count(text: &str) -> usize {
         .unwrap_or(2)
 }
 
-/// Runs the lab; Ctrl-C and SIGTERM remove every namespace before exiting.
+/// Runs the lab. Ctrl-C and SIGTERM stop every process it started, remove every namespace
+/// and its private directory, and exit with 130.
 pub fn run(args: LabArgs) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone()).context("installing signal handler")?;
     }
+    let exe = std::env::current_exe().context("locating this executable")?;
+    let bin = router::find(args.multiwan.as_deref(), &exe)?;
     let reaped = netns::reap_stale(topology::NS_PREFIX);
     if reaped > 0 {
         println!("removed {reaped} namespaces left behind by an earlier lab run");
     }
-    let worker = std::thread::spawn(move || run_lab(&args));
+    // Owned here, not by the worker: the interrupt path below exits without unwinding the
+    // worker, and must still delete it.
+    let dir = scratch::private_dir("lab")?;
+    let path = dir.path().to_path_buf();
+    scratch::set_base(path.clone());
+    let worker = std::thread::spawn(move || run_lab(&args, &bin, &path));
     while !worker.is_finished() {
         if stop.load(Ordering::Relaxed) {
-            eprintln!("\ninterrupted: removing the lab's namespaces");
+            eprintln!("\ninterrupted: stopping the lab's processes and removing its namespaces");
             netns::cleanup_all();
+            drop(dir);
             std::process::exit(130);
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(20));
     }
-    match worker.join() {
+    let result = match worker.join() {
         Ok(r) => r,
         Err(_) => {
             netns::cleanup_all();
-            bail!("the lab crashed; its namespaces were removed")
+            Err(anyhow::anyhow!(
+                "the lab crashed; its processes were stopped and its namespaces removed"
+            ))
         }
-    }
+    };
+    drop(dir);
+    result
 }
 
-fn run_lab(args: &LabArgs) -> Result<()> {
-    let bin = std::env::current_exe().context("locating the multiwan binary")?;
+fn run_lab(args: &LabArgs, bin: &Path, dir: &Path) -> Result<()> {
     if args.bench {
-        return bench::run(&bin, args.quick, &args.bench_out);
+        return bench::run(bin, args.quick, &args.bench_out);
     }
     let custom = match &args.config {
         Some(p) => {
@@ -147,8 +163,6 @@ fn run_lab(args: &LabArgs) -> Result<()> {
                 .unwrap_or_else(|| "unshaped".into())
         );
     }
-    let dir = std::env::temp_dir().join(format!("multiwan-lab-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
     let cfg_path = dir.join("multiwan.toml");
     let text = match custom {
         Some(t) => t,
@@ -165,20 +179,13 @@ fn run_lab(args: &LabArgs) -> Result<()> {
         }
     };
     std::fs::write(&cfg_path, &text)?;
-    let result = drive(args, &topo, &bin, &cfg_path, &text);
-    let _ = std::fs::remove_dir_all(&dir);
+    let result = drive(args, &topo, bin, &cfg_path, &text);
     println!("== removing the virtual network");
     drop(topo);
     result
 }
 
-fn drive(
-    args: &LabArgs,
-    topo: &Topology,
-    bin: &std::path::Path,
-    cfg_path: &std::path::Path,
-    text: &str,
-) -> Result<()> {
+fn drive(args: &LabArgs, topo: &Topology, bin: &Path, cfg_path: &Path, text: &str) -> Result<()> {
     let cfg = multiwan_core::load(&cfg_path.display().to_string(), text)
         .map_err(|e| anyhow::anyhow!("the lab config is invalid:\n{e}"))?;
     println!("== config\n{}", indent(text));
@@ -193,9 +200,49 @@ fn drive(
     }
 
     let server = Server::start(&topo.server, topo.server_endpoint())?;
-    let ep = topo.server_endpoint();
+    short_connections(args, topo, &cfg, &server)?;
+    server.reset();
+    bulk_downloads(args, topo, &cfg)?;
+    inbound(topo)?;
 
-    // Phase 1: many short connections from every LAN host.
+    // What an operator sees right now.
+    match topo.multiwan(bin, &["status", "--run-dir", &run_dir_s]) {
+        Ok(out) => print!("== multiwan status\n{}", indent(&out)),
+        Err(e) => println!("== multiwan status failed: {e:#}"),
+    }
+
+    if topo.isps.len() >= 2 && !args.no_drill {
+        let log_before = std::fs::read_to_string(&log_path).unwrap_or_default().len();
+        failover_drill(topo, &cfg, &daemon)?;
+        println!("   the daemon's log during the drill:");
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        for l in log.get(log_before..).unwrap_or("").lines() {
+            println!("   | {l}");
+        }
+    }
+    drop(server);
+
+    daemon.stop()?;
+    println!("== multiwan stopped with --cleanup");
+    for l in std::fs::read_to_string(&log_path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("stopped"))
+    {
+        println!("   {l}");
+    }
+    Ok(())
+}
+
+/// Phase 1: many short connections (TCP, every fourth one UDP) from every LAN host; what
+/// each uplink carried against what the weights promise.
+fn short_connections(
+    args: &LabArgs,
+    topo: &Topology,
+    cfg: &multiwan_core::Config,
+    server: &Server,
+) -> Result<()> {
+    let ep = topo.server_endpoint();
     let started = Instant::now();
     let hosts = topo.hosts.len().max(1);
     let mut handles = Vec::new();
@@ -232,7 +279,7 @@ fn drive(
         }
     }
     let total: u64 = conns.iter().sum();
-    let expected = expected_shares(&cfg);
+    let expected = expected_shares(cfg);
     println!(
         "== {} short connections (TCP and UDP) from {} hosts in {:.1}s, {failures} failed",
         total + foreign,
@@ -244,7 +291,7 @@ fn drive(
         "uplink", "conns", "share", "promised"
     );
     for (i, c) in conns.iter().enumerate() {
-        let name = uplink_name(&cfg, i);
+        let name = uplink_name(cfg, i);
         let promised = expected.get(&name).copied().unwrap_or(0.0);
         println!(
             "   {:<8} {:>8} {:>8.1}% {:>8.1}%",
@@ -269,9 +316,11 @@ fn drive(
             topo.hosts.len()
         );
     }
+    Ok(())
+}
 
-    // Phase 2: parallel bulk downloads.
-    server.reset();
+/// Phase 2: parallel bulk downloads over a steady-state window.
+fn bulk_downloads(args: &LabArgs, topo: &Topology, cfg: &multiwan_core::Config) -> Result<()> {
     let flows = args.flows.max(1);
     let b = bulk(topo, flows, args.seconds.max(1) * 1000)?;
     let (per_isp, window, bulk_failed) = (b.per_isp, b.window_s, b.failed);
@@ -288,7 +337,7 @@ fn drive(
     for (i, (f, b, w)) in per_isp.iter().enumerate() {
         println!(
             "   {:<8} {:>6} {:>12.1} {:>12.1} {:>10}",
-            uplink_name(&cfg, i),
+            uplink_name(cfg, i),
             f,
             *b as f64 / (1024.0 * 1024.0),
             *w as f64 * 8.0 / window / 1e6,
@@ -306,8 +355,11 @@ fn drive(
         ),
         None => println!("   aggregate {agg:.1} Mbit/s (uplinks unshaped)"),
     }
+    Ok(())
+}
 
-    // Phase 3: connections coming in on each uplink are answered over it (seed 004 §4.2.2).
+/// Phase 3: connections coming in on each uplink are answered over it (seed 004 §4.2.2).
+fn inbound(topo: &Topology) -> Result<()> {
     println!("== inbound: the server connects to the router's address on each uplink");
     let listener = topo
         .router
@@ -354,33 +406,6 @@ fn drive(
         );
     }
     drop(accept);
-
-    // What an operator sees right now.
-    match topo.multiwan(bin, &["status", "--run-dir", &run_dir_s]) {
-        Ok(out) => print!("== multiwan status\n{}", indent(&out)),
-        Err(e) => println!("== multiwan status failed: {e:#}"),
-    }
-
-    if topo.isps.len() >= 2 && !args.no_drill {
-        let log_before = std::fs::read_to_string(&log_path).unwrap_or_default().len();
-        failover_drill(topo, &cfg, &daemon)?;
-        println!("   the daemon's log during the drill:");
-        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-        for l in log.get(log_before..).unwrap_or("").lines() {
-            println!("   | {l}");
-        }
-    }
-    drop(server);
-
-    daemon.stop()?;
-    println!("== multiwan stopped with --cleanup");
-    for l in std::fs::read_to_string(&log_path)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.contains("stopped"))
-    {
-        println!("   {l}");
-    }
     Ok(())
 }
 
@@ -417,37 +442,53 @@ fn failover_drill(topo: &Topology, cfg: &multiwan_core::Config, d: &LabDaemon) -
             .and_then(|h| h.join().ok())
             .unwrap_or(false)
     };
+    let log_from = d.log_len();
     topo.cut_upstream(0)?;
-    let cut = Instant::now();
+    // Both clocks start once the cut is in effect: the client's, and the system clock the
+    // daemon's log timestamps use.
+    let (cut, cut_wall) = (Instant::now(), crate::daemon::unix_now());
     let limit = Duration::from_secs(15);
-    let mut detected = None;
     let mut streak = 0;
+    let mut first_ok = None;
     let mut recovered = None;
-    while cut.elapsed() < limit && (detected.is_none() || recovered.is_none()) {
-        if detected.is_none() && d.uplink_state(&name).as_deref() == Some("down") {
-            detected = Some(cut.elapsed());
-        }
-        if recovered.is_none() {
-            // Ten new connections in a row must succeed (half of them would go to the dead
-            // uplink without failover).
-            if attempt(Duration::from_millis(100)) {
-                streak += 1;
-                if streak == 10 {
-                    recovered = Some(cut.elapsed());
-                }
-            } else {
-                streak = 0;
+    while cut.elapsed() < limit && recovered.is_none() {
+        // Ten new connections in a row must succeed (half of them would go to the dead
+        // uplink without failover); recovery is when the first of them succeeded.
+        if attempt(Duration::from_millis(100)) {
+            streak += 1;
+            if streak == 1 {
+                first_ok = Some(cut.elapsed());
+            }
+            if streak == 10 {
+                recovered = first_ok;
             }
         } else {
-            std::thread::sleep(Duration::from_millis(10));
+            streak = 0;
         }
+    }
+    let mut detected = None;
+    let wait = Instant::now();
+    while detected.is_none() && wait.elapsed() < Duration::from_secs(5) {
+        detected = d
+            .log_since(log_from)
+            .iter()
+            .find(|l| l.has("uplink down") && l.field("uplink") == Some(name.as_str()))
+            .and_then(|l| l.unix_s)
+            .map(|s| Duration::from_secs_f64((s - cut_wall).max(0.0)));
+        std::thread::sleep(Duration::from_millis(10));
     }
     let ms = |d: Option<Duration>| {
         d.map(|d| format!("{} ms", d.as_millis()))
             .unwrap_or_else(|| format!("not within {} s", limit.as_secs()))
     };
-    println!("   {name} marked down after      {}", ms(detected));
-    println!("   new connections all succeed after {}", ms(recovered));
+    println!(
+        "   {name} marked down after      {} (the daemon's log)",
+        ms(detected)
+    );
+    println!(
+        "   new connections all succeed after {} (the first of ten in a row)",
+        ms(recovered)
+    );
     topo.restore_upstream(0)?;
     let restored = Instant::now();
     let mut back = None;

@@ -1,4 +1,4 @@
-//! The virtual network shared by `multiwan lab` and the namespace tests:
+//! The virtual network shared by `multiwan-lab` and the namespace tests:
 //!
 //! ```text
 //!  host1 ─┐                        ┌─ isp1 ─┐
@@ -137,69 +137,7 @@ impl Topology {
                 hosts.push(Host { ns, addr });
             }
             for (i, s) in spec.isps.iter().enumerate() {
-                let n = i + 1;
-                let ns = Netns::create(&format!("{stem}-i{n}"))?;
-                let wan = format!("wan{n}");
-                veth(&router, &wan, &ns, "cpe")?;
-                router.ip(&[
-                    "addr",
-                    "add",
-                    &format!("{}/24", router_addr(n)),
-                    "dev",
-                    &wan,
-                ])?;
-                ns.ip(&["addr", "add", &format!("{}/24", gateway(n)), "dev", "cpe"])?;
-                let srv_if = format!("isp{n}");
-                veth(&ns, "inet", &server, &srv_if)?;
-                ns.ip(&["addr", "add", &format!("172.16.{n}.1/30"), "dev", "inet"])?;
-                server.ip(&["addr", "add", &format!("172.16.{n}.2/30"), "dev", &srv_if])?;
-                ns.ip(&[
-                    "route",
-                    "add",
-                    &format!("{SERVER_ADDR}/32"),
-                    "via",
-                    &format!("172.16.{n}.2"),
-                ])?;
-                server.ip(&[
-                    "route",
-                    "add",
-                    &format!("10.37.{n}.0/24"),
-                    "via",
-                    &format!("172.16.{n}.1"),
-                ])?;
-                ns.sysctl("net.ipv4.ip_forward", "1")?;
-                // Anti-spoofing like a real ISP: strict reverse-path filter on the customer side.
-                ns.sysctl("net.ipv4.conf.all.rp_filter", "1")?;
-                ns.sysctl("net.ipv4.conf.cpe.rp_filter", "1")?;
-                if let Some(rate) = s.rate_mbit {
-                    for dev in ["cpe", "inet"] {
-                        ns.exec(
-                            "tc",
-                            &[
-                                "qdisc",
-                                "add",
-                                "dev",
-                                dev,
-                                "root",
-                                "tbf",
-                                "rate",
-                                &format!("{rate}mbit"),
-                                "burst",
-                                "64kb",
-                                "latency",
-                                "100ms",
-                            ],
-                        )
-                        .context("shaping with tbf")?;
-                    }
-                }
-                isps.push(Isp {
-                    ns,
-                    router_if: wan,
-                    router_addr: router_addr(n),
-                    gateway: gateway(n),
-                    rate_mbit: s.rate_mbit,
-                });
+                isps.push(add_isp(&stem, &router, &server, i + 1, s)?);
             }
             // Like a DHCP client would: the first uplink's default route in the main table.
             router.ip(&[
@@ -283,4 +221,71 @@ impl Topology {
         c.args(args);
         crate::netns::run(&mut c)
     }
+}
+
+/// ISP number `n` (1-based): its namespace, the router's `wanN` link to it with addresses, its
+/// link to the server, anti-spoofing and optional shaping.
+fn add_isp(stem: &str, router: &Netns, server: &Netns, n: usize, s: &IspSpec) -> Result<Isp> {
+    let ns = Netns::create(&format!("{stem}-i{n}"))?;
+    let wan = format!("wan{n}");
+    veth(router, &wan, &ns, "cpe")?;
+    router.ip(&[
+        "addr",
+        "add",
+        &format!("{}/24", router_addr(n)),
+        "dev",
+        &wan,
+    ])?;
+    ns.ip(&["addr", "add", &format!("{}/24", gateway(n)), "dev", "cpe"])?;
+    let srv_if = format!("isp{n}");
+    veth(&ns, "inet", server, &srv_if)?;
+    ns.ip(&["addr", "add", &format!("172.16.{n}.1/30"), "dev", "inet"])?;
+    server.ip(&["addr", "add", &format!("172.16.{n}.2/30"), "dev", &srv_if])?;
+    ns.ip(&[
+        "route",
+        "add",
+        &format!("{SERVER_ADDR}/32"),
+        "via",
+        &format!("172.16.{n}.2"),
+    ])?;
+    server.ip(&[
+        "route",
+        "add",
+        &format!("10.37.{n}.0/24"),
+        "via",
+        &format!("172.16.{n}.1"),
+    ])?;
+    ns.sysctl("net.ipv4.ip_forward", "1")?;
+    // Anti-spoofing like a real ISP: strict reverse-path filter on the customer side.
+    ns.sysctl("net.ipv4.conf.all.rp_filter", "1")?;
+    ns.sysctl("net.ipv4.conf.cpe.rp_filter", "1")?;
+    if let Some(rate) = s.rate_mbit {
+        for dev in ["cpe", "inet"] {
+            ns.exec(
+                "tc",
+                &[
+                    "qdisc",
+                    "add",
+                    "dev",
+                    dev,
+                    "root",
+                    "tbf",
+                    "rate",
+                    &format!("{rate}mbit"),
+                    "burst",
+                    "64kb",
+                    "latency",
+                    "100ms",
+                ],
+            )
+            .context("shaping with tbf")?;
+        }
+    }
+    Ok(Isp {
+        ns,
+        router_if: wan,
+        router_addr: router_addr(n),
+        gateway: gateway(n),
+        rate_mbit: s.rate_mbit,
+    })
 }

@@ -1,0 +1,505 @@
+//! Sections 5 and 6 of the benchmarks: failover, failback and the kernel update behind them,
+//! over repeated trials against one running daemon.
+//!
+//! Every time is measured from the same moment (the cut) on one clock: *detected* and
+//! *kernel updated* are the timestamps of the daemon's own log lines ("uplink down", "kernel
+//! updated"), *recovered* is when the client saw the first of ten consecutive new connections
+//! succeed. A trial that never recovers (or is never detected) is counted and shown, not
+//! dropped.
+
+use std::net::{Ipv4Addr, UdpSocket};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use super::procs::ForkCounter;
+use super::{max, median, ms, percentile, Section};
+use crate::daemon::{unix_now, LabDaemon};
+use crate::scratch::private_dir;
+use crate::topology::{IspSpec, Topology, TopologySpec, SERVER_ADDR};
+use crate::traffic::{self, Server};
+
+/// How long a trial waits for recovery or failback before it counts as failed.
+const LIMIT: Duration = Duration::from_secs(15);
+
+/// One row: check settings, how the uplink fails, and how many routes the main table holds.
+struct Variant {
+    label: &'static str,
+    check: &'static str,
+    trials: usize,
+    carrier: bool,
+    main_routes: usize,
+}
+
+#[derive(Default)]
+struct Trial {
+    /// Seconds from the cut until the daemon logged the uplink down.
+    detected: Option<f64>,
+    /// ... until it logged the first kernel update after that.
+    updated: Option<f64>,
+    /// ... until the first of ten consecutive new connections succeeded.
+    recovered: Option<f64>,
+    /// Seconds from the repair until the uplink is up and carries a new connection.
+    failback: Option<f64>,
+    /// `took_ms` of every kernel update in the trial (down and up).
+    kernel_ms: Vec<f64>,
+    /// Processes the daemon (and its children) spawned during the trial, and the health
+    /// changes in it.
+    forks: Option<u64>,
+    changes: usize,
+    survivor_sent: u64,
+    survivor_lost: u64,
+}
+
+fn variants(quick: bool) -> Vec<Variant> {
+    let defaults = "defaults (100 ms, 200 ms timeout, down 6, up 10), upstream cut";
+    let routes = "defaults, upstream cut, 100 000 routes in the main table";
+    if quick {
+        return vec![
+            Variant {
+                label: defaults,
+                check: "",
+                trials: 3,
+                carrier: false,
+                main_routes: 0,
+            },
+            Variant {
+                label: routes,
+                check: "",
+                trials: 1,
+                carrier: false,
+                main_routes: 100_000,
+            },
+        ];
+    }
+    vec![
+        Variant {
+            label: defaults,
+            check: "",
+            trials: 20,
+            carrier: false,
+            main_routes: 0,
+        },
+        Variant {
+            label: "200 ms, 300 ms timeout, down 3, up 5 (the issue's example), upstream cut",
+            check: "interval = \"200ms\"\ntimeout = \"300ms\"\ndown_after = 3\nup_after = 5\n",
+            trials: 20,
+            carrier: false,
+            main_routes: 0,
+        },
+        Variant {
+            label: "50 ms, 150 ms timeout, down 6, up 10, upstream cut",
+            check: "interval = \"50ms\"\ntimeout = \"150ms\"\ndown_after = 6\nup_after = 10\n",
+            trials: 20,
+            carrier: false,
+            main_routes: 0,
+        },
+        Variant {
+            label: "defaults, carrier loss",
+            check: "",
+            trials: 20,
+            carrier: true,
+            main_routes: 0,
+        },
+        Variant {
+            label: routes,
+            check: "",
+            trials: 10,
+            carrier: false,
+            main_routes: 100_000,
+        },
+    ]
+}
+
+/// `n` routes to addresses in 198.18.0.0/15 (the benchmarking range) via uplink 1's gateway,
+/// as one `ip -batch` on stdin.
+fn install_main_routes(topo: &Topology, n: usize) -> Result<()> {
+    anyhow::ensure!(n <= 1 << 17, "198.18.0.0/15 holds 131072 addresses");
+    let base = u32::from(Ipv4Addr::new(198, 18, 0, 0));
+    let batch: String = (0..n as u32)
+        .map(|i| {
+            format!(
+                "route add {}/32 via 10.37.1.1 dev wan1\n",
+                Ipv4Addr::from(base + i)
+            )
+        })
+        .collect();
+    topo.router
+        .ip_batch(&batch)
+        .context("installing the main table's routes")?;
+    Ok(())
+}
+
+/// A UDP flow pinned to the surviving uplink (isp2), found by trying new flows.
+fn survivor_flow(host: &crate::netns::Netns, ep: std::net::SocketAddrV4) -> Result<UdpSocket> {
+    for _ in 0..8 {
+        let s = host
+            .spawn(move || -> Result<UdpSocket> {
+                let s = UdpSocket::bind("0.0.0.0:0")?;
+                s.connect(ep)?;
+                s.set_read_timeout(Some(Duration::from_millis(500)))?;
+                s.send(b"x")?;
+                let mut b = [0u8; 64];
+                let n = s.recv(&mut b)?;
+                let seen: Ipv4Addr = std::str::from_utf8(&b[..n])?.trim().parse()?;
+                if seen == Ipv4Addr::new(10, 37, 2, 253) {
+                    Ok(s)
+                } else {
+                    bail!("on isp1")
+                }
+            })?
+            .join()
+            .map_err(|_| anyhow::anyhow!("panicked"))?;
+        if let Ok(s) = s {
+            return Ok(s);
+        }
+    }
+    bail!("no UDP flow landed on isp2")
+}
+
+/// One packet every 2 ms on `flow` until stopped: (sent, received back).
+struct Stream {
+    stop: Arc<AtomicBool>,
+    sender: std::thread::JoinHandle<u64>,
+    receiver: std::thread::JoinHandle<u64>,
+}
+
+impl Stream {
+    fn start(flow: UdpSocket) -> Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (st, recv_sock) = (stop.clone(), flow.try_clone()?);
+        let sender = std::thread::spawn(move || {
+            let mut sent = 0u64;
+            while !st.load(Ordering::Relaxed) {
+                if flow.send(b"x").is_ok() {
+                    sent += 1;
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            sent
+        });
+        let st2 = stop.clone();
+        let receiver = std::thread::spawn(move || {
+            let mut got = 0u64;
+            let mut b = [0u8; 64];
+            let _ = recv_sock.set_read_timeout(Some(Duration::from_millis(100)));
+            let mut idle_after_stop = 0;
+            loop {
+                match recv_sock.recv(&mut b) {
+                    Ok(_) => got += 1,
+                    Err(_) if st2.load(Ordering::Relaxed) => {
+                        idle_after_stop += 1;
+                        if idle_after_stop > 3 {
+                            break;
+                        }
+                    }
+                    Err(_) => {}
+                }
+            }
+            got
+        });
+        Ok(Self {
+            stop,
+            sender,
+            receiver,
+        })
+    }
+
+    fn finish(self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        (
+            self.sender.join().unwrap_or(0),
+            self.receiver.join().unwrap_or(0),
+        )
+    }
+}
+
+/// Runs the trials of one variant against one daemon.
+fn failover_trials(bin: &Path, v: &Variant) -> Result<Vec<Trial>> {
+    let topo = Topology::build(&TopologySpec {
+        isps: vec![IspSpec::default(); 2],
+        lan_hosts: 1,
+    })?;
+    if v.main_routes > 0 {
+        install_main_routes(&topo, v.main_routes)?;
+    }
+    let text = topo.config("round-robin", &[1, 1]).replace(
+        &format!("targets = [\"{SERVER_ADDR}\"]\n"),
+        &format!("targets = [\"{SERVER_ADDR}\"]\n{}", v.check),
+    );
+    let dir = private_dir("bench")?;
+    let cfg = dir.path().join("multiwan.toml");
+    std::fs::write(&cfg, &text)?;
+    let daemon = LabDaemon::start(
+        &topo,
+        bin,
+        &cfg.display().to_string(),
+        &dir.path().join("run"),
+        &dir.path().join("daemon.log"),
+        true,
+        &[],
+    )?;
+    let server = Server::start(&topo.server, topo.server_endpoint())?;
+    let mut trials = Vec::new();
+    for _ in 0..v.trials {
+        let start = Instant::now();
+        while daemon.uplink_state("isp1").as_deref() != Some("up") {
+            if start.elapsed() > LIMIT {
+                bail!("isp1 did not come up between trials:\n{}", daemon.log());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        trials.push(trial(&topo, &daemon, v.carrier)?);
+    }
+    drop(server);
+    daemon.stop()?;
+    Ok(trials)
+}
+
+/// One connection attempt from the first LAN host: the uplink (0-based) it used.
+fn attempt(topo: &Topology, timeout: Duration) -> Option<usize> {
+    let ep = topo.server_endpoint();
+    topo.hosts[0]
+        .ns
+        .spawn(move || traffic::tcp_hello(ep, timeout).ok())
+        .ok()
+        .and_then(|h| h.join().ok())
+        .flatten()
+        .and_then(|a| topo.isp_of(a))
+}
+
+/// Cut, wait for ten good connections in a row, repair, wait for failback; read the daemon's
+/// log for what it did and when.
+fn trial(topo: &Topology, daemon: &LabDaemon, carrier: bool) -> Result<Trial> {
+    let stream = Stream::start(survivor_flow(&topo.hosts[0].ns, topo.server_endpoint())?)?;
+    let forks = ForkCounter::start(daemon.pid()).ok();
+    let log_from = daemon.log_len();
+    if carrier {
+        topo.isps[0].ns.ip(&["link", "set", "cpe", "down"])?;
+    } else {
+        topo.cut_upstream(0)?;
+    }
+    // The cut is in effect once the command has returned: both clocks start here.
+    let (cut, cut_wall) = (Instant::now(), unix_now());
+    let mut t = Trial::default();
+    let mut streak = 0;
+    let mut first_ok = None;
+    while cut.elapsed() < LIMIT {
+        if attempt(topo, Duration::from_millis(50)).is_some() {
+            streak += 1;
+            if streak == 1 {
+                first_ok = Some(cut.elapsed().as_secs_f64());
+            }
+            if streak == 10 {
+                t.recovered = first_ok;
+                break;
+            }
+        } else {
+            streak = 0;
+        }
+    }
+    // The daemon's view of the same interval, from its log timestamps.
+    let wait = Instant::now();
+    while t.detected.is_none() && wait.elapsed() < Duration::from_secs(5) {
+        let lines = daemon.log_since(log_from);
+        let down = lines
+            .iter()
+            .find(|l| l.has("uplink down") && l.field("uplink") == Some("isp1"));
+        t.detected = down.and_then(|l| l.unix_s).map(|s| s - cut_wall);
+        t.updated = down.and_then(|d| {
+            lines
+                .iter()
+                .filter(|l| l.has("kernel updated"))
+                .filter_map(|l| l.unix_s)
+                .find(|s| *s >= d.unix_s.unwrap_or(f64::MAX))
+                .map(|s| s - cut_wall)
+        });
+        if t.detected.is_none() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    if carrier {
+        topo.isps[0].ns.ip(&["link", "set", "cpe", "up"])?;
+    } else {
+        topo.restore_upstream(0)?;
+    }
+    let restored = Instant::now();
+    while restored.elapsed() < LIMIT {
+        if daemon.uplink_state("isp1").as_deref() == Some("up")
+            && attempt(topo, Duration::from_millis(200)) == Some(0)
+        {
+            t.failback = Some(restored.elapsed().as_secs_f64());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let (sent, got) = stream.finish();
+    t.forks = forks.and_then(|f| f.finish().ok());
+    let lines = daemon.log_since(log_from);
+    t.kernel_ms = lines
+        .iter()
+        .filter(|l| l.has("kernel updated"))
+        .filter_map(|l| l.number("took_ms"))
+        .collect();
+    t.changes = lines
+        .iter()
+        .filter(|l| l.field("uplink") == Some("isp1") && l.field("to").is_some())
+        .count();
+    t.survivor_sent = sent;
+    t.survivor_lost = sent.saturating_sub(got);
+    Ok(t)
+}
+
+/// "median / p95 / max" of a list of seconds, or "-".
+fn dist(v: &[f64]) -> String {
+    format!(
+        "{} / {} / {}",
+        ms(median(v)),
+        ms(percentile(v, 95.0)),
+        ms(max(v))
+    )
+}
+
+/// Sections 5 and 6: failover, failback, reconfiguration.
+pub(super) fn failover(bin: &Path, quick: bool) -> Result<(Section, Section)> {
+    let mut f = Section::new(
+        "5. Failover and failback",
+        "One of two uplinks loses its upstream (a blackhole route in the ISP: the link and the \
+         gateway stay up) or its carrier. All three times run from the same moment, the cut, on \
+         one clock: *detected* is the timestamp of the daemon's own \"uplink down\" log line; \
+         *kernel updated* that of its next \"kernel updated\" line; *recovered* is when the first \
+         of 10 consecutive new connections (tried back to back, 50 ms timeout each) succeeded. \
+         The first of those can go out just before the kernel update if round-robin happens to \
+         send it to the surviving uplink, so *recovered* may precede *kernel updated* by up to \
+         one attempt. *Failback* runs from the repair until the uplink is up and carries a new \
+         connection again. Median / p95 / max over the trials that got there; a trial that did \
+         not within 15 s is counted in the *trials* column, not dropped.",
+        &[
+            "settings",
+            "trials (recovered / all)",
+            "detected",
+            "kernel updated",
+            "recovered",
+            "failback",
+        ],
+    );
+    let mut r = Section::new(
+        "6. Reconfiguration",
+        "The same trials: how long each of the daemon's kernel updates took (its own `took_ms`: \
+         policy chains rewritten in one nft transaction plus the multipath route, read back and \
+         verified), how many processes the daemon spawned per health change (every fork of the \
+         daemon and of its children, counted exactly from the kernel's process-events connector \
+         over the whole trial, divided by the trial's health changes: down and up), and how many \
+         packets a UDP flow on the *surviving* uplink lost while the other uplink failed and came \
+         back (one packet every 2 ms).",
+        &[
+            "settings",
+            "kernel update (median / p95 / max)",
+            "processes per health change (median / max)",
+            "survivor packets lost",
+        ],
+    );
+    let mut default_recovered = Vec::new();
+    let mut default_failback = Vec::new();
+    for v in variants(quick) {
+        println!("   failover: {}, {} trials", v.label, v.trials);
+        let trials = failover_trials(bin, &v)?;
+        let col =
+            |g: fn(&Trial) -> Option<f64>| -> Vec<f64> { trials.iter().filter_map(g).collect() };
+        let (det, upd, rec, back) = (
+            col(|t| t.detected),
+            col(|t| t.updated),
+            col(|t| t.recovered),
+            col(|t| t.failback),
+        );
+        let km: Vec<f64> = trials.iter().flat_map(|t| t.kernel_ms.clone()).collect();
+        let per_change: Vec<f64> = trials
+            .iter()
+            .filter_map(|t| Some(t.forks? as f64 / t.changes.max(1) as f64))
+            .collect();
+        let sent: u64 = trials.iter().map(|t| t.survivor_sent).sum();
+        let lost: u64 = trials.iter().map(|t| t.survivor_lost).sum();
+        if v.check.is_empty() && !v.carrier && v.main_routes == 0 {
+            default_recovered = rec.clone();
+            default_failback = back.clone();
+        }
+        let n = trials.len();
+        let missing = |what: &str, got: usize| {
+            (got < n).then(|| format!("{}: {what} in {} of {n} trials only", v.label, got))
+        };
+        for m in [
+            missing("detected", det.len()),
+            missing("recovered", rec.len()),
+            missing("failed back", back.len()),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            f.note(m);
+        }
+        let early = trials
+            .iter()
+            .filter(|t| matches!((t.recovered, t.updated), (Some(r), Some(u)) if r < u))
+            .count();
+        if early > 0 {
+            f.note(format!(
+                "{}: in {early} of {n} trials the first of the ten connections went out over the survivor before the kernel update",
+                v.label
+            ));
+        }
+        f.row(vec![
+            v.label.into(),
+            format!("{} / {n}", rec.len()),
+            dist(&det),
+            dist(&upd),
+            dist(&rec),
+            dist(&back),
+        ]);
+        r.row(vec![
+            v.label.into(),
+            format!(
+                "{:.1} ms / {:.1} ms / {:.1} ms",
+                median(&km),
+                percentile(&km, 95.0),
+                max(&km)
+            ),
+            if per_change.is_empty() {
+                "not measured (no process-events connector)".into()
+            } else {
+                format!("{:.1} / {:.1}", median(&per_change), max(&per_change))
+            },
+            format!("{lost} of {sent}"),
+        ]);
+    }
+    goals(&mut f, &default_recovered, &default_failback);
+    r.note("goal: zero packets lost on the surviving uplink; kernel update ≤ 5 ms p95 with no process spawned, flat with 100 000 routes in the main table (goals from the project's product brief)");
+    r.note("the 100 000 routes (198.18.0.0/15, /32 each, via uplink 1's gateway) are installed with one `ip -batch -` before the daemon starts");
+    Ok((f, r))
+}
+
+fn goals(f: &mut Section, recovered: &[f64], failback: &[f64]) {
+    f.note(format!(
+        "goal ≤ 1 s until new connections work with the defaults: {} (p95 {})",
+        if percentile(recovered, 95.0) <= 1.0 {
+            "met"
+        } else {
+            "missed"
+        },
+        ms(percentile(recovered, 95.0))
+    ));
+    f.note(format!(
+        "goal failback ≤ 1.5 s: {} (p95 {})",
+        if percentile(failback, 95.0) <= 1.5 {
+            "met"
+        } else {
+            "missed"
+        },
+        ms(percentile(failback, 95.0))
+    ));
+    f.note("quoted, not measured in this run — the anchors with their default settings, computed from their documented defaults: mwan3 70–130 s, pfSense ≈ 15 s, VyOS ≈ 10 s, FortiGate ≈ 3 s; and a Rust daemon, mwan4: 1.92 s until new connections work, failback 2.40 s (source: the project's product brief, which measured mwan4 on a machine of this kind)");
+}
