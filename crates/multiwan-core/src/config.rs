@@ -144,6 +144,7 @@ pub static BALANCE: Section = Section {
         f("method", Kind::Str),
         f("local", Kind::Bool),
         f("when_all_down", Kind::Str),
+        f("fail_open", Kind::Bool),
         f("on_uplink_down", Kind::Str),
     ],
 };

@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddrV4;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::model::{CheckMethod, Config};
 
@@ -20,6 +20,8 @@ pub type TargetKey = (CheckMethod, SocketAddrV4);
 #[derive(Debug, Clone, Default)]
 struct Latest {
     answered: Vec<bool>,
+    /// Per target: when its current run of failures began.
+    failing_since: Vec<Option<Instant>>,
     witness: Option<bool>,
     /// Its link works and it is not disabled: its rounds mean something.
     eligible: bool,
@@ -34,6 +36,8 @@ pub struct Correlator {
     shared: BTreeMap<TargetKey, Vec<String>>,
     latest: BTreeMap<String, Latest>,
     suspect: BTreeSet<TargetKey>,
+    /// How close together the failures must have begun to count as "at once".
+    at_once: Duration,
 }
 
 /// What changed in an update, for the log.
@@ -60,11 +64,20 @@ impl Correlator {
             targets.insert(u.name.clone(), keys);
         }
         probers.retain(|_, v| v.len() >= 2);
+        // Two rounds of the slowest prober: rounds of different uplinks close on shared
+        // wake-ups, so a target that dies is seen failing everywhere within one round.
+        let at_once = cfg
+            .uplinks
+            .iter()
+            .map(|u| u.check.interval * 2 + u.check.timeout)
+            .max()
+            .unwrap_or(Duration::from_secs(1));
         Self {
             targets,
             shared: probers,
             latest: BTreeMap::new(),
             suspect: BTreeSet::new(),
+            at_once,
         }
     }
 
@@ -79,18 +92,34 @@ impl Correlator {
             .collect()
     }
 
-    /// Records the latest round of `uplink`.
+    /// Records the latest round of `uplink`, finished at `now`.
     pub fn record(
         &mut self,
         uplink: &str,
         results: &[Option<Duration>],
         witness: Option<bool>,
         eligible: bool,
+        now: Instant,
     ) {
+        let previous = self.latest.remove(uplink).unwrap_or_default();
+        let failing_since = results
+            .iter()
+            .enumerate()
+            .map(|(i, r)| match r {
+                Some(_) => None,
+                None => previous
+                    .failing_since
+                    .get(i)
+                    .copied()
+                    .flatten()
+                    .or(Some(now)),
+            })
+            .collect();
         self.latest.insert(
             uplink.to_string(),
             Latest {
                 answered: results.iter().map(Option::is_some).collect(),
+                failing_since,
                 witness,
                 eligible,
             },
@@ -121,12 +150,25 @@ impl Correlator {
         if eligible.len() < 2 {
             return false;
         }
-        let failed_everywhere = eligible.iter().all(|u| {
-            let l = &self.latest[*u];
-            let idx = self.targets[*u].iter().position(|k| k == key);
-            idx.and_then(|i| l.answered.get(i)) == Some(&false)
-        });
-        failed_everywhere && eligible.iter().any(|u| self.evidence(u, key))
+        // When the target's failure began on each uplink; `None` where it answers.
+        let since: Option<Vec<Instant>> = eligible
+            .iter()
+            .map(|u| {
+                let l = &self.latest[*u];
+                let i = self.targets[*u].iter().position(|k| k == key)?;
+                l.failing_since.get(i).copied().flatten()
+            })
+            .collect();
+        let Some(since) = since else {
+            return false;
+        };
+        // At once: an uplink that lost the target long before the others did is down for its
+        // own reasons, and the others' failure is theirs too.
+        let (Some(first), Some(last)) = (since.iter().min(), since.iter().max()) else {
+            return false;
+        };
+        last.saturating_duration_since(*first) <= self.at_once
+            && eligible.iter().any(|u| self.evidence(u, key))
     }
 
     /// Re-evaluates every shared target from the latest rounds.
@@ -187,19 +229,20 @@ mod tests {
     fn a_shared_target_dead_everywhere_is_suspect_only_with_evidence() {
         let c = cfg("\"1.1.1.1\"", "\"1.1.1.1\"");
         let mut k = Correlator::new(&c);
+        let t0 = Instant::now();
         // Fails on both, no other evidence: could be both uplinks dying; not suspect.
-        k.record("a", &[None], None, true);
-        k.record("b", &[None], None, true);
+        k.record("a", &[None], None, true, t0);
+        k.record("b", &[None], None, true, t0);
         assert!(k.update().became_suspect.is_empty());
         // The gateways answer the witness probes: the target is the problem.
-        k.record("a", &[None], Some(true), true);
-        k.record("b", &[None], Some(true), true);
+        k.record("a", &[None], Some(true), true, t0);
+        k.record("b", &[None], Some(true), true, t0);
         let ch = k.update();
         assert_eq!(ch.became_suspect.len(), 1);
         assert_eq!(target_label(&ch.became_suspect[0]), "1.1.1.1");
         assert_eq!(k.excluded("a"), vec![true]);
         // It answers again over one uplink: no longer suspect.
-        k.record("a", &[OK], None, true);
+        k.record("a", &[OK], None, true, t0);
         assert_eq!(k.update().cleared.len(), 1);
         assert_eq!(k.excluded("a"), vec![false]);
     }
@@ -208,8 +251,25 @@ mod tests {
     fn a_real_outage_of_one_uplink_is_never_blamed_on_the_target() {
         let c = cfg("\"1.1.1.1\"", "\"1.1.1.1\"");
         let mut k = Correlator::new(&c);
-        k.record("a", &[None], Some(true), true);
-        k.record("b", &[OK], None, true);
+        let t0 = Instant::now();
+        k.record("a", &[None], Some(true), true, t0);
+        k.record("b", &[OK], None, true, t0);
+        assert!(k.update().became_suspect.is_empty());
+        assert_eq!(k.excluded("a"), vec![false]);
+    }
+
+    #[test]
+    fn failures_that_began_apart_are_outages_not_a_dead_target() {
+        let c = cfg("\"1.1.1.1\"", "\"1.1.1.1\"");
+        let mut k = Correlator::new(&c);
+        let t0 = Instant::now();
+        // a lost the target (its upstream died) long before b did.
+        k.record("a", &[None], Some(true), true, t0);
+        k.record("b", &[OK], None, true, t0);
+        k.update();
+        let later = t0 + Duration::from_secs(5);
+        k.record("a", &[None], Some(true), true, later);
+        k.record("b", &[None], Some(true), true, later);
         assert!(k.update().became_suspect.is_empty());
         assert_eq!(k.excluded("a"), vec![false]);
     }
@@ -218,8 +278,9 @@ mod tests {
     fn every_target_silent_everywhere_is_an_outage_not_suspects() {
         let c = cfg("\"1.1.1.1\", \"9.9.9.9\"", "\"1.1.1.1\", \"9.9.9.9\"");
         let mut k = Correlator::new(&c);
-        k.record("a", &[None, None], Some(true), true);
-        k.record("b", &[None, None], Some(true), true);
+        let t0 = Instant::now();
+        k.record("a", &[None, None], Some(true), true, t0);
+        k.record("b", &[None, None], Some(true), true, t0);
         assert!(k.update().became_suspect.is_empty());
     }
 
@@ -227,13 +288,14 @@ mod tests {
     fn other_targets_are_evidence_and_ineligible_uplinks_do_not_count() {
         let c = cfg("\"1.1.1.1\", \"9.9.9.9\"", "\"1.1.1.1\"");
         let mut k = Correlator::new(&c);
-        k.record("a", &[None, OK], None, true);
-        k.record("b", &[None], None, true);
+        let t0 = Instant::now();
+        k.record("a", &[None, OK], None, true, t0);
+        k.record("b", &[None], None, true, t0);
         k.update();
         assert_eq!(k.excluded("a"), vec![true, false]);
         assert_eq!(k.excluded("b"), vec![true]);
         // b's link is down: nothing to correlate with.
-        k.record("b", &[None], None, false);
+        k.record("b", &[None], None, false, t0);
         k.update();
         assert_eq!(k.excluded("a"), vec![false, false]);
         assert_eq!(Correlator::shared_by_all(&c).len(), 1);

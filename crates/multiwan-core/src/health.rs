@@ -490,6 +490,43 @@ pub fn usable(cfg: &Config, states: &BTreeMap<String, State>) -> BTreeSet<String
         .collect()
 }
 
+/// Whether the probes alone hold the uplink down (its link works and the operator did not
+/// disable it).
+fn down_by_probes(s: &State) -> bool {
+    matches!(
+        s,
+        State::Down(Reason::ProbesFailing { .. } | Reason::Recovering { .. })
+    )
+}
+
+/// [`usable`] with fail-open (`[balance] fail_open`): when nothing is usable but some uplinks
+/// are down by probes alone, every target silent at once is far more often a probe or target
+/// problem than every ISP failing together, so the uplinks in use before (`last`, those of
+/// them still down by probes only; all such uplinks when none of them is) keep taking
+/// connections. If every ISP really is down the LAN fails either way; if the probes are wrong
+/// it stays online. Returns the set and whether it fails open.
+pub fn usable_fail_open(
+    cfg: &Config,
+    states: &BTreeMap<String, State>,
+    last: &BTreeSet<String>,
+) -> (BTreeSet<String>, bool) {
+    let u = usable(cfg, states);
+    if !u.is_empty() || !cfg.balance.fail_open {
+        return (u, false);
+    }
+    let by_probes: BTreeSet<String> = cfg
+        .uplinks
+        .iter()
+        .filter(|u| states.get(&u.name).is_some_and(down_by_probes))
+        .map(|u| u.name.clone())
+        .collect();
+    if by_probes.is_empty() {
+        return (u, false);
+    }
+    let kept: BTreeSet<String> = last.intersection(&by_probes).cloned().collect();
+    (if kept.is_empty() { by_probes } else { kept }, true)
+}
+
 fn link_reason(l: LinkStatus) -> Option<Reason> {
     match l {
         LinkStatus::Missing => Some(Reason::NoInterface),

@@ -128,6 +128,10 @@ pub struct Balance {
     pub local: bool,
     pub when_all_down: WhenAllDown,
     pub on_uplink_down: OnUplinkDown,
+    /// When every uplink whose link works is down by probes alone (every target silent at
+    /// once — far more often a probe or target problem than every ISP failing together), keep
+    /// using the uplinks that were in use instead of refusing new connections.
+    pub fail_open: bool,
 }
 
 /// What happens to the connections of an uplink that goes down.

@@ -141,20 +141,35 @@ pub fn usable_now(cfg: &Config, facts: &Facts) -> BTreeSet<String> {
         .collect()
 }
 
+/// What `check` points out about a valid config: weaknesses, not errors.
+pub fn check_notes(cfg: &Config) -> Vec<String> {
+    let mut notes = Vec::new();
+    for u in &cfg.uplinks {
+        let only_gateway = u
+            .gateway
+            .is_some_and(|g| u.check.targets.iter().all(|t| *t.ip() == g));
+        if only_gateway {
+            notes.push(format!(
+                "uplink {} probes only its gateway: a failure beyond the gateway (the ISP's upstream) goes unnoticed; add a target on the internet to [uplink.check] targets",
+                u.name
+            ));
+        }
+    }
+    for k in multiwan_core::correlate::Correlator::shared_by_all(cfg) {
+        notes.push(format!(
+            "target {} is probed by every uplink: if it stops answering, multiwan reports it suspect and keeps the uplinks (judged by their gateways), but while it is dead an outage of one uplink beyond its gateway goes unnoticed; give each uplink a second target",
+            multiwan_core::correlate::target_label(&k)
+        ));
+    }
+    notes
+}
+
 fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Cmd::Check { config } => {
             let cfg = load_config(&config)?;
-            for u in &cfg.uplinks {
-                let only_gateway = u
-                    .gateway
-                    .is_some_and(|g| u.check.targets.iter().all(|t| *t.ip() == g));
-                if only_gateway {
-                    eprintln!(
-                        "note: uplink {} probes only its gateway: a failure beyond the gateway (the ISP's upstream) goes unnoticed; add a target on the internet to [uplink.check] targets",
-                        u.name
-                    );
-                }
+            for n in check_notes(&cfg) {
+                eprintln!("note: {n}");
             }
             println!(
                 "{}: ok ({} uplinks, {} rules, balance {})",

@@ -127,6 +127,9 @@ pub struct Status {
     pub method: String,
     /// Kernel updates since start.
     pub reconciles: u64,
+    /// Every uplink is down by probes alone, and the ones in use stay in use (fail-open).
+    #[serde(default)]
+    pub fail_open: bool,
     pub uplinks: Vec<UplinkStatus>,
     pub rules: Vec<RuleStatus>,
 }

@@ -114,6 +114,9 @@ pub fn render_status(s: &Status) -> String {
         if s.reconciles == 1 { "" } else { "s" },
         s.config
     );
+    if s.fail_open {
+        o += "FAIL-OPEN: every uplink fails its probes (a dead target, or every ISP down at once); the uplinks in use stay in use ([balance] fail_open)\n\n";
+    }
     o += &format!(
         "{:<12} {:<9} {:>7} {:>4} {:>6} {:>6} {:>15} {:>6} {:>6} {:>10} {:>10}  {}\n",
         "UPLINK",

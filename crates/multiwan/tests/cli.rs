@@ -286,6 +286,22 @@ fn check_notes_gateway_only_probing() {
 }
 
 #[test]
+fn check_notes_a_target_shared_by_every_uplink() {
+    let shared = "[lan]\ninterfaces = [\"eth0\"]\n[[uplink]]\nname = \"a\"\ninterface = \"eth1\"\ngateway = \"10.0.1.1\"\n[uplink.check]\ntargets = [\"1.1.1.1\"]\n[[uplink]]\nname = \"b\"\ninterface = \"eth2\"\ngateway = \"10.0.2.1\"\n[uplink.check]\ntargets = [\"1.1.1.1\"]\n";
+    let (_d, p) = tmp_config(shared);
+    let out = bin().arg("check").arg("-c").arg(&p).output().expect("run");
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("note: target 1.1.1.1 is probed by every uplink"),
+        "{err}"
+    );
+    let (_d2, p2) = tmp_config(&shared.replacen("\"1.1.1.1\"", "\"9.9.9.9\"", 1));
+    let out = bin().arg("check").arg("-c").arg(&p2).output().expect("run");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("probed by every uplink"));
+}
+
+#[test]
 fn check_reports_all_errors_at_once_with_suggestions() {
     let (_d, p) = tmp_config(
         "[lan]\ninterfaces = [\"eth0\"]\n[[uplink]]\nname = \"isp1\"\ninterface = \"eth*\"\ngatway = \"10.0.0.1\"\n[uplink.check]\ntargets = [\"10.0.0.1\"]\nintervall = \"1s\"\ninterval = \"1ms\"\n",

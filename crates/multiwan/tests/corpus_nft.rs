@@ -7,8 +7,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use multiwan_lab::topology::NS_PREFIX;
 use multiwan_lab::netns::{unique_stem, Netns};
+use multiwan_lab::topology::NS_PREFIX;
 
 /// At most this many inputs from a fuzzing run's corpus (each costs a few nft runs).
 const MAX_FUZZ_CORPUS: usize = 300;

@@ -221,10 +221,13 @@ fn interface_deleted_and_recreated_is_followed() {
 #[test]
 fn tiers_fall_through_and_all_down_then_one_back() {
     let lab = Lab::new(2, 1);
-    let text = two_uplinks_checked("round-robin").replace(
-        "gateway = \"10.37.2.1\"\n",
-        "gateway = \"10.37.2.1\"\ntier = 2\n",
-    );
+    // With fail-open off: every uplink down means new connections are refused.
+    let text = two_uplinks_checked("round-robin")
+        .replace(
+            "gateway = \"10.37.2.1\"\n",
+            "gateway = \"10.37.2.1\"\ntier = 2\n",
+        )
+        .replace("[balance]\n", "[balance]\nfail_open = false\n");
     let d = lab.start_daemon(&text);
     let v = lab.tcp_from_host(0, 6);
     assert_eq!(count(&v, 0), 6, "tier 2 idle: {v:?}");

@@ -160,6 +160,7 @@ impl Validator<'_> {
             local: true,
             when_all_down: WhenAllDown::Unreachable,
             on_uplink_down: OnUplinkDown::Flush,
+            fail_open: true,
         };
         let Some(raw) = raw else { return Some(b) };
         let raw = raw.get_ref();
@@ -178,6 +179,9 @@ impl Validator<'_> {
         }
         if let Some(l) = raw.bool("local") {
             b.local = *l.get_ref();
+        }
+        if let Some(f) = raw.bool("fail_open") {
+            b.fail_open = *f.get_ref();
         }
         if let Some(w) = raw.str("when_all_down") {
             match w.get_ref().as_str() {

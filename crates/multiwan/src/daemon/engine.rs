@@ -108,6 +108,12 @@ pub struct Engine<K: Kernel> {
     /// The probers' configuration changed: restart them.
     pub probers_stale: bool,
     correlator: Correlator,
+    /// The uplinks taking new connections as last planned.
+    usable_now: BTreeSet<String>,
+    /// The last usable set while not failing open (what fail-open keeps).
+    last_usable: BTreeSet<String>,
+    /// Every uplink is down by probes alone and the last ones are kept.
+    pub failing_open: bool,
 }
 
 impl<K: Kernel> Engine<K> {
@@ -161,6 +167,9 @@ impl<K: Kernel> Engine<K> {
             last_publish: now,
             probers_stale: true,
             correlator: Correlator::new(&cfg_for_correlator),
+            usable_now: BTreeSet::new(),
+            last_usable: BTreeSet::new(),
+            failing_open: false,
         })
     }
 
@@ -223,7 +232,8 @@ impl<K: Kernel> Engine<K> {
                 .uplinks
                 .get(uplink)
                 .is_some_and(|u| !self.disabled.contains(uplink) && u.monitor.link_ok());
-            self.correlator.record(uplink, results, *witness, eligible);
+            self.correlator
+                .record(uplink, results, *witness, eligible, now);
         }
         let change = self.correlator.update();
         for k in &change.became_suspect {
@@ -405,6 +415,25 @@ impl<K: Kernel> Engine<K> {
             .collect()
     }
 
+    /// The uplinks to plan with, failing open when probes alone took every one down.
+    fn compute_usable(&mut self) -> BTreeSet<String> {
+        let (u, open) = health::usable_fail_open(&self.cfg, &self.states(), &self.last_usable);
+        if open && !self.failing_open {
+            tracing::warn!(
+                kept = ?u,
+                "every uplink fails its probes: failing open, the uplinks in use stay in use (a dead probe target, or every ISP down at once)"
+            );
+        } else if !open && self.failing_open {
+            tracing::info!(usable = ?u, "an uplink passes its probes again: fail-open ends");
+        }
+        self.failing_open = open;
+        if !open && !u.is_empty() {
+            self.last_usable = u.clone();
+        }
+        self.usable_now = u.clone();
+        u
+    }
+
     /// Whether the kernel still has to be updated.
     pub fn is_dirty(&self) -> bool {
         self.dirty
@@ -414,7 +443,7 @@ impl<K: Kernel> Engine<K> {
     /// delete the conntrack entries of uplinks that just went down. A failure keeps `dirty`,
     /// so the next event or tick retries.
     pub fn reconcile(&mut self, now: Instant) {
-        let usable = health::usable(&self.cfg, &self.states());
+        let usable = self.compute_usable();
         let p = plan(&self.cfg, &self.ids, &usable, &self.facts);
         if self.last_plan.as_ref() != Some(&p) {
             let started = Instant::now();
@@ -570,7 +599,8 @@ impl<K: Kernel> Engine<K> {
                     )
                 })
                 .collect(),
-            usable: health::usable(&self.cfg, &self.states()),
+            usable: self.usable_now.clone(),
+            fail_open: self.failing_open,
             suspect: self.correlator.suspects().clone(),
             policies: self
                 .last_plan
@@ -651,12 +681,13 @@ impl<K: Kernel> Engine<K> {
 
     /// Writes `state.json` (atomically).
     pub fn write_state(&self) {
-        let usable = health::usable(&self.cfg, &self.states());
+        let usable = &self.usable_now;
         let state = StateFile {
             version: 1,
             pid: std::process::id(),
             started: unix_s(self.started),
             reconciles: self.reconciles,
+            fail_open: self.failing_open,
             uplinks: self
                 .cfg
                 .uplinks
@@ -726,6 +757,8 @@ struct StateFile {
     pid: u32,
     started: u64,
     reconciles: u64,
+    /// Every uplink is down by probes alone and the ones in use stay in use.
+    fail_open: bool,
     uplinks: Vec<UplinkState>,
 }
 

@@ -541,6 +541,7 @@ mod tests {
             config: "x".into(),
             method: "round-robin".into(),
             reconciles: 4,
+            fail_open: false,
             uplinks: vec![up],
             rules: vec![crate::control::RuleStatus {
                 name: "web \"80\"".into(),

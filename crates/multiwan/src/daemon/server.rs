@@ -104,6 +104,8 @@ pub struct Snapshot {
     pub facts: Facts,
     pub uplinks: BTreeMap<String, UplinkSnap>,
     pub usable: BTreeSet<String>,
+    /// Every uplink is down by probes alone; the last ones stay in use.
+    pub fail_open: bool,
     /// Probe targets suspect (failing on every uplink while they work).
     pub suspect: BTreeSet<multiwan_core::correlate::TargetKey>,
     pub policies: Vec<PolicyPlan>,
@@ -640,6 +642,7 @@ pub fn status(snap: &Snapshot) -> Status {
         config: snap.config_path.clone(),
         method: snap.cfg.balance.method.as_str().into(),
         reconciles: snap.reconciles,
+        fail_open: snap.fail_open,
         uplinks,
         rules,
     }

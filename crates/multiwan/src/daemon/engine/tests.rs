@@ -324,3 +324,39 @@ fn a_dead_shared_target_is_suspect_and_every_uplink_stays_up() {
     }
     assert!(w.e.snapshot().suspect.is_empty());
 }
+
+#[test]
+fn probes_alone_taking_every_uplink_down_fail_open() {
+    let mut w = World::new(CFG);
+    // isp2 fails first (really: the target still answers over isp1), then isp1's probes fail
+    // too with no evidence either way.
+    for _ in 0..6 {
+        w.round(&["isp1"]);
+    }
+    assert_eq!(w.state("isp2"), "down");
+    assert_eq!(w.default_targets(), ["up_isp1"]);
+    for _ in 0..6 {
+        w.round(&[]);
+    }
+    assert_eq!(w.state("isp1"), "down");
+    assert!(w.e.failing_open);
+    assert_eq!(
+        w.default_targets(),
+        ["up_isp1"],
+        "the uplink in use stays in use; isp2, down before, is not brought back"
+    );
+    assert!(w.e.snapshot().fail_open);
+    // One passes its probes again: fail-open ends.
+    for _ in 0..10 {
+        w.round(&["isp2"]);
+    }
+    assert!(!w.e.failing_open);
+    assert_eq!(w.default_targets(), ["up_isp2"]);
+    // With fail_open = false, all down means no uplink.
+    let mut off = World::new(&format!("{CFG}[balance]\nfail_open = false\n"));
+    for _ in 0..6 {
+        off.round(&[]);
+    }
+    assert!(!off.e.failing_open);
+    assert_eq!(off.default_targets(), ["to_none"]);
+}
