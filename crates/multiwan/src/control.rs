@@ -12,7 +12,12 @@ use std::net::Ipv4Addr;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
+use std::collections::BTreeMap;
+
 use anyhow::{anyhow, bail, Context, Result};
+use multiwan_core::explain::{explain, Query, Verdict};
+use multiwan_core::health::State;
+use multiwan_core::model::{Config, Mode, Proto};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 /// Version of the wire format. Bumped on incompatible changes only; fields may be added.
@@ -347,6 +352,86 @@ pub fn parse_response<T: DeserializeOwned>(line: &str) -> Result<T> {
         }
         (_, _, Some(e)) => bail!("{e}"),
         _ => bail!("malformed answer {line:?}"),
+    }
+}
+
+/// Answers an `explain` query against the given states (all up for an offline config):
+/// the daemon with its uplinks' states, `multiwan explain -c` with none. Pure, so both give
+/// the same answer for the same states.
+pub fn explain_query(
+    cfg: &Config,
+    states: &BTreeMap<String, State>,
+    q: &ExplainQuery,
+) -> std::result::Result<ExplainInfo, String> {
+    let proto = match q.proto.as_deref() {
+        None => None,
+        Some("tcp") => Some(Proto::Tcp),
+        Some("udp") => Some(Proto::Udp),
+        Some("icmp") => Some(Proto::Icmp),
+        Some(other) => {
+            return Err(format!(
+                "unknown protocol {other:?}: expected tcp, udp or icmp"
+            ))
+        }
+    };
+    let e = explain(
+        cfg,
+        states,
+        &Query {
+            src: q.src,
+            dst: q.dst,
+            proto,
+            sport: q.sport,
+            dport: q.dport,
+        },
+    );
+    let (verdict, uplink, shares) = match &e.verdict {
+        Verdict::Uplink(u) => ("uplink", Some(u.clone()), Vec::new()),
+        Verdict::Shares(s) => (
+            "shares",
+            None,
+            s.iter()
+                .map(|(u, w)| Candidate {
+                    uplink: u.clone(),
+                    weight: *w,
+                })
+                .collect(),
+        ),
+        Verdict::Main => ("main", None, Vec::new()),
+        Verdict::NoUplink => ("none", None, Vec::new()),
+    };
+    Ok(ExplainInfo {
+        rule: e.rule,
+        mode: mode_name(e.mode).into(),
+        method: e.method.as_str().into(),
+        candidates: e
+            .candidates
+            .iter()
+            .map(|(u, w)| Candidate {
+                uplink: u.clone(),
+                weight: f64::from(*w),
+            })
+            .collect(),
+        excluded: e
+            .excluded
+            .iter()
+            .map(|(u, r)| Excluded {
+                uplink: u.clone(),
+                reason: r.to_string(),
+            })
+            .collect(),
+        verdict: verdict.into(),
+        uplink,
+        shares,
+    })
+}
+
+/// The config's name of a rule mode, as the wire format spells it.
+pub fn mode_name(m: Mode) -> &'static str {
+    match m {
+        Mode::Balance => "balance",
+        Mode::Failover => "failover",
+        Mode::Bypass => "bypass",
     }
 }
 

@@ -2,6 +2,7 @@
 //! the daemon and the CLI — while all decisions come from the pure `multiwan-core` crate (the
 //! virtual lab is its own crate, `multiwan-lab`, which drives this binary as a user would).
 
+pub mod args;
 pub mod cli;
 pub mod control;
 pub mod daemon;

@@ -4,51 +4,14 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
-use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
-use clap::Args;
 
-use crate::cli::{load_config, Failure};
+pub use crate::args::{Conn, ExplainArgs};
 use crate::control::{self, Ack, ExplainInfo, ExplainQuery, FlowInfo, Request, Status, WatchEvent};
-
-/// Options shared by the commands that talk to the daemon.
-#[derive(Debug, Clone, Args)]
-pub struct Conn {
-    /// The daemon's run directory.
-    #[arg(long, default_value = crate::cli::DEFAULT_RUN_DIR)]
-    pub run_dir: PathBuf,
-    /// Print JSON (the documented control-protocol types) instead of a table.
-    #[arg(long)]
-    pub json: bool,
-}
-
-/// `multiwan explain` options.
-#[derive(Debug, Clone, Args)]
-pub struct ExplainArgs {
-    /// Source address of the new connection (a LAN host, or the router itself).
-    #[arg(long)]
-    pub src: Ipv4Addr,
-    /// Destination address.
-    #[arg(long)]
-    pub dst: Option<Ipv4Addr>,
-    /// Protocol: tcp, udp or icmp.
-    #[arg(long)]
-    pub proto: Option<String>,
-    /// Source port.
-    #[arg(long)]
-    pub sport: Option<u16>,
-    /// Destination port.
-    #[arg(long)]
-    pub dport: Option<u16>,
-    /// Explain against this config with every uplink up, without a daemon.
-    #[arg(short, long)]
-    pub config: Option<PathBuf>,
-    #[command(flatten)]
-    pub conn: Conn,
-}
+use crate::settings::{load_config, Failure};
 
 fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
     let mut text = serde_json::to_string_pretty(v)?;
@@ -228,8 +191,7 @@ pub fn explain(a: &ExplainArgs) -> Result<(), Failure> {
     let info: ExplainInfo = match &a.config {
         Some(path) => {
             let cfg = load_config(path)?;
-            crate::daemon::server::explain_query(&cfg, &BTreeMap::new(), &q)
-                .map_err(Failure::Config)?
+            control::explain_query(&cfg, &BTreeMap::new(), &q).map_err(Failure::Config)?
         }
         None => control::call(&a.conn.run_dir, Request::Explain(q.clone()))?,
     };

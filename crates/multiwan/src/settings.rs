@@ -1,14 +1,14 @@
-//! What every command shares, and depends on nothing else of the binary: the default paths,
+//! What every command shares, and depends on nothing else of the binary but the command
+//! line's definition: the default paths,
 //! loading a config file into a validated model, and the failure type that maps to exit codes.
 
 use std::path::Path;
 
 use multiwan_core::Config;
 
-/// Default config path.
-pub const DEFAULT_CONFIG: &str = "/etc/multiwan/multiwan.toml";
-/// Default run directory.
-pub const DEFAULT_RUN_DIR: &str = "/run/multiwan";
+// The default paths are part of the command line's definition (shown in `--help` and the
+// man page, which build.rs generates from that file alone); everything else takes them here.
+pub use crate::args::{DEFAULT_CONFIG, DEFAULT_RUN_DIR};
 
 /// A failure with its exit code.
 #[derive(Debug)]

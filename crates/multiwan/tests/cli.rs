@@ -165,6 +165,17 @@ fn completions_and_man_page_come_from_the_cli_definition() {
     ] {
         assert!(text.contains(cmd), "bash completion lacks {cmd}");
     }
+    // Every shell the generators know, generated at build time and embedded.
+    for shell in ["bash", "elvish", "fish", "powershell", "zsh"] {
+        let out = bin().args(["completions", shell]).output().expect("run");
+        assert!(out.status.success(), "completions {shell}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("multiwan") && text.contains("explain"),
+            "completions {shell}: {}",
+            &text[..text.len().min(200)]
+        );
+    }
     let out = bin().arg("manpage").output().expect("run");
     assert!(out.status.success());
     let man = String::from_utf8_lossy(&out.stdout);

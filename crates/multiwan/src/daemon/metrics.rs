@@ -20,15 +20,38 @@ use prometheus_client::encoding::{
 use prometheus_client::metrics::exemplar::Exemplar;
 use prometheus_client::metrics::MetricType;
 
-use super::listen::{Limits, Protocol, Refusal};
-use super::server::{self, Counters, Snapshot, RTT_BUCKETS};
-use super::Event;
+use anyhow::{Context, Result};
+
+use super::event::Event;
+use super::listen::{self, Limits, Protocol, Refusal};
+use super::server;
+use super::snapshot::{Counters, Snapshot, RTT_BUCKETS};
 use crate::control::Status;
 
 /// Longest request head read (request line and headers).
 pub const MAX_HEAD: usize = 8 * 1024;
 /// How long a scrape's result is served to later scrapes.
 pub const CACHE_FOR: Duration = Duration::from_secs(1);
+
+/// Bounds of the metrics listener.
+pub const LIMITS: Limits = Limits {
+    max_active: 16,
+    max_pending: 64,
+    max_request: MAX_HEAD,
+    request_timeout: Duration::from_secs(5),
+    write_timeout: Duration::from_secs(5),
+};
+
+/// Starts the Prometheus endpoint on `addr` (`GET /metrics`).
+pub fn start(addr: std::net::SocketAddr, tx: Sender<Event>) -> Result<()> {
+    let listener =
+        std::net::TcpListener::bind(addr).with_context(|| format!("binding metrics on {addr}"))?;
+    let proto = MetricsHttp {
+        tx,
+        cache: SingleFlight::new(CACHE_FOR),
+    };
+    listen::spawn(listener, LIMITS, Arc::new(proto))
+}
 
 /// Where the request head ends (after the blank line), once it has.
 pub fn head_end(buf: &[u8]) -> Option<usize> {

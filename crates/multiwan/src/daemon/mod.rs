@@ -17,71 +17,31 @@
 //! restart — or a `kill -9` — costs no connection; a new daemon adopts the installed state.
 
 pub mod engine;
+pub mod event;
 pub mod hooks;
 pub mod listen;
 pub mod metrics;
 pub mod notify;
 pub mod probe;
 pub mod server;
+pub mod snapshot;
 pub mod supervise;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
+pub use crate::args::RunArgs;
 use crate::kernel::events::Change;
 use crate::kernel::System;
 use crate::rundir;
 use crate::settings::{load_config, Failure};
 use engine::Engine;
+// Named by the threads that feed the loop as `super::Event`.
+pub use event::{Event, RoundReport};
 use supervise::Supervisor;
-
-/// One finished probe round: (uplink, per-target results, the gateway witness if it was
-/// pinged).
-pub type RoundReport = (String, Vec<Option<Duration>>, Option<bool>);
-
-/// Everything the event loop reacts to.
-#[derive(Debug)]
-pub enum Event {
-    /// Probe rounds finished: (uplink, per-target results, the gateway witness if it was
-    /// pinged), from prober generation `generation`.
-    Rounds {
-        generation: u64,
-        rounds: Vec<RoundReport>,
-    },
-    /// The kernel reported a change.
-    KernelChanged(Change),
-    /// SIGHUP: re-read the config.
-    Reload,
-    /// SIGTERM / SIGINT.
-    Stop,
-    /// A control or metrics request wants the current state.
-    Query(Sender<server::Snapshot>),
-    /// `watch`: send events to this bounded queue until it closes or fills.
-    Subscribe(server::Subscriber),
-    /// `multiwan uplink NAME enable|disable`.
-    Admin {
-        name: String,
-        enable: bool,
-        reply: Sender<std::result::Result<crate::control::Ack, String>>,
-    },
-}
-
-/// Options of `multiwan run`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct RunArgs {
-    /// Config file.
-    #[arg(short, long, default_value = crate::settings::DEFAULT_CONFIG)]
-    pub config: PathBuf,
-    /// Directory for the daemon's state (pid file, state.json, saved sysctls).
-    #[arg(long, default_value = crate::settings::DEFAULT_RUN_DIR)]
-    pub run_dir: PathBuf,
-    /// Remove everything multiwan installed when stopping (default: leave it, fail-static).
-    #[arg(long)]
-    pub cleanup: bool,
-}
 
 /// Runs the daemon until SIGTERM/SIGINT, or until a thread it cannot do without fails
 /// (then it exits non-zero and leaves the kernel state for the next daemon).
@@ -100,7 +60,7 @@ pub fn run(args: RunArgs) -> Result<(), Failure> {
         args.run_dir.clone(),
         Instant::now(),
     )?;
-    let mut sup = Supervisor::new(tx.clone());
+    let mut sup = Supervisor::new(tx.clone(), probe::spawn);
     sup.start_watcher()?;
     server::start_control(
         &args.run_dir,
@@ -108,7 +68,7 @@ pub fn run(args: RunArgs) -> Result<(), Failure> {
         engine.cfg.daemon.control_group.as_deref(),
     )?;
     if let Some(addr) = metrics {
-        server::start_metrics(addr, tx)?;
+        metrics::start(addr, tx)?;
         tracing::info!(%addr, "serving Prometheus metrics at /metrics");
     }
     engine.reconcile(Instant::now());
@@ -124,7 +84,7 @@ pub fn run(args: RunArgs) -> Result<(), Failure> {
 
 fn event_loop(
     engine: &mut Engine<System>,
-    sup: &mut Supervisor,
+    sup: &mut Supervisor<Vec<probe::ProbeSpec>>,
     rx: &Receiver<Event>,
     args: &RunArgs,
 ) -> Result<(), Failure> {

@@ -1,37 +1,35 @@
-//! The daemon's two listeners: the control socket (status, flows, explain, watch, uplink
-//! enable/disable) and the optional Prometheus endpoint ([`super::metrics`]), both behind the
-//! bounded acceptor of [`super::listen`]. The event loop only hands out a [`Snapshot`] of its
-//! state; the slow reads (conntrack dump, nft counters, interface counters) happen in the
-//! request's thread, one at a time.
+//! The control socket (status, flows, explain, watch, uplink enable/disable) behind the
+//! bounded acceptor of [`super::listen`]; the Prometheus endpoint is [`super::metrics`]. The
+//! event loop only hands out a [`Snapshot`] of its state; the slow reads (conntrack dump, nft
+//! counters, interface counters) happen in the request's thread, one at a time.
 //!
 //! Who may ask: the peer's credentials come from `SO_PEERCRED`. Root may do everything; the
 //! members of `[daemon] control_group` (primary or supplementary group) may use the read-only
 //! requests; everyone else is refused. The socket's mode says the same to the kernel (0600, or
 //! 0660 with the group), so the daemon's check is the second of two.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{channel, sync_channel, Sender, SyncSender, TrySendError};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use multiwan_core::explain::{explain, Query, Verdict};
-use multiwan_core::health::{State, WindowStats};
-use multiwan_core::model::{Config, Mode, Proto};
-use multiwan_core::plan::{Decision, PolicyPlan};
-use multiwan_core::Facts;
+use multiwan_core::health::State;
+use multiwan_core::plan::Decision;
 
+use super::event::Event;
 use super::listen::{self, Limits, Protocol, Refusal};
-use super::metrics::{MetricsHttp, SingleFlight};
-use super::Event;
+// The loop's snapshot types, named here by the engine as the control socket's input.
+use super::snapshot::WATCH_QUEUE;
+pub use super::snapshot::{Counters, Snapshot, Subscriber, UplinkSnap, RTT_BUCKETS};
 use crate::control::{
-    self, Candidate, Envelope, Excluded, ExplainInfo, FlowInfo, Request, Response, RuleStatus,
-    Status, TargetStatus, UplinkStatus, WatchEvent,
+    self, Envelope, FlowInfo, Request, Response, RuleStatus, Status, TargetStatus, UplinkStatus,
+    WatchEvent,
 };
 use crate::kernel::conntrack::{self, Flow};
 use crate::kernel::netlink::Rtnl;
@@ -47,87 +45,10 @@ pub const CONTROL_LIMITS: Limits = Limits {
     write_timeout: Duration::from_secs(5),
 };
 
-/// Bounds of the metrics listener.
-pub const METRICS_LIMITS: Limits = Limits {
-    max_active: 16,
-    max_pending: 64,
-    max_request: super::metrics::MAX_HEAD,
-    request_timeout: Duration::from_secs(5),
-    write_timeout: Duration::from_secs(5),
-};
-
-/// Events queued for one `watch` client before it is dropped as too slow.
-pub const WATCH_QUEUE: usize = 256;
 /// Send buffer of a `watch` connection: a stream of small lines needs little in flight, and a
 /// small buffer finds a client that stopped reading within seconds (then the write timeout
 /// drops it) instead of after the kernel's default ~200 KiB.
 const WATCH_SNDBUF: usize = 4096;
-
-/// Upper bounds (seconds) of the probe RTT histogram buckets.
-pub const RTT_BUCKETS: [f64; 10] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
-
-/// Per-uplink counters the loop keeps for metrics.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Counters {
-    pub probes_ok: u64,
-    pub probes_lost: u64,
-    /// Cumulative counts per bucket of [`RTT_BUCKETS`] (plus +Inf = `probes_ok`).
-    pub rtt_buckets: [u64; RTT_BUCKETS.len()],
-    pub rtt_sum: f64,
-    /// Transitions by target state.
-    pub transitions: BTreeMap<String, u64>,
-    /// Seconds from the first failed probe round to the kernel no longer using the uplink,
-    /// for the last failover.
-    pub last_failover_s: Option<f64>,
-}
-
-/// One uplink as the loop sees it.
-#[derive(Debug, Clone)]
-pub struct UplinkSnap {
-    pub state: State,
-    pub since: u64,
-    pub disabled: bool,
-    pub stats: WindowStats,
-    pub targets: Vec<WindowStats>,
-    pub counters: Counters,
-}
-
-/// What the event loop hands to a request.
-#[derive(Debug, Clone)]
-pub struct Snapshot {
-    pub cfg: Config,
-    pub config_path: String,
-    pub pid: u32,
-    pub started: u64,
-    pub reconciles: u64,
-    pub ids: BTreeMap<String, u32>,
-    pub facts: Facts,
-    pub uplinks: BTreeMap<String, UplinkSnap>,
-    pub usable: BTreeSet<String>,
-    /// Every uplink is down by probes alone; the last ones stay in use.
-    pub fail_open: bool,
-    /// Probe targets suspect (failing on every uplink while they work).
-    pub suspect: BTreeSet<multiwan_core::correlate::TargetKey>,
-    pub policies: Vec<PolicyPlan>,
-}
-
-impl Snapshot {
-    fn states(&self) -> BTreeMap<String, State> {
-        self.uplinks
-            .iter()
-            .map(|(n, u)| (n.clone(), u.state.clone()))
-            .collect()
-    }
-
-    fn uplink_of_mark(&self, mark: u32) -> Option<String> {
-        let k = self.cfg.kernel;
-        let id = (mark & k.mark_mask) >> k.mark_shift();
-        self.ids
-            .iter()
-            .find(|(_, i)| **i == id)
-            .map(|(n, _)| n.clone())
-    }
-}
 
 /// Takes a snapshot of the event loop's state.
 pub fn snapshot(tx: &Sender<Event>) -> Result<Snapshot> {
@@ -136,55 +57,6 @@ pub fn snapshot(tx: &Sender<Event>) -> Result<Snapshot> {
         .map_err(|_| anyhow::anyhow!("the daemon is stopping"))?;
     rx.recv_timeout(Duration::from_secs(5))
         .context("the daemon did not answer")
-}
-
-/// One `watch` client as the event loop holds it: a bounded queue. The loop only ever calls
-/// [`Subscriber::try_send`], so a slow client can never block it; a full queue drops the client.
-#[derive(Debug)]
-pub struct Subscriber {
-    tx: SyncSender<WatchEvent>,
-    overflowed: Arc<AtomicBool>,
-}
-
-impl Subscriber {
-    /// A subscriber and the receiving end its connection thread reads.
-    pub fn new() -> (Self, std::sync::mpsc::Receiver<WatchEvent>, Arc<AtomicBool>) {
-        let (tx, rx) = sync_channel(WATCH_QUEUE);
-        let overflowed = Arc::new(AtomicBool::new(false));
-        (
-            Self {
-                tx,
-                overflowed: overflowed.clone(),
-            },
-            rx,
-            overflowed,
-        )
-    }
-
-    /// Queues an event without blocking; an error means: drop this subscriber.
-    pub fn try_send(&self, ev: WatchEvent) -> std::result::Result<(), Dropped> {
-        match self.tx.try_send(ev) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) => {
-                self.overflowed.store(true, Ordering::Release);
-                tracing::warn!(
-                    queued = WATCH_QUEUE,
-                    "watch client does not keep up: dropped"
-                );
-                Err(Dropped::TooSlow)
-            }
-            Err(TrySendError::Disconnected(_)) => Err(Dropped::Gone),
-        }
-    }
-}
-
-/// Why a subscriber is dropped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Dropped {
-    /// Its queue was full.
-    TooSlow,
-    /// Its connection ended.
-    Gone,
 }
 
 /// Starts the control socket listener (mode 0600, or 0660 for `control_group`).
@@ -381,7 +253,7 @@ fn serve(s: &mut UnixStream, env: Envelope, tx: &Sender<Event>) -> Result<()> {
         }
         Request::Explain(q) => {
             let snap = snapshot(tx)?;
-            match explain_query(&snap.cfg, &snap.states(), &q) {
+            match control::explain_query(&snap.cfg, &snap.states(), &q) {
                 Ok(e) => write_line(s, &Response::ok(e)),
                 Err(e) => write_line::<()>(s, &Response::err(e)),
             }
@@ -621,7 +493,7 @@ pub fn status(snap: &Snapshot) -> Status {
         .iter()
         .map(|r| RuleStatus {
             name: r.name.clone(),
-            mode: mode_name(r.mode).into(),
+            mode: control::mode_name(r.mode).into(),
             uplinks: r
                 .uplinks
                 .iter()
@@ -645,14 +517,6 @@ pub fn status(snap: &Snapshot) -> Status {
         fail_open: snap.fail_open,
         uplinks,
         rules,
-    }
-}
-
-fn mode_name(m: Mode) -> &'static str {
-    match m {
-        Mode::Balance => "balance",
-        Mode::Failover => "failover",
-        Mode::Bypass => "bypass",
     }
 }
 
@@ -704,94 +568,10 @@ pub fn flows(snap: &Snapshot, uplink: Option<&str>) -> Result<Vec<FlowInfo>> {
         .collect())
 }
 
-/// `explain` for a query, against the given states (all up for an offline config).
-pub fn explain_query(
-    cfg: &Config,
-    states: &BTreeMap<String, State>,
-    q: &control::ExplainQuery,
-) -> std::result::Result<ExplainInfo, String> {
-    let proto = match q.proto.as_deref() {
-        None => None,
-        Some("tcp") => Some(Proto::Tcp),
-        Some("udp") => Some(Proto::Udp),
-        Some("icmp") => Some(Proto::Icmp),
-        Some(other) => {
-            return Err(format!(
-                "unknown protocol {other:?}: expected tcp, udp or icmp"
-            ))
-        }
-    };
-    let e = explain(
-        cfg,
-        states,
-        &Query {
-            src: q.src,
-            dst: q.dst,
-            proto,
-            sport: q.sport,
-            dport: q.dport,
-        },
-    );
-    let (verdict, uplink, shares) = match &e.verdict {
-        Verdict::Uplink(u) => ("uplink", Some(u.clone()), Vec::new()),
-        Verdict::Shares(s) => (
-            "shares",
-            None,
-            s.iter()
-                .map(|(u, w)| Candidate {
-                    uplink: u.clone(),
-                    weight: *w,
-                })
-                .collect(),
-        ),
-        Verdict::Main => ("main", None, Vec::new()),
-        Verdict::NoUplink => ("none", None, Vec::new()),
-    };
-    Ok(ExplainInfo {
-        rule: e.rule,
-        mode: mode_name(e.mode).into(),
-        method: e.method.as_str().into(),
-        candidates: e
-            .candidates
-            .iter()
-            .map(|(u, w)| Candidate {
-                uplink: u.clone(),
-                weight: f64::from(*w),
-            })
-            .collect(),
-        excluded: e
-            .excluded
-            .iter()
-            .map(|(u, r)| Excluded {
-                uplink: u.clone(),
-                reason: r.to_string(),
-            })
-            .collect(),
-        verdict: verdict.into(),
-        uplink,
-        shares,
-    })
-}
-
-/// Starts the Prometheus endpoint on `addr` (`GET /metrics`).
-pub fn start_metrics(addr: std::net::SocketAddr, tx: Sender<Event>) -> Result<()> {
-    let listener =
-        std::net::TcpListener::bind(addr).with_context(|| format!("binding metrics on {addr}"))?;
-    let proto = MetricsHttp {
-        tx,
-        cache: SingleFlight::new(super::metrics::CACHE_FOR),
-    };
-    listen::spawn(listener, METRICS_LIMITS, Arc::new(proto))
-}
-
-/// The Prometheus text exposition of a snapshot.
-pub fn metrics(snap: &Snapshot) -> String {
-    super::metrics::render(snap)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::daemon::snapshot::Dropped;
 
     #[test]
     fn permissions_root_all_group_reads_others_nothing() {

@@ -14,8 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use super::probe::{self, ProbeSpec};
-use super::Event;
+use super::event::Event;
 use crate::kernel::events;
 
 /// Restarts of one thread allowed within [`RESTART_WINDOW`].
@@ -77,9 +76,16 @@ fn why(r: std::thread::Result<()>) -> String {
     }
 }
 
-/// The daemon's watched threads.
-pub struct Supervisor {
+/// Starts the prober thread: (what to probe, generation, the loop's queue, stop flag,
+/// heartbeat). The daemon passes `probe::spawn`; the supervisor only watches the thread, so
+/// it does not depend on what the thread probes or how.
+pub type SpawnProber<S> =
+    fn(S, u64, Sender<Event>, Arc<AtomicBool>, Heartbeat) -> std::io::Result<JoinHandle<()>>;
+
+/// The daemon's watched threads; `S` is what the prober is started with.
+pub struct Supervisor<S> {
     tx: Sender<Event>,
+    spawn: SpawnProber<S>,
     base: Instant,
     prober: Option<Prober>,
     watcher: Option<JoinHandle<()>>,
@@ -88,10 +94,12 @@ pub struct Supervisor {
     restarts: VecDeque<Instant>,
 }
 
-impl Supervisor {
-    pub fn new(tx: Sender<Event>) -> Self {
+impl<S> Supervisor<S> {
+    /// A supervisor that starts the prober with `spawn`.
+    pub fn new(tx: Sender<Event>, spawn: SpawnProber<S>) -> Self {
         Self {
             tx,
+            spawn,
             base: Instant::now(),
             prober: None,
             watcher: None,
@@ -102,7 +110,7 @@ impl Supervisor {
 
     /// (Re)starts the prober with `specs` (a new generation: rounds of the old one are
     /// ignored).
-    pub fn start_prober(&mut self, specs: Vec<ProbeSpec>) -> Result<()> {
+    pub fn start_prober(&mut self, specs: S) -> Result<()> {
         if let Some(p) = self.prober.take() {
             p.stop.store(true, Ordering::Relaxed);
             let _ = p.handle.join();
@@ -111,7 +119,7 @@ impl Supervisor {
         let stop = Arc::new(AtomicBool::new(false));
         let heartbeat = Heartbeat::new(self.base);
         heartbeat.beat();
-        let handle = probe::spawn(
+        let handle = (self.spawn)(
             specs,
             self.generation,
             self.tx.clone(),
@@ -157,7 +165,7 @@ impl Supervisor {
         &mut self,
         now: Instant,
         max_gap: Duration,
-        specs: impl FnOnce() -> Vec<ProbeSpec>,
+        specs: impl FnOnce() -> S,
     ) -> Result<(), String> {
         if self.watcher.as_ref().is_some_and(JoinHandle::is_finished) {
             let reason = self

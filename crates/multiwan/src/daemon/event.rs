@@ -1,0 +1,41 @@
+//! The event loop's input: one closed enum for everything its threads and clients send it
+//! (probe rounds, kernel changes, signals, requests). Its own module so that the threads
+//! that send events and the loop that handles them depend on it, not on each other.
+
+use std::sync::mpsc::Sender;
+use std::time::Duration;
+
+use super::snapshot::{Snapshot, Subscriber};
+use crate::control::Ack;
+use crate::kernel::events::Change;
+
+/// One finished probe round: (uplink, per-target results, the gateway witness if it was
+/// pinged).
+pub type RoundReport = (String, Vec<Option<Duration>>, Option<bool>);
+
+/// Everything the event loop reacts to.
+#[derive(Debug)]
+pub enum Event {
+    /// Probe rounds finished: (uplink, per-target results, the gateway witness if it was
+    /// pinged), from prober generation `generation`.
+    Rounds {
+        generation: u64,
+        rounds: Vec<RoundReport>,
+    },
+    /// The kernel reported a change.
+    KernelChanged(Change),
+    /// SIGHUP: re-read the config.
+    Reload,
+    /// SIGTERM / SIGINT.
+    Stop,
+    /// A control or metrics request wants the current state.
+    Query(Sender<Snapshot>),
+    /// `watch`: send events to this bounded queue until it closes or fills.
+    Subscribe(Subscriber),
+    /// `multiwan uplink NAME enable|disable`.
+    Admin {
+        name: String,
+        enable: bool,
+        reply: Sender<Result<Ack, String>>,
+    },
+}
