@@ -70,6 +70,9 @@ pub struct LabArgs {
     /// With --bench: where to write the report.
     #[arg(long, default_value = "BENCHMARKS.md", requires = "bench")]
     pub bench_out: PathBuf,
+    /// With --bench: run only this section (e.g. `footprint`), to measure one thing quickly.
+    #[arg(long, requires = "bench", value_parser = bench::SECTIONS)]
+    pub bench_only: Option<String>,
 }
 
 fn wan_count(text: &str) -> usize {
@@ -122,7 +125,7 @@ pub fn run(args: LabArgs) -> Result<()> {
 
 fn run_lab(args: &LabArgs, bin: &Path, dir: &Path) -> Result<()> {
     if args.bench {
-        return bench::run(bin, args.quick, &args.bench_out);
+        return bench::run(bin, args.quick, args.bench_only.as_deref(), &args.bench_out);
     }
     let custom = match &args.config {
         Some(p) => {

@@ -47,6 +47,82 @@ fn memory_kib(pid: u32) -> (u64, u64, u64) {
     (field("Rss:"), field("Pss:"), field("Pss_Anon:"))
 }
 
+/// One mapping of `/proc/PID/smaps`: its header fields and its resident KiB.
+struct Mapping {
+    start: u64,
+    end: u64,
+    perms: String,
+    path: String,
+    rss_kib: u64,
+}
+
+fn mappings(pid: u32) -> Vec<Mapping> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let mut out: Vec<Mapping> = Vec::new();
+    for line in text.lines() {
+        let mut f = line.split_whitespace();
+        let first = f.next().unwrap_or_default();
+        if let Some((a, b)) = first.split_once('-') {
+            if let (Ok(start), Ok(end)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) {
+                let perms = f.next().unwrap_or_default().to_string();
+                // offset, device, inode, then the path (which may hold spaces).
+                let path = f.skip(3).collect::<Vec<_>>().join(" ");
+                out.push(Mapping {
+                    start,
+                    end,
+                    perms,
+                    path,
+                    rss_kib: 0,
+                });
+                continue;
+            }
+        }
+        if first == "Rss:" {
+            if let (Some(m), Some(kib)) = (out.last_mut(), f.next().and_then(|v| v.parse().ok())) {
+                m.rss_kib = kib;
+            }
+        }
+    }
+    out
+}
+
+/// Where the resident memory is, by kind of mapping: the binary's own file, the other files
+/// (libc, the loader, locale data), the main heap, the stacks and glibc's per-thread malloc
+/// arenas (anonymous, told apart by their layout: a thread stack sits just above its guard
+/// page, an arena heap starts 64 MiB-aligned with its reserve after it), and the rest.
+fn rss_by_mapping(pid: u32, bin: &Path) -> String {
+    const ARENA_ALIGN: u64 = 64 << 20;
+    let maps = mappings(pid);
+    let bin = bin.canonicalize().unwrap_or_else(|_| bin.to_path_buf());
+    let (mut own, mut files, mut heap, mut stacks, mut arenas, mut anon) = (0, 0, 0, 0, 0, 0);
+    let (mut n_stacks, mut n_arenas) = (0, 0);
+    for (i, m) in maps.iter().enumerate() {
+        let after_guard =
+            i > 0 && maps[i - 1].perms.starts_with("---") && maps[i - 1].end == m.start;
+        match m.path.as_str() {
+            p if Path::new(p) == bin => own += m.rss_kib,
+            "[heap]" => heap += m.rss_kib,
+            "[stack]" => {
+                stacks += m.rss_kib;
+                n_stacks += 1;
+            }
+            p if p.starts_with('/') => files += m.rss_kib,
+            "" if m.perms.starts_with("rw") && m.start % ARENA_ALIGN == 0 => {
+                arenas += m.rss_kib;
+                n_arenas += 1;
+            }
+            "" if m.perms.starts_with("rw") && after_guard => {
+                stacks += m.rss_kib;
+                n_stacks += 1;
+            }
+            _ => anon += m.rss_kib,
+        }
+    }
+    format!(
+        "binary {own} KiB, other files (libc, loader) {files} KiB, heap {heap} KiB,          {n_stacks} stacks {stacks} KiB, {n_arenas} malloc arenas {arenas} KiB, other anonymous {anon} KiB"
+    )
+}
+
 /// CPU share of one core that a thread costs which does nothing but wake `per_sec` times a
 /// second: the floor of any prober on this machine.
 fn wake_floor(per_sec: u32, secs: u64) -> f64 {
@@ -141,6 +217,10 @@ pub(super) fn footprint(bin: &Path, quick: bool) -> Result<Section> {
             parts.join(", ")
         ));
         let (rss, pss, anon) = memory_kib(pid);
+        s.note(format!(
+            "{n} uplinks at {label}, RSS by mapping: {}",
+            rss_by_mapping(pid, bin)
+        ));
         daemon.stop()?;
         s.row(vec![
             n.to_string(),

@@ -167,7 +167,41 @@ fn machine() -> String {
 }
 
 /// Runs the benchmarks and writes the report.
-pub fn run(bin: &Path, quick: bool, out: &Path) -> Result<()> {
+/// The sections `--bench-only` can name, in the order a full run has them.
+pub const SECTIONS: [&str; 8] = [
+    "forwarding",
+    "split",
+    "aggregation",
+    "failover",
+    "footprint",
+    "plan-scale",
+    "flush-scale",
+    "false-alarm",
+];
+
+/// Runs one section by its name in [`SECTIONS`] (some produce two tables).
+fn section(name: &str, bin: &Path, quick: bool) -> Result<Vec<Section>> {
+    Ok(match name {
+        "forwarding" => {
+            let (fwd, conn) = forwarding(bin, quick)?;
+            vec![fwd, conn]
+        }
+        "split" => vec![split_accuracy(bin, quick)?],
+        "aggregation" => vec![aggregation(bin, quick)?],
+        "failover" => {
+            let (f, r) = failover::failover(bin, quick)?;
+            vec![f, r]
+        }
+        "footprint" => vec![footprint::footprint(bin, quick)?],
+        "plan-scale" => vec![scale::plan_scale(quick)?],
+        "flush-scale" => vec![scale::flush_scale(bin, quick)?],
+        "false-alarm" => vec![false_alarm::false_alarms(bin, quick)?],
+        other => bail!("no benchmark section {other:?} (one of {SECTIONS:?})"),
+    })
+}
+
+/// Runs the benchmarks (every section, or only `only`) and writes the report to `out`.
+pub fn run(bin: &Path, quick: bool, only: Option<&str>, out: &Path) -> Result<()> {
     if std::process::Command::new("iptables")
         .arg("--version")
         .output()
@@ -179,34 +213,12 @@ pub fn run(bin: &Path, quick: bool, out: &Path) -> Result<()> {
     let mode = if quick { "quick" } else { "full" };
     println!("== multiwan benchmarks ({mode} run) on the lab's virtual network");
     let mut sections = Vec::new();
-    let (fwd, conn) = forwarding(bin, quick)?;
-    for s in [fwd, conn] {
-        s.print();
-        sections.push(s);
+    for name in SECTIONS.iter().filter(|n| only.is_none_or(|o| o == **n)) {
+        for s in section(name, bin, quick)? {
+            s.print();
+            sections.push(s);
+        }
     }
-    let s = split_accuracy(bin, quick)?;
-    s.print();
-    sections.push(s);
-    let s = aggregation(bin, quick)?;
-    s.print();
-    sections.push(s);
-    let (f, r) = failover::failover(bin, quick)?;
-    for s in [f, r] {
-        s.print();
-        sections.push(s);
-    }
-    let s = footprint::footprint(bin, quick)?;
-    s.print();
-    sections.push(s);
-    let s = scale::plan_scale(quick)?;
-    s.print();
-    sections.push(s);
-    let s = scale::flush_scale(bin, quick)?;
-    s.print();
-    sections.push(s);
-    let s = false_alarm::false_alarms(bin, quick)?;
-    s.print();
-    sections.push(s);
 
     let mut md = String::from("# multiwan benchmarks\n\n");
     md += &format!(
