@@ -53,7 +53,9 @@ impl Kind {
 /// One key of a section.
 #[derive(Debug)]
 pub struct Field {
+    /// The key as written in the file.
     pub name: &'static str,
+    /// What its value must be.
     pub kind: Kind,
 }
 
@@ -62,6 +64,7 @@ pub struct Field {
 pub struct Section {
     /// How messages name it (`[uplink.check]`).
     pub title: &'static str,
+    /// Every key the section may hold.
     pub fields: &'static [Field],
 }
 
@@ -182,15 +185,19 @@ pub struct Spanned<T> {
 }
 
 impl<T> Spanned<T> {
+    /// `value`, found at byte range `span`.
     pub fn new(span: Range<usize>, value: T) -> Self {
         Self { span, value }
     }
+    /// The byte range of the value in the file.
     pub fn span(&self) -> Range<usize> {
         self.span.clone()
     }
+    /// The value.
     pub fn get_ref(&self) -> &T {
         &self.value
     }
+    /// The value, without its span.
     pub fn into_inner(self) -> T {
         self.value
     }
@@ -202,7 +209,9 @@ pub type SpannedList = Spanned<Vec<Spanned<String>>>;
 /// A value that users may write as a number or as a string (`80` or `"8000-8080"`).
 #[derive(Debug, Clone, PartialEq)]
 pub enum NumOrStr {
+    /// Written as a number.
     Num(i64),
+    /// Written as a string.
     Str(String),
 }
 
@@ -219,7 +228,9 @@ impl NumOrStr {
 /// A number written as an integer or a float (`20` or `2.5`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum RawNumber {
+    /// Written without a fraction.
     Int(i64),
+    /// Written with a fraction or an exponent.
     Float(f64),
 }
 
@@ -254,49 +265,59 @@ pub struct Table {
     entries: BTreeMap<&'static str, Value>,
 }
 
+// Each getter answers `None` when the key is absent; the schema guarantees the type, so a
+// key of another type is absent too (it was reported).
 impl Table {
+    /// The string at `key`.
     pub fn str(&self, key: &str) -> Option<&Spanned<String>> {
         match self.entries.get(key)? {
             Value::Str(v) => Some(v),
             _ => None,
         }
     }
+    /// The integer at `key`.
     pub fn int(&self, key: &str) -> Option<&Spanned<i64>> {
         match self.entries.get(key)? {
             Value::Int(v) => Some(v),
             _ => None,
         }
     }
+    /// The boolean at `key`.
     pub fn bool(&self, key: &str) -> Option<&Spanned<bool>> {
         match self.entries.get(key)? {
             Value::Bool(v) => Some(v),
             _ => None,
         }
     }
+    /// The number (integer or float) at `key`.
     pub fn number(&self, key: &str) -> Option<&Spanned<RawNumber>> {
         match self.entries.get(key)? {
             Value::Number(v) => Some(v),
             _ => None,
         }
     }
+    /// The number-or-string at `key`.
     pub fn int_or_str(&self, key: &str) -> Option<&Spanned<NumOrStr>> {
         match self.entries.get(key)? {
             Value::IntOrStr(v) => Some(v),
             _ => None,
         }
     }
+    /// The list of strings at `key`.
     pub fn str_list(&self, key: &str) -> Option<&SpannedList> {
         match self.entries.get(key)? {
             Value::StrList(v) => Some(v),
             _ => None,
         }
     }
+    /// The list of numbers-or-strings at `key`.
     pub fn int_or_str_list(&self, key: &str) -> Option<&Spanned<Vec<Spanned<NumOrStr>>>> {
         match self.entries.get(key)? {
             Value::IntOrStrList(v) => Some(v),
             _ => None,
         }
     }
+    /// The sub-table `[…key]`.
     pub fn table(&self, key: &str) -> Option<&Spanned<Table>> {
         match self.entries.get(key)? {
             Value::Table(v) => Some(v),
@@ -315,15 +336,18 @@ impl Table {
 /// A problem found while walking the document against the schema.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
+    /// Where in the file (bytes).
     pub span: Range<usize>,
     /// Key path such as `uplink[1].gatway`.
     pub key: String,
+    /// What is wrong, and what would be valid.
     pub message: String,
 }
 
 /// The document walked against [`SCHEMA`].
 #[derive(Debug, Clone, Default)]
 pub struct Parsed {
+    /// The top level of the file.
     pub root: Table,
     /// Unknown keys and wrongly typed values, in file order.
     pub problems: Vec<Problem>,
@@ -335,7 +359,9 @@ pub struct Parsed {
 /// The file could not be parsed as TOML at all.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyntaxError {
+    /// Where in the file (bytes).
     pub span: Range<usize>,
+    /// The parser's description.
     pub message: String,
 }
 

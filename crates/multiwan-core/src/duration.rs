@@ -43,7 +43,7 @@ pub fn parse(input: &str) -> Result<Duration, DurationError> {
         let frac: u64 = frac_part.parse().map_err(|_| err())?;
         let scale = 10u64.pow(frac_part.len() as u32);
         let extra = frac * millis_per_unit;
-        if !extra.is_multiple_of(scale) {
+        if extra % scale != 0 {
             // Sub-millisecond precision is not meaningful for probe timers.
             return Err(err());
         }
@@ -58,11 +58,11 @@ pub struct Human(pub Duration);
 impl fmt::Display for Human {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0.as_millis();
-        if ms.is_multiple_of(3_600_000) && ms > 0 {
+        if ms % 3_600_000 == 0 && ms > 0 {
             write!(f, "{}h", ms / 3_600_000)
-        } else if ms.is_multiple_of(60_000) && ms > 0 {
+        } else if ms % 60_000 == 0 && ms > 0 {
             write!(f, "{}m", ms / 60_000)
-        } else if ms.is_multiple_of(1000) && ms > 0 {
+        } else if ms % 1000 == 0 && ms > 0 {
             write!(f, "{}s", ms / 1000)
         } else {
             write!(f, "{ms}ms")

@@ -14,10 +14,15 @@ use crate::plan::{hash_buckets, HASH_BUCKETS, HASH_SEED};
 /// The connection to explain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Query {
+    /// Source address (a LAN host, or the router itself).
     pub src: Ipv4Addr,
+    /// Destination address; unknown matches only rules without `dst`.
     pub dst: Option<Ipv4Addr>,
+    /// Protocol; unknown matches only rules without `proto`.
     pub proto: Option<Proto>,
+    /// Source port (hash methods that include ports need it for an exact answer).
     pub sport: Option<u16>,
+    /// Destination port; unknown matches only rules without `dport`.
     pub dport: Option<u16>,
 }
 
@@ -31,9 +36,17 @@ pub enum Exclusion {
     /// Degraded while its tier has a healthy uplink.
     Degraded(String),
     /// A lower tier has a usable uplink.
-    Tier { tier: u32, active: u32 },
+    Tier {
+        /// The excluded uplink's tier.
+        tier: u32,
+        /// The tier in use.
+        active: u32,
+    },
     /// Failover mode: an earlier uplink in the rule's list is usable.
-    Standby { active: String },
+    Standby {
+        /// The uplink in use.
+        active: String,
+    },
 }
 
 impl std::fmt::Display for Exclusion {
@@ -68,11 +81,15 @@ pub enum Verdict {
 pub struct Explanation {
     /// The matching rule, `None` for the default policy.
     pub rule: Option<String>,
+    /// The matching rule's mode (balance for the default policy).
     pub mode: Mode,
+    /// The balance method that picks among the candidates.
     pub method: Method,
     /// (uplink, weight) of the candidates.
     pub candidates: Vec<(String, u32)>,
+    /// (uplink, why) of every uplink that is not a candidate.
     pub excluded: Vec<(String, Exclusion)>,
+    /// Where the connection goes.
     pub verdict: Verdict,
 }
 

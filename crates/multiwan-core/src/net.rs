@@ -58,12 +58,20 @@ impl fmt::Display for Ipv4Net {
 /// Why a prefix did not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NetParseError {
+    /// The address part is not an IPv4 address.
     #[error("invalid IPv4 address {0:?}")]
     Addr(String),
+    /// The prefix length is not a number in 0..=32.
     #[error("invalid prefix length in {0:?} (expected 0..=32)")]
     Prefix(String),
+    /// Bits beyond the prefix are set (`10.0.0.1/8`).
     #[error("{input:?} has host bits set; did you mean {suggestion}?")]
-    HostBits { input: String, suggestion: String },
+    HostBits {
+        /// What was written.
+        input: String,
+        /// The network it probably means.
+        suggestion: String,
+    },
 }
 
 impl FromStr for Ipv4Net {
@@ -100,7 +108,9 @@ impl FromStr for Ipv4Net {
 /// An inclusive port range; a single port has `lo == hi`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PortRange {
+    /// First port.
     pub lo: u16,
+    /// Last port (inclusive).
     pub hi: u16,
 }
 

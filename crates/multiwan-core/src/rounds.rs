@@ -26,7 +26,9 @@ pub struct Rounds {
 /// A finished round: per-target RTT, `None` for no answer in time.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Finished {
+    /// The round's number, as [`Rounds`] handed it out.
     pub id: u64,
+    /// Per target (in config order): the RTT, or `None` for no answer within the timeout.
     pub results: Vec<Option<Duration>>,
     /// Which targets a probe was sent to (a target may be probed only in some rounds).
     pub sent: Vec<bool>,
