@@ -89,7 +89,8 @@ fn mappings(pid: u32) -> Vec<Mapping> {
 /// Where the resident memory is, by kind of mapping: the binary's own file, the other files
 /// (libc, the loader, locale data), the main heap, the stacks and glibc's per-thread malloc
 /// arenas (anonymous, told apart by their layout: a thread stack sits just above its guard
-/// page, an arena heap starts 64 MiB-aligned with its reserve after it), and the rest.
+/// page, an arena heap starts 64 MiB-aligned with its reserve after it), and the rest (signal
+/// stacks, thread-local data).
 fn rss_by_mapping(pid: u32, bin: &Path) -> String {
     const ARENA_ALIGN: u64 = 64 << 20;
     let maps = mappings(pid);
@@ -111,7 +112,8 @@ fn rss_by_mapping(pid: u32, bin: &Path) -> String {
                 arenas += m.rss_kib;
                 n_arenas += 1;
             }
-            "" if m.perms.starts_with("rw") && after_guard => {
+            // Small guarded regions are the per-thread signal stacks; they count as "other".
+            "" if m.perms.starts_with("rw") && after_guard && m.end - m.start >= 256 << 10 => {
                 stacks += m.rss_kib;
                 n_stacks += 1;
             }
@@ -119,7 +121,7 @@ fn rss_by_mapping(pid: u32, bin: &Path) -> String {
         }
     }
     format!(
-        "binary {own} KiB, other files (libc, loader) {files} KiB, heap {heap} KiB,          {n_stacks} stacks {stacks} KiB, {n_arenas} malloc arenas {arenas} KiB, other anonymous {anon} KiB"
+        "binary {own} KiB, other files (libc, loader) {files} KiB, heap {heap} KiB, {n_stacks} stacks {stacks} KiB, {n_arenas} malloc arenas {arenas} KiB, other anonymous {anon} KiB"
     )
 }
 

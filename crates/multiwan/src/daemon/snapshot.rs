@@ -67,6 +67,7 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// Every uplink's health state, by name (what `explain` judges against).
     pub fn states(&self) -> BTreeMap<String, State> {
         self.uplinks
             .iter()
@@ -74,6 +75,7 @@ impl Snapshot {
             .collect()
     }
 
+    /// The uplink whose id a connection mark carries (under the mask), if any.
     pub fn uplink_of_mark(&self, mark: u32) -> Option<String> {
         let k = self.cfg.kernel;
         let id = (mark & k.mark_mask) >> k.mark_shift();
