@@ -92,7 +92,14 @@ fn runner() -> Option<&'static Arc<Queue<Job>>> {
             let started = std::thread::Builder::new()
                 .name("hook".into())
                 .spawn(move || loop {
-                    run_job(&worker.pop(), TIMEOUT);
+                    let job = worker.pop();
+                    // A panic while running one hook must not end hooks for good.
+                    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        run_job(&job, TIMEOUT)
+                    }));
+                    if ran.is_err() {
+                        tracing::error!(hook = %job.path, "running the hook panicked; the hook thread goes on");
+                    }
                 });
             match started {
                 Ok(_) => Some(q),

@@ -188,7 +188,11 @@ pub enum Dropped {
 }
 
 /// Starts the control socket listener (mode 0600, or 0660 for `control_group`).
-pub fn start_control(run_dir: &Path, tx: Sender<Event>, control_group: Option<&str>) -> Result<()> {
+pub fn start_control(
+    run_dir: &Path,
+    tx: Sender<Event>,
+    control_group: Option<&str>,
+) -> Result<std::thread::JoinHandle<()>> {
     let path = control::socket_path(run_dir);
     // Removes a stale socket, or a symlink planted at its name (not what it points to).
     match std::fs::remove_file(&path) {
@@ -774,7 +778,10 @@ pub fn explain_query(
 }
 
 /// Starts the Prometheus endpoint on `addr` (`GET /metrics`).
-pub fn start_metrics(addr: std::net::SocketAddr, tx: Sender<Event>) -> Result<()> {
+pub fn start_metrics(
+    addr: std::net::SocketAddr,
+    tx: Sender<Event>,
+) -> Result<std::thread::JoinHandle<()>> {
     let listener =
         std::net::TcpListener::bind(addr).with_context(|| format!("binding metrics on {addr}"))?;
     let proto = MetricsHttp {
