@@ -169,6 +169,32 @@ pub struct UplinkStatus {
     pub bytes_out: u64,
     pub addresses: Vec<Ipv4Addr>,
     pub gateway: Option<Ipv4Addr>,
+    /// Its IPv6 side, when it carries IPv6 (`gateway6`): health of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<FamilyStatus>,
+}
+
+/// An uplink's IPv6 side in `status`: its own state, reason, RTT, loss and targets.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FamilyStatus {
+    /// `up`, `degraded` or `down`.
+    pub state: String,
+    pub reason: Option<String>,
+    pub detail: Option<String>,
+    /// Unix time of the last state change.
+    pub since: u64,
+    /// Share of new IPv6 connections the default policy gives it now (0..=1).
+    pub share: f64,
+    /// Takes new IPv6 connections now.
+    pub usable: bool,
+    pub rtt_last_ms: Option<f64>,
+    pub rtt_avg_ms: Option<f64>,
+    pub loss_percent: f64,
+    pub targets: Vec<TargetStatus>,
+    /// Global IPv6 addresses of the interface.
+    pub addresses: Vec<std::net::Ipv6Addr>,
+    /// The IPv6 gateway: fixed, or learned from router advertisements.
+    pub gateway: Option<std::net::Ipv6Addr>,
 }
 
 /// One probe target in `status`.
@@ -217,9 +243,10 @@ pub struct FlowInfo {
 /// What to explain.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExplainQuery {
-    pub src: Ipv4Addr,
+    /// IPv4 or IPv6: the family of the connection.
+    pub src: IpAddr,
     #[serde(default)]
-    pub dst: Option<Ipv4Addr>,
+    pub dst: Option<IpAddr>,
     #[serde(default)]
     pub proto: Option<String>,
     #[serde(default)]

@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
-use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -30,10 +29,10 @@ pub struct Conn {
 pub struct ExplainArgs {
     /// Source address of the new connection (a LAN host, or the router itself).
     #[arg(long)]
-    pub src: Ipv4Addr,
+    pub src: std::net::IpAddr,
     /// Destination address.
     #[arg(long)]
-    pub dst: Option<Ipv4Addr>,
+    pub dst: Option<std::net::IpAddr>,
     /// Protocol: tcp, udp or icmp.
     #[arg(long)]
     pub proto: Option<String>,
@@ -157,22 +156,64 @@ pub fn render_status(s: &Status) -> String {
         if let Some(d) = &u.detail {
             o += &format!("{:<12} why: {d}\n", "");
         }
-        for t in &u.targets {
-            o += &format!(
-                "{:<12} probe {}: loss {:.1}%, rtt last {} avg {} ms{}\n",
-                "",
-                t.target,
-                t.loss_percent,
-                opt_ms(t.rtt_last_ms),
-                opt_ms(t.rtt_avg_ms),
-                if t.suspect {
-                    " — SUSPECT: fails on every uplink while they work; not counted"
-                } else {
-                    ""
-                }
-            );
+        o += &render_targets(&u.targets);
+        if let Some(v6) = &u.ipv6 {
+            o += &render_ipv6(v6);
         }
     }
+    o + &render_rules(s)
+}
+
+/// The IPv6 side of an uplink in `status`: its own state line and probes.
+fn render_ipv6(v6: &crate::control::FamilyStatus) -> String {
+    let mut o = format!(
+        "{:<12} ipv6: {} since {}, share {:.0}%, rtt {}/{} ms, loss {:.1}%, {}{}\n",
+        "",
+        v6.state,
+        ago(v6.since),
+        100.0 * v6.share,
+        opt_ms(v6.rtt_last_ms),
+        opt_ms(v6.rtt_avg_ms),
+        v6.loss_percent,
+        if v6.addresses.is_empty() {
+            "no global address".to_string()
+        } else {
+            v6.addresses
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        },
+        v6.gateway.map(|g| format!(" via {g}")).unwrap_or_default()
+    );
+    if let Some(d) = &v6.detail {
+        o += &format!("{:<12} why (ipv6): {d}\n", "");
+    }
+    o + &render_targets(&v6.targets)
+}
+
+fn render_targets(targets: &[crate::control::TargetStatus]) -> String {
+    let mut o = String::new();
+    for t in targets {
+        o += &format!(
+            "{:<12} probe {}: loss {:.1}%, rtt last {} avg {} ms{}\n",
+            "",
+            t.target,
+            t.loss_percent,
+            opt_ms(t.rtt_last_ms),
+            opt_ms(t.rtt_avg_ms),
+            if t.suspect {
+                " — SUSPECT: fails on every uplink while they work; not counted"
+            } else {
+                ""
+            }
+        );
+    }
+    o
+}
+
+fn render_rules(s: &Status) -> String {
+    let mut o = String::new();
     if !s.rules.is_empty() {
         o += &format!(
             "\n{:<16} {:<9} {:>8}  {}\n",

@@ -23,15 +23,15 @@ use anyhow::{Context, Result};
 use multiwan_core::explain::{explain, Query, Verdict};
 use multiwan_core::health::{State, WindowStats};
 use multiwan_core::model::{Config, Mode, Proto};
-use multiwan_core::plan::{Decision, PolicyPlan};
+use multiwan_core::plan::{Decision, Family, PolicyPlan};
 use multiwan_core::Facts;
 
 use super::listen::{self, Limits, Protocol, Refusal};
 use super::metrics::{MetricsHttp, SingleFlight};
 use super::Event;
 use crate::control::{
-    self, Candidate, Envelope, Excluded, ExplainInfo, FlowInfo, Request, Response, RuleStatus,
-    Status, TargetStatus, UplinkStatus, WatchEvent,
+    self, Candidate, Envelope, Excluded, ExplainInfo, FamilyStatus, FlowInfo, Request, Response,
+    RuleStatus, Status, TargetStatus, UplinkStatus, WatchEvent,
 };
 use crate::kernel::conntrack::{self, Flow};
 use crate::kernel::netlink::Rtnl;
@@ -125,10 +125,17 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    fn states(&self) -> BTreeMap<String, State> {
+    /// Every uplink's state in `family` (those that carry it).
+    fn states_of(&self, family: Family) -> BTreeMap<String, State> {
         self.uplinks
             .iter()
-            .map(|(n, u)| (n.clone(), u.state.clone()))
+            .filter_map(|(n, u)| {
+                let s = match family {
+                    Family::V4 => u.state.clone(),
+                    Family::V6 => u.ipv6.as_ref()?.state.clone(),
+                };
+                Some((n.clone(), s))
+            })
             .collect()
     }
 
@@ -398,7 +405,8 @@ fn serve(s: &mut UnixStream, env: Envelope, tx: &Sender<Event>) -> Result<()> {
         }
         Request::Explain(q) => {
             let snap = snapshot(tx)?;
-            match explain_query(&snap.cfg, &snap.states(), &q) {
+            let family = Family::of(&q.src);
+            match explain_query(&snap.cfg, &snap.states_of(family), &q) {
                 Ok(e) => write_line(s, &Response::ok(e)),
                 Err(e) => write_line::<()>(s, &Response::err(e)),
             }
@@ -528,10 +536,15 @@ fn read_counters(snap: &Snapshot) -> KernelCounters {
 }
 
 fn share_of(snap: &Snapshot, name: &str) -> f64 {
+    share_in(snap, name, Family::V4)
+}
+
+/// The share of new `family` connections the default policy gives `name`.
+fn share_in(snap: &Snapshot, name: &str, family: Family) -> f64 {
     match snap
         .policies
         .iter()
-        .find(|p| p.name == "default")
+        .find(|p| p.name == "default" && p.family == family)
         .map(|p| &p.decision)
     {
         Some(Decision::Spread { shares, .. }) => {
@@ -544,6 +557,43 @@ fn share_of(snap: &Snapshot, name: &str) -> f64 {
         }
         _ => 0.0,
     }
+}
+
+/// An uplink's IPv6 side in `status`, when it carries IPv6.
+fn ipv6_status(snap: &Snapshot, u: &multiwan_core::model::Uplink) -> Option<FamilyStatus> {
+    let v6 = u.ipv6.as_ref()?;
+    let rt = snap.uplinks.get(&u.name).and_then(|r| r.ipv6.as_ref());
+    let state = rt.map(|r| r.state.clone()).unwrap_or(State::Up);
+    let link = snap.facts.links.as_ref().and_then(|l| l.get(&u.interface));
+    Some(FamilyStatus {
+        state: state.name().to_string(),
+        reason: state.reason().map(|r| r.code().to_string()),
+        detail: state.reason().map(|r| r.to_string()),
+        since: rt.map(|r| r.since).unwrap_or(0),
+        share: share_in(snap, &u.name, Family::V6),
+        usable: snap.usable6.contains(&u.name),
+        rtt_last_ms: rt.and_then(|r| ms(r.stats.last_rtt)),
+        rtt_avg_ms: rt.and_then(|r| ms(r.stats.avg_rtt)),
+        loss_percent: rt.map(|r| r.stats.loss_percent()).unwrap_or(0.0),
+        targets: v6
+            .check
+            .targets
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let s = rt.and_then(|r| r.targets.get(i));
+                TargetStatus {
+                    target: multiwan_core::correlate::target_label(&(v6.check.method, *t)),
+                    suspect: snap.suspect.contains(&(v6.check.method, *t)),
+                    loss_percent: s.map(|s| s.loss_percent()).unwrap_or(0.0),
+                    rtt_avg_ms: s.and_then(|s| ms(s.avg_rtt)),
+                    rtt_last_ms: s.and_then(|s| ms(s.last_rtt)),
+                }
+            })
+            .collect(),
+        addresses: link.map(|l| l.addrs6.clone()).unwrap_or_default(),
+        gateway: v6.gateway.or_else(|| link.and_then(|l| l.gateway6)),
+    })
 }
 
 fn describe(d: &Decision) -> String {
@@ -629,6 +679,7 @@ pub fn status(snap: &Snapshot) -> Status {
                     .map(|l| l.addrs.clone())
                     .unwrap_or_default(),
                 gateway: u.gateway,
+                ipv6: ipv6_status(snap, u),
             }
         })
         .collect();
@@ -676,6 +727,7 @@ fn mode_name(m: Mode) -> &'static str {
 fn proto_name(p: u8) -> String {
     match p {
         1 => "icmp".into(),
+        58 => "icmpv6".into(),
         6 => "tcp".into(),
         17 => "udp".into(),
         n => n.to_string(),
