@@ -141,6 +141,7 @@ fn run_lab(args: &LabArgs, bin: &Path, dir: &Path) -> Result<()> {
     let isps: Vec<IspSpec> = (0..n)
         .map(|i| IspSpec {
             rate_mbit: args.rates.get(i).copied().filter(|r| *r > 0),
+            ..Default::default()
         })
         .collect();
     println!(

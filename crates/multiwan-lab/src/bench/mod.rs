@@ -620,6 +620,7 @@ fn aggregation(bin: &Path, quick: bool) -> Result<Section> {
                 .iter()
                 .map(|r| IspSpec {
                     rate_mbit: Some(*r),
+                    ..Default::default()
                 })
                 .collect(),
             lan_hosts: 2,
