@@ -54,6 +54,34 @@ pub const LAN_IF: &str = "lan0";
 /// Prefix of every namespace name created by the lab and the tests.
 pub const NS_PREFIX: &str = "mwlab";
 
+/// An address family, for code that drives or reports both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    /// Both, IPv4 first.
+    pub const BOTH: [Family; 2] = [Family::V4, Family::V6];
+
+    /// `IPv4` or `IPv6`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        }
+    }
+
+    /// The family of an address.
+    pub fn of(addr: IpAddr) -> Self {
+        match addr {
+            IpAddr::V4(_) => Family::V4,
+            IpAddr::V6(_) => Family::V6,
+        }
+    }
+}
+
 /// One ISP.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct IspSpec {
@@ -292,6 +320,22 @@ impl Topology {
             self.server_endpoint().into(),
             self.server_endpoint6().into(),
         ]
+    }
+
+    /// The server's endpoint of one family.
+    pub fn endpoint(&self, family: Family) -> SocketAddr {
+        match family {
+            Family::V4 => self.server_endpoint().into(),
+            Family::V6 => self.server_endpoint6().into(),
+        }
+    }
+
+    /// The router's (static) address of one family on uplink `i` (0-based).
+    pub fn router_addr_of(&self, i: usize, family: Family) -> IpAddr {
+        match family {
+            Family::V4 => self.isps[i].router_addr.into(),
+            Family::V6 => self.isps[i].router_addr6.into(),
+        }
     }
 
     /// Which uplink (0-based) an address seen by the server belongs to: for IPv4 the router's
