@@ -564,10 +564,9 @@ pub fn ping(dst: IpAddr, timeout: Duration) -> Result<Duration> {
         };
         let m = &buf[off.min(n)..n];
         let reply = if v6 { 129 } else { 0 };
-        if from.ip() == dst && m.len() >= 8 && m[0] == reply && m[4..6] == id.to_be_bytes() {
-            if m[6..8] == seq.to_be_bytes() {
-                return Ok(start.elapsed());
-            }
+        let ours = m.len() >= 8 && m[4..6] == id.to_be_bytes() && m[6..8] == seq.to_be_bytes();
+        if from.ip() == dst && ours && m[0] == reply {
+            return Ok(start.elapsed());
         }
     }
     bail!("no echo reply from {dst} within {timeout:?}")

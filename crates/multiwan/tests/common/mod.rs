@@ -181,7 +181,7 @@ impl Lab {
 
     /// `n` exchanges of `f` (a client of either family) from LAN host `h` to `ep`: the uplink
     /// index each used (None = failed or seen from an address that is no uplink's).
-    pub fn from_host(
+    pub fn exchanges_from_host(
         &self,
         h: usize,
         n: usize,
@@ -202,13 +202,13 @@ impl Lab {
     /// `n` IPv6 TCP connections from LAN host `h` to the server: the uplink each used.
     pub fn tcp6_from_host(&self, h: usize, n: usize) -> Vec<Option<usize>> {
         let ep = self.topo.server_endpoint6().into();
-        self.from_host(h, n, ep, traffic::tcp_hello_ip)
+        self.exchanges_from_host(h, n, ep, traffic::tcp_hello_ip)
     }
 
     /// `n` IPv6 UDP exchanges from LAN host `h` to the server: the uplink each used.
     pub fn udp6_from_host(&self, h: usize, n: usize) -> Vec<Option<usize>> {
         let ep = self.topo.server_endpoint6().into();
-        self.from_host(h, n, ep, traffic::udp_hello_ip)
+        self.exchanges_from_host(h, n, ep, traffic::udp_hello_ip)
     }
 
     /// One ICMP(v6) echo from LAN host `h` to `dst`: whether it was answered.
