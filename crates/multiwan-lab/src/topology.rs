@@ -748,3 +748,36 @@ impl Drop for Radvd {
         let _ = self.child.wait();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_addressing_plan() {
+        assert_eq!(SERVER_ADDR6.to_string(), "2001:db8:ff::100");
+        assert_eq!(ROUTER_LAN_ADDR6.to_string(), "fd37:157::253");
+        assert_eq!(router_addr6(2).to_string(), "2001:db8:2::253");
+        assert_eq!(gateway6(3).to_string(), "2001:db8:3::1");
+        assert_eq!(prefix6(1), "2001:db8:1::/64");
+        assert_eq!(isp_inet6(2).to_string(), "2001:db8:ff:2::1");
+        assert_eq!(isp_server_side6(2).to_string(), "2001:db8:ff:2::2");
+        // The same digits as the IPv4 host addresses.
+        for (i, want) in [(0, "11"), (1, "12"), (9, "20"), (49, "60")] {
+            assert_eq!(host_addr(i).to_string(), format!("192.168.157.{want}"));
+            assert_eq!(host_addr6(i).to_string(), format!("fd37:157::{want}"));
+        }
+    }
+
+    #[test]
+    fn the_isp_filter_names_only_its_customer_prefix() {
+        let r = bcp38_ruleset(2);
+        assert!(
+            r.contains(
+                "iifname \"cpe\" ip6 saddr != { ::, fe80::/10, 2001:db8:2::/64 } counter drop"
+            ),
+            "{r}"
+        );
+        assert!(r.contains("hook prerouting"), "{r}");
+    }
+}
