@@ -110,6 +110,10 @@ fn present(cfg: &Config) -> Facts {
                 up: true,
                 addrs: vec![Ipv4Addr::from(0x0a00_0002 + (i << 8))],
                 gateway: Some(Ipv4Addr::from(0x0a00_0001 + (i << 8))),
+                addrs6: vec![std::net::Ipv6Addr::from(
+                    0x2001_0db8_0000_0000_0000_0000_0000_0002u128 + (u128::from(i) << 80),
+                )],
+                gateway6: Some("fe80::1".parse().expect("ip")),
             },
         );
     }
@@ -252,21 +256,29 @@ fn check_routing(cfg: &Config, p: &Plan) {
         }
     }
     for s in &p.sysctls {
-        if let Some(ifname) = s
+        let per_if = s
             .key
             .strip_prefix("net.ipv4.conf.")
             .and_then(|r| r.strip_suffix(".rp_filter"))
-        {
+            .or_else(|| {
+                s.key
+                    .strip_prefix("net.ipv6.conf.")
+                    .and_then(|r| r.strip_suffix(".accept_ra"))
+            });
+        if let Some(ifname) = per_if {
             assert!(uplink_ifs.contains(ifname), "rp_filter of {ifname:?}");
-            assert_eq!(
-                crate::plan::sysctl_path(&s.key),
-                Some(format!("/proc/sys/net/ipv4/conf/{ifname}/rp_filter"))
+            assert!(
+                crate::plan::sysctl_path(&s.key)
+                    .is_some_and(|p| p.contains(&format!("/conf/{ifname}/"))),
+                "sysctl path of {}",
+                s.key
             );
         } else {
             let fixed = [
                 "net.ipv4.ip_forward",
                 "net.netfilter.nf_conntrack_acct",
                 "net.netfilter.nf_conntrack_timestamp",
+                "net.ipv6.conf.all.forwarding",
             ];
             assert!(fixed.contains(&s.key.as_str()), "sysctl {}", s.key);
             assert!(

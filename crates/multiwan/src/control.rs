@@ -8,7 +8,7 @@
 //! `watch` keeps sending one `{"version":1,"ok":true,"data":{…event…}}` line per event.
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
@@ -201,12 +201,12 @@ pub struct FlowInfo {
     /// The uplink it uses; `None` for connections multiwan did not mark.
     pub uplink: Option<String>,
     pub proto: String,
-    pub src: Ipv4Addr,
+    pub src: IpAddr,
     pub sport: u16,
-    pub dst: Ipv4Addr,
+    pub dst: IpAddr,
     pub dport: u16,
     /// The source address after NAT, as the internet sees it.
-    pub nat_src: Ipv4Addr,
+    pub nat_src: IpAddr,
     /// Bytes sent by the originator / received from the responder.
     pub bytes_out: u64,
     pub bytes_in: u64,
@@ -265,6 +265,8 @@ pub enum WatchEvent {
     Transition {
         time_ms: u64,
         uplink: String,
+        /// `ipv4` or `ipv6`.
+        family: String,
         from: String,
         to: String,
         reason: Option<String>,
@@ -274,6 +276,8 @@ pub enum WatchEvent {
     Probes {
         time_ms: u64,
         uplink: String,
+        /// `ipv4` or `ipv6`.
+        family: String,
         state: String,
         rtt_last_ms: Option<f64>,
         rtt_avg_ms: Option<f64>,

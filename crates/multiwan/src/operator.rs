@@ -329,12 +329,13 @@ pub fn render_watch(ev: &WatchEvent) -> String {
         WatchEvent::Transition {
             time_ms,
             uplink,
+            family,
             from,
             to,
             detail,
             ..
         } => format!(
-            "{} UTC  {uplink}: {from} -> {to}{}",
+            "{} UTC  {uplink} {family}: {from} -> {to}{}",
             clock(*time_ms),
             detail
                 .as_ref()
@@ -344,12 +345,13 @@ pub fn render_watch(ev: &WatchEvent) -> String {
         WatchEvent::Probes {
             time_ms,
             uplink,
+            family,
             state,
             rtt_last_ms,
             rtt_avg_ms,
             loss_percent,
         } => format!(
-            "{} UTC  {uplink}: {state}, rtt {}/{} ms, loss {loss_percent:.1}%",
+            "{} UTC  {uplink} {family}: {state}, rtt {}/{} ms, loss {loss_percent:.1}%",
             clock(*time_ms),
             opt_ms(*rtt_last_ms),
             opt_ms(*rtt_avg_ms)

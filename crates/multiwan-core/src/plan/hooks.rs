@@ -7,7 +7,12 @@
 
 use std::fmt::Write as _;
 
-use super::{hex, quoted_set, shares_interface, Ctx, RESTORE_MAP};
+use super::{has_ipv6, hex, quoted_set, shares_interface, Ctx, RESTORE_MAP};
+
+/// New IPv6 connections that are balanced: not to the router itself, not multicast, not
+/// link-local (which never leaves the link and has no business in an uplink's table).
+const BALANCED6: &str =
+    "ct state new meta nfproto ipv6 fib daddr type != { local, multicast } ip6 daddr != fe80::/10 goto balance6";
 
 pub(super) fn prerouting(ctx: &Ctx) -> String {
     let cfg = ctx.cfg;
@@ -27,15 +32,25 @@ pub(super) fn prerouting(ctx: &Ctx) -> String {
         w,
         "\t\tiifname {lan} ct state new meta nfproto ipv4 fib daddr type != {{ local, broadcast, multicast }} goto balance"
     );
+    let dual = has_ipv6(cfg);
+    if dual {
+        let _ = writeln!(w, "\t\tiifname {lan} {BALANCED6}");
+    }
     // Inbound: connections arriving on an uplink are answered over it. Only for interfaces
-    // that belong to exactly one uplink; shared segments are told apart by gateway only.
+    // that belong to exactly one uplink; shared segments are told apart by gateway only. An
+    // uplink without IPv6 marks only IPv4 (its IPv6 table would be empty).
     for (i, u) in cfg.uplinks.iter().enumerate() {
         if shares_interface(cfg, i) {
             continue;
         }
+        let only4 = if dual && u.ipv6.is_none() {
+            "meta nfproto ipv4 "
+        } else {
+            ""
+        };
         let _ = writeln!(
             w,
-            "\t\tiifname \"{}\" ct state new ct mark and {mask} == 0 {}",
+            "\t\tiifname \"{}\" {only4}ct state new ct mark and {mask} == 0 {}",
             u.interface,
             ctx.set_mark_stmts(ctx.mark(i), true)
         );
@@ -59,6 +74,9 @@ pub(super) fn output(ctx: &Ctx) -> String {
             w,
             "\t\tct state new meta nfproto ipv4 fib daddr type != {{ local, broadcast, multicast }} goto balance"
         );
+        if has_ipv6(ctx.cfg) {
+            let _ = writeln!(w, "\t\t{BALANCED6}");
+        }
     }
     let _ = writeln!(w, "\t}}\n");
     w

@@ -193,6 +193,7 @@ fn policy_routing_layout() {
             up: true,
             addrs: vec!["10.37.1.253".parse().expect("ip")],
             gateway: None,
+            ..Link::default()
         },
     );
     links.insert(
@@ -201,6 +202,7 @@ fn policy_routing_layout() {
             up: true,
             addrs: vec!["10.37.2.253".parse().expect("ip")],
             gateway: None,
+            ..Link::default()
         },
     );
     // wwan0 does not exist: no route, no sysctl, but its mark still resolves to unreachable.
@@ -370,6 +372,7 @@ fn auto_gateway_follows_the_learned_default_route() {
         up: true,
         addrs: vec!["100.64.7.9".parse().expect("ip")],
         gateway: gw.map(|g| g.parse().expect("ip")),
+        ..Link::default()
     };
     let mut facts = Facts {
         links: Some(BTreeMap::new()),

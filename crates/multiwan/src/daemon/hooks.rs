@@ -28,6 +28,8 @@ pub const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:
 #[derive(Debug, Clone)]
 pub struct HookCall {
     pub uplink: String,
+    /// `ipv4` or `ipv6`: the family whose health changed.
+    pub family: String,
     pub interface: String,
     pub old_state: String,
     pub new_state: String,
@@ -190,6 +192,7 @@ fn run_job(job: &Job, timeout: Duration) {
         .env("PATH", PATH)
         .env("LANG", "C.UTF-8")
         .env("MULTIWAN_UPLINK", &c.uplink)
+        .env("MULTIWAN_FAMILY", &c.family)
         .env("MULTIWAN_INTERFACE", &c.interface)
         .env("MULTIWAN_OLD_STATE", &c.old_state)
         .env("MULTIWAN_NEW_STATE", &c.new_state)
@@ -255,6 +258,7 @@ mod tests {
             path: path.display().to_string(),
             call: HookCall {
                 uplink: "isp1".into(),
+                family: "ipv4".into(),
                 interface: "wan1".into(),
                 old_state: "up".into(),
                 new_state: "down".into(),
@@ -336,6 +340,7 @@ mod tests {
             names,
             [
                 "LANG",
+                "MULTIWAN_FAMILY",
                 "MULTIWAN_INTERFACE",
                 "MULTIWAN_NEW_STATE",
                 "MULTIWAN_OLD_STATE",

@@ -38,9 +38,16 @@ use crate::settings::{load_config, Failure};
 use engine::Engine;
 use supervise::Supervisor;
 
-/// One finished probe round: (uplink, per-target results, the gateway witness if it was
-/// pinged).
-pub type RoundReport = (String, Vec<Option<Duration>>, Option<bool>);
+/// One finished probe round of one uplink and family.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoundReport {
+    pub uplink: String,
+    pub family: multiwan_core::plan::Family,
+    /// Per target: the RTT, `None` for no answer in time.
+    pub results: Vec<Option<Duration>>,
+    /// Whether the gateway answered the witness ping, if one was sent.
+    pub witness: Option<bool>,
+}
 
 /// Everything the event loop reacts to.
 #[derive(Debug)]

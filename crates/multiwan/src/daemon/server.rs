@@ -81,12 +81,23 @@ pub struct Counters {
     pub last_failover_s: Option<f64>,
 }
 
-/// One uplink as the loop sees it.
+/// One uplink as the loop sees it: its IPv4 health, and its IPv6 health when it carries it.
 #[derive(Debug, Clone)]
 pub struct UplinkSnap {
     pub state: State,
     pub since: u64,
     pub disabled: bool,
+    pub stats: WindowStats,
+    pub targets: Vec<WindowStats>,
+    pub counters: Counters,
+    pub ipv6: Option<FamSnap>,
+}
+
+/// One family's health of an uplink.
+#[derive(Debug, Clone)]
+pub struct FamSnap {
+    pub state: State,
+    pub since: u64,
     pub stats: WindowStats,
     pub targets: Vec<WindowStats>,
     pub counters: Counters,
@@ -104,6 +115,8 @@ pub struct Snapshot {
     pub facts: Facts,
     pub uplinks: BTreeMap<String, UplinkSnap>,
     pub usable: BTreeSet<String>,
+    /// The uplinks taking new IPv6 connections.
+    pub usable6: BTreeSet<String>,
     /// Every uplink is down by probes alone; the last ones stay in use.
     pub fail_open: bool,
     /// Probe targets suspect (failing on every uplink while they work).
@@ -831,6 +844,7 @@ mod tests {
         let ev = WatchEvent::Probes {
             time_ms: 0,
             uplink: "isp1".into(),
+            family: "ipv4".into(),
             state: "up".into(),
             rtt_last_ms: None,
             rtt_avg_ms: None,

@@ -20,6 +20,10 @@ const RTMGRP_IPV4_IFADDR: u32 = 0x10;
 const RTMGRP_IPV4_ROUTE: u32 = 0x40;
 /// `1 << (RTNLGRP_IPV4_RULE - 1)`: rule changes have no RTMGRP_ constant of their own.
 const RTMGRP_IPV4_RULE: u32 = 1 << (8 - 1);
+const RTMGRP_IPV6_IFADDR: u32 = 0x100;
+const RTMGRP_IPV6_ROUTE: u32 = 0x400;
+/// `1 << (RTNLGRP_IPV6_RULE - 1)`.
+const RTMGRP_IPV6_RULE: u32 = 1 << (19 - 1);
 
 /// What changed, as far as the daemon cares.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -110,7 +114,13 @@ pub fn watch(
     let mut s = Socket::new(protocols::NETLINK_ROUTE)?;
     s.bind(&SocketAddr::new(
         0,
-        RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV4_RULE,
+        RTMGRP_LINK
+            | RTMGRP_IPV4_IFADDR
+            | RTMGRP_IPV4_ROUTE
+            | RTMGRP_IPV4_RULE
+            | RTMGRP_IPV6_IFADDR
+            | RTMGRP_IPV6_ROUTE
+            | RTMGRP_IPV6_RULE,
     ))?;
     // A route storm must not starve the rest: a big buffer, and ENOBUFS means "re-read".
     let _ = s.set_rx_buf_sz(1 << 20);
