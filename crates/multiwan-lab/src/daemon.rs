@@ -191,7 +191,8 @@ pub struct LogLine {
 }
 
 impl LogLine {
-    fn parse(line: &str) -> Self {
+    /// Reads one line of the daemon's log.
+    pub fn parse(line: &str) -> Self {
         Self {
             unix_s: line.split_whitespace().next().and_then(parse_utc),
             text: line.to_string(),

@@ -89,7 +89,8 @@ fn failover_flushes_only_the_failed_uplinks_flows_and_spares_the_rest() {
     let lab = Lab::with_spec(multiwan_lab::topology::TopologySpec {
         isps: vec![
             multiwan_lab::topology::IspSpec {
-                rate_mbit: Some(20)
+                rate_mbit: Some(20),
+                ..Default::default()
             };
             2
         ],
@@ -318,7 +319,8 @@ fn reload_rejects_invalid_and_applies_valid_config() {
     let lab = Lab::with_spec(multiwan_lab::topology::TopologySpec {
         isps: vec![
             multiwan_lab::topology::IspSpec {
-                rate_mbit: Some(20)
+                rate_mbit: Some(20),
+                ..Default::default()
             };
             2
         ],
@@ -404,7 +406,8 @@ fn kill_9_loses_nothing_and_restart_adopts() {
     let lab = Lab::with_spec(multiwan_lab::topology::TopologySpec {
         isps: vec![
             multiwan_lab::topology::IspSpec {
-                rate_mbit: Some(20)
+                rate_mbit: Some(20),
+                ..Default::default()
             };
             2
         ],

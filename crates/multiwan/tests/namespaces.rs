@@ -397,7 +397,8 @@ fn apply_is_idempotent_and_reload_keeps_connections() {
     let lab = Lab::with_spec(TopologySpec {
         isps: vec![
             IspSpec {
-                rate_mbit: Some(20)
+                rate_mbit: Some(20),
+                ..Default::default()
             };
             2
         ],

@@ -10,6 +10,7 @@
 mod failover;
 mod false_alarm;
 mod footprint;
+mod ipv6;
 mod procs;
 mod scale;
 
@@ -181,6 +182,11 @@ pub fn run(bin: &Path, quick: bool, out: &Path) -> Result<()> {
     let mut sections = Vec::new();
     let (fwd, conn) = forwarding(bin, quick)?;
     for s in [fwd, conn] {
+        s.print();
+        sections.push(s);
+    }
+    let (fwd6, conn6) = ipv6::forwarding6(bin, quick)?;
+    for s in [fwd6, conn6] {
         s.print();
         sections.push(s);
     }
@@ -620,6 +626,7 @@ fn aggregation(bin: &Path, quick: bool) -> Result<Section> {
                 .iter()
                 .map(|r| IspSpec {
                     rate_mbit: Some(*r),
+                    ..Default::default()
                 })
                 .collect(),
             lan_hosts: 2,
