@@ -43,12 +43,16 @@ pub struct Flow {
     pub start_ns: u64,
 }
 
+/// A ctnetlink message for `family`. Version 1 in the header: for a flush (a delete without a
+/// tuple) the kernel honours the family only then — with version 0 it deletes matching
+/// entries of every family, which would take an uplink's IPv4 connections along with its
+/// IPv6 ones.
 fn message(m: ConntrackMessage, family: Family) -> NetfilterMessage {
     let f = match family {
         Family::V4 => NetfilterProtoFamily::IPv4,
         Family::V6 => NetfilterProtoFamily::IPv6,
     };
-    NetfilterMessage::new(NetfilterHeader::new(f, 0, 0), m)
+    NetfilterMessage::new(NetfilterHeader::new(f, 1, 0), m)
 }
 
 fn mark_filter(mark: u32, mask: u32) -> Vec<ConntrackAttribute> {
