@@ -426,9 +426,7 @@ fn dual_round(w: &mut World, ok: &[(&str, Family)]) {
     let mut batch = Vec::new();
     for u in ["isp1", "isp2"] {
         for f in Family::ALL {
-            let r = ok
-                .contains(&(u, f))
-                .then_some(Duration::from_millis(20));
+            let r = ok.contains(&(u, f)).then_some(Duration::from_millis(20));
             batch.push(report(u, f, vec![r], None));
         }
     }
@@ -457,12 +455,11 @@ fn only_the_broken_family_moves() {
         vec![(mark1, w.e.cfg.kernel.mark_mask, Family::V6)],
         "only isp1's IPv6 connections go"
     );
-    let calls: Vec<(String, String)> = w
-        .e
-        .hook_calls
-        .iter()
-        .map(|c| (c.family.clone(), c.new_state.clone()))
-        .collect();
+    let calls: Vec<(String, String)> =
+        w.e.hook_calls
+            .iter()
+            .map(|c| (c.family.clone(), c.new_state.clone()))
+            .collect();
     assert_eq!(calls, [("ipv6".to_string(), "down".to_string())]);
     // And the reverse: IPv4 of isp2 breaks, its IPv6 stays.
     let mut w = World::new(DUAL);
@@ -498,13 +495,12 @@ fn a_whole_uplink_outage_moves_both_families_together() {
 #[test]
 fn an_ipv6_link_without_a_global_address_is_down_for_ipv6_only() {
     let mut w = World::new(DUAL);
-    if let Some(l) = w
-        .e
-        .kernel
-        .facts
-        .links
-        .as_mut()
-        .and_then(|l| l.get_mut("wan1"))
+    if let Some(l) =
+        w.e.kernel
+            .facts
+            .links
+            .as_mut()
+            .and_then(|l| l.get_mut("wan1"))
     {
         l.addrs6.clear();
     }
@@ -519,6 +515,9 @@ fn an_ipv6_link_without_a_global_address_is_down_for_ipv6_only() {
     assert_eq!(targets_of(&w, Family::V6), ["up_isp2"]);
     assert_eq!(targets_of(&w, Family::V4), ["up_isp1", "up_isp2"]);
     let st = &w.e.uplinks["isp1"];
-    assert_eq!(st.fam(Family::V6).expect("v6").monitor.state().name(), "down");
+    assert_eq!(
+        st.fam(Family::V6).expect("v6").monitor.state().name(),
+        "down"
+    );
     assert_eq!(st.monitor().state().name(), "up");
 }
