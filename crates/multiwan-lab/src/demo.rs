@@ -566,12 +566,17 @@ pub fn down_line(l: &crate::daemon::LogLine, name: &str, family: Family) -> bool
     }
     match l.field("family").map(str::to_ascii_lowercase) {
         None => l.has("uplink down"),
+        // multiwan logs `uplink down (ipv6) uplink="isp1" family=ipv6 from=up to=down`.
         Some(f) => {
             let named = match family {
-                Family::V4 => matches!(f.as_str(), "ipv4" | "v4" | "4" | "inet"),
-                Family::V6 => matches!(f.as_str(), "ipv6" | "v6" | "6" | "inet6"),
+                Family::V4 => f == "ipv4",
+                Family::V6 => f == "ipv6",
             };
-            named && l.has(" down")
+            let down = match l.field("to") {
+                Some(to) => to == "down",
+                None => l.has(" down"),
+            };
+            named && down
         }
     }
 }
@@ -639,18 +644,22 @@ fn failover_drill(
     }
     topo.restore_upstream(0)?;
     let restored = Instant::now();
-    let mut back = None;
-    while restored.elapsed() < limit {
-        if d.uplink_state(&name).as_deref() == Some("up") {
-            back = Some(restored.elapsed());
-            break;
+    let mut back: Vec<Option<Duration>> = vec![None; families.len()];
+    while restored.elapsed() < limit && back.iter().any(Option::is_none) {
+        for (f, b) in families.iter().zip(back.iter_mut()) {
+            if b.is_none() && d.uplink_state_of(&name, *f).as_deref() == Some("up") {
+                *b = Some(restored.elapsed());
+            }
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    println!(
-        "   upstream restored: {name} back up after {}",
-        ms_or(back, limit)
-    );
+    for (f, b) in families.iter().zip(&back) {
+        let what = if *f == Family::V6 { " IPv6" } else { "" };
+        println!(
+            "   upstream restored: {name}{what} back up after {}",
+            ms_or(*b, limit)
+        );
+    }
     for f in families {
         let prefix = if *f == Family::V6 { "IPv6: " } else { "" };
         println!(
@@ -662,16 +671,19 @@ fn failover_drill(
     Ok(())
 }
 
-/// What the first uplink's checks are.
+/// What the first uplink's checks are (each family's, when it has IPv6).
 fn print_checks(cfg: &multiwan_core::Config) {
-    let check = cfg
-        .uplinks
-        .iter()
-        .find(|u| u.interface == "wan1")
-        .map(|u| &u.check);
-    if let Some(c) = check {
+    let Some(u) = cfg.uplinks.iter().find(|u| u.interface == "wan1") else {
+        return;
+    };
+    let mut checks = vec![("", &u.check)];
+    if let Some(v6) = &u.ipv6 {
+        checks[0].0 = "IPv4 ";
+        checks.push(("IPv6 ", &v6.check));
+    }
+    for (family, c) in checks {
         println!(
-            "   checks: {} every {}, down after {} bad rounds, up after {} good",
+            "   {family}checks: {} every {}, down after {} bad rounds, up after {} good",
             c.targets
                 .iter()
                 .map(|t| t.ip().to_string())

@@ -35,7 +35,7 @@ use crate::scratch::{private_dir, TempDir};
 /// Flip it to `true` once `multiwan` accepts `gateway6`: the config becomes dual stack
 /// (`gateway6` and an IPv6 probe target per uplink), the demo reports both families and
 /// drills both, and the benchmarks add multiwan's IPv6 rows.
-pub const ROUTER_IPV6: bool = false;
+pub const ROUTER_IPV6: bool = true;
 
 /// The server's address "on the internet".
 pub const SERVER_ADDR: Ipv4Addr = Ipv4Addr::new(172, 16, 0, 100);
