@@ -434,7 +434,7 @@ fn apply_is_idempotent_and_reload_keeps_connections() {
         )
         .expect("nft");
     assert!(
-        listing.contains("0x00010000"),
+        listing.contains("0x01000000"),
         "isp1 keeps mark 1: {listing}"
     );
     for t in transfers.join().expect("join") {
