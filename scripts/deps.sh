@@ -1,5 +1,7 @@
 # Sourced by scripts/lab and scripts/test: installs what a fresh Debian 12 machine (root, Rust,
-# iproute2) lacks. Only packages are installed; nothing in the root network namespace changes.
+# iproute2) lacks. Only packages are installed; nothing in the root network namespace changes
+# (Debian's radvd package does not start a daemon without a config of its own, and the tests
+# run theirs inside namespaces with a private config).
 
 need_root() {
   if [ "$(id -u)" != 0 ]; then
@@ -8,8 +10,17 @@ need_root() {
   fi
 }
 
+# ensure_deps [radvd]: what the lab needs, and with `radvd` also what only some namespace tests
+# use (ISPs that send router advertisements; scripts/test asks for it, scripts/lab does not).
 ensure_deps() {
   local missing=()
+  local extra
+  for extra in "$@"; do
+    case "$extra" in
+      radvd) command -v radvd >/dev/null 2>&1 || missing+=(radvd) ;;
+      *) echo "ensure_deps: unknown extra $extra" >&2; exit 1 ;;
+    esac
+  done
   command -v nft >/dev/null 2>&1 || missing+=(nftables)
   command -v ip >/dev/null 2>&1 || missing+=(iproute2)
   command -v tc >/dev/null 2>&1 || missing+=(iproute2)

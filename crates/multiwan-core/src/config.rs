@@ -117,6 +117,8 @@ pub static UPLINK: Section = Section {
         f("weight", Kind::Int),
         f("tier", Kind::Int),
         f("snat", Kind::Str),
+        f("gateway6", Kind::Str),
+        f("snat6", Kind::Str),
         f("check", Kind::Table(&CHECK)),
     ],
 };
@@ -164,6 +166,7 @@ pub static RULE: Section = Section {
         f("dport", Kind::IntOrStrList),
         f("uplinks", Kind::StrList),
         f("mode", Kind::Str),
+        f("family", Kind::Str),
     ],
 };
 

@@ -8,13 +8,14 @@
 //! Sans-IO like [`crate::health`]: rounds go in, the exclusion masks come out.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::model::{CheckMethod, Config};
+use crate::net::Family;
 
 /// A target's identity: the same address probed the same way.
-pub type TargetKey = (CheckMethod, SocketAddrV4);
+pub type TargetKey = (CheckMethod, SocketAddr);
 
 /// An uplink's latest round, as far as correlation cares.
 #[derive(Debug, Clone, Default)]
@@ -48,16 +49,15 @@ pub struct SuspectChange {
 }
 
 impl Correlator {
-    pub fn new(cfg: &Config) -> Self {
+    /// The correlation of one family's targets (each family has its own health).
+    pub fn new(cfg: &Config, family: Family) -> Self {
         let mut targets = BTreeMap::new();
         let mut probers: BTreeMap<TargetKey, Vec<String>> = BTreeMap::new();
         for u in &cfg.uplinks {
-            let keys: Vec<TargetKey> = u
-                .check
-                .targets
-                .iter()
-                .map(|t| (u.check.method, *t))
-                .collect();
+            let Some(check) = u.check_of(family) else {
+                continue;
+            };
+            let keys: Vec<TargetKey> = check.targets.iter().map(|t| (check.method, *t)).collect();
             for k in &keys {
                 probers.entry(*k).or_default().push(u.name.clone());
             }
@@ -69,7 +69,8 @@ impl Correlator {
         let at_once = cfg
             .uplinks
             .iter()
-            .map(|u| u.check.interval * 2 + u.check.timeout)
+            .filter_map(|u| u.check_of(family))
+            .map(|c| c.interval * 2 + c.timeout)
             .max()
             .unwrap_or(Duration::from_secs(1));
         Self {
@@ -84,12 +85,18 @@ impl Correlator {
     /// Targets probed by every uplink (when there are at least two): a single point of
     /// failure worth a note in `check`.
     pub fn shared_by_all(cfg: &Config) -> Vec<TargetKey> {
-        let c = Self::new(cfg);
-        c.shared
-            .iter()
-            .filter(|(_, v)| v.len() == cfg.uplinks.len())
-            .map(|(k, _)| *k)
-            .collect()
+        let mut out = Vec::new();
+        for family in Family::ALL {
+            let carriers = cfg.uplinks.iter().filter(|u| u.has(family)).count();
+            let c = Self::new(cfg, family);
+            out.extend(
+                c.shared
+                    .iter()
+                    .filter(|(_, v)| v.len() == carriers)
+                    .map(|(k, _)| *k),
+            );
+        }
+        out
     }
 
     /// Records the latest round of `uplink`, finished at `now`.
@@ -228,7 +235,7 @@ mod tests {
     #[test]
     fn a_shared_target_dead_everywhere_is_suspect_only_with_evidence() {
         let c = cfg("\"1.1.1.1\"", "\"1.1.1.1\"");
-        let mut k = Correlator::new(&c);
+        let mut k = Correlator::new(&c, Family::V4);
         let t0 = Instant::now();
         // Fails on both, no other evidence: could be both uplinks dying; not suspect.
         k.record("a", &[None], None, true, t0);
@@ -250,7 +257,7 @@ mod tests {
     #[test]
     fn a_real_outage_of_one_uplink_is_never_blamed_on_the_target() {
         let c = cfg("\"1.1.1.1\"", "\"1.1.1.1\"");
-        let mut k = Correlator::new(&c);
+        let mut k = Correlator::new(&c, Family::V4);
         let t0 = Instant::now();
         k.record("a", &[None], Some(true), true, t0);
         k.record("b", &[OK], None, true, t0);
@@ -261,7 +268,7 @@ mod tests {
     #[test]
     fn failures_that_began_apart_are_outages_not_a_dead_target() {
         let c = cfg("\"1.1.1.1\"", "\"1.1.1.1\"");
-        let mut k = Correlator::new(&c);
+        let mut k = Correlator::new(&c, Family::V4);
         let t0 = Instant::now();
         // a lost the target (its upstream died) long before b did.
         k.record("a", &[None], Some(true), true, t0);
@@ -277,7 +284,7 @@ mod tests {
     #[test]
     fn every_target_silent_everywhere_is_an_outage_not_suspects() {
         let c = cfg("\"1.1.1.1\", \"9.9.9.9\"", "\"1.1.1.1\", \"9.9.9.9\"");
-        let mut k = Correlator::new(&c);
+        let mut k = Correlator::new(&c, Family::V4);
         let t0 = Instant::now();
         k.record("a", &[None, None], Some(true), true, t0);
         k.record("b", &[None, None], Some(true), true, t0);
@@ -287,7 +294,7 @@ mod tests {
     #[test]
     fn other_targets_are_evidence_and_ineligible_uplinks_do_not_count() {
         let c = cfg("\"1.1.1.1\", \"9.9.9.9\"", "\"1.1.1.1\"");
-        let mut k = Correlator::new(&c);
+        let mut k = Correlator::new(&c, Family::V4);
         let t0 = Instant::now();
         k.record("a", &[None, OK], None, true, t0);
         k.record("b", &[None], None, true, t0);

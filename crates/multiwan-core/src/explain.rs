@@ -5,19 +5,20 @@
 //! evaluates `jhash … mod N seed S`); for round-robin and random the shares are given.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use crate::health::{self, State};
 use crate::model::{Config, Method, Mode, Proto};
+use crate::net::Family;
 use crate::plan::{hash_buckets, HASH_BUCKETS, HASH_SEED};
 
-/// The connection to explain.
+/// The connection to explain (its family is its source address's).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Query {
-    /// Source address (a LAN host, or the router itself).
-    pub src: Ipv4Addr,
+    /// Source address (a LAN host, or the router itself); it gives the family.
+    pub src: IpAddr,
     /// Destination address; unknown matches only rules without `dst`.
-    pub dst: Option<Ipv4Addr>,
+    pub dst: Option<IpAddr>,
     /// Protocol; unknown matches only rules without `proto`.
     pub proto: Option<Proto>,
     /// Source port (hash methods that include ports need it for an exact answer).
@@ -29,6 +30,8 @@ pub struct Query {
 /// Why an uplink is not a candidate.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Exclusion {
+    /// The uplink does not carry the connection's family (no `gateway6`).
+    NoFamily(Family),
     /// Not in the matching rule's `uplinks`.
     NotInRule,
     /// Down (with the monitor's reason).
@@ -52,6 +55,7 @@ pub enum Exclusion {
 impl std::fmt::Display for Exclusion {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            Exclusion::NoFamily(fam) => write!(f, "carries no {fam}"),
             Exclusion::NotInRule => write!(f, "not listed in the rule"),
             Exclusion::Down(r) => write!(f, "down: {r}"),
             Exclusion::Degraded(r) => write!(f, "degraded ({r}) and its tier has a healthy uplink"),
@@ -94,32 +98,55 @@ pub struct Explanation {
 }
 
 fn matches(r: &crate::model::Rule, q: &Query) -> bool {
-    let nets = |list: &[crate::net::Ipv4Net], a: Option<Ipv4Addr>| {
-        list.is_empty() || a.is_some_and(|a| list.iter().any(|n| n.contains(a)))
+    let family = Family::of(&q.src);
+    let net = |src: bool, a: Option<IpAddr>| match (a, family) {
+        (_, Family::V4) => {
+            let list = if src { &r.src } else { &r.dst };
+            list.is_empty()
+                || matches!(a, Some(IpAddr::V4(a)) if list.iter().any(|n| n.contains(a)))
+        }
+        (_, Family::V6) => {
+            let list = if src { &r.src6 } else { &r.dst6 };
+            list.is_empty()
+                || matches!(a, Some(IpAddr::V6(a)) if list.iter().any(|n| n.contains(a)))
+        }
     };
     let ports = |list: &[crate::net::PortRange], p: Option<u16>| {
         list.is_empty() || p.is_some_and(|p| list.iter().any(|r| r.lo <= p && p <= r.hi))
     };
-    nets(&r.src, Some(q.src))
-        && nets(&r.dst, q.dst)
+    let family_ok = match family {
+        Family::V4 => r.v4,
+        Family::V6 => r.v6,
+    };
+    family_ok
+        && net(true, Some(q.src))
+        && net(false, q.dst)
         && (r.proto.is_none() || r.proto == q.proto)
         && ports(&r.sport, q.sport)
         && ports(&r.dport, q.dport)
 }
 
-/// Explains where a new connection matching `q` goes, given each uplink's state (missing
-/// entries count as up).
+/// Explains where a new connection matching `q` goes, given each uplink's state in the
+/// query's family (missing entries count as up).
 pub fn explain(cfg: &Config, states: &BTreeMap<String, State>, q: &Query) -> Explanation {
+    let family = Family::of(&q.src);
     let rule = cfg.rules.iter().find(|r| matches(r, q));
     let (members, mode) = match rule {
         Some(r) => (r.uplinks.clone(), r.mode),
         None => ((0..cfg.uplinks.len()).collect(), Mode::Balance),
     };
-    let usable = health::usable(cfg, states);
+    // Only uplinks that carry the family can take the connection.
+    let members: Vec<usize> = members
+        .into_iter()
+        .filter(|i| cfg.uplinks[*i].has(family))
+        .collect();
+    let usable = health::usable_of(cfg, states, family);
     let mut excluded = Vec::new();
     let state = |n: &str| states.get(n).cloned().unwrap_or(State::Up);
     for (i, u) in cfg.uplinks.iter().enumerate() {
-        if !members.contains(&i) {
+        if !u.has(family) {
+            excluded.push((u.name.clone(), Exclusion::NoFamily(family)));
+        } else if !members.contains(&i) {
             excluded.push((u.name.clone(), Exclusion::NotInRule));
         }
     }
@@ -211,9 +238,13 @@ fn spread(
         [(only, _)] => return Verdict::Uplink(only.clone()),
         _ => {}
     }
+    let bytes = |a: &IpAddr| match a {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    };
     let key = match (cfg.balance.method, q.dst) {
-        (Method::SrcHash, _) => Some(q.src.octets().to_vec()),
-        (Method::SrcDstHash, Some(d)) => Some([q.src.octets(), d.octets()].concat()),
+        (Method::SrcHash, _) => Some(bytes(&q.src)),
+        (Method::SrcDstHash, Some(d)) => Some([bytes(&q.src), bytes(&d)].concat()),
         _ => None,
     };
     match key {
@@ -364,6 +395,30 @@ mode = "bypass"
             sport: None,
             dport: None,
         }
+    }
+
+    #[test]
+    fn ipv6_connections_use_the_ipv6_rules_and_uplinks() {
+        let cfg = load(
+            "t",
+            "[lan]\ninterfaces=[\"lan0\"]\n[[uplink]]\nname=\"a\"\ninterface=\"wan1\"\ngateway=\"10.0.0.1\"\ngateway6=\"fe80::1\"\n[[uplink]]\nname=\"b\"\ninterface=\"wan2\"\ngateway=\"10.0.1.1\"\ngateway6=\"fe80::1\"\n[[uplink]]\nname=\"c\"\ninterface=\"wan3\"\ngateway=\"10.0.2.1\"\n[balance]\nmethod=\"src-hash\"\n[[rule]]\nname=\"v6web\"\ndst=[\"2001:db8:80::/48\"]\nuplinks=[\"b\"]\n",
+        )
+        .expect("cfg");
+        let mut web = q("fd37:157::11");
+        web.dst = Some("2001:db8:80::1".parse().expect("ip"));
+        let e = explain(&cfg, &BTreeMap::new(), &web);
+        assert_eq!(e.rule.as_deref(), Some("v6web"));
+        assert_eq!(e.verdict, Verdict::Uplink("b".into()));
+        // The same destination over IPv4 cannot match an IPv6-only rule.
+        let e = explain(&cfg, &BTreeMap::new(), &q("192.168.0.9"));
+        assert_eq!(e.rule, None);
+        // The default IPv6 policy never offers the uplink without IPv6, and hashes the IPv6
+        // source like the kernel does (every host gets one of a and b).
+        let e = explain(&cfg, &BTreeMap::new(), &q("fd37:157::12"));
+        assert!(e
+            .excluded
+            .contains(&("c".into(), Exclusion::NoFamily(Family::V6))));
+        assert!(matches!(&e.verdict, Verdict::Uplink(u) if u == "a" || u == "b"));
     }
 
     #[test]

@@ -23,6 +23,7 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use crate::model::{Check, Config, Quality};
+use crate::net::Family;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Why an uplink is not (fully) up.
@@ -472,19 +473,27 @@ impl Monitor {
     }
 }
 
-/// The uplinks that may take new connections: every up uplink, and a degraded one only when
-/// its tier has no up uplink.
+/// The uplinks that may take new IPv4 connections: every up uplink, and a degraded one only
+/// when its tier has no up uplink.
 pub fn usable(cfg: &Config, states: &BTreeMap<String, State>) -> BTreeSet<String> {
+    usable_of(cfg, states, Family::V4)
+}
+
+/// [`usable`] for `family`, among the uplinks that carry it (`states` holds that family's).
+pub fn usable_of(
+    cfg: &Config,
+    states: &BTreeMap<String, State>,
+    family: Family,
+) -> BTreeSet<String> {
     let state = |n: &str| states.get(n).cloned().unwrap_or(State::Up);
-    cfg.uplinks
-        .iter()
+    let carriers = || cfg.uplinks.iter().filter(|u| u.has(family));
+    carriers()
         .filter(|u| match state(&u.name) {
             State::Up => true,
             State::Down(_) => false,
-            State::Degraded(_) => !cfg
-                .uplinks
-                .iter()
-                .any(|o| o.tier == u.tier && state(&o.name) == State::Up),
+            State::Degraded(_) => {
+                !carriers().any(|o| o.tier == u.tier && state(&o.name) == State::Up)
+            }
         })
         .map(|u| u.name.clone())
         .collect()
@@ -509,15 +518,16 @@ pub fn usable_fail_open(
     cfg: &Config,
     states: &BTreeMap<String, State>,
     last: &BTreeSet<String>,
+    family: Family,
 ) -> (BTreeSet<String>, bool) {
-    let u = usable(cfg, states);
+    let u = usable_of(cfg, states, family);
     if !u.is_empty() || !cfg.balance.fail_open {
         return (u, false);
     }
     let by_probes: BTreeSet<String> = cfg
         .uplinks
         .iter()
-        .filter(|u| states.get(&u.name).is_some_and(down_by_probes))
+        .filter(|u| u.has(family) && states.get(&u.name).is_some_and(down_by_probes))
         .map(|u| u.name.clone())
         .collect();
     if by_probes.is_empty() {

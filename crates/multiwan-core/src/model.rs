@@ -6,12 +6,12 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::Range;
 use std::time::Duration;
 
 use crate::config;
-use crate::net::{Ipv4Net, PortRange};
+use crate::net::{Family, Ipv4Net, Ipv6Net, PortRange};
 
 mod check;
 mod names;
@@ -70,7 +70,47 @@ pub struct Uplink {
     pub weight: u32,
     pub tier: u32,
     pub snat: Snat,
+    /// The IPv4 health check.
     pub check: Check,
+    /// IPv6 over this uplink (`gateway6`); `None`: IPv6 does not use it.
+    pub ipv6: Option<Uplink6>,
+}
+
+impl Uplink {
+    /// The health check of `family`, if the uplink carries it.
+    pub fn check_of(&self, family: Family) -> Option<&Check> {
+        match family {
+            Family::V4 => Some(&self.check),
+            Family::V6 => self.ipv6.as_ref().map(|v| &v.check),
+        }
+    }
+
+    /// Whether the uplink carries `family`.
+    pub fn has(&self, family: Family) -> bool {
+        self.check_of(family).is_some()
+    }
+}
+
+/// The IPv6 side of an uplink.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Uplink6 {
+    /// A fixed gateway (often link-local); `None` with `gateway6 = "auto"`: the default route
+    /// that router advertisements install on the interface, followed when it changes.
+    pub gateway: Option<Ipv6Addr>,
+    pub snat: Snat6,
+    /// The IPv6 health check: the IPv6 targets, with the timing of `[uplink.check]`.
+    pub check: Check,
+}
+
+/// Source NAT for IPv6 connections leaving over an uplink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Snat6 {
+    /// Masquerade to the interface's global address.
+    Auto,
+    /// No translation: this ISP routes the LAN's addresses.
+    None,
+    /// A fixed address.
+    To(Ipv6Addr),
 }
 
 /// Source NAT for connections leaving over an uplink.
@@ -88,7 +128,8 @@ pub enum Snat {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Check {
     pub method: CheckMethod,
-    pub targets: Vec<SocketAddrV4>,
+    /// All of one family (the check of that family); port 0 for icmp.
+    pub targets: Vec<SocketAddr>,
     pub interval: Duration,
     pub timeout: Duration,
     pub down_after: u32,
@@ -183,8 +224,18 @@ pub enum WhenAllDown {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rule {
     pub name: String,
+    /// IPv4 sources/destinations (empty: any).
     pub src: Vec<Ipv4Net>,
     pub dst: Vec<Ipv4Net>,
+    /// IPv6 sources/destinations (empty: any).
+    pub src6: Vec<Ipv6Net>,
+    pub dst6: Vec<Ipv6Net>,
+    /// Whether the rule matches IPv4 traffic: no `family = "ipv6"`, and every address list
+    /// that is written names at least one IPv4 prefix.
+    pub v4: bool,
+    /// Whether the rule matches IPv6 traffic (likewise); a rule without addresses or family
+    /// matches IPv6 only if one of its uplinks carries IPv6.
+    pub v6: bool,
     pub proto: Option<Proto>,
     pub sport: Vec<PortRange>,
     pub dport: Vec<PortRange>,
@@ -202,6 +253,14 @@ pub enum Proto {
 }
 
 impl Proto {
+    /// The nft spelling of the protocol for `family` (icmp means ICMPv6 for IPv6).
+    pub fn nft(self, family: Family) -> &'static str {
+        match (self, family) {
+            (Proto::Icmp, Family::V6) => "ipv6-icmp",
+            (p, _) => p.as_str(),
+        }
+    }
+
     /// The nft / config spelling.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -230,18 +289,26 @@ pub struct KernelOpts {
     pub mark_mask: u32,
     /// Routing table of the multipath default route; uplink N uses `table_base + N`.
     pub table_base: u32,
-    /// First `ip rule` priority; multiwan uses `rule_priority ..= rule_priority + 4`.
+    /// Priority of the rules for multiwan's marks (`rule_priority` and `rule_priority + 1`);
+    /// the rules for unmarked traffic sit at [`LATE_RULE_PRIORITY`]`..=32765`, after
+    /// everyone else's.
     pub rule_priority: u32,
 }
 
-/// Default mark mask: bits 16..24, clear of the bits kube-proxy, Docker and wg-quick use.
-pub const DEFAULT_MARK_MASK: u32 = 0x00ff_0000;
+/// Default mark mask: the top byte, clear of every common fwmark user — Tailscale
+/// (`0xff0000`), kube-proxy (`0x4000`, `0x8000`), wg-quick (`0xca6c`), Cilium (`0xf00`),
+/// mwan3 (`0x3f00`), Docker and Istio (low bits).
+pub const DEFAULT_MARK_MASK: u32 = 0xff00_0000;
 /// Default routing table base.
 pub const DEFAULT_TABLE_BASE: u32 = 1000;
 /// Default first rule priority.
 pub const DEFAULT_RULE_PRIORITY: u32 = 1000;
-/// Number of consecutive rule priorities multiwan uses.
-pub const RULE_PRIORITY_SPAN: u32 = 5;
+/// Number of consecutive rule priorities multiwan uses for its marks, from `rule_priority`.
+pub const RULE_PRIORITY_SPAN: u32 = 2;
+/// First of the three priorities for unmarked traffic, just before `main` (32766) so every
+/// other policy-routing user's rules come first: 32763 the main table without its default
+/// route, 32764 the router's own uplink addresses, 32765 the multipath default.
+pub const LATE_RULE_PRIORITY: u32 = 32763;
 
 impl Default for KernelOpts {
     fn default() -> Self {

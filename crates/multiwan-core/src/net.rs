@@ -1,8 +1,148 @@
-//! Small IPv4 value types used by the config and the plan: prefixes and port ranges.
+//! Small value types used by the config and the plan: IPv4 and IPv6 prefixes, the address
+//! family, and port ranges.
 
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
+
+/// An address family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Family {
+    /// IPv4.
+    V4,
+    /// IPv6.
+    V6,
+}
+
+impl Family {
+    /// Both, IPv4 first.
+    pub const ALL: [Family; 2] = [Family::V4, Family::V6];
+
+    /// `ipv4` / `ipv6` (config, JSON, hooks, metrics labels).
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::V4 => "ipv4",
+            Family::V6 => "ipv6",
+        }
+    }
+
+    /// The family of an address.
+    pub fn of(ip: &IpAddr) -> Family {
+        match ip {
+            IpAddr::V4(_) => Family::V4,
+            IpAddr::V6(_) => Family::V6,
+        }
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// An IPv6 address with a prefix length, e.g. `2001:db8::/32` or a host `2001:db8::1/128`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Ipv6Net {
+    addr: Ipv6Addr,
+    prefix: u8,
+}
+
+impl Ipv6Net {
+    /// Builds a prefix; host bits must be zero.
+    pub fn new(addr: Ipv6Addr, prefix: u8) -> Option<Self> {
+        if prefix > 128 {
+            return None;
+        }
+        let net = Self { addr, prefix };
+        (u128::from(addr) & !net.mask() == 0).then_some(net)
+    }
+
+    /// The network address.
+    pub fn addr(&self) -> Ipv6Addr {
+        self.addr
+    }
+
+    /// The prefix length.
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+
+    fn mask(&self) -> u128 {
+        if self.prefix == 0 {
+            0
+        } else {
+            u128::MAX << (128 - self.prefix)
+        }
+    }
+
+    /// Whether `ip` is inside this prefix.
+    pub fn contains(&self, ip: Ipv6Addr) -> bool {
+        u128::from(ip) & self.mask() == u128::from(self.addr)
+    }
+}
+
+impl fmt::Display for Ipv6Net {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.prefix == 128 {
+            write!(f, "{}", self.addr)
+        } else {
+            write!(f, "{}/{}", self.addr, self.prefix)
+        }
+    }
+}
+
+impl FromStr for Ipv6Net {
+    type Err = NetParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (a, p) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: Ipv6Addr = a.parse().map_err(|_| NetParseError::Addr(s.to_string()))?;
+        let prefix: u8 = match p {
+            None => 128,
+            Some(p) => p
+                .parse()
+                .ok()
+                .filter(|p| *p <= 128)
+                .ok_or_else(|| NetParseError::Prefix6(s.to_string()))?,
+        };
+        Self::new(addr, prefix).ok_or_else(|| {
+            let mask = if prefix == 0 {
+                0
+            } else {
+                u128::MAX << (128 - prefix)
+            };
+            NetParseError::HostBits {
+                input: s.to_string(),
+                suggestion: format!("{}/{}", Ipv6Addr::from(u128::from(addr) & mask), prefix),
+            }
+        })
+    }
+}
+
+/// An IPv4 or IPv6 prefix, as a rule's `src`/`dst` take them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum IpNet {
+    /// An IPv4 prefix.
+    V4(Ipv4Net),
+    /// An IPv6 prefix.
+    V6(Ipv6Net),
+}
+
+impl FromStr for IpNet {
+    type Err = NetParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.contains(':') {
+            s.parse().map(IpNet::V6)
+        } else {
+            s.parse().map(IpNet::V4)
+        }
+    }
+}
 
 /// An IPv4 address with a prefix length, e.g. `192.168.0.0/24` or a host `10.0.0.1/32`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -58,12 +198,15 @@ impl fmt::Display for Ipv4Net {
 /// Why a prefix did not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NetParseError {
-    /// The address part is not an IPv4 address.
-    #[error("invalid IPv4 address {0:?}")]
+    /// The address part is not an IP address of the expected family.
+    #[error("invalid address {0:?}")]
     Addr(String),
-    /// The prefix length is not a number in 0..=32.
+    /// An IPv4 prefix length is not a number in 0..=32.
     #[error("invalid prefix length in {0:?} (expected 0..=32)")]
     Prefix(String),
+    /// An IPv6 prefix length is not a number in 0..=128.
+    #[error("invalid prefix length in {0:?} (expected 0..=128)")]
+    Prefix6(String),
     /// Bits beyond the prefix are set (`10.0.0.1/8`).
     #[error("{input:?} has host bits set; did you mean {suggestion}?")]
     HostBits {

@@ -11,7 +11,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
-use crate::model::{is_valid_ifname, is_valid_name, Config, RULE_PRIORITY_SPAN};
+use crate::model::{
+    is_valid_ifname, is_valid_name, Config, LATE_RULE_PRIORITY, RULE_PRIORITY_SPAN,
+};
 use crate::plan::{assign_ids, plan, Facts, Link, Plan, RuleAction};
 
 /// Runs every invariant on `data`. Returns the plans checked for an accepted config (offline
@@ -110,10 +112,17 @@ fn present(cfg: &Config) -> Facts {
                 up: true,
                 addrs: vec![Ipv4Addr::from(0x0a00_0002 + (i << 8))],
                 gateway: Some(Ipv4Addr::from(0x0a00_0001 + (i << 8))),
+                addrs6: vec![std::net::Ipv6Addr::from(
+                    0x2001_0db8_0000_0000_0000_0000_0000_0002u128 + (u128::from(i) << 80),
+                )],
+                gateway6: Some("fe80::1".parse().expect("ip")),
             },
         );
     }
-    Facts { links: Some(links) }
+    Facts {
+        links: Some(links),
+        foreign_marks: Vec::new(),
+    }
 }
 
 /// The text outside `"…"`; panics when quotes do not pair up.
@@ -162,6 +171,7 @@ fn check_names_quoted(
                 .map(|(k, v)| (rename.get(k).unwrap_or(k).clone(), v.clone()))
                 .collect()
         }),
+        foreign_marks: facts.foreign_marks.clone(),
     };
     let q = plan(&other, ids, usable, &facts);
     assert_eq!(
@@ -225,8 +235,8 @@ fn check_routing(cfg: &Config, p: &Plan) {
     let k = cfg.kernel;
     let prio = k.rule_priority..=k.rule_priority + RULE_PRIORITY_SPAN - 1;
     assert!(
-        *prio.end() <= 32765,
-        "rule priorities reach the kernel's own"
+        *prio.end() < LATE_RULE_PRIORITY,
+        "rule priorities reach the late block"
     );
     for t in &p.tables {
         assert!(
@@ -235,7 +245,20 @@ fn check_routing(cfg: &Config, p: &Plan) {
         );
     }
     for r in &p.rules {
-        assert!(prio.contains(&r.priority), "rule priority {}", r.priority);
+        let late = LATE_RULE_PRIORITY..=32765;
+        if r.fwmark.is_some() {
+            assert!(
+                prio.contains(&r.priority),
+                "marked rule priority {}",
+                r.priority
+            );
+        } else {
+            assert!(
+                late.contains(&r.priority),
+                "unmarked rule priority {}",
+                r.priority
+            );
+        }
         if let Some((mark, mask)) = r.fwmark {
             assert_eq!(mask, k.mark_mask, "rule with a foreign mask");
             assert_eq!(mark & !mask, 0, "mark {mark:#x} outside the mask");
@@ -252,21 +275,29 @@ fn check_routing(cfg: &Config, p: &Plan) {
         }
     }
     for s in &p.sysctls {
-        if let Some(ifname) = s
+        let per_if = s
             .key
             .strip_prefix("net.ipv4.conf.")
             .and_then(|r| r.strip_suffix(".rp_filter"))
-        {
+            .or_else(|| {
+                s.key
+                    .strip_prefix("net.ipv6.conf.")
+                    .and_then(|r| r.strip_suffix(".accept_ra"))
+            });
+        if let Some(ifname) = per_if {
             assert!(uplink_ifs.contains(ifname), "rp_filter of {ifname:?}");
-            assert_eq!(
-                crate::plan::sysctl_path(&s.key),
-                Some(format!("/proc/sys/net/ipv4/conf/{ifname}/rp_filter"))
+            assert!(
+                crate::plan::sysctl_path(&s.key)
+                    .is_some_and(|p| p.contains(&format!("/conf/{ifname}/"))),
+                "sysctl path of {}",
+                s.key
             );
         } else {
             let fixed = [
                 "net.ipv4.ip_forward",
                 "net.netfilter.nf_conntrack_acct",
                 "net.netfilter.nf_conntrack_timestamp",
+                "net.ipv6.conf.all.forwarding",
             ];
             assert!(fixed.contains(&s.key.as_str()), "sysctl {}", s.key);
             assert!(

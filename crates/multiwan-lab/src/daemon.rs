@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
-use crate::topology::Topology;
+use crate::topology::{Family, Topology};
 
 /// A running daemon.
 #[derive(Debug)]
@@ -109,23 +109,40 @@ impl LabDaemon {
             .map(|u| {
                 let name = u["name"].as_str().unwrap_or("?").to_string();
                 let state = u["state"].as_str().unwrap_or("?");
-                let state = match u["detail"].as_str() {
+                let mut state = match u["detail"].as_str() {
                     Some(d) => format!("{state} ({d})"),
                     None => state.to_string(),
                 };
+                if let Some(s6) = u["ipv6"]["state"].as_str() {
+                    state = format!("IPv4 {state}, IPv6 {s6}");
+                    if let Some(d) = u["ipv6"]["detail"].as_str() {
+                        state += &format!(" ({d})");
+                    }
+                }
                 (name, state)
             })
             .collect()
     }
 
-    /// `up`, `degraded` or `down` for one uplink.
+    /// `up`, `degraded` or `down` for one uplink (its IPv4 state: `state.json` keeps IPv4 at
+    /// the top of each uplink and IPv6 in an `ipv6` object).
     pub fn uplink_state(&self, name: &str) -> Option<String> {
+        self.uplink_state_of(name, Family::V4)
+    }
+
+    /// `up`, `degraded` or `down` for one family of one uplink; None if the uplink does not
+    /// carry that family (no `gateway6`) or there is no state yet.
+    pub fn uplink_state_of(&self, name: &str, family: Family) -> Option<String> {
         let v = self.state()?;
-        v["uplinks"]
+        let u = v["uplinks"]
             .as_array()?
             .iter()
-            .find(|u| u["name"] == name)
-            .and_then(|u| u["state"].as_str().map(String::from))
+            .find(|u| u["name"] == name)?;
+        let f = match family {
+            Family::V4 => u,
+            Family::V6 => &u["ipv6"],
+        };
+        f["state"].as_str().map(String::from)
     }
 
     /// Sends a signal to the daemon.
@@ -191,7 +208,8 @@ pub struct LogLine {
 }
 
 impl LogLine {
-    fn parse(line: &str) -> Self {
+    /// Reads one line of the daemon's log.
+    pub fn parse(line: &str) -> Self {
         Self {
             unix_s: line.split_whitespace().next().and_then(parse_utc),
             text: line.to_string(),

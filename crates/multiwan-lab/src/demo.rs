@@ -2,7 +2,9 @@
 //! [`topology`](crate::topology), runs `multiwan run` with a config in the router namespace,
 //! drives real connections and bulk transfers through it, prints what each uplink carried
 //! against what the weights promise, and runs a failover drill (an ISP's upstream is cut while
-//! its link stays up). However it ends — normally, with an error, a panic, Ctrl-C or SIGTERM
+//! its link stays up). With `--ipv6` (on by default once [`ROUTER_IPV6`] is) every phase runs
+//! for IPv6 too: both families' split and throughput, inbound on both, and a drill that measures
+//! both families and then cuts IPv6 alone. However it ends — normally, with an error, a panic, Ctrl-C or SIGTERM
 //! at any moment — every process it started is stopped, every namespace removed and its
 //! private directory deleted; the root namespace is never touched.
 
@@ -16,7 +18,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 
 use crate::daemon::LabDaemon;
-use crate::topology::{self, IspSpec, Topology, TopologySpec};
+use crate::topology::{self, Family, IspSpec, Topology, TopologySpec, ROUTER_IPV6};
 use crate::traffic::{self, Server};
 use crate::{bench, netns, router, scratch};
 
@@ -31,7 +33,8 @@ pub struct LabArgs {
     #[arg(long, value_name = "PATH")]
     pub multiwan: Option<PathBuf>,
     /// Run this config instead of the generated one. It must use the lab's names: LAN
-    /// interface `lan0`; uplink N on interface `wanN` with gateway `10.37.N.1`.
+    /// interface `lan0`; uplink N on interface `wanN` with gateway `10.37.N.1` (and
+    /// `gateway6 = "2001:db8:N::1"` for IPv6).
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Number of ISPs (2 by default, or as many `wanN` as the --config uses).
@@ -61,6 +64,11 @@ pub struct LabArgs {
     /// Skip the failover drill.
     #[arg(long)]
     pub no_drill: bool,
+    /// Drive and report IPv6 as well (the network is always dual stack; the generated config
+    /// is dual stack when this is on and the router supports IPv6). `--ipv6 false` for IPv4
+    /// only.
+    #[arg(long, value_name = "BOOL", default_value_t = ROUTER_IPV6, action = clap::ArgAction::Set)]
+    pub ipv6: bool,
     /// Run the benchmarks instead of the demo and write them to --bench-out.
     #[arg(long)]
     pub bench: bool,
@@ -144,6 +152,7 @@ fn run_lab(args: &LabArgs, bin: &Path, dir: &Path) -> Result<()> {
     let isps: Vec<IspSpec> = (0..n)
         .map(|i| IspSpec {
             rate_mbit: args.rates.get(i).copied().filter(|r| *r > 0),
+            ..Default::default()
         })
         .collect();
     println!(
@@ -165,6 +174,12 @@ fn run_lab(args: &LabArgs, bin: &Path, dir: &Path) -> Result<()> {
                 .map(|r| format!("{r} Mbit/s"))
                 .unwrap_or_else(|| "unshaped".into())
         );
+        if args.ipv6 {
+            println!(
+                "             {} -> gateway {}",
+                isp.router_addr6, isp.gateway6
+            );
+        }
     }
     let cfg_path = dir.join("multiwan.toml");
     let text = match custom {
@@ -178,7 +193,7 @@ fn run_lab(args: &LabArgs, bin: &Path, dir: &Path) -> Result<()> {
                         .unwrap_or_else(|| topo.isps[i].rate_mbit.unwrap_or(1))
                 })
                 .collect();
-            topo.config(&args.method, &weights)
+            topo.config_with(&args.method, &weights, args.ipv6 && ROUTER_IPV6)
         }
     };
     std::fs::write(&cfg_path, &text)?;
@@ -202,11 +217,20 @@ fn drive(args: &LabArgs, topo: &Topology, bin: &Path, cfg_path: &Path, text: &st
         println!("   {name}: {state}");
     }
 
-    let server = Server::start(&topo.server, topo.server_endpoint())?;
-    short_connections(args, topo, &cfg, &server)?;
+    let server = Server::start_all(&topo.server, &topo.server_endpoints())?;
+    short_connections(args, topo, &cfg, &server, Family::V4)?;
+    // IPv6 only where it gets through: a config without `gateway6` leaves it to the main
+    // table, whose unNATed ULA the ISPs drop.
+    let ipv6 = args.ipv6 && short_connections(args, topo, &cfg, &server, Family::V6)?;
     server.reset();
-    bulk_downloads(args, topo, &cfg)?;
-    inbound(topo)?;
+    bulk_downloads(args, topo, &cfg, Family::V4)?;
+    if ipv6 {
+        bulk_downloads(args, topo, &cfg, Family::V6)?;
+    }
+    inbound(topo, Family::V4)?;
+    if args.ipv6 {
+        inbound(topo, Family::V6)?;
+    }
 
     // What an operator sees right now.
     match topo.multiwan(bin, &["status", "--run-dir", &run_dir_s]) {
@@ -216,7 +240,11 @@ fn drive(args: &LabArgs, topo: &Topology, bin: &Path, cfg_path: &Path, text: &st
 
     if topo.isps.len() >= 2 && !args.no_drill {
         let log_before = std::fs::read_to_string(&log_path).unwrap_or_default().len();
-        failover_drill(topo, &cfg, &daemon)?;
+        let families: &[Family] = if ipv6 { &Family::BOTH } else { &[Family::V4] };
+        failover_drill(topo, &cfg, &daemon, families)?;
+        if ipv6 {
+            ipv6_only_drill(topo, &cfg)?;
+        }
         println!("   the daemon's log during the drill:");
         let log = std::fs::read_to_string(&log_path).unwrap_or_default();
         for l in log.get(log_before..).unwrap_or("").lines() {
@@ -237,15 +265,50 @@ fn drive(args: &LabArgs, topo: &Topology, bin: &Path, cfg_path: &Path, text: &st
     Ok(())
 }
 
-/// Phase 1: many short connections (TCP, every fourth one UDP) from every LAN host; what
-/// each uplink carried against what the weights promise.
+/// A family's name in a heading: nothing for IPv4 (the lab's headings as they always were),
+/// ` IPv6` for IPv6.
+fn tag(family: Family) -> &'static str {
+    match family {
+        Family::V4 => "",
+        Family::V6 => " IPv6",
+    }
+}
+
+/// Whether a few connections of `family` get through from the first LAN host at all: the
+/// IPv6 phases are skipped, with the reason, when none does.
+fn family_gets_through(topo: &Topology, family: Family) -> Result<bool> {
+    let ep = topo.endpoint(family);
+    let ok = topo.hosts[0]
+        .ns
+        .spawn(move || {
+            (0..4)
+                .filter(|_| traffic::tcp_hello_ip(ep, Duration::from_secs(1)).is_ok())
+                .count()
+        })?
+        .join()
+        .map_err(|_| anyhow::anyhow!("client thread panicked"))?;
+    Ok(ok > 0)
+}
+
+/// Phase 1: many short connections (TCP, every fourth one UDP) of one family from every LAN
+/// host; what each uplink carried against what the weights promise. Returns false (and says
+/// why) when the family does not get through at all.
 fn short_connections(
     args: &LabArgs,
     topo: &Topology,
     cfg: &multiwan_core::Config,
     server: &Server,
-) -> Result<()> {
-    let ep = topo.server_endpoint();
+    family: Family,
+) -> Result<bool> {
+    if family == Family::V6 && !family_gets_through(topo, family)? {
+        println!(
+            "== IPv6: no connection gets through (no uplink has gateway6 in this config, or the \
+             router does not handle IPv6): the ISPs drop the LAN's unNATed ULA; IPv6 phases skipped"
+        );
+        return Ok(false);
+    }
+    server.reset();
+    let ep = topo.endpoint(family);
     let started = Instant::now();
     let hosts = topo.hosts.len().max(1);
     let mut handles = Vec::new();
@@ -256,9 +319,9 @@ fn short_connections(
             let mut failures = 0usize;
             for i in 0..per_host {
                 let r = if i % 4 == 3 {
-                    traffic::udp_hello(ep, Duration::from_secs(2))
+                    traffic::udp_hello_ip(ep, Duration::from_secs(2))
                 } else {
-                    traffic::tcp_hello(ep, Duration::from_secs(2))
+                    traffic::tcp_hello_ip(ep, Duration::from_secs(2))
                 };
                 if r.is_err() {
                     failures += 1;
@@ -272,11 +335,10 @@ fn short_connections(
         .map(|h| h.join().unwrap_or(args.connections))
         .sum();
     let conn_time = started.elapsed();
-    let stats = server.stats();
     let mut conns = vec![0u64; topo.isps.len()];
     let mut foreign = 0u64;
-    for (addr, s) in &stats {
-        match topo.isp_of(*addr) {
+    for (addr, s) in server.stats_all() {
+        match topo.isp_of(addr) {
             Some(i) => conns[i] += s.tcp_conns + s.udp_msgs,
             None => foreign += s.tcp_conns + s.udp_msgs,
         }
@@ -284,8 +346,9 @@ fn short_connections(
     let total: u64 = conns.iter().sum();
     let expected = expected_shares(cfg);
     println!(
-        "== {} short connections (TCP and UDP) from {} hosts in {:.1}s, {failures} failed",
+        "== {} short{} connections (TCP and UDP) from {} hosts in {:.1}s, {failures} failed",
         total + foreign,
+        tag(family),
         topo.hosts.len(),
         conn_time.as_secs_f64()
     );
@@ -319,18 +382,29 @@ fn short_connections(
             topo.hosts.len()
         );
     }
-    Ok(())
+    Ok(true)
 }
 
-/// Phase 2: parallel bulk downloads over a steady-state window.
-fn bulk_downloads(args: &LabArgs, topo: &Topology, cfg: &multiwan_core::Config) -> Result<()> {
+/// Phase 2: parallel bulk downloads of one family over a steady-state window.
+fn bulk_downloads(
+    args: &LabArgs,
+    topo: &Topology,
+    cfg: &multiwan_core::Config,
+    family: Family,
+) -> Result<()> {
     let flows = args.flows.max(1);
-    let b = bulk(topo, flows, args.seconds.max(1) * 1000)?;
+    let b = bulk_to(
+        topo,
+        topo.endpoint(family),
+        flows,
+        args.seconds.max(1) * 1000,
+    )?;
     let (per_isp, window, bulk_failed) = (b.per_isp, b.window_s, b.failed);
     let window_bytes: u64 = per_isp.iter().map(|p| p.2).sum();
     let agg = window_bytes as f64 * 8.0 / window / 1e6;
     println!(
-        "== {flows} parallel downloads for {}s, {bulk_failed} failed (rates: TCP payload, steady state)",
+        "== {flows} parallel{} downloads for {}s, {bulk_failed} failed (rates: TCP payload, steady state)",
+        tag(family),
         args.seconds
     );
     println!(
@@ -361,15 +435,37 @@ fn bulk_downloads(args: &LabArgs, topo: &Topology, cfg: &multiwan_core::Config) 
     Ok(())
 }
 
-/// Phase 3: connections coming in on each uplink are answered over it (seed 004 §4.2.2).
-fn inbound(topo: &Topology) -> Result<()> {
-    println!("== inbound: the server connects to the router's address on each uplink");
-    let listener = topo
-        .router
-        .spawn(|| std::net::TcpListener::bind("0.0.0.0:7100"))?;
-    let listener = listener
+/// A listener on port 7100 in the router for one family (IPv6 only for IPv6, so the two can
+/// coexist).
+fn router_listener(topo: &Topology, family: Family) -> Result<std::net::TcpListener> {
+    topo.router
+        .spawn(move || -> Result<std::net::TcpListener> {
+            use socket2::{Domain, Socket, Type};
+            let addr: std::net::SocketAddr = match family {
+                Family::V4 => "0.0.0.0:7100".parse()?,
+                Family::V6 => "[::]:7100".parse()?,
+            };
+            let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+            if family == Family::V6 {
+                s.set_only_v6(true)?;
+            }
+            s.set_reuse_address(true)?;
+            s.bind(&addr.into())?;
+            s.listen(16)?;
+            Ok(s.into())
+        })?
         .join()
-        .map_err(|_| anyhow::anyhow!("router listener thread panicked"))??;
+        .map_err(|_| anyhow::anyhow!("router listener thread panicked"))?
+}
+
+/// Phase 3: connections of one family coming in on each uplink are answered over it (seed 004
+/// §4.2.2).
+fn inbound(topo: &Topology, family: Family) -> Result<()> {
+    println!(
+        "== inbound{}: the server connects to the router's address on each uplink",
+        tag(family)
+    );
+    let listener = router_listener(topo, family)?;
     listener.set_nonblocking(true)?;
     let accept = std::thread::spawn(move || {
         let end = Instant::now() + Duration::from_secs(10);
@@ -381,12 +477,13 @@ fn inbound(topo: &Topology) -> Result<()> {
             std::thread::sleep(Duration::from_millis(2));
         }
     });
-    for isp in &topo.isps {
-        let target = std::net::SocketAddrV4::new(isp.router_addr, 7100);
+    for (i, isp) in topo.isps.iter().enumerate() {
+        let addr = topo.router_addr_of(i, family);
+        let target = std::net::SocketAddr::new(addr, 7100);
         let ok = topo
             .server
             .spawn(move || {
-                std::net::TcpStream::connect_timeout(&target.into(), Duration::from_secs(2))
+                std::net::TcpStream::connect_timeout(&target, Duration::from_secs(2))
                     .and_then(|mut s| {
                         use std::io::Read;
                         let mut b = [0u8; 3];
@@ -400,7 +497,7 @@ fn inbound(topo: &Topology) -> Result<()> {
         println!(
             "   {} ({}): {}",
             isp.router_if,
-            isp.router_addr,
+            addr,
             if ok {
                 "answered over the same uplink"
             } else {
@@ -412,23 +509,184 @@ fn inbound(topo: &Topology) -> Result<()> {
     Ok(())
 }
 
-/// Cuts the first ISP's upstream (its link stays up), measures how long until new
-/// connections succeed again, restores it and measures the failback.
-fn failover_drill(topo: &Topology, cfg: &multiwan_core::Config, d: &LabDaemon) -> Result<()> {
-    let name = uplink_name(cfg, 0);
-    let ep = topo.server_endpoint();
+/// One new connection of the endpoint's family from `host`: the address the server saw.
+fn attempt(
+    host: &crate::netns::Netns,
+    ep: std::net::SocketAddr,
+    timeout: Duration,
+) -> Option<std::net::IpAddr> {
+    host.spawn(move || traffic::tcp_hello_ip(ep, timeout).ok())
+        .ok()
+        .and_then(|h| h.join().ok())
+        .flatten()
+}
+
+/// From `since` on, tries new connections back to back until ten in a row succeed (half of
+/// them would go to a dead uplink without failover); when the first of them succeeded, or None
+/// within `limit`.
+fn recovery(
+    host: &crate::netns::Netns,
+    ep: std::net::SocketAddr,
+    since: Instant,
+    limit: Duration,
+) -> Option<Duration> {
+    let mut streak = 0;
+    let mut first_ok = None;
+    while since.elapsed() < limit {
+        if attempt(host, ep, Duration::from_millis(100)).is_some() {
+            streak += 1;
+            if streak == 1 {
+                first_ok = Some(since.elapsed());
+            }
+            if streak == 10 {
+                return first_ok;
+            }
+        } else {
+            streak = 0;
+        }
+    }
+    None
+}
+
+/// How many of the uplinks `2 × uplinks` new connections of the endpoint's family use.
+fn uplinks_used(topo: &Topology, ep: std::net::SocketAddr) -> usize {
     let host = &topo.hosts[0].ns;
+    let mut used = std::collections::BTreeSet::new();
+    for _ in 0..(2 * topo.isps.len()) {
+        if let Some(seen) = attempt(host, ep, Duration::from_secs(1)) {
+            used.extend(topo.isp_of(seen));
+        }
+    }
+    used.len()
+}
+
+/// Whether a daemon log line says uplink `name` went down for `family`: "uplink down" for the
+/// whole uplink (both families), or a line naming the family (`family=ipv6`) with "down" in it
+/// for that family only.
+pub fn down_line(l: &crate::daemon::LogLine, name: &str, family: Family) -> bool {
+    if l.field("uplink") != Some(name) {
+        return false;
+    }
+    match l.field("family").map(str::to_ascii_lowercase) {
+        None => l.has("uplink down"),
+        // multiwan logs `uplink down (ipv6) uplink="isp1" family=ipv6 from=up to=down`.
+        Some(f) => {
+            let named = match family {
+                Family::V4 => f == "ipv4",
+                Family::V6 => f == "ipv6",
+            };
+            let down = match l.field("to") {
+                Some(to) => to == "down",
+                None => l.has(" down"),
+            };
+            named && down
+        }
+    }
+}
+
+fn ms_or(d: Option<Duration>, limit: Duration) -> String {
+    d.map(|d| format!("{} ms", d.as_millis()))
+        .unwrap_or_else(|| format!("not within {} s", limit.as_secs()))
+}
+
+/// Cuts the first ISP's upstream (its link stays up; both families), measures for each of
+/// `families` how long until new connections succeed again, restores it and measures the
+/// failback.
+fn failover_drill(
+    topo: &Topology,
+    cfg: &multiwan_core::Config,
+    d: &LabDaemon,
+    families: &[Family],
+) -> Result<()> {
+    let name = uplink_name(cfg, 0);
     println!(
         "== failover drill: {name}'s upstream is cut (its link stays up, packets vanish beyond it)"
     );
-    let check = cfg
-        .uplinks
-        .iter()
-        .find(|u| u.interface == "wan1")
-        .map(|u| &u.check);
-    if let Some(c) = check {
+    print_checks(cfg);
+    let log_from = d.log_len();
+    topo.cut_upstream(0)?;
+    // Both clocks start once the cut is in effect: the client's, and the system clock the
+    // daemon's log timestamps use.
+    let (cut, cut_wall) = (Instant::now(), crate::daemon::unix_now());
+    let limit = Duration::from_secs(15);
+    // The families are measured at the same time, each from its own thread.
+    let recovered: Vec<Option<Duration>> = std::thread::scope(|s| {
+        let hs: Vec<_> = families
+            .iter()
+            .map(|f| {
+                let ep = topo.endpoint(*f);
+                s.spawn(move || recovery(&topo.hosts[0].ns, ep, cut, limit))
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap_or(None)).collect()
+    });
+    for (f, rec) in families.iter().zip(&recovered) {
+        let mut detected = None;
+        let wait = Instant::now();
+        while detected.is_none() && wait.elapsed() < Duration::from_secs(5) {
+            detected = d
+                .log_since(log_from)
+                .iter()
+                .find(|l| down_line(l, &name, *f))
+                .and_then(|l| l.unix_s)
+                .map(|s| Duration::from_secs_f64((s - cut_wall).max(0.0)));
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let (who, what) = match f {
+            Family::V4 => (name.clone(), String::new()),
+            Family::V6 => (format!("{name} IPv6"), "IPv6: ".to_string()),
+        };
         println!(
-            "   checks: {} every {}, down after {} bad rounds, up after {} good",
+            "   {who} marked down after      {} (the daemon's log)",
+            ms_or(detected, limit)
+        );
+        println!(
+            "   {what}new connections all succeed after {} (the first of ten in a row)",
+            ms_or(*rec, limit)
+        );
+    }
+    topo.restore_upstream(0)?;
+    let restored = Instant::now();
+    let mut back: Vec<Option<Duration>> = vec![None; families.len()];
+    while restored.elapsed() < limit && back.iter().any(Option::is_none) {
+        for (f, b) in families.iter().zip(back.iter_mut()) {
+            if b.is_none() && d.uplink_state_of(&name, *f).as_deref() == Some("up") {
+                *b = Some(restored.elapsed());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for (f, b) in families.iter().zip(&back) {
+        let what = if *f == Family::V6 { " IPv6" } else { "" };
+        println!(
+            "   upstream restored: {name}{what} back up after {}",
+            ms_or(*b, limit)
+        );
+    }
+    for f in families {
+        let prefix = if *f == Family::V6 { "IPv6: " } else { "" };
+        println!(
+            "   {prefix}after failback new connections use {} of {} uplinks",
+            uplinks_used(topo, topo.endpoint(*f)),
+            topo.isps.len()
+        );
+    }
+    Ok(())
+}
+
+/// What the first uplink's checks are (each family's, when it has IPv6).
+fn print_checks(cfg: &multiwan_core::Config) {
+    let Some(u) = cfg.uplinks.iter().find(|u| u.interface == "wan1") else {
+        return;
+    };
+    let mut checks = vec![("", &u.check)];
+    if let Some(v6) = &u.ipv6 {
+        checks[0].0 = "IPv4 ";
+        checks.push(("IPv6 ", &v6.check));
+    }
+    for (family, c) in checks {
+        println!(
+            "   {family}checks: {} every {}, down after {} bad rounds, up after {} good",
             c.targets
                 .iter()
                 .map(|t| t.ip().to_string())
@@ -439,84 +697,43 @@ fn failover_drill(topo: &Topology, cfg: &multiwan_core::Config, d: &LabDaemon) -
             c.up_after
         );
     }
-    let attempt = |timeout: Duration| -> bool {
-        host.spawn(move || traffic::tcp_hello(ep, timeout).is_ok())
-            .ok()
-            .and_then(|h| h.join().ok())
-            .unwrap_or(false)
-    };
-    let log_from = d.log_len();
-    topo.cut_upstream(0)?;
-    // Both clocks start once the cut is in effect: the client's, and the system clock the
-    // daemon's log timestamps use.
-    let (cut, cut_wall) = (Instant::now(), crate::daemon::unix_now());
+}
+
+/// Cuts only the first ISP's IPv6 path: IPv6 must move to the other uplinks while IPv4 keeps
+/// using every uplink (per-family health); then restores it.
+fn ipv6_only_drill(topo: &Topology, cfg: &multiwan_core::Config) -> Result<()> {
+    let name = uplink_name(cfg, 0);
     let limit = Duration::from_secs(15);
-    let mut streak = 0;
-    let mut first_ok = None;
-    let mut recovered = None;
-    while cut.elapsed() < limit && recovered.is_none() {
-        // Ten new connections in a row must succeed (half of them would go to the dead
-        // uplink without failover); recovery is when the first of them succeeded.
-        if attempt(Duration::from_millis(100)) {
-            streak += 1;
-            if streak == 1 {
-                first_ok = Some(cut.elapsed());
-            }
-            if streak == 10 {
-                recovered = first_ok;
-            }
-        } else {
-            streak = 0;
-        }
-    }
-    let mut detected = None;
-    let wait = Instant::now();
-    while detected.is_none() && wait.elapsed() < Duration::from_secs(5) {
-        detected = d
-            .log_since(log_from)
-            .iter()
-            .find(|l| l.has("uplink down") && l.field("uplink") == Some(name.as_str()))
-            .and_then(|l| l.unix_s)
-            .map(|s| Duration::from_secs_f64((s - cut_wall).max(0.0)));
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let ms = |d: Option<Duration>| {
-        d.map(|d| format!("{} ms", d.as_millis()))
-            .unwrap_or_else(|| format!("not within {} s", limit.as_secs()))
-    };
+    println!("== IPv6-only drill: {name}'s IPv6 upstream is cut, its IPv4 keeps working");
+    topo.cut_upstream6(0)?;
+    let cut = Instant::now();
+    let rec = recovery(&topo.hosts[0].ns, topo.endpoint(Family::V6), cut, limit);
     println!(
-        "   {name} marked down after      {} (the daemon's log)",
-        ms(detected)
+        "   IPv6: new connections all succeed after {} (the first of ten in a row)",
+        ms_or(rec, limit)
     );
+    let n = topo.isps.len();
     println!(
-        "   new connections all succeed after {} (the first of ten in a row)",
-        ms(recovered)
+        "   meanwhile new IPv4 connections use {} of {n} uplinks, IPv6 {} of {n}",
+        uplinks_used(topo, topo.endpoint(Family::V4)),
+        uplinks_used(topo, topo.endpoint(Family::V6))
     );
-    topo.restore_upstream(0)?;
+    topo.restore_upstream6(0)?;
     let restored = Instant::now();
     let mut back = None;
-    while restored.elapsed() < limit {
-        if d.uplink_state(&name).as_deref() == Some("up") {
+    while restored.elapsed() < limit && back.is_none() {
+        let seen = attempt(
+            &topo.hosts[0].ns,
+            topo.endpoint(Family::V6),
+            Duration::from_millis(200),
+        );
+        if seen.and_then(|a| topo.isp_of(a)) == Some(0) {
             back = Some(restored.elapsed());
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    println!("   upstream restored: {name} back up after {}", ms(back));
-    let mut used = std::collections::BTreeSet::new();
-    for _ in 0..(2 * topo.isps.len()) {
-        if let Ok(seen) = host
-            .spawn(move || traffic::tcp_hello(ep, Duration::from_secs(1)))?
-            .join()
-            .map_err(|_| anyhow::anyhow!("client thread panicked"))?
-        {
-            used.extend(topo.isp_of(seen));
         }
     }
     println!(
-        "   after failback new connections use {} of {} uplinks",
-        used.len(),
-        topo.isps.len()
+        "   IPv6 restored: a new IPv6 connection uses {name} again after {}",
+        ms_or(back, limit)
     );
     Ok(())
 }
@@ -537,11 +754,17 @@ impl Bulk {
     }
 }
 
-/// `flows` parallel downloads from the LAN hosts for `ms` milliseconds. Throughput is
-/// measured over a steady-state window (after slow start, before the first flow ends) from
-/// the bytes the clients received; each flow is attributed to the uplink the server saw.
+/// `flows` parallel IPv4 downloads from the LAN hosts for `ms` milliseconds ([`bulk_to`] the
+/// server's IPv4 endpoint).
 pub fn bulk(topo: &Topology, flows: usize, ms: u64) -> Result<Bulk> {
-    let ep = topo.server_endpoint();
+    bulk_to(topo, topo.server_endpoint().into(), flows, ms)
+}
+
+/// `flows` parallel downloads from the LAN hosts to `ep` (either family) for `ms`
+/// milliseconds. Throughput is measured over a steady-state window (after slow start, before
+/// the first flow ends) from the bytes the clients received; each flow is attributed to the
+/// uplink the server saw.
+pub fn bulk_to(topo: &Topology, ep: std::net::SocketAddr, flows: usize, ms: u64) -> Result<Bulk> {
     let progress: Vec<Arc<std::sync::atomic::AtomicU64>> =
         (0..flows).map(|_| Arc::default()).collect();
     let mut handles = Vec::new();
@@ -562,19 +785,13 @@ pub fn bulk(topo: &Topology, flows: usize, ms: u64) -> Result<Bulk> {
     let mut failed = 0;
     for (f, h) in handles.into_iter().enumerate() {
         match h.join() {
-            Ok(Ok(t)) => match topo.isp_of(t.seen_as) {
-                Some(i) => {
-                    per_isp[i].0 += 1;
-                    per_isp[i].1 += t.bytes;
-                    per_isp[i].2 += at_end[f] - at_start[f];
-                }
-                // Not NATed (plain forwarding baseline): count it on the first uplink.
-                None => {
-                    per_isp[0].0 += 1;
-                    per_isp[0].1 += t.bytes;
-                    per_isp[0].2 += at_end[f] - at_start[f];
-                }
-            },
+            // Not NATed (plain forwarding baseline): count it on the first uplink.
+            Ok(Ok(t)) => {
+                let i = topo.isp_of(t.seen_as).unwrap_or(0);
+                per_isp[i].0 += 1;
+                per_isp[i].1 += t.bytes;
+                per_isp[i].2 += at_end[f] - at_start[f];
+            }
             _ => failed += 1,
         }
     }
@@ -615,4 +832,29 @@ fn expected_shares(cfg: &multiwan_core::Config) -> BTreeMap<String, f64> {
 
 fn indent(s: &str) -> String {
     s.lines().map(|l| format!("   {l}\n")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(text: &str) -> crate::daemon::LogLine {
+        crate::daemon::LogLine::parse(text)
+    }
+
+    #[test]
+    fn down_lines_per_family() {
+        let whole =
+            line("2024-01-01T00:00:00Z  WARN multiwan::daemon: uplink down uplink=\"isp1\"");
+        let six = line(
+            "2024-01-01T00:00:00Z  WARN multiwan::daemon: uplink down uplink=\"isp1\" family=ipv6",
+        );
+        let up6 = line(
+            "2024-01-01T00:00:00Z  INFO multiwan::daemon: uplink up uplink=\"isp1\" family=ipv6",
+        );
+        assert!(down_line(&whole, "isp1", Family::V4) && down_line(&whole, "isp1", Family::V6));
+        assert!(!down_line(&whole, "isp2", Family::V4));
+        assert!(down_line(&six, "isp1", Family::V6) && !down_line(&six, "isp1", Family::V4));
+        assert!(!down_line(&up6, "isp1", Family::V6));
+    }
 }

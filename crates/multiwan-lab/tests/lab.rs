@@ -113,6 +113,29 @@ fn lab_reports_and_cleans_up() {
         text.contains("everything multiwan installed was removed"),
         "{text}"
     );
+    if multiwan_lab::topology::ROUTER_IPV6 {
+        // Dual stack by default: both families split exactly, inbound on both, both drilled.
+        assert!(text.contains("== 80 short IPv6 connections"), "{text}");
+        assert_eq!(
+            text.matches("isp1           60     75.0%     75.0%")
+                .count(),
+            2,
+            "{text}"
+        );
+        assert!(text.contains("parallel IPv6 downloads"), "{text}");
+        assert!(
+            text.contains("wan2 (2001:db8:2::253): answered over the same uplink"),
+            "{text}"
+        );
+        assert!(
+            text.contains("IPv6: after failback new connections use 2 of 2 uplinks"),
+            "{text}"
+        );
+        assert!(
+            text.contains("meanwhile new IPv4 connections use 2 of 2 uplinks, IPv6 1 of 2"),
+            "{text}"
+        );
+    }
     assert_nothing_left(pid, tmp.path());
 }
 
@@ -222,6 +245,8 @@ fn lab_with_a_custom_config() {
             "--connections",
             "60",
             "--no-drill",
+            "--ipv6",
+            "true",
         ])
         .output()
         .expect("lab");
@@ -233,4 +258,20 @@ fn lab_with_a_custom_config() {
     );
     assert!(text.contains("uplink 3: router wan3"), "{text}");
     assert!(text.contains("up3"), "{text}");
+    // The network is dual stack, the config IPv4 only: the lab says IPv6 does not get through
+    // (the ISPs drop the unNATed ULA) instead of reporting a split, and still tries inbound
+    // IPv6, which wan1 answers through the main table's default route.
+    assert!(
+        text.contains("2001:db8:3::253 -> gateway 2001:db8:3::1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("== IPv6: no connection gets through"),
+        "{text}"
+    );
+    assert!(!text.contains("short IPv6 connections"), "{text}");
+    assert!(
+        text.contains("wan1 (2001:db8:1::253): answered over the same uplink"),
+        "{text}"
+    );
 }

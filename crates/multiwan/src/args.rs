@@ -4,7 +4,7 @@
 //! instead of linking the generators (`clap_complete`, `clap_mangen`), and they can never
 //! drift from the options it parses. Help text comes from these doc comments.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -132,10 +132,10 @@ pub struct Conn {
 pub struct ExplainArgs {
     /// Source address of the new connection (a LAN host, or the router itself).
     #[arg(long)]
-    pub src: Ipv4Addr,
+    pub src: IpAddr,
     /// Destination address.
     #[arg(long)]
-    pub dst: Option<Ipv4Addr>,
+    pub dst: Option<IpAddr>,
     /// Protocol: tcp, udp or icmp.
     #[arg(long)]
     pub proto: Option<String>,

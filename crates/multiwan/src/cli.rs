@@ -51,8 +51,14 @@ pub fn live_plan(cfg: &Config) -> Result<(multiwan_core::Plan, Vec<String>)> {
         .filter(|u| u.gateway_auto)
         .map(|u| u.interface.clone())
         .collect();
+    let auto6 = cfg
+        .uplinks
+        .iter()
+        .filter(|u| u.ipv6.as_ref().is_some_and(|v| v.gateway.is_none()))
+        .map(|u| u.interface.clone())
+        .collect();
     let mut k = System::open(Path::new(DEFAULT_RUN_DIR))?;
-    let facts = k.facts(&auto)?;
+    let facts = k.facts(&auto, &auto6)?;
     let installed = match k.ids(cfg.kernel.mark_mask) {
         Ok(i) => i,
         // Reading nftables needs root; `plan --live` must not. Without it the installed
@@ -65,13 +71,22 @@ pub fn live_plan(cfg: &Config) -> Result<(multiwan_core::Plan, Vec<String>)> {
     };
     let ids = assign_ids(cfg, &installed)?;
     let usable = usable_now(cfg, &facts);
+    let usable6: BTreeSet<String> = cfg
+        .uplinks
+        .iter()
+        .filter(|u| multiwan_core::plan::next_hop6(u, &facts).is_some())
+        .map(|u| u.name.clone())
+        .collect();
     let unusable = cfg
         .uplinks
         .iter()
         .filter(|u| !usable.contains(&u.name))
         .map(|u| u.name.clone())
         .collect();
-    Ok((plan(cfg, &ids, &usable, &facts), unusable))
+    Ok((
+        multiwan_core::plan::plan_dual(cfg, &ids, &usable, &usable6, &facts),
+        unusable,
+    ))
 }
 
 /// Without health checks (the daemon's job), an uplink is usable when its interface is up and,
@@ -90,7 +105,7 @@ pub fn check_notes(cfg: &Config) -> Vec<String> {
     for u in &cfg.uplinks {
         let only_gateway = u
             .gateway
-            .is_some_and(|g| u.check.targets.iter().all(|t| *t.ip() == g));
+            .is_some_and(|g| u.check.targets.iter().all(|t| t.ip() == g));
         if only_gateway {
             notes.push(format!(
                 "uplink {} probes only its gateway: a failure beyond the gateway (the ISP's upstream) goes unnoticed; add a target on the internet to [uplink.check] targets",

@@ -8,7 +8,7 @@
 //! `watch` keeps sending one `{"version":1,"ok":true,"data":{…event…}}` line per event.
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
@@ -174,6 +174,32 @@ pub struct UplinkStatus {
     pub bytes_out: u64,
     pub addresses: Vec<Ipv4Addr>,
     pub gateway: Option<Ipv4Addr>,
+    /// Its IPv6 side, when it carries IPv6 (`gateway6`): health of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<FamilyStatus>,
+}
+
+/// An uplink's IPv6 side in `status`: its own state, reason, RTT, loss and targets.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FamilyStatus {
+    /// `up`, `degraded` or `down`.
+    pub state: String,
+    pub reason: Option<String>,
+    pub detail: Option<String>,
+    /// Unix time of the last state change.
+    pub since: u64,
+    /// Share of new IPv6 connections the default policy gives it now (0..=1).
+    pub share: f64,
+    /// Takes new IPv6 connections now.
+    pub usable: bool,
+    pub rtt_last_ms: Option<f64>,
+    pub rtt_avg_ms: Option<f64>,
+    pub loss_percent: f64,
+    pub targets: Vec<TargetStatus>,
+    /// Global IPv6 addresses of the interface.
+    pub addresses: Vec<std::net::Ipv6Addr>,
+    /// The IPv6 gateway: fixed, or learned from router advertisements.
+    pub gateway: Option<std::net::Ipv6Addr>,
 }
 
 /// One probe target in `status`.
@@ -206,12 +232,12 @@ pub struct FlowInfo {
     /// The uplink it uses; `None` for connections multiwan did not mark.
     pub uplink: Option<String>,
     pub proto: String,
-    pub src: Ipv4Addr,
+    pub src: IpAddr,
     pub sport: u16,
-    pub dst: Ipv4Addr,
+    pub dst: IpAddr,
     pub dport: u16,
     /// The source address after NAT, as the internet sees it.
-    pub nat_src: Ipv4Addr,
+    pub nat_src: IpAddr,
     /// Bytes sent by the originator / received from the responder.
     pub bytes_out: u64,
     pub bytes_in: u64,
@@ -222,9 +248,10 @@ pub struct FlowInfo {
 /// What to explain.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExplainQuery {
-    pub src: Ipv4Addr,
+    /// IPv4 or IPv6: the family of the connection.
+    pub src: IpAddr,
     #[serde(default)]
-    pub dst: Option<Ipv4Addr>,
+    pub dst: Option<IpAddr>,
     #[serde(default)]
     pub proto: Option<String>,
     #[serde(default)]
@@ -270,6 +297,8 @@ pub enum WatchEvent {
     Transition {
         time_ms: u64,
         uplink: String,
+        /// `ipv4` or `ipv6`.
+        family: String,
         from: String,
         to: String,
         reason: Option<String>,
@@ -279,6 +308,8 @@ pub enum WatchEvent {
     Probes {
         time_ms: u64,
         uplink: String,
+        /// `ipv4` or `ipv6`.
+        family: String,
         state: String,
         rtt_last_ms: Option<f64>,
         rtt_avg_ms: Option<f64>,

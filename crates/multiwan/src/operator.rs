@@ -120,22 +120,64 @@ pub fn render_status(s: &Status) -> String {
         if let Some(d) = &u.detail {
             o += &format!("{:<12} why: {d}\n", "");
         }
-        for t in &u.targets {
-            o += &format!(
-                "{:<12} probe {}: loss {:.1}%, rtt last {} avg {} ms{}\n",
-                "",
-                t.target,
-                t.loss_percent,
-                opt_ms(t.rtt_last_ms),
-                opt_ms(t.rtt_avg_ms),
-                if t.suspect {
-                    " — SUSPECT: fails on every uplink while they work; not counted"
-                } else {
-                    ""
-                }
-            );
+        o += &render_targets(&u.targets);
+        if let Some(v6) = &u.ipv6 {
+            o += &render_ipv6(v6);
         }
     }
+    o + &render_rules(s)
+}
+
+/// The IPv6 side of an uplink in `status`: its own state line and probes.
+fn render_ipv6(v6: &crate::control::FamilyStatus) -> String {
+    let mut o = format!(
+        "{:<12} ipv6: {} since {}, share {:.0}%, rtt {}/{} ms, loss {:.1}%, {}{}\n",
+        "",
+        v6.state,
+        ago(v6.since),
+        100.0 * v6.share,
+        opt_ms(v6.rtt_last_ms),
+        opt_ms(v6.rtt_avg_ms),
+        v6.loss_percent,
+        if v6.addresses.is_empty() {
+            "no global address".to_string()
+        } else {
+            v6.addresses
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        },
+        v6.gateway.map(|g| format!(" via {g}")).unwrap_or_default()
+    );
+    if let Some(d) = &v6.detail {
+        o += &format!("{:<12} why (ipv6): {d}\n", "");
+    }
+    o + &render_targets(&v6.targets)
+}
+
+fn render_targets(targets: &[crate::control::TargetStatus]) -> String {
+    let mut o = String::new();
+    for t in targets {
+        o += &format!(
+            "{:<12} probe {}: loss {:.1}%, rtt last {} avg {} ms{}\n",
+            "",
+            t.target,
+            t.loss_percent,
+            opt_ms(t.rtt_last_ms),
+            opt_ms(t.rtt_avg_ms),
+            if t.suspect {
+                " — SUSPECT: fails on every uplink while they work; not counted"
+            } else {
+                ""
+            }
+        );
+    }
+    o
+}
+
+fn render_rules(s: &Status) -> String {
+    let mut o = String::new();
     if !s.rules.is_empty() {
         o += &format!(
             "\n{:<16} {:<9} {:>8}  {}\n",
@@ -291,12 +333,13 @@ pub fn render_watch(ev: &WatchEvent) -> String {
         WatchEvent::Transition {
             time_ms,
             uplink,
+            family,
             from,
             to,
             detail,
             ..
         } => format!(
-            "{} UTC  {uplink}: {from} -> {to}{}",
+            "{} UTC  {uplink} {family}: {from} -> {to}{}",
             clock(*time_ms),
             detail
                 .as_ref()
@@ -306,12 +349,13 @@ pub fn render_watch(ev: &WatchEvent) -> String {
         WatchEvent::Probes {
             time_ms,
             uplink,
+            family,
             state,
             rtt_last_ms,
             rtt_avg_ms,
             loss_percent,
         } => format!(
-            "{} UTC  {uplink}: {state}, rtt {}/{} ms, loss {loss_percent:.1}%",
+            "{} UTC  {uplink} {family}: {state}, rtt {}/{} ms, loss {loss_percent:.1}%",
             clock(*time_ms),
             opt_ms(*rtt_last_ms),
             opt_ms(*rtt_avg_ms)

@@ -118,9 +118,8 @@ fn plan_needs_no_root_and_no_interfaces() {
     assert!(text.contains("table inet multiwan {"));
     assert!(text.contains("numgen inc mod 2 vmap @m_policy_default"));
     assert!(text.contains("elements = { 0 : goto up_adsl1, 1 : goto up_adsl2 }"));
-    assert!(
-        text.contains("ip rule add priority 1001 fwmark 0x10000/0xff0000 lookup 1001 protocol 77")
-    );
+    assert!(text
+        .contains("ip rule add priority 1000 fwmark 0x1000000/0xff000000 lookup 1001 protocol 77"));
     assert!(text.contains("ip route replace default via 10.37.1.1 dev eth1 table 1001 proto 77"));
     assert!(text.contains("net.ipv4.conf.eth1.rp_filter = 2"));
 }
@@ -367,7 +366,7 @@ fn check_rejects_more_uplinks_than_the_mark_mask_has_ids() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("uplink[253]: too many uplinks: 258 are configured, but the default mark_mask 0x00ff0000 has room for 253"),
+        err.contains("uplink[253]: too many uplinks: 258 are configured, but the default mark_mask 0xff000000 has room for 253"),
         "{err}"
     );
     // And what check accepts, plan plans.

@@ -397,7 +397,8 @@ fn apply_is_idempotent_and_reload_keeps_connections() {
     let lab = Lab::with_spec(TopologySpec {
         isps: vec![
             IspSpec {
-                rate_mbit: Some(20)
+                rate_mbit: Some(20),
+                ..Default::default()
             };
             2
         ],
@@ -433,7 +434,7 @@ fn apply_is_idempotent_and_reload_keeps_connections() {
         )
         .expect("nft");
     assert!(
-        listing.contains("0x00010000"),
+        listing.contains("0x01000000"),
         "isp1 keeps mark 1: {listing}"
     );
     for t in transfers.join().expect("join") {

@@ -313,7 +313,7 @@ fn fail_open_keeps_the_last_uplinks_when_probes_alone_take_all_down() {
     ]
     .into();
     let last: BTreeSet<String> = ["b".to_string()].into();
-    let (u, open) = usable_fail_open(&cfg, &states, &last);
+    let (u, open) = usable_fail_open(&cfg, &states, &last, crate::net::Family::V4);
     assert!(open);
     assert_eq!(u, last, "the uplink in use before keeps the LAN online");
     // A link that is really down is never failed open to.
@@ -322,14 +322,14 @@ fn fail_open_keeps_the_last_uplinks_when_probes_alone_take_all_down() {
         ("b".to_string(), State::Down(Reason::LinkDown)),
     ]
     .into();
-    let (u, open) = usable_fail_open(&cfg, &states, &last);
+    let (u, open) = usable_fail_open(&cfg, &states, &last, crate::net::Family::V4);
     assert!(open);
     assert_eq!(u, ["a".to_string()].into());
     // One usable uplink: no fail-open.
     let states: BTreeMap<String, State> =
         [("a".to_string(), probes), ("b".to_string(), State::Up)].into();
     assert_eq!(
-        usable_fail_open(&cfg, &states, &last),
+        usable_fail_open(&cfg, &states, &last, crate::net::Family::V4),
         (last.clone(), false)
     );
     // Switched off: nothing usable means nothing usable.
@@ -347,7 +347,7 @@ fn fail_open_keeps_the_last_uplinks_when_probes_alone_take_all_down() {
     ]
     .into();
     assert_eq!(
-        usable_fail_open(&off, &all_down, &last),
+        usable_fail_open(&off, &all_down, &last, crate::net::Family::V4),
         (BTreeSet::new(), false)
     );
 }

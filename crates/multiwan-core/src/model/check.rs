@@ -2,7 +2,7 @@
 //! each other (see [`super::check_limits`] for the limits and their reasons), then the
 //! optional quality limits.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::Range;
 use std::time::Duration;
 
@@ -80,7 +80,8 @@ impl Validator<'_> {
         raw: Option<&Spanned<Table>>,
         gateway: Option<Ipv4Addr>,
         gateway_auto: bool,
-    ) -> Option<Check> {
+        gateway6: Option<Option<Ipv6Addr>>,
+    ) -> Option<(Check, Option<Check>)> {
         let prefix = format!("uplink[{i}].check");
         let p = |k: &str| format!("{prefix}.{k}");
         let empty = Table::default();
@@ -110,22 +111,25 @@ impl Validator<'_> {
         );
         let method = method?;
         let target_key = p("targets");
-        let targets = self.targets(
+        let (targets, targets6) = self.targets(
             c.str_list("targets"),
             method,
-            gateway,
-            gateway_auto,
+            Gateways {
+                v4: gateway,
+                v4_auto: gateway_auto,
+                v6: gateway6,
+            },
             span.clone(),
             &target_key,
         )?;
+        // min_targets applies to each family, capped at that family's number of targets.
+        let most = targets
+            .len()
+            .max(targets6.as_ref().map_or(0, Vec::len))
+            .max(1);
         let min_targets = match c.int("min_targets") {
-            None => Some(check_defaults::MIN_TARGETS.min(targets.len() as u32)),
-            Some(v) => self.int_in(
-                Some(v),
-                &p("min_targets"),
-                1,
-                1..=(targets.len().max(1) as u32),
-            ),
+            None => Some(check_defaults::MIN_TARGETS),
+            Some(v) => self.int_in(Some(v), &p("min_targets"), 1, 1..=(most as u32)),
         };
         let timing = Timing {
             raw: c,
@@ -139,16 +143,18 @@ impl Validator<'_> {
         let timing_ok = self.timing(&timing);
         // A window measured in rounds of a rejected interval would only add noise.
         let quality = self.quality(&timing, timing_ok)?;
-        timing_ok.then_some(Check {
+        let min_targets = min_targets?;
+        let of = |targets: Vec<SocketAddr>| Check {
             method,
+            min_targets: min_targets.min(targets.len() as u32).max(1),
             targets,
             quality,
             interval: timing.interval,
             timeout: timing.timeout,
             down_after: timing.down_after,
             up_after: timing.up_after,
-            min_targets: min_targets?,
-        })
+        };
+        timing_ok.then(|| (of(targets), targets6.map(of)))
     }
 
     fn method(&mut self, raw: Option<&Spanned<String>>, key: &str) -> Option<CheckMethod> {
@@ -341,70 +347,135 @@ impl Validator<'_> {
         usize::try_from(rounds).ok()
     }
 
+    /// The targets, split by family: the IPv4 ones, and the IPv6 ones when the uplink carries
+    /// IPv6. A family without targets probes its gateway; one without a known gateway needs
+    /// targets.
     fn targets(
         &mut self,
         raw: Option<&SpannedList>,
         method: CheckMethod,
-        gateway: Option<Ipv4Addr>,
-        gateway_auto: bool,
+        gw: Gateways,
         span: Range<usize>,
         key: &str,
-    ) -> Option<Vec<SocketAddrV4>> {
+    ) -> Option<(Vec<SocketAddr>, Option<Vec<SocketAddr>>)> {
+        let mut ok = true;
+        let (mut v4, mut v6) = (Vec::new(), Vec::new());
+        if let Some(list) = raw {
+            if list.get_ref().is_empty() {
+                self.push(list.span(), key, "must list at least one target".into());
+                return None;
+            }
+            for (j, t) in list.get_ref().iter().enumerate() {
+                match target(t.get_ref(), method) {
+                    Ok(a) if a.is_ipv6() && gw.v6.is_none() => {
+                        self.push(t.span(), &format!("{key}[{j}]"), format!(
+                            "{:?} is an IPv6 target but this uplink carries no IPv6: add gateway6 (an address or \"auto\"), or remove the target",
+                            t.get_ref()
+                        ));
+                        ok = false;
+                    }
+                    Ok(a) if a.is_ipv6() => v6.push(a),
+                    Ok(a) => v4.push(a),
+                    Err(m) => {
+                        self.push(t.span(), &format!("{key}[{j}]"), m);
+                        ok = false;
+                    }
+                }
+            }
+        }
+        if !ok {
+            return None;
+        }
+        let v4 = self.default_target(
+            v4,
+            gw.v4.map(IpAddr::V4),
+            method,
+            gw.v4_auto,
+            &span,
+            key,
+            "",
+        )?;
+        let v6 = match gw.v6 {
+            None => None,
+            Some(g) => Some(self.default_target(
+                v6,
+                g.map(IpAddr::V6),
+                method,
+                g.is_none(),
+                &span,
+                key,
+                "6",
+            )?),
+        };
+        Some((v4, v6))
+    }
+
+    /// `targets` as given, or the gateway as the only target when none of this family is.
+    #[allow(clippy::too_many_arguments)]
+    fn default_target(
+        &mut self,
+        targets: Vec<SocketAddr>,
+        gateway: Option<IpAddr>,
+        method: CheckMethod,
+        gateway_auto: bool,
+        span: &Range<usize>,
+        key: &str,
+        six: &str,
+    ) -> Option<Vec<SocketAddr>> {
+        if !targets.is_empty() {
+            return Some(targets);
+        }
         let default_port = match method {
             CheckMethod::Icmp => Some(0),
             CheckMethod::Dns => Some(check_defaults::DNS_PORT),
             CheckMethod::Tcp => None,
         };
-        let Some(list) = raw else {
-            let problem = match (gateway, default_port) {
-                (Some(g), Some(port)) => return Some(vec![SocketAddrV4::new(g, port)]),
-                (None, _) if gateway_auto => "missing key: with gateway = \"auto\" the gateway is only known at run time; list targets to probe",
-                (None, _) => "missing key: an uplink without a gateway needs explicit check targets",
-                (Some(_), None) => "missing key: method \"tcp\" needs targets written as \"ip:port\"",
-            };
-            self.push(span, key, problem.into());
-            return None;
+        let missing = if six.is_empty() {
+            "missing key".to_string()
+        } else {
+            "missing IPv6 targets".to_string()
         };
-        if list.get_ref().is_empty() {
-            self.push(list.span(), key, "must list at least one target".into());
-            return None;
-        }
-        let mut ok = true;
-        let mut out = Vec::new();
-        for (j, t) in list.get_ref().iter().enumerate() {
-            match target(t.get_ref(), method) {
-                Ok(a) => out.push(a),
-                Err(m) => {
-                    self.push(t.span(), &format!("{key}[{j}]"), m);
-                    ok = false;
-                }
-            }
-        }
-        ok.then_some(out)
+        let problem = match (gateway, default_port) {
+            (Some(g), Some(port)) => return Some(vec![SocketAddr::new(g, port)]),
+            (None, _) if gateway_auto => format!("{missing}: with gateway{six} = \"auto\" the gateway is only known at run time; list targets to probe"),
+            (None, _) => format!("{missing}: an uplink without a gateway needs explicit check targets"),
+            (Some(_), None) => format!("{missing}: method \"tcp\" needs targets written as \"ip:port\""),
+        };
+        self.push(span.clone(), key, problem);
+        None
     }
 }
 
-/// One probe target as written for `method`.
-fn target(s: &str, method: CheckMethod) -> Result<SocketAddrV4, String> {
+/// The gateways a check may default to.
+struct Gateways {
+    v4: Option<Ipv4Addr>,
+    v4_auto: bool,
+    /// `None`: no IPv6; `Some(None)`: `gateway6 = "auto"`.
+    v6: Option<Option<Ipv6Addr>>,
+}
+
+/// One probe target as written for `method`: an address for icmp, `ip:port` for tcp
+/// (`[v6]:port` for IPv6), an address or `ip:port` for dns.
+fn target(s: &str, method: CheckMethod) -> Result<SocketAddr, String> {
     match method {
         CheckMethod::Icmp => s
-            .parse::<Ipv4Addr>()
-            .map(|a| SocketAddrV4::new(a, 0))
+            .parse::<IpAddr>()
+            .map(|a| SocketAddr::new(a, 0))
             .map_err(|_| {
                 format!(
-                    "invalid target {s:?}: icmp targets are IPv4 addresses such as \"10.37.1.1\""
+                    "invalid target {s:?}: icmp targets are addresses such as \"10.37.1.1\" or \"2001:db8::1\""
                 )
             }),
-        CheckMethod::Tcp => match s.parse::<SocketAddrV4>() {
+        CheckMethod::Tcp => match s.parse::<SocketAddr>() {
             Ok(a) if a.port() == 0 => Err(format!("invalid target {s:?}: port 0 cannot be probed")),
             Ok(a) => Ok(a),
             Err(_) => Err(format!(
-                "invalid target {s:?}: tcp targets are written \"ip:port\", e.g. \"10.37.1.1:443\""
+                "invalid target {s:?}: tcp targets are written \"ip:port\", e.g. \"10.37.1.1:443\" or \"[2001:db8::1]:443\""
             )),
         },
-        CheckMethod::Dns => match s.parse::<SocketAddrV4>().or_else(|_| {
-            s.parse::<Ipv4Addr>()
-                .map(|a| SocketAddrV4::new(a, check_defaults::DNS_PORT))
+        CheckMethod::Dns => match s.parse::<SocketAddr>().or_else(|_| {
+            s.parse::<IpAddr>()
+                .map(|a| SocketAddr::new(a, check_defaults::DNS_PORT))
         }) {
             Ok(a) if a.port() == 0 => Err(format!("invalid target {s:?}: port 0 cannot be probed")),
             Ok(a) => Ok(a),

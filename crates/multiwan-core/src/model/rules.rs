@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use super::names::is_valid_name;
 use super::{Mode, Proto, Rule, Uplink, Validator};
 use crate::config::{NumOrStr, Spanned, SpannedList, Table};
-use crate::net::{Ipv4Net, PortRange};
+use crate::net::{Family, IpNet, Ipv4Net, Ipv6Net, PortRange};
 
 impl Validator<'_> {
     pub(super) fn rules(
@@ -47,17 +47,97 @@ impl Validator<'_> {
         };
         let mode = self.mode(r.str("mode"), &p("mode"));
         let refs = self.rule_uplinks(r.str_list("uplinks"), mode, uplinks, &p("uplinks"));
+        let family = self.family(r.str("family"), &p("family"));
+        let ((src, src6), (dst, dst6)) = (src?, dst?);
+        let (refs, mode, family) = (refs?, mode?, family?);
+        let (v4, v6) = self.rule_families(
+            raw,
+            family,
+            [(&src, &src6), (&dst, &dst6)],
+            (&refs, mode, uplinks?),
+            &p,
+        )?;
         let rule = Rule {
             name: name?,
-            src: src?,
-            dst: dst?,
+            src,
+            dst,
+            src6,
+            dst6,
+            v4,
+            v6,
             proto: proto?,
             sport: sport?,
             dport: dport?,
-            uplinks: refs?,
-            mode: mode?,
+            uplinks: refs,
+            mode,
         };
         ports_ok.then_some(rule)
+    }
+
+    /// `family`: `Some(None)` when absent.
+    fn family(&mut self, raw: Option<&Spanned<String>>, key: &str) -> Option<Option<Family>> {
+        let Some(f) = raw else { return Some(None) };
+        match f.get_ref().as_str() {
+            "ipv4" => Some(Some(Family::V4)),
+            "ipv6" => Some(Some(Family::V6)),
+            other => {
+                self.push(
+                    f.span(),
+                    key,
+                    format!("unknown family {other:?}: expected \"ipv4\" or \"ipv6\""),
+                );
+                None
+            }
+        }
+    }
+
+    /// Which families a rule matches. A family is matched unless `family` names the other one
+    /// or an address list that is written has no prefix of it. A rule that matches no family,
+    /// or whose IPv6 traffic could only go to uplinks without IPv6, is an error; a rule with no
+    /// addresses and no family simply does not match IPv6 when none of its uplinks carries it.
+    fn rule_families(
+        &mut self,
+        raw: &Spanned<Table>,
+        family: Option<Family>,
+        lists: [(&Vec<Ipv4Net>, &Vec<Ipv6Net>); 2],
+        (refs, mode, all): (&[usize], Mode, &[Uplink]),
+        p: &dyn Fn(&str) -> String,
+    ) -> Option<(bool, bool)> {
+        let written = |i: usize| !lists[i].0.is_empty() || !lists[i].1.is_empty();
+        let allows = |f: Family| {
+            family.is_none_or(|x| x == f)
+                && (0..2).all(|i| {
+                    !written(i)
+                        || match f {
+                            Family::V4 => !lists[i].0.is_empty(),
+                            Family::V6 => !lists[i].1.is_empty(),
+                        }
+                })
+        };
+        let (v4, mut v6) = (allows(Family::V4), allows(Family::V6));
+        let key_span = raw
+            .get_ref()
+            .str("family")
+            .map(|f| f.span())
+            .or_else(|| raw.get_ref().str_list("src").map(|l| l.span()))
+            .or_else(|| raw.get_ref().str_list("dst").map(|l| l.span()))
+            .unwrap_or(raw.span());
+        if !v4 && !v6 {
+            self.push(key_span, &p("family"), "matches no traffic: its addresses (and family) leave no address family in which every list has a prefix; split it into one rule per family".into());
+            return None;
+        }
+        let explicit6 = family == Some(Family::V6) || lists.iter().any(|l| !l.1.is_empty());
+        let carries6 = refs
+            .iter()
+            .any(|i| all.get(*i).is_some_and(|u| u.ipv6.is_some()));
+        if v6 && mode != Mode::Bypass && !carries6 {
+            if explicit6 {
+                self.push(key_span, &p("uplinks"), "matches IPv6 traffic but none of its uplinks carries IPv6 (gateway6): name an uplink with IPv6, or use family = \"ipv4\"".into());
+                return None;
+            }
+            v6 = false;
+        }
+        Some((v4, v6))
     }
 
     fn rule_name(
@@ -219,9 +299,14 @@ impl Validator<'_> {
         good.then_some(idx)
     }
 
-    fn nets(&mut self, raw: Option<&SpannedList>, key: &str) -> Option<Vec<Ipv4Net>> {
+    /// The IPv4 and the IPv6 prefixes of an address list.
+    fn nets(
+        &mut self,
+        raw: Option<&SpannedList>,
+        key: &str,
+    ) -> Option<(Vec<Ipv4Net>, Vec<Ipv6Net>)> {
         let Some(list) = raw else {
-            return Some(Vec::new());
+            return Some((Vec::new(), Vec::new()));
         };
         if list.get_ref().is_empty() {
             self.push(
@@ -232,23 +317,24 @@ impl Validator<'_> {
             return None;
         }
         let mut ok = true;
-        let mut out = Vec::new();
+        let (mut v4, mut v6) = (Vec::new(), Vec::new());
         for (j, s) in list.get_ref().iter().enumerate() {
-            match s.get_ref().parse::<Ipv4Net>() {
-                Ok(n) => out.push(n),
+            match s.get_ref().parse::<IpNet>() {
+                Ok(IpNet::V4(n)) => v4.push(n),
+                Ok(IpNet::V6(n)) => v6.push(n),
                 Err(e) => {
                     self.push(
                         s.span(),
                         &format!("{key}[{j}]"),
                         format!(
-                            "{e} (expected an IPv4 address or CIDR such as \"192.168.0.0/24\")"
+                            "{e} (expected an address or CIDR such as \"192.168.0.0/24\" or \"2001:db8::/32\")"
                         ),
                     );
                     ok = false;
                 }
             }
         }
-        ok.then_some(out)
+        ok.then_some((v4, v6))
     }
 
     fn ports(

@@ -2,10 +2,10 @@
 //! uplinks may share an interface. Health checks are in [`super::check`].
 
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use super::names::{ifname_problem, uplink_name_problem};
-use super::{Snat, Uplink, Validator, MAX_TIER, MAX_WEIGHT};
+use super::{Snat, Snat6, Uplink, Uplink6, Validator, MAX_TIER, MAX_WEIGHT};
 use crate::config::{Spanned, Table};
 
 impl Validator<'_> {
@@ -100,7 +100,25 @@ impl Validator<'_> {
         let weight = self.int_in(u.int("weight"), &p("weight"), 1, 1..=MAX_WEIGHT);
         let tier = self.int_in(u.int("tier"), &p("tier"), 1, 1..=MAX_TIER);
         let snat = self.snat(u.str("snat"), &p("snat"));
-        let check = self.check(i, span, u.table("check"), gateway.flatten(), gateway_auto);
+        let gateway6 = self.gateway6(u.str("gateway6"), &p("gateway6"));
+        let snat6 = self.snat6(u.str("snat6"), &p("snat6"), u.str("gateway6").is_some());
+        let checks = self.check(
+            i,
+            span,
+            u.table("check"),
+            gateway.flatten(),
+            gateway_auto,
+            gateway6.flatten(),
+        );
+        let (check, check6) = checks?;
+        let ipv6 = match (gateway6?, check6) {
+            (Some(gateway), Some(check)) => Some(Uplink6 {
+                gateway,
+                snat: snat6?,
+                check,
+            }),
+            _ => None,
+        };
         Some(Uplink {
             name: name?,
             interface: interface?,
@@ -109,8 +127,76 @@ impl Validator<'_> {
             weight: weight?,
             tier: tier?,
             snat: snat?,
-            check: check?,
+            check,
+            ipv6,
         })
+    }
+
+    /// `gateway6`: `Some(None)` for "auto", `Some(Some(a))` for an address, `None` inside
+    /// `Some(..)`'s absence meaning no IPv6: the outer `Option` is the validity.
+    #[allow(clippy::option_option)]
+    fn gateway6(
+        &mut self,
+        raw: Option<&Spanned<String>>,
+        key: &str,
+    ) -> Option<Option<Option<Ipv6Addr>>> {
+        let Some(g) = raw else { return Some(None) };
+        if g.get_ref() == "auto" {
+            return Some(Some(None));
+        }
+        match g.get_ref().parse::<Ipv6Addr>() {
+            Ok(a) if a.is_unspecified() || a.is_multicast() || a.is_loopback() => {
+                self.push(
+                    g.span(),
+                    key,
+                    format!("{a} cannot be a gateway (it is unspecified, loopback or multicast)"),
+                );
+                None
+            }
+            Ok(a) => Some(Some(Some(a))),
+            Err(_) => {
+                self.push(
+                    g.span(),
+                    key,
+                    format!("invalid IPv6 address {:?} (e.g. \"2001:db8:1::1\" or a link-local \"fe80::1\", or \"auto\" to follow the router advertisements; omit the key for an uplink without IPv6)", g.get_ref()),
+                );
+                None
+            }
+        }
+    }
+
+    fn snat6(
+        &mut self,
+        raw: Option<&Spanned<String>>,
+        key: &str,
+        has_gateway6: bool,
+    ) -> Option<Snat6> {
+        let Some(s) = raw else {
+            return Some(Snat6::Auto);
+        };
+        if !has_gateway6 {
+            self.push(
+                s.span(),
+                key,
+                "has no effect without gateway6: this uplink carries no IPv6 (add gateway6, or remove snat6)".into(),
+            );
+            return None;
+        }
+        match s.get_ref().as_str() {
+            "auto" => Some(Snat6::Auto),
+            "none" => Some(Snat6::None),
+            other => match other.parse::<Ipv6Addr>() {
+                Ok(a) => Some(Snat6::To(a)),
+                Err(_) => {
+                    self.push(
+                        s.span(),
+                        key,
+                        format!("invalid value {other:?}: expected \"auto\", \"none\" or an IPv6 address"),
+                    );
+                    None
+                }
+            },
+        }
     }
 
     fn uplink_name(

@@ -23,13 +23,14 @@ mod routing;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::{self, Write as _};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::model::{Config, KernelOpts};
+pub use crate::net::Family;
 
 pub use marks::{assign_ids, PlanError};
 pub use policies::{hash_buckets, smooth_rotation, Decision, PolicyPlan};
-pub use routing::{next_hop, sysctl_path};
+pub use routing::{next_hop, next_hop6, sysctl_path};
 
 /// Routing protocol number stamped on every route and rule multiwan installs, so it can
 /// recognise (and only ever remove) its own.
@@ -51,6 +52,8 @@ pub struct Facts {
     /// Interface name → link facts. `None` means unknown (offline `plan`): every interface is
     /// assumed present, addresses are not known.
     pub links: Option<BTreeMap<String, Link>>,
+    /// The `fwmark value/mask` selectors of other users' `ip rule`s (both families).
+    pub foreign_marks: Vec<(u32, u32)>,
 }
 
 /// One interface as the kernel reports it.
@@ -63,9 +66,33 @@ pub struct Link {
     /// The gateway of a default route through this interface that multiwan did not install
     /// (typically the DHCP client's), for `gateway = "auto"`.
     pub gateway: Option<Ipv4Addr>,
+    /// Global IPv6 addresses on the interface (not link-local, not tentative).
+    pub addrs6: Vec<Ipv6Addr>,
+    /// The gateway of a foreign IPv6 default route through this interface (what router
+    /// advertisements install), for `gateway6 = "auto"`.
+    pub gateway6: Option<Ipv6Addr>,
 }
 
 impl Facts {
+    /// Marks multiwan must not add its bits to: for every foreign rule whose mask takes in
+    /// some of multiwan's bits (wg-quick's `not fwmark 0xca6c` matches all 32), the packets
+    /// that rule tells apart by the other bits — `(value, mask)` with multiwan's bits cleared.
+    /// A Tailscale-style rule (`0x80000/0xff0000`) is unaffected by multiwan's bits and needs
+    /// nothing. A rule on the value 0 (unmarked packets) cannot be protected and is left to
+    /// `multiwan doctor`.
+    pub fn fragile_marks(&self, ours: u32) -> Vec<(u32, u32)> {
+        let mut out: Vec<(u32, u32)> = self
+            .foreign_marks
+            .iter()
+            .filter(|(_, m)| m & ours != 0 && m & !ours != 0)
+            .map(|(v, m)| (v & m & !ours, m & !ours))
+            .filter(|(v, _)| *v != 0)
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
     /// Whether routes through `ifname` can be installed.
     pub fn routable(&self, ifname: &str, needs_addr: bool) -> bool {
         match &self.links {
@@ -76,12 +103,17 @@ impl Facts {
         }
     }
 
-    fn addrs(&self, ifname: &str) -> &[Ipv4Addr] {
-        self.links
-            .as_ref()
-            .and_then(|l| l.get(ifname))
-            .map(|l| l.addrs.as_slice())
-            .unwrap_or(&[])
+    fn link(&self, ifname: &str) -> Option<&Link> {
+        self.links.as_ref().and_then(|l| l.get(ifname))
+    }
+
+    /// The addresses of `family` on `ifname` (none offline).
+    fn addrs_of(&self, ifname: &str, family: Family) -> Vec<IpAddr> {
+        match (self.link(ifname), family) {
+            (None, _) => Vec::new(),
+            (Some(l), Family::V4) => l.addrs.iter().map(|a| IpAddr::V4(*a)).collect(),
+            (Some(l), Family::V6) => l.addrs6.iter().map(|a| IpAddr::V6(*a)).collect(),
+        }
     }
 }
 
@@ -101,11 +133,21 @@ pub enum RuleAction {
 /// One `ip rule` owned by multiwan.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct IpRule {
+    pub family: Family,
     pub priority: u32,
     /// (mark, mask)
     pub fwmark: Option<(u32, u32)>,
-    pub from: Option<Ipv4Addr>,
+    /// A source address of `family`.
+    pub from: Option<IpAddr>,
     pub action: RuleAction,
+}
+
+/// `ip` or `ip -6`, as `plan` prints commands.
+fn ip_cmd(family: Family) -> &'static str {
+    match family {
+        Family::V4 => "ip",
+        Family::V6 => "ip -6",
+    }
 }
 
 impl IpRule {
@@ -140,7 +182,8 @@ impl IpRule {
 /// A next hop of a route.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Nexthop {
-    pub via: Option<Ipv4Addr>,
+    /// A gateway of the route's family (IPv6 gateways are often link-local).
+    pub via: Option<IpAddr>,
     pub dev: String,
     pub weight: u32,
 }
@@ -148,15 +191,35 @@ pub struct Nexthop {
 /// A default route in a table owned by multiwan.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Route {
+    pub family: Family,
     pub table: u32,
-    /// One entry: a plain route (weight ignored); several: a multipath route.
+    /// One entry: a plain route (weight ignored); several: a multipath route; none for an
+    /// `unreachable` or `blackhole` route.
     pub nexthops: Vec<Nexthop>,
+    pub kind: RouteKind,
+}
+
+/// The type of a route multiwan installs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RouteKind {
+    /// Through its next hops.
+    Unicast,
+    /// Refused with ICMP network unreachable (`when_all_down = "unreachable"`).
+    Unreachable,
+    /// Dropped silently (`when_all_down = "blackhole"`).
+    Blackhole,
 }
 
 impl Route {
     /// Arguments after `ip route replace` (what `plan` prints).
     pub fn args(&self) -> Vec<String> {
-        let mut a = vec!["default".to_string()];
+        let mut a = Vec::new();
+        match self.kind {
+            RouteKind::Unicast => {}
+            RouteKind::Unreachable => a.push("unreachable".to_string()),
+            RouteKind::Blackhole => a.push("blackhole".to_string()),
+        }
+        a.push("default".to_string());
         if let [nh] = self.nexthops.as_slice() {
             if let Some(via) = nh.via {
                 a.push("via".into());
@@ -201,8 +264,9 @@ pub struct Sysctl {
 pub enum Selector {
     /// `numgen inc|random mod MODULUS`: the slot count changes with the usable uplinks.
     Numgen { random: bool, modulus: u32 },
-    /// `jhash ip saddr [. ip daddr] mod HASH_BUCKETS seed HASH_SEED`: fixed slot count.
-    Jhash { with_dst: bool },
+    /// `jhash ip saddr [. ip daddr] mod HASH_BUCKETS seed HASH_SEED` (`ip6` for IPv6): a
+    /// fixed slot count.
+    Jhash { with_dst: bool, v6: bool },
 }
 
 impl Selector {
@@ -213,11 +277,12 @@ impl Selector {
                 let kind = if *random { "random" } else { "inc" };
                 format!("numgen {kind} mod {modulus}")
             }
-            Selector::Jhash { with_dst } => {
-                let key = if *with_dst {
-                    "ip saddr . ip daddr"
-                } else {
-                    "ip saddr"
+            Selector::Jhash { with_dst, v6 } => {
+                let key = match (*with_dst, *v6) {
+                    (true, false) => "ip saddr . ip daddr",
+                    (false, false) => "ip saddr",
+                    (true, true) => "ip6 saddr . ip6 daddr",
+                    (false, true) => "ip6 saddr",
                 };
                 format!("jhash {key} mod {HASH_BUCKETS} seed {:#010x}", HASH_SEED)
             }
@@ -238,9 +303,9 @@ impl Selector {
 /// `to_main` / `to_none`. This is the only state a health change alters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyMap {
-    /// `policy_default` or `rule_NAME`.
+    /// `policy_default` or `rule_NAME` (IPv6: `policy6_default`, `rule6_NAME`).
     pub chain: String,
-    /// `m_policy_default` or `m_rule_NAME`.
+    /// `m_` and the chain's name.
     pub map: String,
     pub selector: Selector,
     /// Slot → target chain, slots `0..n` in order.
@@ -330,12 +395,17 @@ impl fmt::Display for Plan {
         writeln!(f)?;
         writeln!(f, "# policy routing rules")?;
         for r in &self.rules {
-            writeln!(f, "ip rule add {}", r.args().join(" "))?;
+            writeln!(f, "{} rule add {}", ip_cmd(r.family), r.args().join(" "))?;
         }
         writeln!(f)?;
         writeln!(f, "# routes")?;
         for r in &self.routes {
-            writeln!(f, "ip route replace {}", r.args().join(" "))?;
+            writeln!(
+                f,
+                "{} route replace {}",
+                ip_cmd(r.family),
+                r.args().join(" ")
+            )?;
         }
         writeln!(f)?;
         writeln!(f, "# sysctls")?;
@@ -414,11 +484,28 @@ impl Ctx<'_> {
     }
 }
 
-/// Builds the plan. `usable` names the uplinks that may take new connections.
+/// Builds the plan. `usable` names the uplinks that may take new connections, for both
+/// families (IPv6 uses those of them that carry it).
 pub fn plan(
     cfg: &Config,
     ids: &BTreeMap<String, u32>,
     usable: &BTreeSet<String>,
+    facts: &Facts,
+) -> Plan {
+    plan_dual(cfg, ids, usable, usable, facts)
+}
+
+/// Whether any uplink carries IPv6: without, IPv6 is left to the main table entirely.
+pub fn has_ipv6(cfg: &Config) -> bool {
+    cfg.uplinks.iter().any(|u| u.ipv6.is_some())
+}
+
+/// Builds the plan with each family's usable uplinks (health is per family).
+pub fn plan_dual(
+    cfg: &Config,
+    ids: &BTreeMap<String, u32>,
+    usable4: &BTreeSet<String>,
+    usable6: &BTreeSet<String>,
     facts: &Facts,
 ) -> Plan {
     let ctx = Ctx {
@@ -426,19 +513,24 @@ pub fn plan(
         k: cfg.kernel,
         ids,
     };
-    let pol = policies::build(&ctx, usable);
+    let mut pols = vec![policies::build(&ctx, usable4, Family::V4)];
+    if has_ipv6(cfg) {
+        pols.push(policies::build(&ctx, usable6, Family::V6));
+    }
     // The table body, twice: as installed, and without the policies' state for the digest.
     let body = |with_state: bool| {
         let mut w = String::new();
         w.push_str(&marks::chains(&ctx));
         w.push_str(&marks::restore_map(&ctx));
-        for m in &pol.maps {
-            w.push_str(&m.text(with_state));
+        for pol in &pols {
+            for m in &pol.maps {
+                w.push_str(&m.text(with_state));
+            }
+            w.push_str(&pol.static_chains);
+            w.push_str(&pol.balance);
         }
-        w.push_str(&pol.static_chains);
-        w.push_str(&pol.balance);
-        w.push_str(&hooks::prerouting(&ctx));
-        w.push_str(&hooks::output(&ctx));
+        w.push_str(&hooks::prerouting(&ctx, facts));
+        w.push_str(&hooks::output(&ctx, facts));
         w.push_str(&nat::postrouting(&ctx));
         w
     };
@@ -449,17 +541,25 @@ pub fn plan(
         "table {NFT_FAMILY} {NFT_TABLE} {{\n\tcomment \"multiwan {dg}\"\n\n{}}}\n",
         body(true)
     );
-    let routing = routing::build(&ctx, facts, &pol.default_usable);
+    let mut rules = Vec::new();
+    let mut routes = Vec::new();
+    let mut tables = BTreeSet::new();
+    for pol in &pols {
+        let r = routing::build(&ctx, facts, &pol.default_usable, pol.family);
+        rules.extend(r.rules);
+        routes.extend(r.routes);
+        tables.extend(r.tables);
+    }
     Plan {
         nft,
         digest: dg,
-        policy_maps: pol.maps,
-        rules: routing.rules,
-        routes: routing.routes,
+        policy_maps: pols.iter().flat_map(|p| p.maps.clone()).collect(),
+        rules,
+        routes,
         sysctls: routing::sysctls(cfg, facts),
-        policies: pol.decisions,
+        policies: pols.into_iter().flat_map(|p| p.decisions).collect(),
         ids: ids.clone(),
-        tables: routing.tables,
+        tables,
     }
 }
 

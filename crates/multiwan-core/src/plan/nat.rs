@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
 use super::{hex, shares_interface, Ctx};
-use crate::model::Snat;
+use crate::model::{Snat, Snat6};
 
 pub(super) fn postrouting(ctx: &Ctx) -> String {
     let cfg = ctx.cfg;
@@ -20,6 +20,7 @@ pub(super) fn postrouting(ctx: &Ctx) -> String {
     );
     let mut fallback_done = BTreeSet::new();
     let mut fallbacks = Vec::new();
+    let mut fallbacks6 = Vec::new();
     for (i, u) in cfg.uplinks.iter().enumerate() {
         let nat = match u.snat {
             Snat::None => continue,
@@ -44,6 +45,35 @@ pub(super) fn postrouting(ctx: &Ctx) -> String {
         }
     }
     for f in fallbacks {
+        let _ = writeln!(w, "{f}");
+    }
+    // IPv6: NAT66 to the uplink's address unless this ISP routes the LAN's prefix.
+    let mut fallback_done = BTreeSet::new();
+    for (i, u) in cfg.uplinks.iter().enumerate() {
+        let Some(v6) = &u.ipv6 else { continue };
+        let nat = match v6.snat {
+            Snat6::None => continue,
+            Snat6::Auto => "masquerade".to_string(),
+            Snat6::To(a) => format!("snat ip6 to {a}"),
+        };
+        if shares_interface(cfg, i) {
+            let _ = writeln!(
+                w,
+                "\t\toifname \"{}\" meta nfproto ipv6 ct mark and {mask} == {} {nat}",
+                u.interface,
+                hex(ctx.mark(i))
+            );
+            if fallback_done.insert(u.interface.clone()) {
+                fallbacks6.push(format!(
+                    "\t\toifname \"{}\" meta nfproto ipv6 {nat}",
+                    u.interface
+                ));
+            }
+        } else {
+            let _ = writeln!(w, "\t\toifname \"{}\" meta nfproto ipv6 {nat}", u.interface);
+        }
+    }
+    for f in fallbacks6 {
         let _ = writeln!(w, "{f}");
     }
     let _ = writeln!(w, "\t}}");

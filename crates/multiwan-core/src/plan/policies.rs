@@ -7,8 +7,8 @@
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
-use super::{set_expr, Ctx, PolicyMap, Selector, HASH_BUCKETS};
-use crate::model::{Config, Method, Mode, WhenAllDown};
+use super::{set_expr, Ctx, Family, PolicyMap, Selector, HASH_BUCKETS};
+use crate::model::{Config, Method, Mode, Rule, WhenAllDown};
 
 /// What a policy (the default or one rule) does with new connections right now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,7 +30,20 @@ pub enum Decision {
 pub struct PolicyPlan {
     /// `default` or the rule name.
     pub name: String,
+    /// The family whose new connections it decides.
+    pub family: Family,
     pub decision: Decision,
+}
+
+/// The names of a family's chains: IPv4 keeps the historical names, IPv6 adds a `6`.
+pub(super) fn chain_name(family: Family, base: &str) -> String {
+    match family {
+        Family::V4 => base.to_string(),
+        Family::V6 => match base.split_once('_') {
+            Some((a, b)) => format!("{a}6_{b}"),
+            None => format!("{base}6"),
+        },
+    }
 }
 
 /// Which uplinks a policy chooses from, after tiers and usability.
@@ -161,7 +174,8 @@ pub fn hash_buckets(weights: &[u32], usable: &[bool]) -> Vec<usize> {
 
 /// The selector a policy uses: fixed by its mode and the balance method (structure), never by
 /// health. Failover policies always hold one slot.
-fn selector(method: Method, mode: Mode, slots: u32) -> Selector {
+fn selector(method: Method, mode: Mode, slots: u32, family: Family) -> Selector {
+    let v6 = family == Family::V6;
     match (mode, method) {
         (Mode::Failover, _) => Selector::Numgen {
             random: false,
@@ -175,13 +189,22 @@ fn selector(method: Method, mode: Mode, slots: u32) -> Selector {
             random: true,
             modulus: slots,
         },
-        (_, Method::SrcHash) => Selector::Jhash { with_dst: false },
-        (_, Method::SrcDstHash) => Selector::Jhash { with_dst: true },
+        (_, Method::SrcHash) => Selector::Jhash {
+            with_dst: false,
+            v6,
+        },
+        (_, Method::SrcDstHash) => Selector::Jhash { with_dst: true, v6 },
     }
 }
 
 /// The map elements and decision of one policy.
-fn policy_map(ctx: &Ctx, chain: String, mode: Mode, sel: &Selection) -> (PolicyMap, Decision) {
+fn policy_map(
+    ctx: &Ctx,
+    chain: String,
+    mode: Mode,
+    sel: &Selection,
+    family: Family,
+) -> (PolicyMap, Decision) {
     let cfg = ctx.cfg;
     let method = cfg.balance.method;
     let hashed = mode == Mode::Balance && matches!(method, Method::SrcHash | Method::SrcDstHash);
@@ -229,7 +252,7 @@ fn policy_map(ctx: &Ctx, chain: String, mode: Mode, sel: &Selection) -> (PolicyM
     } else {
         targets
     };
-    let selector = selector(method, mode, targets.len() as u32);
+    let selector = selector(method, mode, targets.len() as u32, family);
     let map = PolicyMap {
         map: format!("m_{chain}"),
         chain,
@@ -239,13 +262,14 @@ fn policy_map(ctx: &Ctx, chain: String, mode: Mode, sel: &Selection) -> (PolicyM
     (map, decision)
 }
 
-/// Everything the policies contribute to the plan.
+/// Everything one family's policies contribute to the plan.
 pub(super) struct Policies {
+    pub family: Family,
     /// Health-dependent policies, rules first, then the default.
     pub maps: Vec<PolicyMap>,
     /// Chains of bypass rules (`goto to_main`), which no health change alters.
     pub static_chains: String,
-    /// The `balance` chain.
+    /// The `balance` chain (`balance6` for IPv6).
     pub balance: String,
     /// Every policy's decision, in rule order, the default last.
     pub decisions: Vec<PolicyPlan>,
@@ -254,13 +278,26 @@ pub(super) struct Policies {
     pub default_usable: Option<Vec<usize>>,
 }
 
-pub(super) fn build(ctx: &Ctx, usable: &BTreeSet<String>) -> Policies {
+/// Whether uplink `i` carries `family`.
+fn carries(cfg: &Config, i: usize, family: Family) -> bool {
+    cfg.uplinks[i].has(family)
+}
+
+/// Whether a rule matches `family`'s traffic.
+fn rule_matches(r: &Rule, family: Family) -> bool {
+    match family {
+        Family::V4 => r.v4,
+        Family::V6 => r.v6,
+    }
+}
+
+pub(super) fn build(ctx: &Ctx, usable: &BTreeSet<String>, family: Family) -> Policies {
     let cfg = ctx.cfg;
     let mut maps = Vec::new();
     let mut decisions = Vec::new();
     let mut static_chains = String::new();
-    for r in &cfg.rules {
-        let chain = format!("rule_{}", r.name);
+    for r in cfg.rules.iter().filter(|r| rule_matches(r, family)) {
+        let chain = chain_name(family, &format!("rule_{}", r.name));
         if r.mode == Mode::Bypass {
             let _ = writeln!(
                 static_chains,
@@ -268,24 +305,36 @@ pub(super) fn build(ctx: &Ctx, usable: &BTreeSet<String>) -> Policies {
             );
             decisions.push(PolicyPlan {
                 name: r.name.clone(),
+                family,
                 decision: Decision::Main,
             });
             continue;
         }
-        let sel = select(cfg, &r.uplinks, r.mode, usable);
-        let (m, d) = policy_map(ctx, chain, r.mode, &sel);
+        let members: Vec<usize> = r
+            .uplinks
+            .iter()
+            .copied()
+            .filter(|i| carries(cfg, *i, family))
+            .collect();
+        let sel = select(cfg, &members, r.mode, usable);
+        let (m, d) = policy_map(ctx, chain, r.mode, &sel, family);
         maps.push(m);
         decisions.push(PolicyPlan {
             name: r.name.clone(),
+            family,
             decision: d,
         });
     }
-    let all: Vec<usize> = (0..cfg.uplinks.len()).collect();
+    let all: Vec<usize> = (0..cfg.uplinks.len())
+        .filter(|i| carries(cfg, *i, family))
+        .collect();
     let default_sel = select(cfg, &all, Mode::Balance, usable);
-    let (m, d) = policy_map(ctx, "policy_default".into(), Mode::Balance, &default_sel);
+    let chain = chain_name(family, "policy_default");
+    let (m, d) = policy_map(ctx, chain, Mode::Balance, &default_sel, family);
     maps.push(m);
     decisions.push(PolicyPlan {
         name: "default".into(),
+        family,
         decision: d,
     });
     let default_usable = match default_sel {
@@ -293,28 +342,43 @@ pub(super) fn build(ctx: &Ctx, usable: &BTreeSet<String>) -> Policies {
         _ => None,
     };
     Policies {
+        family,
         maps,
         static_chains,
-        balance: balance_chain(cfg),
+        balance: balance_chain(cfg, family),
         decisions,
         default_usable,
     }
 }
 
-/// The `[[rule]]` list: first match wins, then the default policy.
-fn balance_chain(cfg: &Config) -> String {
+/// The `[[rule]]` list of a family: first match wins, then the default policy.
+fn balance_chain(cfg: &Config, family: Family) -> String {
     let mut w = String::new();
-    let _ = writeln!(w, "\tchain balance {{");
-    for r in &cfg.rules {
+    let (ip, goto) = match family {
+        Family::V4 => ("ip", "rule_"),
+        Family::V6 => ("ip6", "rule6_"),
+    };
+    let _ = writeln!(w, "\tchain {} {{", chain_name(family, "balance"));
+    for r in cfg.rules.iter().filter(|r| rule_matches(r, family)) {
         let mut m = Vec::new();
-        if !r.src.is_empty() {
-            m.push(format!("ip saddr {}", set_expr(&r.src)));
+        let (src, dst) = match family {
+            Family::V4 => (
+                r.src.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+                r.dst.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+            ),
+            Family::V6 => (
+                r.src6.iter().map(|n| n.to_string()).collect(),
+                r.dst6.iter().map(|n| n.to_string()).collect(),
+            ),
+        };
+        if !src.is_empty() {
+            m.push(format!("{ip} saddr {}", set_expr(&src)));
         }
-        if !r.dst.is_empty() {
-            m.push(format!("ip daddr {}", set_expr(&r.dst)));
+        if !dst.is_empty() {
+            m.push(format!("{ip} daddr {}", set_expr(&dst)));
         }
         if let Some(p) = r.proto {
-            m.push(format!("meta l4proto {}", p.as_str()));
+            m.push(format!("meta l4proto {}", p.nft(family)));
         }
         if !r.sport.is_empty() {
             m.push(format!("th sport {}", set_expr(&r.sport)));
@@ -322,10 +386,14 @@ fn balance_chain(cfg: &Config) -> String {
         if !r.dport.is_empty() {
             m.push(format!("th dport {}", set_expr(&r.dport)));
         }
-        m.push(format!("counter goto rule_{}", r.name));
+        m.push(format!("counter goto {goto}{}", r.name));
         let _ = writeln!(w, "\t\t{}", m.join(" "));
     }
-    let _ = writeln!(w, "\t\tgoto policy_default\n\t}}\n");
+    let _ = writeln!(
+        w,
+        "\t\tgoto {}\n\t}}\n",
+        chain_name(family, "policy_default")
+    );
     w
 }
 
@@ -346,7 +414,7 @@ mod tests {
             k: KernelOpts::default(),
             ids: &ids,
         };
-        let p = build(&ctx, &all_usable(&c));
+        let p = build(&ctx, &all_usable(&c), Family::V4);
         let maps: String = p.maps.iter().map(|m| m.text(true)).collect();
         insta::assert_snapshot!(format!("{maps}{}{}", p.static_chains, p.balance));
     }

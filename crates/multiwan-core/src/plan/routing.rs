@@ -1,16 +1,20 @@
-//! Policy routing and sysctls. With priority *P* = `rule_priority`: `lookup main
-//! suppress_prefixlength 0` first (local and LAN routes win), then `fwmark → uplink table`,
-//! then `unreachable` per mark so marked traffic never leaks into the main table, then the
-//! router's own addresses, then the multipath default table for unmarked local traffic. One
-//! default route per uplink table, the multipath route, forwarding on, loose `rp_filter` on
-//! uplink interfaces only.
+//! Policy routing and sysctls, in two blocks. Marked traffic, at *P* = `rule_priority`:
+//! `fwmark → uplink table` (and `main` for the main mark), then at *P*+1 `unreachable` per
+//! mark so marked traffic never leaks into another table. These only match packets multiwan
+//! marked, and multiwan marks only connections whose own route would leave by an uplink, so
+//! they shadow nobody. Unmarked traffic, after everyone else's rules and just before `main`:
+//! 32763 `lookup main suppress_prefixlength 0` (specific routes win), 32764 the router's own
+//! uplink addresses, 32765 the multipath default table — so Tailscale's table 52,
+//! wg-quick's `not fwmark` table and the like see unmarked traffic first, as they would
+//! without multiwan. One default route per uplink table, the multipath route, forwarding
+//! on, loose `rp_filter` on uplink interfaces only.
 
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::policies::reduce;
-use super::{Ctx, Facts, IpRule, Nexthop, Route, RuleAction, Sysctl};
-use crate::model::{Config, Uplink, WhenAllDown};
+use super::{has_ipv6, Ctx, Facts, Family, IpRule, Nexthop, Route, RouteKind, RuleAction, Sysctl};
+use crate::model::{Config, Uplink, WhenAllDown, LATE_RULE_PRIORITY};
 
 /// The next hop of an uplink's route if it can be installed now: `Some(None)` for a device
 /// route (point-to-point), `Some(Some(g))` for a route via `g`, `None` when not installable
@@ -29,6 +33,29 @@ pub fn next_hop(u: &Uplink, facts: &Facts) -> Option<Option<Ipv4Addr>> {
         .then_some(u.gateway)
 }
 
+/// The IPv6 next hop of an uplink's route if it can be installed now: the interface is up
+/// with a global IPv6 address, and the gateway is fixed or has been learned (`auto`).
+pub fn next_hop6(u: &Uplink, facts: &Facts) -> Option<Ipv6Addr> {
+    let v6 = u.ipv6.as_ref()?;
+    let link = facts.links.as_ref().and_then(|l| l.get(&u.interface));
+    match (v6.gateway, link) {
+        // Offline: a fixed gateway is assumed routable, an auto one unknown.
+        (Some(g), None) if facts.links.is_none() => Some(g),
+        (_, None) => None,
+        (_, Some(l)) if !l.up || l.addrs6.is_empty() => None,
+        (Some(g), Some(_)) => Some(g),
+        (None, Some(l)) => l.gateway6,
+    }
+}
+
+/// The next hop of `family` as the route wants it.
+fn hop(u: &Uplink, facts: &Facts, family: Family) -> Option<Option<IpAddr>> {
+    match family {
+        Family::V4 => next_hop(u, facts).map(|g| g.map(IpAddr::V4)),
+        Family::V6 => next_hop6(u, facts).map(|g| Some(IpAddr::V6(g))),
+    }
+}
+
 /// Rules, routes and the tables they use.
 pub(super) struct Routing {
     pub rules: Vec<IpRule>,
@@ -36,11 +63,20 @@ pub(super) struct Routing {
     pub tables: BTreeSet<u32>,
 }
 
-pub(super) fn build(ctx: &Ctx, facts: &Facts, default_usable: &Option<Vec<usize>>) -> Routing {
+pub(super) fn build(
+    ctx: &Ctx,
+    facts: &Facts,
+    default_usable: &Option<Vec<usize>>,
+    family: Family,
+) -> Routing {
     let (cfg, k) = (ctx.cfg, ctx.k);
     let p = k.rule_priority;
+    let late = LATE_RULE_PRIORITY;
+    // Unmarked traffic: what main routes specifically stays there; only what would take a
+    // default route comes to the uplinks — and only after every other user's rules.
     let mut rules = vec![IpRule {
-        priority: p,
+        family,
+        priority: late,
         fwmark: None,
         from: None,
         action: RuleAction::MainNoDefault,
@@ -52,48 +88,58 @@ pub(super) fn build(ctx: &Ctx, facts: &Facts, default_usable: &Option<Vec<usize>
         tables.insert(table);
         let fw = Some((ctx.mark(i), k.mark_mask));
         rules.push(IpRule {
-            priority: p + 1,
+            family,
+            priority: p,
             fwmark: fw,
             from: None,
             action: RuleAction::Lookup(table),
         });
         rules.push(IpRule {
-            priority: p + 2,
+            family,
+            priority: p + 1,
             fwmark: fw,
             from: None,
             action: RuleAction::Unreachable,
         });
-        if let Some(via) = next_hop(u, facts) {
+        if !u.has(family) {
+            continue;
+        }
+        if let Some(via) = hop(u, facts, family) {
             routes.push(Route {
+                family,
                 table,
                 nexthops: vec![Nexthop {
                     via,
                     dev: u.interface.clone(),
                     weight: 1,
                 }],
+                kind: RouteKind::Unicast,
             });
         }
         // The router's own addresses on this uplink answer over it (seed 004 §4.2.2).
         let owner = cfg.uplinks.iter().position(|o| o.interface == u.interface) == Some(i);
         if owner {
-            for a in facts.addrs(&u.interface) {
+            for a in facts.addrs_of(&u.interface, family) {
                 rules.push(IpRule {
-                    priority: p + 3,
+                    family,
+                    priority: late + 1,
                     fwmark: None,
-                    from: Some(*a),
+                    from: Some(a),
                     action: RuleAction::Lookup(table),
                 });
             }
         }
     }
     rules.push(IpRule {
-        priority: p + 1,
+        family,
+        priority: p,
         fwmark: Some((k.mark_main(), k.mark_mask)),
         from: None,
         action: RuleAction::Lookup(254),
     });
     rules.push(IpRule {
-        priority: p + 2,
+        family,
+        priority: p + 1,
         fwmark: Some((k.mark_none(), k.mark_mask)),
         from: None,
         action: if cfg.balance.when_all_down == WhenAllDown::Blackhole {
@@ -102,16 +148,30 @@ pub(super) fn build(ctx: &Ctx, facts: &Facts, default_usable: &Option<Vec<usize>
             RuleAction::Unreachable
         },
     });
-    if let (true, Some(usable)) = (cfg.balance.local, default_usable) {
-        if let Some(r) = multipath(cfg, facts, usable, k.table_base) {
-            routes.push(r);
-            rules.push(IpRule {
-                priority: p + 4,
-                fwmark: None,
-                from: None,
-                action: RuleAction::Lookup(k.table_base),
-            });
-        }
+    // The default for everyone's unmarked lookups: the router's own traffic, and the
+    // `egress` chain's question whether a LAN connection would leave by an uplink. With
+    // nothing usable it answers as `when_all_down` says (main: no route here, fall through).
+    if let Some(usable) = default_usable {
+        let all_down = match cfg.balance.when_all_down {
+            WhenAllDown::Unreachable => Some(RouteKind::Unreachable),
+            WhenAllDown::Blackhole => Some(RouteKind::Blackhole),
+            WhenAllDown::Main => None,
+        };
+        let route =
+            multipath(cfg, facts, usable, k.table_base, family).or(all_down.map(|kind| Route {
+                family,
+                table: k.table_base,
+                nexthops: Vec::new(),
+                kind,
+            }));
+        routes.extend(route);
+        rules.push(IpRule {
+            family,
+            priority: late + 2,
+            fwmark: None,
+            from: None,
+            action: RuleAction::Lookup(k.table_base),
+        });
     }
     rules.sort();
     rules.dedup();
@@ -125,10 +185,16 @@ pub(super) fn build(ctx: &Ctx, facts: &Facts, default_usable: &Option<Vec<usize>
 
 /// The weighted multipath default route over the default policy's routable usable uplinks,
 /// for the router's own unmarked traffic.
-fn multipath(cfg: &Config, facts: &Facts, usable: &[usize], table: u32) -> Option<Route> {
-    let routable: Vec<(usize, Option<Ipv4Addr>)> = usable
+fn multipath(
+    cfg: &Config,
+    facts: &Facts,
+    usable: &[usize],
+    table: u32,
+    family: Family,
+) -> Option<Route> {
+    let routable: Vec<(usize, Option<IpAddr>)> = usable
         .iter()
-        .filter_map(|i| next_hop(&cfg.uplinks[*i], facts).map(|via| (*i, via)))
+        .filter_map(|i| hop(&cfg.uplinks[*i], facts, family).map(|via| (*i, via)))
         .collect();
     if routable.is_empty() {
         return None;
@@ -140,6 +206,7 @@ fn multipath(cfg: &Config, facts: &Facts, usable: &[usize], table: u32) -> Optio
             .collect::<Vec<_>>(),
     );
     Some(Route {
+        family,
         table,
         nexthops: routable
             .iter()
@@ -150,6 +217,7 @@ fn multipath(cfg: &Config, facts: &Facts, usable: &[usize], table: u32) -> Optio
                 weight: w,
             })
             .collect(),
+        kind: RouteKind::Unicast,
     })
 }
 
@@ -167,13 +235,36 @@ pub(super) fn sysctls(cfg: &Config, facts: &Facts) -> Vec<Sysctl> {
         value: "1".into(),
     })
     .collect();
+    let exists = |i: &str| facts.links.as_ref().is_none_or(|l| l.contains_key(i));
     let ifaces: BTreeSet<&str> = cfg.uplinks.iter().map(|u| u.interface.as_str()).collect();
     for i in ifaces {
-        if facts.links.as_ref().is_none_or(|l| l.contains_key(i)) {
+        if exists(i) {
             sysctls.push(Sysctl {
                 key: format!("net.ipv4.conf.{i}.rp_filter"),
                 value: "2".into(),
             });
+        }
+    }
+    if has_ipv6(cfg) {
+        sysctls.push(Sysctl {
+            key: "net.ipv6.conf.all.forwarding".into(),
+            value: "1".into(),
+        });
+        // With forwarding on, the kernel ignores router advertisements unless accept_ra is 2:
+        // a `gateway6 = "auto"` uplink would never learn (or renew) its default route.
+        let auto: BTreeSet<&str> = cfg
+            .uplinks
+            .iter()
+            .filter(|u| u.ipv6.as_ref().is_some_and(|v| v.gateway.is_none()))
+            .map(|u| u.interface.as_str())
+            .collect();
+        for i in auto {
+            if exists(i) {
+                sysctls.push(Sysctl {
+                    key: format!("net.ipv6.conf.{i}.accept_ra"),
+                    value: "2".into(),
+                });
+            }
         }
     }
     sysctls
@@ -183,16 +274,21 @@ pub(super) fn sysctls(cfg: &Config, facts: &Facts) -> Vec<Sysctl> {
 /// are derived from keys, never stored, so a saved state file cannot make `down` write
 /// anywhere else; interface names must be ones the kernel allows (no `/`, not `.`/`..`).
 pub fn sysctl_path(key: &str) -> Option<String> {
-    const FIXED: [&str; 3] = [
+    const FIXED: [&str; 4] = [
         "net.ipv4.ip_forward",
         "net.netfilter.nf_conntrack_acct",
         "net.netfilter.nf_conntrack_timestamp",
+        "net.ipv6.conf.all.forwarding",
     ];
     if FIXED.contains(&key) {
         return Some(format!("/proc/sys/{}", key.replace('.', "/")));
     }
-    let rest = key.strip_prefix("net.ipv4.conf.")?;
-    let ifname = rest.strip_suffix(".rp_filter")?;
+    let (dir, ifname, leaf) = if let Some(rest) = key.strip_prefix("net.ipv4.conf.") {
+        ("ipv4", rest.strip_suffix(".rp_filter")?, "rp_filter")
+    } else {
+        let rest = key.strip_prefix("net.ipv6.conf.")?;
+        ("ipv6", rest.strip_suffix(".accept_ra")?, "accept_ra")
+    };
     let valid = !ifname.is_empty()
         && ifname.len() <= 15
         && ifname != "."
@@ -200,7 +296,7 @@ pub fn sysctl_path(key: &str) -> Option<String> {
         && ifname
             .bytes()
             .all(|b| b.is_ascii_graphic() && b != b'/' && b != b':');
-    valid.then(|| format!("/proc/sys/net/ipv4/conf/{ifname}/rp_filter"))
+    valid.then(|| format!("/proc/sys/net/{dir}/conf/{ifname}/{leaf}"))
 }
 
 #[cfg(test)]
@@ -218,6 +314,15 @@ mod tests {
             Some("/proc/sys/net/ipv4/conf/eth0.100/rp_filter"),
             "dots in interface names stay in the name"
         );
+        assert_eq!(
+            sysctl_path("net.ipv6.conf.wan1.accept_ra").as_deref(),
+            Some("/proc/sys/net/ipv6/conf/wan1/accept_ra")
+        );
+        assert_eq!(
+            sysctl_path("net.ipv6.conf.all.forwarding").as_deref(),
+            Some("/proc/sys/net/ipv6/conf/all/forwarding")
+        );
+        assert_eq!(sysctl_path("net.ipv6.conf.wan1.forwarding"), None);
         assert_eq!(
             sysctl_path("net.netfilter.nf_conntrack_acct").as_deref(),
             Some("/proc/sys/net/netfilter/nf_conntrack_acct")

@@ -19,7 +19,7 @@ use super::procs::ForkCounter;
 use super::{max, median, ms, percentile, Section};
 use crate::daemon::{unix_now, LabDaemon};
 use crate::scratch::private_dir;
-use crate::topology::{IspSpec, Topology, TopologySpec, SERVER_ADDR};
+use crate::topology::{Family, IspSpec, Topology, TopologySpec, ROUTER_IPV6};
 use crate::traffic::{self, Server};
 
 /// How long a trial waits for recovery or failback before it counts as failed.
@@ -32,6 +32,10 @@ struct Variant {
     trials: usize,
     carrier: bool,
     main_routes: usize,
+    /// The family whose new connections (and survivor flow) are measured.
+    family: Family,
+    /// Cut only the IPv6 upstream (IPv4 keeps working): per-family health.
+    cut_only6: bool,
 }
 
 #[derive(Default)]
@@ -54,7 +58,37 @@ struct Trial {
     survivor_lost: u64,
 }
 
+/// The IPv6 rows (measured only with [`ROUTER_IPV6`]): the whole upstream cut, seen from IPv6
+/// connections, and the IPv6 upstream cut alone.
+fn variants6(quick: bool) -> Vec<Variant> {
+    if !ROUTER_IPV6 {
+        return Vec::new();
+    }
+    let trials = if quick { 2 } else { 20 };
+    [
+        ("IPv6: defaults, upstream cut (both families)", false),
+        ("IPv6: defaults, only the IPv6 upstream cut", true),
+    ]
+    .into_iter()
+    .map(|(label, cut_only6)| Variant {
+        label,
+        check: "",
+        trials,
+        carrier: false,
+        main_routes: 0,
+        family: Family::V6,
+        cut_only6,
+    })
+    .collect()
+}
+
 fn variants(quick: bool) -> Vec<Variant> {
+    let mut v = variants4(quick);
+    v.extend(variants6(quick));
+    v
+}
+
+fn variants4(quick: bool) -> Vec<Variant> {
     let defaults = "defaults (100 ms, 200 ms timeout, down 6, up 10), upstream cut";
     let routes = "defaults, upstream cut, 100 000 routes in the main table";
     if quick {
@@ -65,6 +99,8 @@ fn variants(quick: bool) -> Vec<Variant> {
                 trials: 3,
                 carrier: false,
                 main_routes: 0,
+                family: Family::V4,
+                cut_only6: false,
             },
             Variant {
                 label: routes,
@@ -72,6 +108,8 @@ fn variants(quick: bool) -> Vec<Variant> {
                 trials: 1,
                 carrier: false,
                 main_routes: 100_000,
+                family: Family::V4,
+                cut_only6: false,
             },
         ];
     }
@@ -82,6 +120,8 @@ fn variants(quick: bool) -> Vec<Variant> {
             trials: 20,
             carrier: false,
             main_routes: 0,
+            family: Family::V4,
+            cut_only6: false,
         },
         Variant {
             label: "200 ms, 300 ms timeout, down 3, up 5 (the issue's example), upstream cut",
@@ -89,6 +129,8 @@ fn variants(quick: bool) -> Vec<Variant> {
             trials: 20,
             carrier: false,
             main_routes: 0,
+            family: Family::V4,
+            cut_only6: false,
         },
         Variant {
             label: "50 ms, 150 ms timeout, down 6, up 10, upstream cut",
@@ -96,6 +138,8 @@ fn variants(quick: bool) -> Vec<Variant> {
             trials: 20,
             carrier: false,
             main_routes: 0,
+            family: Family::V4,
+            cut_only6: false,
         },
         Variant {
             label: "defaults, carrier loss",
@@ -103,6 +147,8 @@ fn variants(quick: bool) -> Vec<Variant> {
             trials: 20,
             carrier: true,
             main_routes: 0,
+            family: Family::V4,
+            cut_only6: false,
         },
         Variant {
             label: routes,
@@ -110,6 +156,8 @@ fn variants(quick: bool) -> Vec<Variant> {
             trials: 10,
             carrier: false,
             main_routes: 100_000,
+            family: Family::V4,
+            cut_only6: false,
         },
     ]
 }
@@ -133,19 +181,27 @@ fn install_main_routes(topo: &Topology, n: usize) -> Result<()> {
     Ok(())
 }
 
-/// A UDP flow pinned to the surviving uplink (isp2), found by trying new flows.
-fn survivor_flow(host: &crate::netns::Netns, ep: std::net::SocketAddrV4) -> Result<UdpSocket> {
+/// A UDP flow of the endpoint's family pinned to the surviving uplink (isp2), found by trying
+/// new flows.
+fn survivor_flow(topo: &Topology, ep: std::net::SocketAddr) -> Result<UdpSocket> {
+    let host = &topo.hosts[0].ns;
+    let isp2 = topo.router_addr_of(1, Family::of(ep.ip()));
     for _ in 0..8 {
         let s = host
             .spawn(move || -> Result<UdpSocket> {
-                let s = UdpSocket::bind("0.0.0.0:0")?;
+                let any: std::net::SocketAddr = if ep.is_ipv6() {
+                    (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+                } else {
+                    (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+                };
+                let s = UdpSocket::bind(any)?;
                 s.connect(ep)?;
                 s.set_read_timeout(Some(Duration::from_millis(500)))?;
                 s.send(b"x")?;
                 let mut b = [0u8; 64];
                 let n = s.recv(&mut b)?;
-                let seen: Ipv4Addr = std::str::from_utf8(&b[..n])?.trim().parse()?;
-                if seen == Ipv4Addr::new(10, 37, 2, 253) {
+                let seen: std::net::IpAddr = std::str::from_utf8(&b[..n])?.trim().parse()?;
+                if seen == isp2 {
                     Ok(s)
                 } else {
                     bail!("on isp1")
@@ -226,10 +282,7 @@ fn failover_trials(bin: &Path, v: &Variant) -> Result<Vec<Trial>> {
     if v.main_routes > 0 {
         install_main_routes(&topo, v.main_routes)?;
     }
-    let text = topo.config("round-robin", &[1, 1]).replace(
-        &format!("targets = [\"{SERVER_ADDR}\"]\n"),
-        &format!("targets = [\"{SERVER_ADDR}\"]\n{}", v.check),
-    );
+    let text = with_check(&topo.config("round-robin", &[1, 1]), v.check);
     let dir = private_dir("bench")?;
     let cfg = dir.path().join("multiwan.toml");
     std::fs::write(&cfg, &text)?;
@@ -242,30 +295,70 @@ fn failover_trials(bin: &Path, v: &Variant) -> Result<Vec<Trial>> {
         true,
         &[],
     )?;
-    let server = Server::start(&topo.server, topo.server_endpoint())?;
+    let server = Server::start_all(&topo.server, &topo.server_endpoints())?;
     let mut trials = Vec::new();
     for _ in 0..v.trials {
         let start = Instant::now();
-        while daemon.uplink_state("isp1").as_deref() != Some("up") {
+        // Both families back up (an uplink without IPv6 has no IPv6 state).
+        let up = |f| {
+            matches!(
+                daemon.uplink_state_of("isp1", f).as_deref(),
+                Some("up") | None
+            )
+        };
+        while !(up(Family::V4) && up(Family::V6)) {
             if start.elapsed() > LIMIT {
                 bail!("isp1 did not come up between trials:\n{}", daemon.log());
             }
             std::thread::sleep(Duration::from_millis(5));
         }
         std::thread::sleep(Duration::from_millis(300));
-        trials.push(trial(&topo, &daemon, v.carrier)?);
+        trials.push(trial(&topo, &daemon, v)?);
     }
     drop(server);
     daemon.stop()?;
     Ok(trials)
 }
 
-/// One connection attempt from the first LAN host: the uplink (0-based) it used.
-fn attempt(topo: &Topology, timeout: Duration) -> Option<usize> {
-    let ep = topo.server_endpoint();
+/// The generated config with `check` (settings for `[uplink.check]`, one per line) after every
+/// uplink's `targets` line, whatever the targets are.
+fn with_check(config: &str, check: &str) -> String {
+    config
+        .lines()
+        .map(|l| {
+            if l.starts_with("targets = ") {
+                format!("{l}\n{check}")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect()
+}
+
+/// Cuts (or, with `restore`, repairs) what variant `v` breaks on the first uplink.
+fn break_uplink(topo: &Topology, v: &Variant, restore: bool) -> Result<()> {
+    match (v.carrier, v.cut_only6, restore) {
+        (true, _, false) => topo.isps[0]
+            .ns
+            .ip(&["link", "set", "cpe", "down"])
+            .map(|_| ()),
+        (true, _, true) => topo.isps[0]
+            .ns
+            .ip(&["link", "set", "cpe", "up"])
+            .map(|_| ()),
+        (false, true, false) => topo.cut_upstream6(0),
+        (false, true, true) => topo.restore_upstream6(0),
+        (false, false, false) => topo.cut_upstream(0),
+        (false, false, true) => topo.restore_upstream(0),
+    }
+}
+
+/// One connection attempt of `family` from the first LAN host: the uplink (0-based) it used.
+fn attempt(topo: &Topology, family: Family, timeout: Duration) -> Option<usize> {
+    let ep = topo.endpoint(family);
     topo.hosts[0]
         .ns
-        .spawn(move || traffic::tcp_hello(ep, timeout).ok())
+        .spawn(move || traffic::tcp_hello_ip(ep, timeout).ok())
         .ok()
         .and_then(|h| h.join().ok())
         .flatten()
@@ -274,22 +367,18 @@ fn attempt(topo: &Topology, timeout: Duration) -> Option<usize> {
 
 /// Cut, wait for ten good connections in a row, repair, wait for failback; read the daemon's
 /// log for what it did and when.
-fn trial(topo: &Topology, daemon: &LabDaemon, carrier: bool) -> Result<Trial> {
-    let stream = Stream::start(survivor_flow(&topo.hosts[0].ns, topo.server_endpoint())?)?;
+fn trial(topo: &Topology, daemon: &LabDaemon, v: &Variant) -> Result<Trial> {
+    let stream = Stream::start(survivor_flow(topo, topo.endpoint(v.family))?)?;
     let forks = ForkCounter::start(daemon.pid()).ok();
     let log_from = daemon.log_len();
-    if carrier {
-        topo.isps[0].ns.ip(&["link", "set", "cpe", "down"])?;
-    } else {
-        topo.cut_upstream(0)?;
-    }
+    break_uplink(topo, v, false)?;
     // The cut is in effect once the command has returned: both clocks start here.
     let (cut, cut_wall) = (Instant::now(), unix_now());
     let mut t = Trial::default();
     let mut streak = 0;
     let mut first_ok = None;
     while cut.elapsed() < LIMIT {
-        if attempt(topo, Duration::from_millis(50)).is_some() {
+        if attempt(topo, v.family, Duration::from_millis(50)).is_some() {
             streak += 1;
             if streak == 1 {
                 first_ok = Some(cut.elapsed().as_secs_f64());
@@ -308,7 +397,7 @@ fn trial(topo: &Topology, daemon: &LabDaemon, carrier: bool) -> Result<Trial> {
         let lines = daemon.log_since(log_from);
         let down = lines
             .iter()
-            .find(|l| l.has("uplink down") && l.field("uplink") == Some("isp1"));
+            .find(|l| crate::demo::down_line(l, "isp1", v.family));
         t.detected = down.and_then(|l| l.unix_s).map(|s| s - cut_wall);
         t.updated = down.and_then(|d| {
             lines
@@ -322,16 +411,12 @@ fn trial(topo: &Topology, daemon: &LabDaemon, carrier: bool) -> Result<Trial> {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-    if carrier {
-        topo.isps[0].ns.ip(&["link", "set", "cpe", "up"])?;
-    } else {
-        topo.restore_upstream(0)?;
-    }
+    break_uplink(topo, v, true)?;
     let restored = Instant::now();
     while restored.elapsed() < LIMIT {
-        if daemon.uplink_state("isp1").as_deref() == Some("up")
-            && attempt(topo, Duration::from_millis(200)) == Some(0)
-        {
+        // The measured family's state (with only IPv6 cut, IPv4 never left "up").
+        let state_up = daemon.uplink_state_of("isp1", v.family).as_deref() == Some("up");
+        if state_up && attempt(topo, v.family, Duration::from_millis(200)) == Some(0) {
             t.failback = Some(restored.elapsed().as_secs_f64());
             break;
         }
@@ -365,9 +450,9 @@ fn dist(v: &[f64]) -> String {
     )
 }
 
-/// Sections 5 and 6: failover, failback, reconfiguration.
-pub(super) fn failover(bin: &Path, quick: bool) -> Result<(Section, Section)> {
-    let mut f = Section::new(
+/// The empty tables of sections 5 and 6, with what they measure.
+fn failover_sections() -> (Section, Section) {
+    let f = Section::new(
         "5. Failover and failback",
         "One of two uplinks loses its upstream (a blackhole route in the ISP: the link and the \
          gateway stay up) or its carrier. All three times run from the same moment, the cut, on \
@@ -388,7 +473,7 @@ pub(super) fn failover(bin: &Path, quick: bool) -> Result<(Section, Section)> {
             "failback",
         ],
     );
-    let mut r = Section::new(
+    let r = Section::new(
         "6. Reconfiguration",
         "The same trials: how long each of the daemon's kernel updates took (its own `took_ms`: \
          policy chains rewritten in one nft transaction plus the multipath route, read back and \
@@ -404,8 +489,15 @@ pub(super) fn failover(bin: &Path, quick: bool) -> Result<(Section, Section)> {
             "survivor packets lost",
         ],
     );
+    (f, r)
+}
+
+/// Sections 5 and 6: failover, failback, reconfiguration.
+pub(super) fn failover(bin: &Path, quick: bool) -> Result<(Section, Section)> {
+    let (mut f, mut r) = failover_sections();
     let mut default_recovered = Vec::new();
     let mut default_failback = Vec::new();
+    let mut v6_defaults = (Vec::new(), Vec::new());
     for v in variants(quick) {
         println!("   failover: {}, {} trials", v.label, v.trials);
         let trials = failover_trials(bin, &v)?;
@@ -425,8 +517,14 @@ pub(super) fn failover(bin: &Path, quick: bool) -> Result<(Section, Section)> {
         let sent: u64 = trials.iter().map(|t| t.survivor_sent).sum();
         let lost: u64 = trials.iter().map(|t| t.survivor_lost).sum();
         if v.check.is_empty() && !v.carrier && v.main_routes == 0 {
-            default_recovered = rec.clone();
-            default_failback = back.clone();
+            match (v.family, v.cut_only6) {
+                (Family::V4, _) => {
+                    default_recovered = rec.clone();
+                    default_failback = back.clone();
+                }
+                (Family::V6, false) => v6_defaults = (rec.clone(), back.clone()),
+                (Family::V6, true) => {}
+            }
         }
         let n = trials.len();
         let missing = |what: &str, got: usize| {
@@ -477,9 +575,28 @@ pub(super) fn failover(bin: &Path, quick: bool) -> Result<(Section, Section)> {
         ]);
     }
     goals(&mut f, &default_recovered, &default_failback);
+    ipv6_goals(&mut f, &v6_defaults.0, &v6_defaults.1);
     r.note("goal: zero packets lost on the surviving uplink; kernel update ≤ 5 ms p95 with no process spawned, flat with 100 000 routes in the main table (goals from the project's product brief)");
     r.note("the 100 000 routes (198.18.0.0/15, /32 each, via uplink 1's gateway) are installed with one `ip -batch -` before the daemon starts");
     Ok((f, r))
+}
+
+/// The same goals for IPv6 (the product brief: "IPv6 the same"), or why there are no IPv6 rows.
+fn ipv6_goals(f: &mut Section, recovered: &[f64], failback: &[f64]) {
+    if !ROUTER_IPV6 {
+        f.note("IPv6 rows: not measured — the router under test has no IPv6 support yet (the lab's topology::ROUTER_IPV6 is off)");
+        return;
+    }
+    let p_rec = percentile(recovered, 95.0);
+    let p_back = percentile(failback, 95.0);
+    f.note(format!(
+        "IPv6, whole upstream cut: goal ≤ 1 s until new IPv6 connections work: {} (p95 {}); failback ≤ 1.5 s: {} (p95 {})",
+        if p_rec <= 1.0 { "met" } else { "missed" },
+        ms(p_rec),
+        if p_back <= 1.5 { "met" } else { "missed" },
+        ms(p_back)
+    ));
+    f.note("IPv6 rows measure IPv6 connections and an IPv6 survivor flow; detection is the daemon's first line taking isp1's IPv6 down (`family=ipv6 to=down`) or the whole uplink down, failback is isp1's IPv6 state up again and a new IPv6 connection carried by it");
 }
 
 fn goals(f: &mut Section, recovered: &[f64], failback: &[f64]) {

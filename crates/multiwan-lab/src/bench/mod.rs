@@ -10,6 +10,7 @@
 mod failover;
 mod false_alarm;
 mod footprint;
+mod ipv6;
 mod procs;
 mod scale;
 
@@ -166,10 +167,10 @@ fn machine() -> String {
     )
 }
 
-/// Runs the benchmarks and writes the report.
 /// The sections `--bench-only` can name, in the order a full run has them.
-pub const SECTIONS: [&str; 8] = [
+pub const SECTIONS: [&str; 9] = [
     "forwarding",
+    "forwarding6",
     "split",
     "aggregation",
     "failover",
@@ -185,6 +186,10 @@ fn section(name: &str, bin: &Path, quick: bool) -> Result<Vec<Section>> {
         "forwarding" => {
             let (fwd, conn) = forwarding(bin, quick)?;
             vec![fwd, conn]
+        }
+        "forwarding6" => {
+            let (fwd6, conn6) = ipv6::forwarding6(bin, quick)?;
+            vec![fwd6, conn6]
         }
         "split" => vec![split_accuracy(bin, quick)?],
         "aggregation" => vec![aggregation(bin, quick)?],
@@ -632,6 +637,7 @@ fn aggregation(bin: &Path, quick: bool) -> Result<Section> {
                 .iter()
                 .map(|r| IspSpec {
                     rate_mbit: Some(*r),
+                    ..Default::default()
                 })
                 .collect(),
             lan_hosts: 2,

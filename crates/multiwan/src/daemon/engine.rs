@@ -3,24 +3,30 @@
 //! argument), kernel updates, conntrack flushes, hook calls and watch events come out. No
 //! thread, socket or clock lives here, so the logic runs against `kernel::fake` in tests with
 //! scripted time; `daemon::run` wires it to the real kernel, the probers and the listeners.
+//!
+//! Health is per family: an uplink with `gateway6` has an IPv4 and an IPv6 monitor, each fed
+//! by its own targets, so when only one family's path breaks only that family moves.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use multiwan_core::correlate::{target_label, Correlator};
 use multiwan_core::health::{self, LinkStatus, Monitor, State, Transition};
-use multiwan_core::model::OnUplinkDown;
-use multiwan_core::plan::{assign_ids, plan};
+use multiwan_core::model::{CheckMethod, OnUplinkDown, Uplink};
+use multiwan_core::plan::{assign_ids, plan_dual, Family};
 use multiwan_core::{Config, Facts, Plan};
-use serde::Serialize;
 
 use super::hooks::HookCall;
 use super::probe::ProbeSpec;
 use super::server;
+use super::RoundReport;
 use crate::control::WatchEvent;
 use crate::kernel::events::Change;
 use crate::kernel::Kernel;
+
+mod state;
 
 /// How often the kernel is verified against the plan even without a notification (nft
 /// changes are not reported over rtnetlink).
@@ -28,8 +34,8 @@ pub const VERIFY_EVERY: Duration = Duration::from_secs(30);
 /// How often RTT and loss are published (state.json, watch).
 pub const PUBLISH_EVERY: Duration = Duration::from_secs(1);
 
-/// One uplink's runtime state next to its config.
-pub struct UplinkRt {
+/// One family of one uplink: its monitor and what the daemon keeps about it.
+pub struct FamRt {
     pub monitor: Monitor,
     pub since_wall: SystemTime,
     pub counters: server::Counters,
@@ -37,7 +43,7 @@ pub struct UplinkRt {
     failover_from: Option<Instant>,
 }
 
-impl UplinkRt {
+impl FamRt {
     fn new(monitor: Monitor) -> Self {
         Self {
             monitor,
@@ -48,21 +54,63 @@ impl UplinkRt {
     }
 }
 
-/// What the kernel says about an uplink's interface (and its learned gateway).
-pub fn link_status(facts: &Facts, u: &multiwan_core::model::Uplink) -> LinkStatus {
-    match facts.links.as_ref().and_then(|l| l.get(&u.interface)) {
-        None => LinkStatus::Missing,
-        Some(l) if !l.up => LinkStatus::Down,
-        Some(l) if l.addrs.is_empty() => LinkStatus::NoAddress,
-        Some(l) if u.gateway_auto && l.gateway.is_none() => LinkStatus::NoGateway,
-        Some(_) => LinkStatus::Ok,
+/// One uplink's runtime state: IPv4, and IPv6 when it carries it.
+pub struct UplinkRt {
+    pub v4: FamRt,
+    pub v6: Option<FamRt>,
+}
+
+impl UplinkRt {
+    /// The family's state, if the uplink carries it.
+    pub fn fam(&self, family: Family) -> Option<&FamRt> {
+        match family {
+            Family::V4 => Some(&self.v4),
+            Family::V6 => self.v6.as_ref(),
+        }
+    }
+
+    fn fam_mut(&mut self, family: Family) -> Option<&mut FamRt> {
+        match family {
+            Family::V4 => Some(&mut self.v4),
+            Family::V6 => self.v6.as_mut(),
+        }
+    }
+
+    /// Its IPv4 monitor (every uplink has one).
+    pub fn monitor(&self) -> &Monitor {
+        &self.v4.monitor
     }
 }
 
-fn auto_gateways(cfg: &Config) -> BTreeSet<String> {
+/// What the kernel says about an uplink's interface for `family` (and its learned gateway).
+pub fn link_status(facts: &Facts, u: &Uplink, family: Family) -> LinkStatus {
+    let Some(l) = facts.links.as_ref().and_then(|l| l.get(&u.interface)) else {
+        return LinkStatus::Missing;
+    };
+    if !l.up {
+        return LinkStatus::Down;
+    }
+    match family {
+        Family::V4 if l.addrs.is_empty() => LinkStatus::NoAddress,
+        Family::V4 if u.gateway_auto && l.gateway.is_none() => LinkStatus::NoGateway,
+        Family::V6 if l.addrs6.is_empty() => LinkStatus::NoAddress,
+        Family::V6
+            if u.ipv6.as_ref().is_some_and(|v| v.gateway.is_none()) && l.gateway6.is_none() =>
+        {
+            LinkStatus::NoGateway
+        }
+        _ => LinkStatus::Ok,
+    }
+}
+
+/// The interfaces whose gateway of `family` is learned (`auto`).
+fn auto_gateways(cfg: &Config, family: Family) -> BTreeSet<String> {
     cfg.uplinks
         .iter()
-        .filter(|u| u.gateway_auto)
+        .filter(|u| match family {
+            Family::V4 => u.gateway_auto,
+            Family::V6 => u.ipv6.as_ref().is_some_and(|v| v.gateway.is_none()),
+        })
         .map(|u| u.interface.clone())
         .collect()
 }
@@ -82,6 +130,25 @@ fn unix_s(t: SystemTime) -> u64 {
     unix_ms(t) / 1000
 }
 
+fn idx(f: Family) -> usize {
+    match f {
+        Family::V4 => 0,
+        Family::V6 => 1,
+    }
+}
+
+/// The per-family health of the daemon.
+#[derive(Default)]
+struct FamilyState {
+    correlator: Correlator,
+    /// The uplinks taking new connections as last planned.
+    usable_now: BTreeSet<String>,
+    /// The last usable set while not failing open (what fail-open keeps).
+    last_usable: BTreeSet<String>,
+    /// Every uplink of this family is down by probes alone and the last ones are kept.
+    failing_open: bool,
+}
+
 /// The daemon's state.
 pub struct Engine<K: Kernel> {
     pub kernel: K,
@@ -93,8 +160,8 @@ pub struct Engine<K: Kernel> {
     pub facts: Facts,
     /// Something changed that the kernel must reflect.
     dirty: bool,
-    /// Uplinks that went down since the last reconcile and whose connections go.
-    to_flush: BTreeSet<String>,
+    /// (uplink, family) that went down since the last reconcile and whose connections go.
+    to_flush: BTreeSet<(String, Family)>,
     pub last_plan: Option<Plan>,
     pub reconciles: u64,
     started: SystemTime,
@@ -107,13 +174,30 @@ pub struct Engine<K: Kernel> {
     last_publish: Instant,
     /// The probers' configuration changed: restart them.
     pub probers_stale: bool,
-    correlator: Correlator,
-    /// The uplinks taking new connections as last planned.
-    usable_now: BTreeSet<String>,
-    /// The last usable set while not failing open (what fail-open keeps).
-    last_usable: BTreeSet<String>,
-    /// Every uplink is down by probes alone and the last ones are kept.
-    pub failing_open: bool,
+    families: [FamilyState; 2],
+}
+
+fn family_states(cfg: &Config) -> [FamilyState; 2] {
+    Family::ALL.map(|f| FamilyState {
+        correlator: Correlator::new(cfg, f),
+        ..FamilyState::default()
+    })
+}
+
+/// A fresh runtime for `u`, each family starting from its link state.
+fn new_rt(u: &Uplink, facts: &Facts, disabled: bool, now: Instant) -> UplinkRt {
+    let monitor = |family: Family, check: &multiwan_core::model::Check| {
+        let mut m = Monitor::new(check, link_status(facts, u, family), now);
+        if disabled {
+            m.set_disabled(true, now);
+        }
+        tracing::info!(uplink = %u.name, %family, state = %m.state(), "initial state");
+        FamRt::new(m)
+    };
+    UplinkRt {
+        v4: monitor(Family::V4, &u.check),
+        v6: u.ipv6.as_ref().map(|v| monitor(Family::V6, &v.check)),
+    }
 }
 
 impl<K: Kernel> Engine<K> {
@@ -126,10 +210,12 @@ impl<K: Kernel> Engine<K> {
         run_dir: PathBuf,
         now: Instant,
     ) -> anyhow::Result<Self> {
-        let facts = kernel.facts(&auto_gateways(&cfg))?;
+        let facts = kernel.facts(
+            &auto_gateways(&cfg, Family::V4),
+            &auto_gateways(&cfg, Family::V6),
+        )?;
         let installed = kernel.ids(cfg.kernel.mark_mask)?;
         let ids = assign_ids(&cfg, &installed)?;
-        let cfg_for_correlator = cfg.clone();
         let disabled: BTreeSet<String> = crate::rundir::read_file(&run_dir, "disabled.json")
             .ok()
             .flatten()
@@ -139,14 +225,11 @@ impl<K: Kernel> Engine<K> {
             .uplinks
             .iter()
             .map(|u| {
-                let mut m = Monitor::new(&u.check, link_status(&facts, u), now);
-                if disabled.contains(&u.name) {
-                    m.set_disabled(true, now);
-                }
-                tracing::info!(uplink = %u.name, state = %m.state(), "initial state");
-                (u.name.clone(), UplinkRt::new(m))
+                let rt = new_rt(u, &facts, disabled.contains(&u.name), now);
+                (u.name.clone(), rt)
             })
             .collect();
+        let families = family_states(&cfg);
         Ok(Self {
             kernel,
             cfg,
@@ -166,49 +249,53 @@ impl<K: Kernel> Engine<K> {
             last_verify: now,
             last_publish: now,
             probers_stale: true,
-            correlator: Correlator::new(&cfg_for_correlator),
-            usable_now: BTreeSet::new(),
-            last_usable: BTreeSet::new(),
-            failing_open: false,
+            families,
         })
     }
 
-    /// What the prober needs for every uplink.
+    /// What the prober needs: one spec per uplink and family.
     pub fn probe_specs(&self) -> Vec<ProbeSpec> {
-        self.cfg
-            .uplinks
-            .iter()
-            .enumerate()
-            .map(|(i, u)| ProbeSpec {
-                uplink: u.name.clone(),
-                ifname: u.interface.clone(),
-                mark: self
-                    .cfg
-                    .kernel
-                    .mark_of(self.ids.get(&u.name).copied().unwrap_or(0)),
-                method: u.check.method,
-                targets: u.check.targets.clone(),
-                interval: u.check.interval,
-                timeout: u.check.timeout,
-                ident: (std::process::id() as u16)
-                    .wrapping_mul(31)
-                    .wrapping_add(i as u16),
-                witness: self.witness(u),
-            })
-            .collect()
+        let mut out = Vec::new();
+        for u in &self.cfg.uplinks {
+            for family in Family::ALL {
+                let Some(check) = u.check_of(family) else {
+                    continue;
+                };
+                out.push(ProbeSpec {
+                    uplink: u.name.clone(),
+                    family,
+                    ifname: u.interface.clone(),
+                    mark: self
+                        .cfg
+                        .kernel
+                        .mark_of(self.ids.get(&u.name).copied().unwrap_or(0)),
+                    method: check.method,
+                    targets: check.targets.clone(),
+                    interval: check.interval,
+                    timeout: check.timeout,
+                    ident: (std::process::id() as u16)
+                        .wrapping_mul(31)
+                        .wrapping_add(out.len() as u16),
+                    witness: self.witness(u, family),
+                });
+            }
+        }
+        out
     }
 
     /// The gateway to ping as a correlation witness, unless it is a target already.
-    fn witness(&self, u: &multiwan_core::model::Uplink) -> Option<std::net::Ipv4Addr> {
-        let gw = u.gateway.or_else(|| {
-            self.facts
-                .links
-                .as_ref()
-                .and_then(|l| l.get(&u.interface))
-                .and_then(|l| l.gateway)
-        })?;
-        let probed = u.check.method == multiwan_core::model::CheckMethod::Icmp
-            && u.check.targets.iter().any(|t| *t.ip() == gw);
+    fn witness(&self, u: &Uplink, family: Family) -> Option<IpAddr> {
+        let link = self.facts.links.as_ref().and_then(|l| l.get(&u.interface));
+        let gw: IpAddr = match family {
+            Family::V4 => u.gateway.or_else(|| link.and_then(|l| l.gateway))?.into(),
+            Family::V6 => {
+                let v6 = u.ipv6.as_ref()?;
+                v6.gateway.or_else(|| link.and_then(|l| l.gateway6))?.into()
+            }
+        };
+        let check = u.check_of(family)?;
+        let probed =
+            check.method == CheckMethod::Icmp && check.targets.iter().any(|t| t.ip() == gw);
         (!probed).then_some(gw)
     }
 
@@ -218,55 +305,58 @@ impl<K: Kernel> Engine<K> {
         self.cfg
             .uplinks
             .iter()
-            .map(|u| u.check.interval + u.check.timeout)
+            .flat_map(|u| Family::ALL.map(|f| u.check_of(f)))
+            .flatten()
+            .map(|c| c.interval + c.timeout)
             .max()
             .unwrap_or(Duration::from_secs(1))
     }
 
-    /// Probe rounds finished (one prober wake-up's worth): (uplink, per-target results,
-    /// gateway witness). Targets are correlated across uplinks first, so a target failing on
-    /// every uplink at once while they demonstrably work is suspect and does not count.
-    pub fn on_rounds(&mut self, batch: &[super::RoundReport], now: Instant) {
-        for (uplink, results, witness) in batch {
-            let eligible = self
-                .uplinks
-                .get(uplink)
-                .is_some_and(|u| !self.disabled.contains(uplink) && u.monitor.link_ok());
-            self.correlator
-                .record(uplink, results, *witness, eligible, now);
-        }
-        let change = self.correlator.update();
-        for k in &change.became_suspect {
-            tracing::warn!(
-                target = %target_label(k),
-                "probe target fails on every uplink while they work: suspect, not counted until it answers again"
-            );
-        }
-        for k in &change.cleared {
-            tracing::info!(target = %target_label(k), "probe target answers again");
-        }
-        for (uplink, results, witness) in batch {
-            let excluded = self.correlator.excluded(uplink);
-            self.on_round(uplink, results, &excluded, *witness, now);
+    /// Probe rounds finished (one prober wake-up's worth). Each family's targets are
+    /// correlated across uplinks first, so a target failing on every uplink at once while
+    /// they demonstrably work is suspect and does not count.
+    pub fn on_rounds(&mut self, batch: &[RoundReport], now: Instant) {
+        for family in Family::ALL {
+            let of_family = || batch.iter().filter(move |r| r.family == family);
+            for r in of_family() {
+                let eligible = self.uplinks.get(&r.uplink).is_some_and(|u| {
+                    !self.disabled.contains(&r.uplink)
+                        && u.fam(family).is_some_and(|f| f.monitor.link_ok())
+                });
+                self.families[idx(family)]
+                    .correlator
+                    .record(&r.uplink, &r.results, r.witness, eligible, now);
+            }
+            let change = self.families[idx(family)].correlator.update();
+            for k in &change.became_suspect {
+                tracing::warn!(
+                    target = %target_label(k),
+                    "probe target fails on every uplink while they work: suspect, not counted until it answers again"
+                );
+            }
+            for k in &change.cleared {
+                tracing::info!(target = %target_label(k), "probe target answers again");
+            }
+            for r in of_family() {
+                let excluded = self.families[idx(family)].correlator.excluded(&r.uplink);
+                self.on_round(r, &excluded, now);
+            }
         }
     }
 
-    fn on_round(
-        &mut self,
-        uplink: &str,
-        results: &[Option<Duration>],
-        excluded: &[bool],
-        witness: Option<bool>,
-        now: Instant,
-    ) {
-        let Some(u) = self.uplinks.get_mut(uplink) else {
+    fn on_round(&mut self, r: &RoundReport, excluded: &[bool], now: Instant) {
+        let Some(f) = self
+            .uplinks
+            .get_mut(&r.uplink)
+            .and_then(|u| u.fam_mut(r.family))
+        else {
             return;
         };
-        let c = &mut u.counters;
-        let answered = results.iter().flatten().count();
+        let c = &mut f.counters;
+        let answered = r.results.iter().flatten().count();
         c.probes_ok += answered as u64;
-        c.probes_lost += (results.len() - answered) as u64;
-        for rtt in results.iter().flatten() {
+        c.probes_lost += (r.results.len() - answered) as u64;
+        for rtt in r.results.iter().flatten() {
             let secs = rtt.as_secs_f64();
             c.rtt_sum += secs;
             for (i, le) in server::RTT_BUCKETS.iter().enumerate() {
@@ -275,15 +365,18 @@ impl<K: Kernel> Engine<K> {
                 }
             }
         }
-        if let Some(t) = u.monitor.round_judged(results, excluded, witness, now) {
-            self.on_transition(uplink, t);
+        if let Some(t) = f.monitor.round_judged(&r.results, excluded, r.witness, now) {
+            self.on_transition(&r.uplink, r.family, t);
         }
     }
 
     /// The kernel reported `change`.
     pub fn on_kernel_changed(&mut self, change: Change, now: Instant) {
         if change.links || change.gateways {
-            let facts = match self.kernel.facts(&auto_gateways(&self.cfg)) {
+            let facts = match self.kernel.facts(
+                &auto_gateways(&self.cfg, Family::V4),
+                &auto_gateways(&self.cfg, Family::V6),
+            ) {
                 Ok(f) => f,
                 Err(e) => {
                     tracing::error!(error = %format!("{e:#}"), "cannot read interfaces");
@@ -291,26 +384,7 @@ impl<K: Kernel> Engine<K> {
                 }
             };
             if facts != self.facts {
-                let before = self.probe_specs();
-                self.facts = facts;
-                // A learned gateway changed: the witness probes follow it.
-                if self.probe_specs() != before {
-                    self.probers_stale = true;
-                }
-                // Addresses feed source rules and routes even when no state changes.
-                self.dirty = true;
-                let mut transitions = Vec::new();
-                for u in &self.cfg.uplinks {
-                    let status = link_status(&self.facts, u);
-                    if let Some(rt) = self.uplinks.get_mut(&u.name) {
-                        if let Some(t) = rt.monitor.link(status, now) {
-                            transitions.push((u.name.clone(), t));
-                        }
-                    }
-                }
-                for (name, t) in transitions {
-                    self.on_transition(&name, t);
-                }
+                self.on_new_facts(facts, now);
                 return;
             }
         }
@@ -318,6 +392,34 @@ impl<K: Kernel> Engine<K> {
         // rule of ours removed by hand), put it back.
         if !self.dirty {
             self.repair_drift(now);
+        }
+    }
+
+    fn on_new_facts(&mut self, facts: Facts, now: Instant) {
+        let before = self.probe_specs();
+        self.facts = facts;
+        // A learned gateway changed: the witness probes follow it.
+        if self.probe_specs() != before {
+            self.probers_stale = true;
+        }
+        // Addresses feed source rules and routes even when no state changes.
+        self.dirty = true;
+        let mut transitions = Vec::new();
+        for u in &self.cfg.uplinks {
+            let Some(rt) = self.uplinks.get_mut(&u.name) else {
+                continue;
+            };
+            for family in Family::ALL {
+                let status = link_status(&self.facts, u, family);
+                if let Some(f) = rt.fam_mut(family) {
+                    if let Some(t) = f.monitor.link(status, now) {
+                        transitions.push((u.name.clone(), family, t));
+                    }
+                }
+            }
+        }
+        for (name, family, t) in transitions {
+            self.on_transition(&name, family, t);
         }
     }
 
@@ -333,66 +435,60 @@ impl<K: Kernel> Engine<K> {
         }
     }
 
-    fn on_transition(&mut self, uplink: &str, t: Transition) {
+    fn on_transition(&mut self, uplink: &str, family: Family, t: Transition) {
         let reason =
             t.to.reason()
                 .map(|r| r.to_string())
                 .unwrap_or_else(|| "healthy".into());
         tracing::info!(
             uplink,
+            %family,
             from = t.from.name(),
             to = t.to.name(),
             reason = %reason,
-            "uplink {}",
+            "uplink {} ({family})",
             t.to.name()
         );
-        let timeout = self
-            .cfg
-            .uplinks
-            .iter()
-            .find(|u| u.name == uplink)
-            .map(|u| u.check.timeout)
+        let u = self.cfg.uplinks.iter().find(|u| u.name == uplink);
+        let timeout = u
+            .and_then(|u| u.check_of(family))
+            .map(|c| c.timeout)
             .unwrap_or_default();
-        if let Some(rt) = self.uplinks.get_mut(uplink) {
-            rt.since_wall = SystemTime::now();
-            *rt.counters
+        let interface = u.map(|u| u.interface.clone()).unwrap_or_default();
+        if let Some(f) = self.uplinks.get_mut(uplink).and_then(|u| u.fam_mut(family)) {
+            f.since_wall = SystemTime::now();
+            *f.counters
                 .transitions
                 .entry(t.to.name().to_string())
                 .or_default() += 1;
             if matches!(t.to, State::Down(health::Reason::ProbesFailing { .. })) {
                 // The streak's first round was sent about `timeout` before it finished.
-                rt.failover_from = rt
+                f.failover_from = f
                     .monitor
                     .failing_since()
                     .map(|t| t.checked_sub(timeout).unwrap_or(t));
             }
         }
-        let ev = WatchEvent::Transition {
+        self.broadcast(WatchEvent::Transition {
             time_ms: unix_ms(SystemTime::now()),
             uplink: uplink.to_string(),
+            family: family.name().to_string(),
             from: t.from.name().to_string(),
             to: t.to.name().to_string(),
             reason: t.to.reason().map(|r| r.code().to_string()),
             detail: t.to.reason().map(|r| r.to_string()),
-        };
-        self.broadcast(ev);
+        });
         // An operator's drain lets established connections finish; a failure flushes them.
         if matches!(t.to, State::Down(ref r) if *r != health::Reason::AdminDisabled)
             && !matches!(t.from, State::Down(_))
             && self.cfg.balance.on_uplink_down == OnUplinkDown::Flush
         {
-            self.to_flush.insert(uplink.to_string());
+            self.to_flush.insert((uplink.to_string(), family));
         }
         if self.cfg.daemon.hook.is_some() {
-            let interface = self
-                .cfg
-                .uplinks
-                .iter()
-                .find(|u| u.name == uplink)
-                .map(|u| u.interface.clone())
-                .unwrap_or_default();
             self.hook_calls.push(HookCall {
                 uplink: uplink.to_string(),
+                family: family.name().to_string(),
                 interface,
                 old_state: t.from.name().to_string(),
                 new_state: t.to.name().to_string(),
@@ -407,30 +503,44 @@ impl<K: Kernel> Engine<K> {
         self.subscribers.retain(|s| s.try_send(ev.clone()).is_ok());
     }
 
-    /// Every uplink's state.
-    pub fn states(&self) -> BTreeMap<String, State> {
+    /// Every uplink's state in `family` (uplinks that carry it).
+    pub fn states_of(&self, family: Family) -> BTreeMap<String, State> {
         self.uplinks
             .iter()
-            .map(|(n, u)| (n.clone(), u.monitor.state().clone()))
+            .filter_map(|(n, u)| Some((n.clone(), u.fam(family)?.monitor.state().clone())))
             .collect()
     }
 
-    /// The uplinks to plan with, failing open when probes alone took every one down.
-    fn compute_usable(&mut self) -> BTreeSet<String> {
-        let (u, open) = health::usable_fail_open(&self.cfg, &self.states(), &self.last_usable);
-        if open && !self.failing_open {
+    /// Every uplink's IPv4 state.
+    pub fn states(&self) -> BTreeMap<String, State> {
+        self.states_of(Family::V4)
+    }
+
+    /// Whether some family fails open (every uplink of it down by probes alone).
+    pub fn failing_open(&self) -> bool {
+        self.families.iter().any(|f| f.failing_open)
+    }
+
+    /// The uplinks to plan with in `family`, failing open when probes alone took every one
+    /// down.
+    fn compute_usable(&mut self, family: Family) -> BTreeSet<String> {
+        let states = self.states_of(family);
+        let fs = &mut self.families[idx(family)];
+        let (u, open) = health::usable_fail_open(&self.cfg, &states, &fs.last_usable, family);
+        if open && !fs.failing_open {
             tracing::warn!(
+                %family,
                 kept = ?u,
                 "every uplink fails its probes: failing open, the uplinks in use stay in use (a dead probe target, or every ISP down at once)"
             );
-        } else if !open && self.failing_open {
-            tracing::info!(usable = ?u, "an uplink passes its probes again: fail-open ends");
+        } else if !open && fs.failing_open {
+            tracing::info!(%family, usable = ?u, "an uplink passes its probes again: fail-open ends");
         }
-        self.failing_open = open;
+        fs.failing_open = open;
         if !open && !u.is_empty() {
-            self.last_usable = u.clone();
+            fs.last_usable = u.clone();
         }
-        self.usable_now = u.clone();
+        fs.usable_now = u.clone();
         u
     }
 
@@ -443,8 +553,9 @@ impl<K: Kernel> Engine<K> {
     /// delete the conntrack entries of uplinks that just went down. A failure keeps `dirty`,
     /// so the next event or tick retries.
     pub fn reconcile(&mut self, now: Instant) {
-        let usable = self.compute_usable();
-        let p = plan(&self.cfg, &self.ids, &usable, &self.facts);
+        let usable4 = self.compute_usable(Family::V4);
+        let usable6 = self.compute_usable(Family::V6);
+        let p = plan_dual(&self.cfg, &self.ids, &usable4, &usable6, &self.facts);
         if self.last_plan.as_ref() != Some(&p) {
             let started = Instant::now();
             match self.kernel.apply(&p) {
@@ -452,7 +563,8 @@ impl<K: Kernel> Engine<K> {
                     self.reconciles += 1;
                     tracing::info!(
                         took_ms = ms(started.elapsed()),
-                        usable = ?usable,
+                        usable = ?usable4,
+                        usable6 = ?usable6,
                         nft_replaced = r.nft_replaced,
                         policies = r.policies_updated,
                         rules = r.rules_added + r.rules_removed,
@@ -460,9 +572,13 @@ impl<K: Kernel> Engine<K> {
                         "kernel updated"
                     );
                     self.last_plan = Some(p);
-                    for rt in self.uplinks.values_mut() {
-                        if let Some(from) = rt.failover_from.take() {
-                            rt.counters.last_failover_s =
+                    for f in self
+                        .uplinks
+                        .values_mut()
+                        .flat_map(|u| std::iter::once(&mut u.v4).chain(u.v6.as_mut()))
+                    {
+                        if let Some(from) = f.failover_from.take() {
+                            f.counters.last_failover_s =
                                 Some(now.saturating_duration_since(from).as_secs_f64());
                         }
                     }
@@ -474,26 +590,32 @@ impl<K: Kernel> Engine<K> {
                 }
             }
         }
-        for name in std::mem::take(&mut self.to_flush) {
+        self.flush_failed();
+        self.dirty = false;
+        self.last_publish = now;
+        self.write_state();
+    }
+
+    /// Deletes the connections of the uplinks (and families) that just went down.
+    fn flush_failed(&mut self) {
+        for (name, family) in std::mem::take(&mut self.to_flush) {
             let Some(id) = self.ids.get(&name) else {
                 continue;
             };
             let mark = self.cfg.kernel.mark_of(*id);
             let started = Instant::now();
-            match self.kernel.flush(mark, self.cfg.kernel.mark_mask) {
+            match self.kernel.flush(mark, self.cfg.kernel.mark_mask, family) {
                 Ok(()) => tracing::info!(
                     uplink = %name,
+                    %family,
                     took_ms = ms(started.elapsed()),
                     "flushed the uplink's connections"
                 ),
                 Err(e) => {
-                    tracing::warn!(uplink = %name, error = %format!("{e:#}"), "cannot flush connections")
+                    tracing::warn!(uplink = %name, %family, error = %format!("{e:#}"), "cannot flush connections")
                 }
             }
         }
-        self.dirty = false;
-        self.last_publish = now;
-        self.write_state();
     }
 
     /// The periodic work: verify the kernel every [`VERIFY_EVERY`], publish RTT and loss
@@ -528,21 +650,20 @@ impl<K: Kernel> Engine<K> {
         let mut uplinks = BTreeMap::new();
         for u in &cfg.uplinks {
             let old = self.cfg.uplinks.iter().find(|o| o.name == u.name);
-            let keep = old.is_some_and(|o| o.interface == u.interface && o.check == u.check);
+            // A monitor is kept when nothing it judges by changed.
+            let keep = old.is_some_and(|o| {
+                o.interface == u.interface && o.check == u.check && o.ipv6 == u.ipv6
+            });
             let rt = match self.uplinks.remove(&u.name) {
                 Some(rt) if keep => rt,
-                _ => {
-                    let mut m = Monitor::new(&u.check, link_status(&self.facts, u), now);
-                    if self.disabled.contains(&u.name) {
-                        m.set_disabled(true, now);
-                    }
-                    UplinkRt::new(m)
-                }
+                _ => new_rt(u, &self.facts, self.disabled.contains(&u.name), now),
             };
             uplinks.insert(u.name.clone(), rt);
         }
-        let gateways_changed = auto_gateways(&cfg) != auto_gateways(&self.cfg);
-        self.correlator = Correlator::new(&cfg);
+        let gateways_changed = Family::ALL
+            .iter()
+            .any(|f| auto_gateways(&cfg, *f) != auto_gateways(&self.cfg, *f));
+        self.families = family_states(&cfg);
         self.cfg = cfg;
         self.ids = ids;
         self.uplinks = uplinks;
@@ -572,44 +693,6 @@ impl<K: Kernel> Engine<K> {
         self.subscribers.push(tx);
     }
 
-    /// What a control or metrics request sees.
-    pub fn snapshot(&self) -> server::Snapshot {
-        server::Snapshot {
-            cfg: self.cfg.clone(),
-            config_path: self.config_path.clone(),
-            pid: std::process::id(),
-            started: unix_s(self.started),
-            reconciles: self.reconciles,
-            ids: self.ids.clone(),
-            facts: self.facts.clone(),
-            uplinks: self
-                .uplinks
-                .iter()
-                .map(|(n, rt)| {
-                    (
-                        n.clone(),
-                        server::UplinkSnap {
-                            state: rt.monitor.state().clone(),
-                            since: unix_s(rt.since_wall),
-                            disabled: self.disabled.contains(n),
-                            stats: rt.monitor.stats(),
-                            targets: rt.monitor.target_stats(),
-                            counters: rt.counters.clone(),
-                        },
-                    )
-                })
-                .collect(),
-            usable: self.usable_now.clone(),
-            fail_open: self.failing_open,
-            suspect: self.correlator.suspects().clone(),
-            policies: self
-                .last_plan
-                .as_ref()
-                .map(|p| p.policies.clone())
-                .unwrap_or_default(),
-        }
-    }
-
     fn broadcast_probes(&mut self) {
         if self.subscribers.is_empty() {
             return;
@@ -620,38 +703,47 @@ impl<K: Kernel> Engine<K> {
             let Some(rt) = self.uplinks.get(&u.name) else {
                 continue;
             };
-            let s = rt.monitor.stats();
-            events.push(WatchEvent::Probes {
-                time_ms,
-                uplink: u.name.clone(),
-                state: rt.monitor.state().name().to_string(),
-                rtt_last_ms: s.last_rtt.map(|d| d.as_secs_f64() * 1000.0),
-                rtt_avg_ms: s.avg_rtt.map(|d| d.as_secs_f64() * 1000.0),
-                loss_percent: s.loss_percent(),
-            });
+            for family in Family::ALL {
+                let Some(f) = rt.fam(family) else { continue };
+                let s = f.monitor.stats();
+                events.push(WatchEvent::Probes {
+                    time_ms,
+                    uplink: u.name.clone(),
+                    family: family.name().to_string(),
+                    state: f.monitor.state().name().to_string(),
+                    rtt_last_ms: s.last_rtt.map(|d| d.as_secs_f64() * 1000.0),
+                    rtt_avg_ms: s.avg_rtt.map(|d| d.as_secs_f64() * 1000.0),
+                    loss_percent: s.loss_percent(),
+                });
+            }
         }
         for ev in events {
             self.broadcast(ev);
         }
     }
 
-    /// Administrative drain (`enable = false`) or undrain of an uplink.
+    /// Administrative drain (`enable = false`) or undrain of an uplink (both families).
     pub fn admin(
         &mut self,
         name: &str,
         enable: bool,
         now: Instant,
     ) -> Result<crate::control::Ack, String> {
-        let t = match self.uplinks.get_mut(name) {
-            Some(rt) => rt.monitor.set_disabled(!enable, now),
-            None => {
-                let known: Vec<&str> = self.cfg.uplinks.iter().map(|u| u.name.as_str()).collect();
-                return Err(format!(
-                    "no uplink named {name:?} (known: {})",
-                    known.join(", ")
-                ));
-            }
+        let Some(rt) = self.uplinks.get_mut(name) else {
+            let known: Vec<&str> = self.cfg.uplinks.iter().map(|u| u.name.as_str()).collect();
+            return Err(format!(
+                "no uplink named {name:?} (known: {})",
+                known.join(", ")
+            ));
         };
+        let mut transitions = Vec::new();
+        for family in Family::ALL {
+            if let Some(f) = rt.fam_mut(family) {
+                if let Some(t) = f.monitor.set_disabled(!enable, now) {
+                    transitions.push((family, t));
+                }
+            }
+        }
         if enable {
             self.disabled.remove(name);
         } else {
@@ -664,126 +756,20 @@ impl<K: Kernel> Engine<K> {
             tracing::warn!(error = %e, "cannot persist disabled.json");
         }
         tracing::info!(uplink = name, enabled = enable, "administrative change");
-        if let Some(t) = t {
-            self.on_transition(name, t);
+        for (family, t) in transitions {
+            self.on_transition(name, family, t);
         }
         self.reconcile(now);
         let state = self
             .uplinks
             .get(name)
-            .map(|rt| rt.monitor.state().to_string())
+            .map(|rt| rt.monitor().state().to_string())
             .unwrap_or_default();
         Ok(crate::control::Ack {
             uplink: name.to_string(),
             state,
         })
     }
-
-    /// Writes `state.json` (atomically).
-    pub fn write_state(&self) {
-        let usable = &self.usable_now;
-        let state = StateFile {
-            version: 1,
-            pid: std::process::id(),
-            started: unix_s(self.started),
-            reconciles: self.reconciles,
-            fail_open: self.failing_open,
-            uplinks: self
-                .cfg
-                .uplinks
-                .iter()
-                .filter_map(|u| {
-                    let rt = self.uplinks.get(&u.name)?;
-                    Some(uplink_state(
-                        u,
-                        rt,
-                        usable.contains(&u.name),
-                        self.correlator.suspects(),
-                    ))
-                })
-                .collect(),
-        };
-        let written = serde_json::to_vec_pretty(&state)
-            .map_err(std::io::Error::other)
-            .and_then(|b| crate::rundir::write_file_atomic(&self.run_dir, "state.json", &b));
-        if let Err(e) = written {
-            tracing::warn!(error = %e, "cannot write state.json");
-        }
-    }
-}
-
-fn uplink_state(
-    u: &multiwan_core::model::Uplink,
-    rt: &UplinkRt,
-    usable: bool,
-    suspect: &BTreeSet<multiwan_core::correlate::TargetKey>,
-) -> UplinkState {
-    let s = rt.monitor.state();
-    let stats = rt.monitor.stats();
-    UplinkState {
-        name: u.name.clone(),
-        interface: u.interface.clone(),
-        state: s.name().to_string(),
-        reason: s.reason().map(|r| r.code().to_string()),
-        detail: s.reason().map(|r| r.to_string()),
-        since: unix_s(rt.since_wall),
-        usable,
-        loss_percent: stats.loss_percent(),
-        rtt_ms: stats.avg_rtt.map(|d| d.as_secs_f64() * 1000.0),
-        targets: u
-            .check
-            .targets
-            .iter()
-            .zip(rt.monitor.target_stats())
-            .map(|(t, s)| TargetState {
-                target: if t.port() == 0 {
-                    t.ip().to_string()
-                } else {
-                    t.to_string()
-                },
-                loss_percent: s.loss_percent(),
-                rtt_ms: s.avg_rtt.map(|d| d.as_secs_f64() * 1000.0),
-                last_rtt_ms: s.last_rtt.map(|d| d.as_secs_f64() * 1000.0),
-                suspect: suspect.contains(&(u.check.method, *t)),
-            })
-            .collect(),
-    }
-}
-
-/// `state.json`: the daemon's view, for scripts and the tests (version 1).
-#[derive(Debug, Serialize)]
-struct StateFile {
-    version: u32,
-    pid: u32,
-    started: u64,
-    reconciles: u64,
-    /// Every uplink is down by probes alone and the ones in use stay in use.
-    fail_open: bool,
-    uplinks: Vec<UplinkState>,
-}
-
-#[derive(Debug, Serialize)]
-struct UplinkState {
-    name: String,
-    interface: String,
-    state: String,
-    reason: Option<String>,
-    detail: Option<String>,
-    since: u64,
-    usable: bool,
-    loss_percent: f64,
-    rtt_ms: Option<f64>,
-    targets: Vec<TargetState>,
-}
-
-#[derive(Debug, Serialize)]
-struct TargetState {
-    target: String,
-    /// Fails on every uplink at once while they work: not counted.
-    suspect: bool,
-    loss_percent: f64,
-    rtt_ms: Option<f64>,
-    last_rtt_ms: Option<f64>,
 }
 
 #[cfg(test)]

@@ -9,9 +9,18 @@ use super::snapshot::{Snapshot, Subscriber};
 use crate::control::Ack;
 use crate::kernel::events::Change;
 
-/// One finished probe round: (uplink, per-target results, the gateway witness if it was
-/// pinged).
-pub type RoundReport = (String, Vec<Option<Duration>>, Option<bool>);
+/// One finished probe round of one uplink and family.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoundReport {
+    /// The uplink probed.
+    pub uplink: String,
+    /// The family its targets belong to.
+    pub family: multiwan_core::plan::Family,
+    /// Per target: the RTT, `None` for no answer in time.
+    pub results: Vec<Option<Duration>>,
+    /// Whether the gateway answered the witness ping, if one was sent.
+    pub witness: Option<bool>,
+}
 
 /// Everything the event loop reacts to.
 #[derive(Debug)]

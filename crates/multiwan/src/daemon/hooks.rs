@@ -28,6 +28,8 @@ pub const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:
 #[derive(Debug, Clone)]
 pub struct HookCall {
     pub uplink: String,
+    /// `ipv4` or `ipv6`: the family whose health changed.
+    pub family: String,
     pub interface: String,
     pub old_state: String,
     pub new_state: String,
@@ -92,7 +94,14 @@ fn runner() -> Option<&'static Arc<Queue<Job>>> {
             let started = std::thread::Builder::new()
                 .name("hook".into())
                 .spawn(move || loop {
-                    run_job(&worker.pop(), TIMEOUT);
+                    let job = worker.pop();
+                    // A panic while running one hook must not end hooks for good.
+                    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        run_job(&job, TIMEOUT)
+                    }));
+                    if ran.is_err() {
+                        tracing::error!(hook = %job.path, "running the hook panicked; the hook thread goes on");
+                    }
                 });
             match started {
                 Ok(_) => Some(q),
@@ -183,6 +192,7 @@ fn run_job(job: &Job, timeout: Duration) {
         .env("PATH", PATH)
         .env("LANG", "C.UTF-8")
         .env("MULTIWAN_UPLINK", &c.uplink)
+        .env("MULTIWAN_FAMILY", &c.family)
         .env("MULTIWAN_INTERFACE", &c.interface)
         .env("MULTIWAN_OLD_STATE", &c.old_state)
         .env("MULTIWAN_NEW_STATE", &c.new_state)
@@ -248,6 +258,7 @@ mod tests {
             path: path.display().to_string(),
             call: HookCall {
                 uplink: "isp1".into(),
+                family: "ipv4".into(),
                 interface: "wan1".into(),
                 old_state: "up".into(),
                 new_state: "down".into(),
@@ -329,6 +340,7 @@ mod tests {
             names,
             [
                 "LANG",
+                "MULTIWAN_FAMILY",
                 "MULTIWAN_INTERFACE",
                 "MULTIWAN_NEW_STATE",
                 "MULTIWAN_OLD_STATE",

@@ -171,12 +171,13 @@ impl Drop for Slot {
     }
 }
 
-/// Serves `listener` with `proto` under `limits`, from its own accept thread.
+/// Serves `listener` with `proto` under `limits`, from its own accept thread (returned, so
+/// the daemon's supervisor notices if it ever ends).
 pub fn spawn<L: Listener, P: Protocol<L::Stream>>(
     listener: L,
     limits: Limits,
     proto: Arc<P>,
-) -> Result<()> {
+) -> Result<std::thread::JoinHandle<()>> {
     listener
         .set_nonblocking()
         .context("making the listener non-blocking")?;
@@ -184,8 +185,7 @@ pub fn spawn<L: Listener, P: Protocol<L::Stream>>(
     std::thread::Builder::new()
         .name(name.into())
         .spawn(move || Acceptor::new(limits, proto).run(&listener))
-        .with_context(|| format!("starting the {name} thread"))?;
-    Ok(())
+        .with_context(|| format!("starting the {name} thread"))
 }
 
 struct Acceptor<S, P> {

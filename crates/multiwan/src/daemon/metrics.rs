@@ -43,7 +43,7 @@ pub const LIMITS: Limits = Limits {
 };
 
 /// Starts the Prometheus endpoint on `addr` (`GET /metrics`).
-pub fn start(addr: std::net::SocketAddr, tx: Sender<Event>) -> Result<()> {
+pub fn start(addr: std::net::SocketAddr, tx: Sender<Event>) -> Result<std::thread::JoinHandle<()>> {
     let listener =
         std::net::TcpListener::bind(addr).with_context(|| format!("binding metrics on {addr}"))?;
     let proto = MetricsHttp {
@@ -301,12 +301,71 @@ fn counters<V: EncodeCounterValue>(
 impl Collector for Exposition {
     fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
         self.health(&mut enc)?;
+        self.health6(&mut enc)?;
         self.histogram(&mut enc)?;
         self.traffic(&mut enc)
     }
 }
 
 impl Exposition {
+    /// The IPv6 side of the uplinks that carry IPv6: their own state, share, RTT and loss
+    /// (the `multiwan_uplink_*` families describe IPv4, as before IPv6 existed).
+    fn health6(&self, enc: &mut DescriptorEncoder) -> std::fmt::Result {
+        let v6: Vec<(&str, &crate::control::FamilyStatus)> = self
+            .st
+            .uplinks
+            .iter()
+            .filter_map(|x| Some((x.name.as_str(), x.ipv6.as_ref()?)))
+            .collect();
+        if v6.is_empty() {
+            return Ok(());
+        }
+        let each = |f: &dyn Fn(&crate::control::FamilyStatus) -> f64| -> Vec<(Labels, f64)> {
+            v6.iter().map(|(n, x)| (uplink(n), f(x))).collect()
+        };
+        gauges(
+            enc,
+            "multiwan_uplink_ipv6_up",
+            "Whether the uplink takes new IPv6 connections (1) or not (0).",
+            each(&|x| f64::from(u8::from(x.usable))),
+        )?;
+        gauges(
+            enc,
+            "multiwan_uplink_ipv6_state",
+            "The uplink's IPv6 health state: 1 for the current one.",
+            v6.iter()
+                .flat_map(|(n, x)| {
+                    ["up", "degraded", "down"].map(|s| {
+                        (
+                            vec![("uplink", n.to_string()), ("state", s.to_string())],
+                            u8::from(x.state == s) as u32,
+                        )
+                    })
+                })
+                .collect(),
+        )?;
+        gauges(
+            enc,
+            "multiwan_uplink_ipv6_share_ratio",
+            "Share of new IPv6 connections the default policy gives the uplink.",
+            each(&|x| x.share),
+        )?;
+        gauges(
+            enc,
+            "multiwan_uplink_ipv6_rtt_seconds",
+            "Average IPv6 probe round-trip time over the window.",
+            v6.iter()
+                .filter_map(|(n, x)| x.rtt_avg_ms.map(|r| (uplink(n), r / 1000.0)))
+                .collect(),
+        )?;
+        gauges(
+            enc,
+            "multiwan_uplink_ipv6_loss_ratio",
+            "IPv6 probe loss over the window (0..1).",
+            each(&|x| x.loss_percent / 100.0),
+        )
+    }
+
     /// State, share, RTT, loss and probe counts per uplink.
     fn health(&self, enc: &mut DescriptorEncoder) -> std::fmt::Result {
         let st = &self.st;
@@ -557,6 +616,7 @@ mod tests {
             bytes_out: 2000,
             addresses: vec![],
             gateway: None,
+            ipv6: None,
         };
         let st = Status {
             pid: 1,

@@ -50,7 +50,7 @@ pub fn run(args: RunArgs) -> Result<(), Failure> {
     rundir::prepare(&args.run_dir)?;
     let _pid = rundir::PidLock::acquire(&args.run_dir)?;
     let (tx, rx) = channel();
-    spawn_signal_thread(tx.clone())?;
+    let signals = spawn_signal_thread(tx.clone())?;
     let metrics = cfg.daemon.metrics;
     let kernel = System::open(&args.run_dir)?;
     let mut engine = Engine::new(
@@ -61,14 +61,16 @@ pub fn run(args: RunArgs) -> Result<(), Failure> {
         Instant::now(),
     )?;
     let mut sup = Supervisor::new(tx.clone(), probe::spawn);
+    sup.essential("signal", signals);
     sup.start_watcher()?;
-    server::start_control(
+    let control = server::start_control(
         &args.run_dir,
         tx.clone(),
         engine.cfg.daemon.control_group.as_deref(),
     )?;
+    sup.essential("control socket", control);
     if let Some(addr) = metrics {
-        metrics::start(addr, tx)?;
+        sup.essential("metrics", metrics::start(addr, tx)?);
         tracing::info!(%addr, "serving Prometheus metrics at /metrics");
     }
     engine.reconcile(Instant::now());
@@ -192,7 +194,7 @@ fn run_hooks(engine: &mut Engine<System>) {
     }
 }
 
-fn spawn_signal_thread(tx: Sender<Event>) -> Result<()> {
+fn spawn_signal_thread(tx: Sender<Event>) -> Result<std::thread::JoinHandle<()>> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGHUP, SIGINT, SIGTERM])
         .context("installing signal handlers")?;
@@ -210,6 +212,5 @@ fn spawn_signal_thread(tx: Sender<Event>) -> Result<()> {
                 }
             }
         })
-        .context("starting the signal thread")?;
-    Ok(())
+        .context("starting the signal thread")
 }

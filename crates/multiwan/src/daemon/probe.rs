@@ -14,7 +14,7 @@
 //! the path), `dns` (a query for the root's NS records; any answer proves the resolver).
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
@@ -23,6 +23,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use multiwan_core::model::CheckMethod;
+use multiwan_core::plan::Family;
 use multiwan_core::rounds::Rounds;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
@@ -34,17 +35,47 @@ use super::Event;
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProbeSpec {
     pub uplink: String,
+    /// The family this prober checks (its targets are all of it).
+    pub family: Family,
     pub ifname: String,
     pub mark: u32,
     pub method: CheckMethod,
-    pub targets: Vec<SocketAddrV4>,
+    pub targets: Vec<SocketAddr>,
     pub interval: Duration,
     pub timeout: Duration,
     /// ICMP identifier / DNS id space of this prober.
     pub ident: u16,
     /// The uplink's gateway, pinged as a witness in the rounds after a round with a failed
     /// target: evidence for target correlation (is the target dead, or the uplink?).
-    pub witness: Option<Ipv4Addr>,
+    pub witness: Option<IpAddr>,
+}
+
+impl ProbeSpec {
+    fn domain(&self) -> Domain {
+        match self.family {
+            Family::V4 => Domain::IPV4,
+            Family::V6 => Domain::IPV6,
+        }
+    }
+
+    fn icmp(&self) -> Protocol {
+        match self.family {
+            Family::V4 => Protocol::ICMPV4,
+            Family::V6 => Protocol::ICMPV6,
+        }
+    }
+
+    /// Where to send to `ip`: a link-local IPv6 destination (an RA gateway) needs the
+    /// interface as its scope.
+    fn sockaddr(&self, ip: IpAddr, port: u16) -> SockAddr {
+        match ip {
+            IpAddr::V6(a) if a.is_unicast_link_local() => {
+                let scope = nix::net::if_::if_nametoindex(self.ifname.as_str()).unwrap_or(0);
+                SockAddr::from(SocketAddrV6::new(a, port, 0, scope))
+            }
+            _ => SockAddr::from(SocketAddr::new(ip, port)),
+        }
+    }
 }
 
 /// Starts the prober thread for all `specs`. It beats `heartbeat` on every wake-up and stops
@@ -83,7 +114,7 @@ impl Fault {
 }
 
 fn base_socket(spec: &ProbeSpec, ty: Type, proto: Protocol) -> std::io::Result<Socket> {
-    let s = Socket::new(Domain::IPV4, ty, Some(proto))?;
+    let s = Socket::new(spec.domain(), ty, Some(proto))?;
     s.set_mark(spec.mark)?;
     s.bind_device(Some(spec.ifname.as_bytes()))?;
     s.set_nonblocking(true)?;
@@ -99,14 +130,15 @@ fn wall_now() -> Duration {
 }
 
 /// Reads every queued datagram without blocking: (bytes, source, kernel receive time).
-fn drain(fd: std::os::fd::RawFd, mut each: impl FnMut(&[u8], Option<Ipv4Addr>, Duration)) {
-    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, SockaddrIn};
+fn drain(fd: std::os::fd::RawFd, mut each: impl FnMut(&[u8], Option<IpAddr>, Duration)) {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, SockaddrLike, SockaddrStorage};
     let mut buf = [0u8; 1500];
     loop {
         let mut cmsg = nix::cmsg_space!(nix::sys::time::TimeSpec);
         let mut iov = [std::io::IoSliceMut::new(&mut buf)];
         let (n, from, at) =
-            match recvmsg::<SockaddrIn>(fd, &mut iov, Some(&mut cmsg), MsgFlags::MSG_DONTWAIT) {
+            match recvmsg::<SockaddrStorage>(fd, &mut iov, Some(&mut cmsg), MsgFlags::MSG_DONTWAIT)
+            {
                 Ok(m) => {
                     let at = m
                         .cmsgs()
@@ -118,7 +150,16 @@ fn drain(fd: std::os::fd::RawFd, mut each: impl FnMut(&[u8], Option<Ipv4Addr>, D
                             })
                         })
                         .unwrap_or_else(wall_now);
-                    (m.bytes, m.address.map(|a| a.ip()), at)
+                    let from = m.address.and_then(|a| match a.family() {
+                        Some(nix::sys::socket::AddressFamily::Inet) => {
+                            a.as_sockaddr_in().map(|v| IpAddr::V4(v.ip()))
+                        }
+                        Some(nix::sys::socket::AddressFamily::Inet6) => {
+                            a.as_sockaddr_in6().map(|v| IpAddr::V6(v.ip()))
+                        }
+                        _ => None,
+                    });
+                    (m.bytes, from, at)
                 }
                 Err(_) => return,
             };
@@ -137,28 +178,34 @@ enum Method {
 impl Method {
     fn open(spec: &ProbeSpec) -> std::io::Result<Self> {
         Ok(match spec.method {
-            CheckMethod::Icmp => Method::Icmp(base_socket(spec, Type::RAW, Protocol::ICMPV4)?),
+            CheckMethod::Icmp => Method::Icmp(base_socket(spec, Type::RAW, spec.icmp())?),
             CheckMethod::Dns => {
                 let s = base_socket(spec, Type::DGRAM, Protocol::UDP)?;
-                s.bind(&SockAddr::from(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)))?;
+                let any: IpAddr = match spec.family {
+                    Family::V4 => Ipv4Addr::UNSPECIFIED.into(),
+                    Family::V6 => Ipv6Addr::UNSPECIFIED.into(),
+                };
+                s.bind(&SockAddr::from(SocketAddr::new(any, 0)))?;
                 Method::Dns(s.into())
             }
             CheckMethod::Tcp => Method::Tcp(Vec::new()),
         })
     }
 
-    fn send(&mut self, spec: &ProbeSpec, key: u16, target: SocketAddrV4) -> std::io::Result<()> {
+    fn send(&mut self, spec: &ProbeSpec, key: u16, target: SocketAddr) -> std::io::Result<()> {
         match self {
             Method::Icmp(s) => {
-                let pkt = echo_request(spec.ident, key);
-                s.send_to(&pkt, &SockAddr::from(SocketAddrV4::new(*target.ip(), 0)))?;
+                let pkt = echo_request_for(spec.family, spec.ident, key);
+                s.send_to(&pkt, &spec.sockaddr(target.ip(), 0))?;
             }
             Method::Dns(s) => {
-                s.send_to(&dns_query(key), target)?;
+                let to = spec.sockaddr(target.ip(), target.port());
+                let to = to.as_socket().unwrap_or(target);
+                s.send_to(&dns_query(key), to)?;
             }
             Method::Tcp(pending) => {
                 let s = base_socket(spec, Type::STREAM, Protocol::TCP)?;
-                match s.connect(&SockAddr::from(target)) {
+                match s.connect(&spec.sockaddr(target.ip(), target.port())) {
                     Ok(()) => {}
                     Err(e) if e.raw_os_error() == Some(nix::libc::EINPROGRESS) => {}
                     // Refused at once still proves the path.
@@ -173,11 +220,11 @@ impl Method {
 
     /// Collects the answers that arrived since the last call, without blocking: (probe key,
     /// source, receive time on the wall clock).
-    fn collect(&mut self, spec: &ProbeSpec) -> Vec<(u16, Ipv4Addr, Duration)> {
+    fn collect(&mut self, spec: &ProbeSpec) -> Vec<(u16, IpAddr, Duration)> {
         let mut out = Vec::new();
         match self {
-            Method::Icmp(s) => drain(s.as_raw_fd(), |pkt, _, at| {
-                if let Some((src, key)) = parse_echo_reply(pkt, spec.ident) {
+            Method::Icmp(s) => drain(s.as_raw_fd(), |pkt, from, at| {
+                if let Some((src, key)) = parse_reply(spec.family, pkt, from, spec.ident) {
                     out.push((key, src, at));
                 }
             }),
@@ -213,9 +260,9 @@ impl Method {
                             let dst = s
                                 .peer_addr()
                                 .ok()
-                                .and_then(|a| a.as_socket_ipv4())
-                                .map(|a| *a.ip())
-                                .unwrap_or(Ipv4Addr::UNSPECIFIED);
+                                .and_then(|a| a.as_socket())
+                                .map(|a| a.ip())
+                                .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
                             out.push((key, dst, at));
                         }
                     } else if now.duration_since(started) < spec.timeout {
@@ -250,6 +297,41 @@ pub fn echo_request(ident: u16, seq: u16) -> Vec<u8> {
     let c = checksum(&p);
     p[2..4].copy_from_slice(&c.to_be_bytes());
     p
+}
+
+/// An echo request of `family` (ICMPv6 echo request type 128: the kernel fills in the
+/// checksum of ICMPv6 raw sockets itself).
+fn echo_request_for(family: Family, ident: u16, seq: u16) -> Vec<u8> {
+    match family {
+        Family::V4 => echo_request(ident, seq),
+        Family::V6 => {
+            let mut p = vec![128u8, 0, 0, 0];
+            p.extend_from_slice(&ident.to_be_bytes());
+            p.extend_from_slice(&seq.to_be_bytes());
+            p.extend_from_slice(b"multiwan");
+            p
+        }
+    }
+}
+
+/// An echo reply for `ident` on a raw socket of `family`: (source, sequence). IPv4 raw
+/// sockets deliver the IP header, IPv6 ones only the ICMPv6 message (the source comes from
+/// the socket address).
+fn parse_reply(
+    family: Family,
+    pkt: &[u8],
+    from: Option<IpAddr>,
+    ident: u16,
+) -> Option<(IpAddr, u16)> {
+    match family {
+        Family::V4 => parse_echo_reply(pkt, ident).map(|(a, k)| (IpAddr::V4(a), k)),
+        Family::V6 => {
+            if pkt.len() < 8 || pkt[0] != 129 || u16::from_be_bytes([pkt[4], pkt[5]]) != ident {
+                return None;
+            }
+            Some((from?, u16::from_be_bytes([pkt[6], pkt[7]])))
+        }
+    }
 }
 
 /// Parses an IPv4 packet holding an ICMP echo reply for `ident`: (source, sequence).
@@ -308,14 +390,14 @@ impl Prober {
     }
 
     /// The address probe slot `i` is sent to (the witness comes after the targets).
-    fn addr_of(&self, i: usize) -> Option<Ipv4Addr> {
+    fn addr_of(&self, i: usize) -> Option<IpAddr> {
         match self.spec.targets.get(i) {
-            Some(t) => Some(*t.ip()),
+            Some(t) => Some(t.ip()),
             None => self.spec.witness,
         }
     }
 
-    fn answered(&mut self, key: u16, src: Ipv4Addr, at: Duration, any_source: bool) {
+    fn answered(&mut self, key: u16, src: IpAddr, at: Duration, any_source: bool) {
         if let Some((id, i, sent)) = self.keys.get(&key).copied() {
             if any_source || Some(src) == self.addr_of(i) {
                 self.rounds.answered_rtt(id, i, at.saturating_sub(sent));
@@ -326,8 +408,9 @@ impl Prober {
     fn collect(&mut self) {
         if let Some(w) = &self.witness_sock {
             let mut got = Vec::new();
-            drain(w.as_raw_fd(), |pkt, _, at| {
-                if let Some((src, key)) = parse_echo_reply(pkt, self.spec.ident) {
+            let (family, ident) = (self.spec.family, self.spec.ident);
+            drain(w.as_raw_fd(), |pkt, from, at| {
+                if let Some((src, key)) = parse_reply(family, pkt, from, ident) {
                     got.push((key, src, at));
                 }
             });
@@ -355,14 +438,14 @@ impl Prober {
         let key = self.next_key;
         self.next_key = self.next_key.wrapping_add(1);
         let slot = self.spec.targets.len();
-        let pkt = echo_request(self.spec.ident, key);
-        let to = SockAddr::from(SocketAddrV4::new(w, 0));
+        let pkt = echo_request_for(self.spec.family, self.spec.ident, key);
+        let to = self.spec.sockaddr(w, 0);
         let sent = wall_now();
         let r = match self.method.as_mut() {
             Some(Method::Icmp(s)) => s.send_to(&pkt, &to),
             _ => {
                 if self.witness_sock.is_none() {
-                    self.witness_sock = base_socket(&self.spec, Type::RAW, Protocol::ICMPV4).ok();
+                    self.witness_sock = base_socket(&self.spec, Type::RAW, self.spec.icmp()).ok();
                 }
                 match &self.witness_sock {
                     Some(s) => s.send_to(&pkt, &to),
@@ -465,7 +548,12 @@ fn run(
                 let mut results = f.results;
                 results.truncate(n);
                 p.need_witness = results.iter().any(Option::is_none);
-                finished.push((p.spec.uplink.clone(), results, witness));
+                finished.push(super::RoundReport {
+                    uplink: p.spec.uplink.clone(),
+                    family: p.spec.family,
+                    results,
+                    witness,
+                });
             }
             if now >= p.next_round {
                 p.send_round(now);

@@ -20,16 +20,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use multiwan_core::health::State;
-use multiwan_core::plan::Decision;
+use multiwan_core::plan::{Decision, Family};
 
 use super::event::Event;
 use super::listen::{self, Limits, Protocol, Refusal};
 // The loop's snapshot types, named here by the engine as the control socket's input.
 use super::snapshot::WATCH_QUEUE;
-pub use super::snapshot::{Counters, Snapshot, Subscriber, UplinkSnap, RTT_BUCKETS};
+pub use super::snapshot::{Counters, FamSnap, Snapshot, Subscriber, UplinkSnap, RTT_BUCKETS};
 use crate::control::{
-    self, Envelope, FlowInfo, Request, Response, RuleStatus, Status, TargetStatus, UplinkStatus,
-    WatchEvent,
+    self, Envelope, FamilyStatus, FlowInfo, Request, Response, RuleStatus, Status, TargetStatus,
+    UplinkStatus, WatchEvent,
 };
 use crate::kernel::conntrack::{self, Flow};
 use crate::kernel::netlink::Rtnl;
@@ -60,7 +60,11 @@ pub fn snapshot(tx: &Sender<Event>) -> Result<Snapshot> {
 }
 
 /// Starts the control socket listener (mode 0600, or 0660 for `control_group`).
-pub fn start_control(run_dir: &Path, tx: Sender<Event>, control_group: Option<&str>) -> Result<()> {
+pub fn start_control(
+    run_dir: &Path,
+    tx: Sender<Event>,
+    control_group: Option<&str>,
+) -> Result<std::thread::JoinHandle<()>> {
     let path = control::socket_path(run_dir);
     // Removes a stale socket, or a symlink planted at its name (not what it points to).
     match std::fs::remove_file(&path) {
@@ -253,7 +257,8 @@ fn serve(s: &mut UnixStream, env: Envelope, tx: &Sender<Event>) -> Result<()> {
         }
         Request::Explain(q) => {
             let snap = snapshot(tx)?;
-            match control::explain_query(&snap.cfg, &snap.states(), &q) {
+            let family = Family::of(&q.src);
+            match control::explain_query(&snap.cfg, &snap.states_of(family), &q) {
                 Ok(e) => write_line(s, &Response::ok(e)),
                 Err(e) => write_line::<()>(s, &Response::err(e)),
             }
@@ -383,10 +388,15 @@ fn read_counters(snap: &Snapshot) -> KernelCounters {
 }
 
 fn share_of(snap: &Snapshot, name: &str) -> f64 {
+    share_in(snap, name, Family::V4)
+}
+
+/// The share of new `family` connections the default policy gives `name`.
+fn share_in(snap: &Snapshot, name: &str, family: Family) -> f64 {
     match snap
         .policies
         .iter()
-        .find(|p| p.name == "default")
+        .find(|p| p.name == "default" && p.family == family)
         .map(|p| &p.decision)
     {
         Some(Decision::Spread { shares, .. }) => {
@@ -399,6 +409,43 @@ fn share_of(snap: &Snapshot, name: &str) -> f64 {
         }
         _ => 0.0,
     }
+}
+
+/// An uplink's IPv6 side in `status`, when it carries IPv6.
+fn ipv6_status(snap: &Snapshot, u: &multiwan_core::model::Uplink) -> Option<FamilyStatus> {
+    let v6 = u.ipv6.as_ref()?;
+    let rt = snap.uplinks.get(&u.name).and_then(|r| r.ipv6.as_ref());
+    let state = rt.map(|r| r.state.clone()).unwrap_or(State::Up);
+    let link = snap.facts.links.as_ref().and_then(|l| l.get(&u.interface));
+    Some(FamilyStatus {
+        state: state.name().to_string(),
+        reason: state.reason().map(|r| r.code().to_string()),
+        detail: state.reason().map(|r| r.to_string()),
+        since: rt.map(|r| r.since).unwrap_or(0),
+        share: share_in(snap, &u.name, Family::V6),
+        usable: snap.usable6.contains(&u.name),
+        rtt_last_ms: rt.and_then(|r| ms(r.stats.last_rtt)),
+        rtt_avg_ms: rt.and_then(|r| ms(r.stats.avg_rtt)),
+        loss_percent: rt.map(|r| r.stats.loss_percent()).unwrap_or(0.0),
+        targets: v6
+            .check
+            .targets
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let s = rt.and_then(|r| r.targets.get(i));
+                TargetStatus {
+                    target: multiwan_core::correlate::target_label(&(v6.check.method, *t)),
+                    suspect: snap.suspect.contains(&(v6.check.method, *t)),
+                    loss_percent: s.map(|s| s.loss_percent()).unwrap_or(0.0),
+                    rtt_avg_ms: s.and_then(|s| ms(s.avg_rtt)),
+                    rtt_last_ms: s.and_then(|s| ms(s.last_rtt)),
+                }
+            })
+            .collect(),
+        addresses: link.map(|l| l.addrs6.clone()).unwrap_or_default(),
+        gateway: v6.gateway.or_else(|| link.and_then(|l| l.gateway6)),
+    })
 }
 
 fn describe(d: &Decision) -> String {
@@ -484,6 +531,7 @@ pub fn status(snap: &Snapshot) -> Status {
                     .map(|l| l.addrs.clone())
                     .unwrap_or_default(),
                 gateway: u.gateway,
+                ipv6: ipv6_status(snap, u),
             }
         })
         .collect();
@@ -523,6 +571,7 @@ pub fn status(snap: &Snapshot) -> Status {
 fn proto_name(p: u8) -> String {
     match p {
         1 => "icmp".into(),
+        58 => "icmpv6".into(),
         6 => "tcp".into(),
         17 => "udp".into(),
         n => n.to_string(),
@@ -604,6 +653,7 @@ mod tests {
         let ev = WatchEvent::Probes {
             time_ms: 0,
             uplink: "isp1".into(),
+            family: "ipv4".into(),
             state: "up".into(),
             rtt_last_ms: None,
             rtt_avg_ms: None,

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use multiwan_core::health::{State, WindowStats};
 use multiwan_core::model::Config;
-use multiwan_core::plan::PolicyPlan;
+use multiwan_core::plan::{Family, PolicyPlan};
 use multiwan_core::Facts;
 
 use crate::control::WatchEvent;
@@ -36,12 +36,23 @@ pub struct Counters {
     pub last_failover_s: Option<f64>,
 }
 
-/// One uplink as the loop sees it.
+/// One uplink as the loop sees it: its IPv4 health, and its IPv6 health when it carries it.
 #[derive(Debug, Clone)]
 pub struct UplinkSnap {
     pub state: State,
     pub since: u64,
     pub disabled: bool,
+    pub stats: WindowStats,
+    pub targets: Vec<WindowStats>,
+    pub counters: Counters,
+    pub ipv6: Option<FamSnap>,
+}
+
+/// One family's health of an uplink.
+#[derive(Debug, Clone)]
+pub struct FamSnap {
+    pub state: State,
+    pub since: u64,
     pub stats: WindowStats,
     pub targets: Vec<WindowStats>,
     pub counters: Counters,
@@ -59,6 +70,8 @@ pub struct Snapshot {
     pub facts: Facts,
     pub uplinks: BTreeMap<String, UplinkSnap>,
     pub usable: BTreeSet<String>,
+    /// The uplinks taking new IPv6 connections.
+    pub usable6: BTreeSet<String>,
     /// Every uplink is down by probes alone; the last ones stay in use.
     pub fail_open: bool,
     /// Probe targets suspect (failing on every uplink while they work).
@@ -67,11 +80,17 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Every uplink's health state, by name (what `explain` judges against).
-    pub fn states(&self) -> BTreeMap<String, State> {
+    /// Every uplink's state in `family` (those that carry it).
+    pub fn states_of(&self, family: Family) -> BTreeMap<String, State> {
         self.uplinks
             .iter()
-            .map(|(n, u)| (n.clone(), u.state.clone()))
+            .filter_map(|(n, u)| {
+                let s = match family {
+                    Family::V4 => u.state.clone(),
+                    Family::V6 => u.ipv6.as_ref()?.state.clone(),
+                };
+                Some((n.clone(), s))
+            })
             .collect()
     }
 

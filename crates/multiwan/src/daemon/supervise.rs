@@ -92,6 +92,9 @@ pub struct Supervisor<S> {
     /// The prober generation whose rounds count.
     pub generation: u64,
     restarts: VecDeque<Instant>,
+    /// Threads the daemon cannot run without and cannot restart in place (listeners, the
+    /// signal thread): if one ends, the daemon exits so it is restarted whole.
+    essential: Vec<(&'static str, JoinHandle<()>)>,
 }
 
 impl<S> Supervisor<S> {
@@ -105,6 +108,7 @@ impl<S> Supervisor<S> {
             watcher: None,
             generation: 0,
             restarts: VecDeque::new(),
+            essential: Vec::new(),
         }
     }
 
@@ -133,6 +137,11 @@ impl<S> Supervisor<S> {
             handle,
         });
         Ok(())
+    }
+
+    /// Watches a thread whose end is fatal.
+    pub fn essential(&mut self, name: &'static str, handle: JoinHandle<()>) {
+        self.essential.push((name, handle));
     }
 
     /// (Re)starts the netlink watcher.
@@ -167,6 +176,10 @@ impl<S> Supervisor<S> {
         max_gap: Duration,
         specs: impl FnOnce() -> S,
     ) -> Result<(), String> {
+        if let Some(i) = self.essential.iter().position(|(_, h)| h.is_finished()) {
+            let (name, h) = self.essential.swap_remove(i);
+            return Err(format!("the {name} thread ended ({})", why(h.join())));
+        }
         if self.watcher.as_ref().is_some_and(JoinHandle::is_finished) {
             let reason = self
                 .watcher

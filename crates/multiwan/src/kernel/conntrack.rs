@@ -3,6 +3,8 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
+use multiwan_core::plan::Family;
+
 use anyhow::{Context, Result};
 use netlink_packet_core::{DefaultNla, Nla, NLM_F_DUMP};
 use netlink_packet_netfilter::conntrack::{
@@ -25,14 +27,14 @@ const CTA_MARK_MASK: u16 = 21;
 /// One tracked connection, as ctnetlink reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Flow {
-    /// IP protocol number (6 tcp, 17 udp, 1 icmp).
+    /// IP protocol number (6 tcp, 17 udp, 1 icmp, 58 icmpv6).
     pub proto: u8,
-    pub src: Ipv4Addr,
-    pub dst: Ipv4Addr,
+    pub src: IpAddr,
+    pub dst: IpAddr,
     pub sport: u16,
     pub dport: u16,
     /// The reply direction's destination: the address the connection was NATed to.
-    pub reply_dst: Ipv4Addr,
+    pub reply_dst: IpAddr,
     pub mark: u32,
     /// Bytes original/reply direction (0 unless nf_conntrack_acct is on).
     pub bytes_orig: u64,
@@ -41,8 +43,16 @@ pub struct Flow {
     pub start_ns: u64,
 }
 
-fn message(m: ConntrackMessage) -> NetfilterMessage {
-    NetfilterMessage::new(NetfilterHeader::new(NetfilterProtoFamily::IPv4, 0, 0), m)
+/// A ctnetlink message for `family`. Version 1 in the header: for a flush (a delete without a
+/// tuple) the kernel honours the family only then — with version 0 it deletes matching
+/// entries of every family, which would take an uplink's IPv4 connections along with its
+/// IPv6 ones.
+fn message(m: ConntrackMessage, family: Family) -> NetfilterMessage {
+    let f = match family {
+        Family::V4 => NetfilterProtoFamily::IPv4,
+        Family::V6 => NetfilterProtoFamily::IPv6,
+    };
+    NetfilterMessage::new(NetfilterHeader::new(f, 1, 0), m)
 }
 
 fn mark_filter(mark: u32, mask: u32) -> Vec<ConntrackAttribute> {
@@ -52,12 +62,12 @@ fn mark_filter(mark: u32, mask: u32) -> Vec<ConntrackAttribute> {
     ]
 }
 
-/// Deletes the IPv4 connections whose `ct mark & mask == mark` (one request; the kernel
-/// walks the table).
-pub fn flush(mark: u32, mask: u32) -> Result<()> {
+/// Deletes the connections of `family` whose `ct mark & mask == mark` (one request; the
+/// kernel walks the table).
+pub fn flush(mark: u32, mask: u32, family: Family) -> Result<()> {
     let mut s = NlSocket::open(NETLINK_NETFILTER, false)?;
     match s.request(
-        message(ConntrackMessage::Delete(mark_filter(mark, mask))),
+        message(ConntrackMessage::Delete(mark_filter(mark, mask)), family),
         0,
     ) {
         Ok(_) => Ok(()),
@@ -67,13 +77,17 @@ pub fn flush(mark: u32, mask: u32) -> Result<()> {
     }
 }
 
-/// Lists the IPv4 connections whose `ct mark & mask == mark` (all with `None`).
+/// Lists the connections of both families whose `ct mark & mask == mark` (all with `None`).
 pub fn dump(filter: Option<(u32, u32)>) -> Result<Vec<Flow>> {
     let mut s = NlSocket::open(NETLINK_NETFILTER, false)?;
-    let attrs = filter.map(|(m, k)| mark_filter(m, k)).unwrap_or_default();
-    let answers = s
-        .request(message(ConntrackMessage::Get(attrs)), NLM_F_DUMP)
-        .context("listing connections")?;
+    let mut answers = Vec::new();
+    for family in Family::ALL {
+        let attrs = filter.map(|(m, k)| mark_filter(m, k)).unwrap_or_default();
+        answers.extend(
+            s.request(message(ConntrackMessage::Get(attrs), family), NLM_F_DUMP)
+                .context("listing connections")?,
+        );
+    }
     Ok(answers
         .into_iter()
         .filter_map(|m| match m.inner {
@@ -108,15 +122,16 @@ fn nested_u64(nested: &[u8], kind: u16) -> Option<u64> {
     None
 }
 
-fn tuple(t: &[Tuple]) -> (Ipv4Addr, Ipv4Addr, u8, u16, u16) {
-    let mut r = (Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED, 0, 0, 0);
+fn tuple(t: &[Tuple]) -> (IpAddr, IpAddr, u8, u16, u16) {
+    let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+    let mut r = (any, any, 0, 0, 0);
     for x in t {
         match x {
             Tuple::Ip(ips) => {
                 for ip in ips {
                     match ip {
-                        IPTuple::SourceAddress(IpAddr::V4(a)) => r.0 = *a,
-                        IPTuple::DestinationAddress(IpAddr::V4(a)) => r.1 = *a,
+                        IPTuple::SourceAddress(a) => r.0 = *a,
+                        IPTuple::DestinationAddress(a) => r.1 = *a,
                         _ => {}
                     }
                 }
@@ -138,13 +153,14 @@ fn tuple(t: &[Tuple]) -> (Ipv4Addr, Ipv4Addr, u8, u16, u16) {
 }
 
 fn flow(attrs: &[ConntrackAttribute]) -> Flow {
+    let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
     let mut f = Flow {
         proto: 0,
-        src: Ipv4Addr::UNSPECIFIED,
-        dst: Ipv4Addr::UNSPECIFIED,
+        src: any,
+        dst: any,
         sport: 0,
         dport: 0,
-        reply_dst: Ipv4Addr::UNSPECIFIED,
+        reply_dst: any,
         mark: 0,
         bytes_orig: 0,
         bytes_reply: 0,

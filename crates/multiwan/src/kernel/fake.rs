@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{bail, Result};
+use multiwan_core::plan::Family;
 use multiwan_core::{Facts, Plan};
 
 use super::{ApplyReport, DownReport, Kernel};
@@ -19,18 +20,21 @@ pub struct FakeKernel {
     pub applies: Vec<ApplyReport>,
     /// The next this many applies fail (and change nothing).
     pub fail_applies: usize,
-    /// (mark, mask) of every flush.
-    pub flushed: Vec<(u32, u32)>,
+    /// (mark, mask, family) of every flush.
+    pub flushed: Vec<(u32, u32, Family)>,
     pub downs: usize,
 }
 
 impl Kernel for FakeKernel {
-    fn facts(&mut self, auto_gateways: &BTreeSet<String>) -> Result<Facts> {
+    fn facts(&mut self, auto: &BTreeSet<String>, auto6: &BTreeSet<String>) -> Result<Facts> {
         let mut f = self.facts.clone();
         if let Some(links) = f.links.as_mut() {
             for (name, l) in links.iter_mut() {
-                if !auto_gateways.contains(name) {
+                if !auto.contains(name) {
                     l.gateway = None;
+                }
+                if !auto6.contains(name) {
+                    l.gateway6 = None;
                 }
             }
         }
@@ -84,8 +88,8 @@ impl Kernel for FakeKernel {
         Ok(())
     }
 
-    fn flush(&mut self, mark: u32, mask: u32) -> Result<()> {
-        self.flushed.push((mark, mask));
+    fn flush(&mut self, mark: u32, mask: u32, family: Family) -> Result<()> {
+        self.flushed.push((mark, mask, family));
         Ok(())
     }
 

@@ -22,11 +22,11 @@ pub mod sysctl;
 pub mod fake;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
-use multiwan_core::plan::{IpRule, Link, Plan, PolicyMap, Route, RTPROT_MULTIWAN};
+use multiwan_core::plan::{Family, IpRule, Link, Plan, PolicyMap, Route, RTPROT_MULTIWAN};
 use multiwan_core::Facts;
 
 use netlink::{Rtnl, Unknown};
@@ -34,9 +34,10 @@ use nft::{Nft, PolicyState};
 
 /// What the daemon (and the commands) need from the kernel.
 pub trait Kernel {
-    /// Interfaces, their IPv4 addresses, and for the interfaces in `auto_gateways` the
-    /// gateway of the default route someone else (a DHCP client) installed through them.
-    fn facts(&mut self, auto_gateways: &BTreeSet<String>) -> Result<Facts>;
+    /// Interfaces, their addresses, and for the interfaces in `auto` (IPv4) and `auto6`
+    /// (IPv6) the gateway of the default route someone else (a DHCP client, router
+    /// advertisements) installed through them.
+    fn facts(&mut self, auto: &BTreeSet<String>, auto6: &BTreeSet<String>) -> Result<Facts>;
     /// The uplink ids of the installed table (empty when there is none). Anything that cannot
     /// be understood is an error, never a silent reassignment.
     fn ids(&mut self, mark_mask: u32) -> Result<BTreeMap<String, u32>>;
@@ -44,8 +45,8 @@ pub trait Kernel {
     fn apply(&mut self, plan: &Plan) -> Result<ApplyReport>;
     /// Checks that the kernel equals `plan`.
     fn verify(&mut self, plan: &Plan) -> Result<()>;
-    /// Deletes the connections whose mark under `mask` is `mark`.
-    fn flush(&mut self, mark: u32, mask: u32) -> Result<()>;
+    /// Deletes the connections of `family` whose mark under `mask` is `mark`.
+    fn flush(&mut self, mark: u32, mask: u32, family: Family) -> Result<()>;
     /// Removes everything multiwan installed, and nothing else.
     fn down(&mut self) -> Result<DownReport>;
 }
@@ -142,6 +143,22 @@ impl System {
         })
     }
 
+    /// The gateway of the best foreign default route of `family` through interface `index`:
+    /// the lowest metric, the main table first — what a DHCP client or router advertisements
+    /// install.
+    fn learned_gateway(&mut self, family: Family, index: u32) -> Result<Option<IpAddr>> {
+        let mut best: Option<(bool, u32, IpAddr)> = None;
+        for m in self.rt.routes_via(family, index)? {
+            if let Some((gw, metric, table)) = netlink::default_gateway(&m) {
+                let key = (table != 254, metric, gw);
+                if best.is_none_or(|b| (key.0, key.1) < (b.0, b.1)) {
+                    best = Some(key);
+                }
+            }
+        }
+        Ok(best.map(|b| b.2))
+    }
+
     fn links(&mut self) -> Result<(BTreeMap<String, u32>, BTreeMap<u32, String>)> {
         let links = self.rt.links()?;
         Ok((
@@ -158,26 +175,27 @@ impl System {
         names: &BTreeMap<u32, String>,
     ) -> Result<Installed> {
         let mut s = Installed::default();
-        for m in self.rt.rules()? {
-            if netlink::rule_is_ours(&m) {
-                match netlink::parse_rule(&m) {
-                    Some(r) => {
-                        s.rules.insert(r);
+        let mut routes = Vec::new();
+        for family in Family::ALL {
+            for m in self.rt.rules(family)? {
+                if netlink::rule_is_ours(&m) {
+                    match netlink::parse_rule(&m) {
+                        Some(r) => {
+                            s.rules.insert(r);
+                        }
+                        None => s.unknown.push(Unknown::Rule(m)),
                     }
-                    None => s.unknown.push(Unknown::Rule(m)),
                 }
+            }
+            match tables {
+                Some(t) => {
+                    for table in t {
+                        routes.extend(self.rt.routes(family, Some(*table), None)?);
+                    }
+                }
+                None => routes.extend(self.rt.routes(family, None, Some(RTPROT_MULTIWAN))?),
             }
         }
-        let routes = match tables {
-            Some(t) => {
-                let mut all = Vec::new();
-                for table in t {
-                    all.extend(self.rt.routes(Some(*table), None)?);
-                }
-                all
-            }
-            None => self.rt.routes(None, Some(RTPROT_MULTIWAN))?,
-        };
         for m in routes {
             if !netlink::is_ours(&m) {
                 s.foreign.push(describe_route(&m, names));
@@ -224,7 +242,9 @@ impl System {
     fn undo(&mut self, steps: Vec<Step>, index: &BTreeMap<String, u32>) {
         for s in steps.into_iter().rev() {
             let r = match s {
-                Step::RouteReplaced { new, old: None } => self.rt.delete_route(new.table),
+                Step::RouteReplaced { new, old: None } => {
+                    self.rt.delete_route(new.family, new.table)
+                }
                 Step::RouteReplaced { old: Some(o), .. } | Step::RouteDeleted(o) => {
                     self.rt.replace_route(&o, index)
                 }
@@ -271,14 +291,17 @@ impl System {
         let changed = sysctl::apply(&early)?;
         report.sysctls_changed += changed.len();
         steps.push(Step::Sysctls(changed));
-        let old_by_table: BTreeMap<u32, &Route> =
-            before.routes.iter().map(|r| (r.table, r)).collect();
+        let old_by_table: BTreeMap<(Family, u32), &Route> = before
+            .routes
+            .iter()
+            .map(|r| ((r.family, r.table), r))
+            .collect();
         for r in &plan.routes {
             if !before.routes.contains(r) {
                 self.rt.replace_route(r, index)?;
                 steps.push(Step::RouteReplaced {
                     new: r.clone(),
-                    old: old_by_table.get(&r.table).map(|r| (*r).clone()),
+                    old: old_by_table.get(&(r.family, r.table)).map(|r| (*r).clone()),
                 });
                 report.routes_changed += 1;
             }
@@ -332,10 +355,11 @@ impl System {
             self.rt.delete_unknown(u)?;
             report.rules_removed += 1;
         }
-        let planned_tables: BTreeSet<u32> = plan.routes.iter().map(|r| r.table).collect();
+        let planned_tables: BTreeSet<(Family, u32)> =
+            plan.routes.iter().map(|r| (r.family, r.table)).collect();
         for r in &before.routes {
-            if !planned_tables.contains(&r.table) {
-                self.rt.delete_route(r.table)?;
+            if !planned_tables.contains(&(r.family, r.table)) {
+                self.rt.delete_route(r.family, r.table)?;
                 steps.push(Step::RouteDeleted(r.clone()));
                 report.routes_removed += 1;
             }
@@ -422,7 +446,7 @@ fn describe_route(
 }
 
 impl Kernel for System {
-    fn facts(&mut self, auto_gateways: &BTreeSet<String>) -> Result<Facts> {
+    fn facts(&mut self, auto: &BTreeSet<String>, auto6: &BTreeSet<String>) -> Result<Facts> {
         let links = self.rt.links()?;
         let mut by_index: BTreeMap<u32, &str> = BTreeMap::new();
         let mut out: BTreeMap<String, Link> = BTreeMap::new();
@@ -432,33 +456,46 @@ impl Kernel for System {
                 l.name.clone(),
                 Link {
                     up: l.up,
-                    addrs: Vec::new(),
-                    gateway: None,
+                    ..Link::default()
                 },
             );
         }
-        for (index, ip) in self.rt.addrs4()? {
-            if let Some(l) = by_index.get(&index).and_then(|n| out.get_mut(*n)) {
-                l.addrs.push(ip);
-            }
-        }
-        // The lowest metric of the default routes through the interface, the main table
-        // first: what a DHCP client installs.
-        for l in links.iter().filter(|l| auto_gateways.contains(&l.name)) {
-            let mut best: Option<(bool, u32, Ipv4Addr)> = None;
-            for m in self.rt.routes_via(l.index)? {
-                if let Some((gw, metric, table)) = netlink::default_gateway(&m) {
-                    let key = (table != 254, metric, gw);
-                    if best.is_none_or(|b| (key.0, key.1) < (b.0, b.1)) {
-                        best = Some(key);
+        for family in Family::ALL {
+            for (index, ip) in self.rt.addrs(family)? {
+                if let Some(l) = by_index.get(&index).and_then(|n| out.get_mut(*n)) {
+                    match ip {
+                        IpAddr::V4(a) => l.addrs.push(a),
+                        IpAddr::V6(a) => l.addrs6.push(a),
                     }
                 }
             }
-            if let Some(link) = out.get_mut(&l.name) {
-                link.gateway = best.map(|b| b.2);
+        }
+        for (family, wanted) in [(Family::V4, auto), (Family::V6, auto6)] {
+            for l in links.iter().filter(|l| wanted.contains(&l.name)) {
+                let gw = self.learned_gateway(family, l.index)?;
+                if let Some(link) = out.get_mut(&l.name) {
+                    match gw {
+                        Some(IpAddr::V4(g)) => link.gateway = Some(g),
+                        Some(IpAddr::V6(g)) => link.gateway6 = Some(g),
+                        None => {}
+                    }
+                }
             }
         }
-        Ok(Facts { links: Some(out) })
+        let mut foreign_marks = Vec::new();
+        for family in Family::ALL {
+            for m in self.rt.rules(family)? {
+                if !netlink::rule_is_ours(&m) {
+                    foreign_marks.extend(netlink::rule_fwmark(&m));
+                }
+            }
+        }
+        foreign_marks.sort_unstable();
+        foreign_marks.dedup();
+        Ok(Facts {
+            links: Some(out),
+            foreign_marks,
+        })
     }
 
     fn ids(&mut self, mark_mask: u32) -> Result<BTreeMap<String, u32>> {
@@ -526,8 +563,8 @@ impl Kernel for System {
         self.compare(plan, &tables)
     }
 
-    fn flush(&mut self, mark: u32, mask: u32) -> Result<()> {
-        conntrack::flush(mark, mask)
+    fn flush(&mut self, mark: u32, mask: u32, family: Family) -> Result<()> {
+        conntrack::flush(mark, mask, family)
     }
 
     fn down(&mut self) -> Result<DownReport> {
@@ -550,7 +587,7 @@ impl Kernel for System {
             }
         }
         for r in &now.routes {
-            self.rt.delete_route(r.table)?;
+            self.rt.delete_route(r.family, r.table)?;
             report.routes_removed += 1;
         }
         report.sysctls_restored = sysctl::restore_saved(&self.run_dir)?;

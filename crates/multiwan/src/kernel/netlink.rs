@@ -7,12 +7,14 @@
 //! `apply` removes it and `down` deletes it, instead of dropping it silently.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use anyhow::{anyhow, Context, Result};
-use multiwan_core::plan::{IpRule, Nexthop, Route, RuleAction, RTPROT_MULTIWAN};
+use multiwan_core::plan::{Family, IpRule, Nexthop, Route, RouteKind, RuleAction, RTPROT_MULTIWAN};
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_REPLACE};
-use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::address::{
+    AddressAttribute, AddressHeaderFlags, AddressMessage, AddressScope,
+};
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteNextHop, RouteProtocol,
@@ -50,6 +52,29 @@ pub struct Rtnl(NlSocket);
 
 fn proto() -> RouteProtocol {
     RouteProtocol::from(RTPROT_MULTIWAN)
+}
+
+fn af(family: Family) -> AddressFamily {
+    match family {
+        Family::V4 => AddressFamily::Inet,
+        Family::V6 => AddressFamily::Inet6,
+    }
+}
+
+/// The family of a message's address family (`None` for any other).
+pub fn family_of(a: AddressFamily) -> Option<Family> {
+    match a {
+        AddressFamily::Inet => Some(Family::V4),
+        AddressFamily::Inet6 => Some(Family::V6),
+        _ => None,
+    }
+}
+
+fn full_len(family: Family) -> u8 {
+    match family {
+        Family::V4 => 32,
+        Family::V6 => 128,
+    }
 }
 
 impl Rtnl {
@@ -92,14 +117,16 @@ impl Rtnl {
         Ok(out)
     }
 
-    /// Every IPv4 address: (interface index, address).
-    pub fn addrs4(&mut self) -> Result<Vec<(u32, Ipv4Addr)>> {
+    /// Every usable address of `family`: (interface index, address). For IPv6 only global
+    /// ones that finished duplicate address detection (link-local addresses cannot reach the
+    /// internet; a tentative one cannot be used yet).
+    pub fn addrs(&mut self, family: Family) -> Result<Vec<(u32, IpAddr)>> {
         let mut req = AddressMessage::default();
-        req.header.family = AddressFamily::Inet;
+        req.header.family = af(family);
         let mut out = Vec::new();
         for m in self.dump(RouteNetlinkMessage::GetAddress(req))? {
             if let RouteNetlinkMessage::NewAddress(a) = m {
-                if let Some(ip) = addr_of(&a) {
+                if let Some(ip) = addr_of(&a, family) {
                     out.push((a.header.index, ip));
                 }
             }
@@ -107,15 +134,16 @@ impl Rtnl {
         Ok(out)
     }
 
-    /// IPv4 routes of `table`, or of every table when `None`, with routing protocol
+    /// Routes of `family` in `table`, or in every table when `None`, with routing protocol
     /// `protocol` if given (both filtered by the kernel).
     pub fn routes(
         &mut self,
+        family: Family,
         table: Option<u32>,
         protocol: Option<u8>,
     ) -> Result<Vec<RouteMessage>> {
         let mut req = RouteMessage::default();
-        req.header.address_family = AddressFamily::Inet;
+        req.header.address_family = af(family);
         if let Some(p) = protocol {
             req.header.protocol = RouteProtocol::from(p);
         }
@@ -139,10 +167,11 @@ impl Rtnl {
         Ok(out)
     }
 
-    /// IPv4 routes through interface `index` in every table (kernel-filtered by device).
-    pub fn routes_via(&mut self, index: u32) -> Result<Vec<RouteMessage>> {
+    /// Routes of `family` through interface `index` in every table (kernel-filtered by
+    /// device).
+    pub fn routes_via(&mut self, family: Family, index: u32) -> Result<Vec<RouteMessage>> {
         let mut req = RouteMessage::default();
-        req.header.address_family = AddressFamily::Inet;
+        req.header.address_family = af(family);
         req.attributes.push(RouteAttribute::Oif(index));
         let mut out = Vec::new();
         for m in self.dump(RouteNetlinkMessage::GetRoute(req))? {
@@ -153,10 +182,10 @@ impl Rtnl {
         Ok(out)
     }
 
-    /// Every IPv4 rule.
-    pub fn rules(&mut self) -> Result<Vec<RuleMessage>> {
+    /// Every rule of `family`.
+    pub fn rules(&mut self, family: Family) -> Result<Vec<RuleMessage>> {
         let mut req = RuleMessage::default();
-        req.header.family = AddressFamily::Inet;
+        req.header.family = af(family);
         let mut out = Vec::new();
         for m in self.dump(RouteNetlinkMessage::GetRule(req))? {
             if let RouteNetlinkMessage::NewRule(r) = m {
@@ -176,13 +205,15 @@ impl Rtnl {
         .with_context(|| format!("installing route {}", r.args().join(" ")))
     }
 
-    /// Deletes multiwan's default route in `table`.
-    pub fn delete_route(&mut self, table: u32) -> Result<()> {
+    /// Deletes multiwan's default route of `family` in `table`.
+    pub fn delete_route(&mut self, family: Family, table: u32) -> Result<()> {
         let mut m = RouteMessage::default();
-        m.header = route_header(table, RouteScope::NoWhere);
+        m.header = route_header(family, table, RouteScope::NoWhere);
+        // Whatever its type (a multipath route or an unreachable one).
+        m.header.kind = RouteType::Unspec;
         m.attributes.push(RouteAttribute::Table(table));
         self.change(RouteNetlinkMessage::DelRoute(m), 0)
-            .with_context(|| format!("removing multiwan's route in table {table}"))
+            .with_context(|| format!("removing multiwan's {family} route in table {table}"))
     }
 
     pub fn add_rule(&mut self, r: &IpRule) -> Result<()> {
@@ -222,11 +253,20 @@ fn link_info(l: &LinkMessage) -> LinkInfo {
     }
 }
 
-fn addr_of(a: &AddressMessage) -> Option<Ipv4Addr> {
+fn addr_of(a: &AddressMessage, family: Family) -> Option<IpAddr> {
+    if family == Family::V6 {
+        let unusable = AddressHeaderFlags::Tentative | AddressHeaderFlags::Dadfailed;
+        if a.header.scope != AddressScope::Universe || a.header.flags.intersects(unusable) {
+            return None;
+        }
+    }
     let pick = |local: bool| {
         a.attributes.iter().find_map(|x| match (x, local) {
-            (AddressAttribute::Local(IpAddr::V4(ip)), true) => Some(*ip),
-            (AddressAttribute::Address(IpAddr::V4(ip)), false) => Some(*ip),
+            (AddressAttribute::Local(ip), true) | (AddressAttribute::Address(ip), false)
+                if Family::of(ip) == family =>
+            {
+                Some(*ip)
+            }
             _ => None,
         })
     };
@@ -237,9 +277,9 @@ fn compat_table(t: u32) -> u8 {
     u8::try_from(t).unwrap_or(COMPAT_TABLE)
 }
 
-fn route_header(table: u32, scope: RouteScope) -> RouteHeader {
+fn route_header(family: Family, table: u32, scope: RouteScope) -> RouteHeader {
     RouteHeader {
-        address_family: AddressFamily::Inet,
+        address_family: af(family),
         table: compat_table(table),
         protocol: proto(),
         scope,
@@ -262,13 +302,24 @@ fn route_message(r: &Route, index: &BTreeMap<String, u32>) -> Result<RouteMessag
         [nh] if nh.via.is_none() => RouteScope::Link,
         _ => RouteScope::Universe,
     };
-    m.header = route_header(r.table, scope);
+    m.header = route_header(r.family, r.table, scope);
     m.attributes.push(RouteAttribute::Table(r.table));
+    match r.kind {
+        RouteKind::Unicast => {}
+        RouteKind::Unreachable => {
+            m.header.kind = RouteType::Unreachable;
+            return Ok(m);
+        }
+        RouteKind::Blackhole => {
+            m.header.kind = RouteType::BlackHole;
+            return Ok(m);
+        }
+    }
     match r.nexthops.as_slice() {
         [nh] => {
             if let Some(via) = nh.via {
                 m.attributes
-                    .push(RouteAttribute::Gateway(RouteAddress::Inet(via)));
+                    .push(RouteAttribute::Gateway(RouteAddress::from(via)));
             }
             m.attributes
                 .push(RouteAttribute::Oif(ifindex(index, &nh.dev)?));
@@ -281,7 +332,7 @@ fn route_message(r: &Route, index: &BTreeMap<String, u32>) -> Result<RouteMessag
                 h.hops = u8::try_from(nh.weight.clamp(1, 256) - 1).unwrap_or(u8::MAX);
                 if let Some(via) = nh.via {
                     h.attributes
-                        .push(RouteAttribute::Gateway(RouteAddress::Inet(via)));
+                        .push(RouteAttribute::Gateway(RouteAddress::from(via)));
                 }
                 list.push(h);
             }
@@ -307,9 +358,10 @@ pub fn is_ours(m: &RouteMessage) -> bool {
     m.header.protocol == proto()
 }
 
-fn gateway4(attrs: &[RouteAttribute]) -> Option<Ipv4Addr> {
+fn gateway(attrs: &[RouteAttribute]) -> Option<IpAddr> {
     attrs.iter().find_map(|a| match a {
-        RouteAttribute::Gateway(RouteAddress::Inet(g)) => Some(*g),
+        RouteAttribute::Gateway(RouteAddress::Inet(g)) => Some(IpAddr::V4(*g)),
+        RouteAttribute::Gateway(RouteAddress::Inet6(g)) => Some(IpAddr::V6(*g)),
         _ => None,
     })
 }
@@ -323,8 +375,23 @@ fn oif(attrs: &[RouteAttribute]) -> Option<u32> {
 
 /// A default route as the planner writes it, or `None` when it is anything else.
 pub fn parse_route(m: &RouteMessage, names: &BTreeMap<u32, String>) -> Option<Route> {
-    if m.header.destination_prefix_length != 0 || m.header.kind != RouteType::Unicast {
+    if m.header.destination_prefix_length != 0 {
         return None;
+    }
+    let family = family_of(m.header.address_family)?;
+    let reject = match m.header.kind {
+        RouteType::Unicast => None,
+        RouteType::Unreachable => Some(RouteKind::Unreachable),
+        RouteType::BlackHole => Some(RouteKind::Blackhole),
+        _ => return None,
+    };
+    if let Some(kind) = reject {
+        return Some(Route {
+            family,
+            table: table_of(m),
+            nexthops: Vec::new(),
+            kind,
+        });
     }
     let name = |i: u32| names.get(&i).cloned();
     let multipath = m.attributes.iter().find_map(|a| match a {
@@ -336,26 +403,28 @@ pub fn parse_route(m: &RouteMessage, names: &BTreeMap<u32, String>) -> Option<Ro
             .iter()
             .map(|h| {
                 Some(Nexthop {
-                    via: gateway4(&h.attributes),
+                    via: gateway(&h.attributes),
                     dev: name(h.interface_index)?,
                     weight: u32::from(h.hops) + 1,
                 })
             })
             .collect::<Option<Vec<_>>>()?,
         None => vec![Nexthop {
-            via: gateway4(&m.attributes),
+            via: gateway(&m.attributes),
             dev: name(oif(&m.attributes)?)?,
             weight: 1,
         }],
     };
     Some(Route {
+        family,
         table: table_of(m),
         nexthops,
+        kind: RouteKind::Unicast,
     })
 }
 
-/// The gateway and metric of a default route (for `gateway = "auto"`).
-pub fn default_gateway(m: &RouteMessage) -> Option<(Ipv4Addr, u32, u32)> {
+/// The gateway, metric and table of a foreign default route (for `gateway = "auto"`).
+pub fn default_gateway(m: &RouteMessage) -> Option<(IpAddr, u32, u32)> {
     if m.header.destination_prefix_length != 0 || is_ours(m) {
         return None;
     }
@@ -367,17 +436,17 @@ pub fn default_gateway(m: &RouteMessage) -> Option<(Ipv4Addr, u32, u32)> {
             _ => None,
         })
         .unwrap_or(0);
-    Some((gateway4(&m.attributes)?, metric, table_of(m)))
+    Some((gateway(&m.attributes)?, metric, table_of(m)))
 }
 
 fn rule_message(r: &IpRule) -> RuleMessage {
     let mut m = RuleMessage::default();
-    m.header.family = AddressFamily::Inet;
+    m.header.family = af(r.family);
     m.attributes.push(RuleAttribute::Priority(r.priority));
     m.attributes.push(RuleAttribute::Protocol(proto()));
     if let Some(from) = r.from {
-        m.header.src_len = 32;
-        m.attributes.push(RuleAttribute::Source(IpAddr::V4(from)));
+        m.header.src_len = full_len(r.family);
+        m.attributes.push(RuleAttribute::Source(from));
     }
     if let Some((mark, mask)) = r.fwmark {
         m.attributes.push(RuleAttribute::FwMark(mark));
@@ -408,8 +477,23 @@ pub fn rule_is_ours(m: &RuleMessage) -> bool {
         .any(|a| matches!(a, RuleAttribute::Protocol(p) if *p == proto()))
 }
 
+/// A rule's `fwmark value/mask` selector, if it has one (the mask defaults to all ones).
+pub fn rule_fwmark(m: &RuleMessage) -> Option<(u32, u32)> {
+    let mut mark = None;
+    let mut mask = u32::MAX;
+    for a in &m.attributes {
+        match a {
+            RuleAttribute::FwMark(v) => mark = Some(*v),
+            RuleAttribute::FwMask(v) => mask = *v,
+            _ => {}
+        }
+    }
+    mark.map(|v| (v, mask))
+}
+
 /// A rule as the planner writes it, or `None` when it has anything the planner never writes.
 pub fn parse_rule(m: &RuleMessage) -> Option<IpRule> {
+    let family = family_of(m.header.family)?;
     let mut priority = 0;
     let mut fwmark = None;
     let mut fwmask = u32::MAX;
@@ -421,7 +505,11 @@ pub fn parse_rule(m: &RuleMessage) -> Option<IpRule> {
             RuleAttribute::Priority(p) => priority = *p,
             RuleAttribute::FwMark(v) => fwmark = Some(*v),
             RuleAttribute::FwMask(v) => fwmask = *v,
-            RuleAttribute::Source(IpAddr::V4(ip)) if m.header.src_len == 32 => from = Some(*ip),
+            RuleAttribute::Source(ip)
+                if Family::of(ip) == family && m.header.src_len == full_len(family) =>
+            {
+                from = Some(*ip)
+            }
             RuleAttribute::Table(t) => table = *t,
             // The kernel reports "unset" as -1.
             RuleAttribute::SuppressPrefixLen(s) if *s != u32::MAX => suppress = Some(*s),
@@ -442,6 +530,7 @@ pub fn parse_rule(m: &RuleMessage) -> Option<IpRule> {
         _ => return None,
     };
     Some(IpRule {
+        family,
         priority,
         fwmark: fwmark.map(|v| (v, fwmask)),
         from,
@@ -457,27 +546,38 @@ mod tests {
     fn rules_round_trip_through_their_messages() {
         for r in [
             IpRule {
+                family: Family::V4,
                 priority: 1000,
                 fwmark: None,
                 from: None,
                 action: RuleAction::MainNoDefault,
             },
             IpRule {
+                family: Family::V4,
                 priority: 1001,
                 fwmark: Some((0x10000, 0xff0000)),
                 from: None,
                 action: RuleAction::Lookup(1001),
             },
             IpRule {
+                family: Family::V6,
                 priority: 1002,
                 fwmark: Some((0xff0000, 0xff0000)),
                 from: None,
                 action: RuleAction::Blackhole,
             },
             IpRule {
+                family: Family::V4,
                 priority: 1003,
                 fwmark: None,
-                from: Some(Ipv4Addr::new(10, 0, 0, 1)),
+                from: Some("10.0.0.1".parse().expect("ip")),
+                action: RuleAction::Lookup(1001),
+            },
+            IpRule {
+                family: Family::V6,
+                priority: 1003,
+                fwmark: None,
+                from: Some("2001:db8:1::253".parse().expect("ip")),
                 action: RuleAction::Lookup(1001),
             },
         ] {
@@ -487,6 +587,7 @@ mod tests {
         }
         // Something multiwan never writes is not forced into its types.
         let mut m = rule_message(&IpRule {
+            family: Family::V4,
             priority: 1001,
             fwmark: None,
             from: None,
@@ -503,26 +604,41 @@ mod tests {
         let names: BTreeMap<u32, String> = index.iter().map(|(n, i)| (*i, n.clone())).collect();
         for r in [
             Route {
+                family: Family::V4,
                 table: 1001,
                 nexthops: vec![Nexthop {
-                    via: Some(Ipv4Addr::new(10, 0, 0, 1)),
+                    via: Some("10.0.0.1".parse().expect("ip")),
                     dev: "eth1".into(),
                     weight: 1,
                 }],
+                kind: RouteKind::Unicast,
             },
             Route {
+                family: Family::V6,
+                table: 1001,
+                nexthops: vec![Nexthop {
+                    via: Some("fe80::1".parse().expect("ip")),
+                    dev: "eth1".into(),
+                    weight: 1,
+                }],
+                kind: RouteKind::Unicast,
+            },
+            Route {
+                family: Family::V4,
                 table: 1002,
                 nexthops: vec![Nexthop {
                     via: None,
                     dev: "ppp0".into(),
                     weight: 1,
                 }],
+                kind: RouteKind::Unicast,
             },
             Route {
+                family: Family::V4,
                 table: 1000,
                 nexthops: vec![
                     Nexthop {
-                        via: Some(Ipv4Addr::new(10, 0, 0, 1)),
+                        via: Some("10.0.0.1".parse().expect("ip")),
                         dev: "eth1".into(),
                         weight: 3,
                     },
@@ -532,6 +648,19 @@ mod tests {
                         weight: 1,
                     },
                 ],
+                kind: RouteKind::Unicast,
+            },
+            Route {
+                family: Family::V4,
+                table: 1000,
+                nexthops: Vec::new(),
+                kind: RouteKind::Unreachable,
+            },
+            Route {
+                family: Family::V6,
+                table: 1000,
+                nexthops: Vec::new(),
+                kind: RouteKind::Blackhole,
             },
         ] {
             let m = route_message(&r, &index).expect("message");
@@ -541,12 +670,14 @@ mod tests {
         }
         let err = route_message(
             &Route {
+                family: Family::V4,
                 table: 1001,
                 nexthops: vec![Nexthop {
                     via: None,
                     dev: "gone0".into(),
                     weight: 1,
                 }],
+                kind: RouteKind::Unicast,
             },
             &index,
         )

@@ -1,12 +1,13 @@
-//! Shared helpers for the namespace tests: a lab topology (the same one `multiwan-lab`
-//! builds) with a running server, plus `multiwan` invoked inside the router namespace. Each
+//! Shared helpers for the namespace tests: a lab topology (the same dual-stack one
+//! `multiwan-lab` builds) with a running server on both families, plus `multiwan` invoked
+//! inside the router namespace. Each
 //! lab keeps its configs, run directory and logs in a private directory (0700, random name),
 //! and checks when it is dropped that no process naming that directory outlived the test.
 
 // Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
@@ -56,7 +57,7 @@ impl Lab {
     pub fn with_spec(spec: TopologySpec) -> Self {
         require_root();
         let topo = Topology::build(&spec).expect("build topology");
-        let server = Server::start(&topo.server, topo.server_endpoint()).expect("server");
+        let server = Server::start_all(&topo.server, &topo.server_endpoints()).expect("server");
         let private = multiwan_lab::scratch::private_dir("test").expect("private dir");
         Self {
             topo,
@@ -149,14 +150,75 @@ impl Lab {
         s += &r.exec("nft", &["-s", "list", "ruleset"]).expect("nft");
         s += &r.ip(&["rule", "show"]).expect("rules");
         s += &r.ip(&["route", "show", "table", "all"]).expect("routes");
-        for key in [
-            "net.ipv4.ip_forward",
-            "net.ipv4.conf.wan1.rp_filter",
-            "net.ipv4.conf.wan2.rp_filter",
-        ] {
-            s += &format!("{key} = {}\n", r.read_sysctl(key).expect("sysctl"));
+        s += &r.ip(&["-6", "rule", "show"]).expect("ipv6 rules");
+        // Routes learnt from router advertisements count their lifetime down: drop that.
+        let routes6 = r
+            .ip(&["-6", "route", "show", "table", "all"])
+            .expect("ipv6 routes");
+        for line in routes6.lines() {
+            let mut words: Vec<&str> = line.split_whitespace().collect();
+            if let Some(i) = words.iter().position(|w| *w == "expires") {
+                words.drain(i..(i + 2).min(words.len()));
+            }
+            s += &words.join(" ");
+            s.push('\n');
+        }
+        let mut keys = vec![
+            "net.ipv4.ip_forward".to_string(),
+            "net.ipv6.conf.all.forwarding".to_string(),
+        ];
+        for isp in &self.topo.isps {
+            let i = &isp.router_if;
+            keys.push(format!("net.ipv4.conf.{i}.rp_filter"));
+            keys.push(format!("net.ipv6.conf.{i}.accept_ra"));
+            keys.push(format!("net.ipv6.conf.{i}.forwarding"));
+        }
+        for key in keys {
+            s += &format!("{key} = {}\n", r.read_sysctl(&key).expect("sysctl"));
         }
         s
+    }
+
+    /// `n` exchanges of `f` (a client of either family) from LAN host `h` to `ep`: the uplink
+    /// index each used (None = failed or seen from an address that is no uplink's).
+    pub fn exchanges_from_host(
+        &self,
+        h: usize,
+        n: usize,
+        ep: SocketAddr,
+        f: fn(SocketAddr, Duration) -> anyhow::Result<IpAddr>,
+    ) -> Vec<Option<usize>> {
+        let seen: Vec<Option<IpAddr>> = self.topo.hosts[h]
+            .ns
+            .spawn(move || (0..n).map(|_| f(ep, Duration::from_secs(2)).ok()).collect())
+            .expect("spawn")
+            .join()
+            .expect("join");
+        seen.into_iter()
+            .map(|s| s.and_then(|a| self.topo.isp_of(a)))
+            .collect()
+    }
+
+    /// `n` IPv6 TCP connections from LAN host `h` to the server: the uplink each used.
+    pub fn tcp6_from_host(&self, h: usize, n: usize) -> Vec<Option<usize>> {
+        let ep = self.topo.server_endpoint6().into();
+        self.exchanges_from_host(h, n, ep, traffic::tcp_hello_ip)
+    }
+
+    /// `n` IPv6 UDP exchanges from LAN host `h` to the server: the uplink each used.
+    pub fn udp6_from_host(&self, h: usize, n: usize) -> Vec<Option<usize>> {
+        let ep = self.topo.server_endpoint6().into();
+        self.exchanges_from_host(h, n, ep, traffic::udp_hello_ip)
+    }
+
+    /// One ICMP(v6) echo from LAN host `h` to `dst`: whether it was answered.
+    pub fn ping_from_host(&self, h: usize, dst: IpAddr, timeout: Duration) -> bool {
+        self.topo.hosts[h]
+            .ns
+            .spawn(move || traffic::ping(dst, timeout).is_ok())
+            .expect("spawn")
+            .join()
+            .expect("join")
     }
 }
 
@@ -245,12 +307,44 @@ impl Lab {
         self.topo.restore_upstream(n).expect("restore");
     }
 
+    /// Cuts only ISP `n`'s IPv6 path beyond it (0-based).
+    pub fn cut_upstream6(&self, n: usize) {
+        self.topo.cut_upstream6(n).expect("cut ipv6");
+    }
+
+    /// Undoes [`Self::cut_upstream6`].
+    pub fn restore_upstream6(&self, n: usize) {
+        self.topo.restore_upstream6(n).expect("restore ipv6");
+    }
+
+    /// Cuts only ISP `n`'s IPv4 path beyond it (0-based).
+    pub fn cut_upstream4(&self, n: usize) {
+        self.topo.cut_upstream4(n).expect("cut ipv4");
+    }
+
+    /// Undoes [`Self::cut_upstream4`].
+    pub fn restore_upstream4(&self, n: usize) {
+        self.topo.restore_upstream4(n).expect("restore ipv4");
+    }
+
     /// One TCP connection from host `h` with a short timeout: the uplink it used.
     pub fn try_connect(&self, h: usize, timeout: Duration) -> Option<usize> {
         let ep = self.topo.server_endpoint();
         let seen = self.topo.hosts[h]
             .ns
             .spawn(move || traffic::tcp_hello(ep, timeout).ok())
+            .expect("spawn")
+            .join()
+            .expect("join");
+        seen.and_then(|a| self.topo.isp_of(a))
+    }
+
+    /// One IPv6 TCP connection from host `h` with a short timeout: the uplink it used.
+    pub fn try_connect6(&self, h: usize, timeout: Duration) -> Option<usize> {
+        let ep = self.topo.server_endpoint6().into();
+        let seen = self.topo.hosts[h]
+            .ns
+            .spawn(move || traffic::tcp_hello_ip(ep, timeout).ok())
             .expect("spawn")
             .join()
             .expect("join");

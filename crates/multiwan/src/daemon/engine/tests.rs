@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use multiwan_core::plan::Link;
+use multiwan_core::plan::{Family, Link};
 use multiwan_core::Facts;
 
 use super::*;
@@ -45,11 +45,16 @@ fn facts(up: &[(&str, bool)]) -> Facts {
                     up: *up,
                     addrs: vec![format!("10.37.{}.253", i + 1).parse().expect("ip")],
                     gateway: None,
+                    addrs6: vec![format!("2001:db8:{}::253", i + 1).parse().expect("ip")],
+                    gateway6: None,
                 },
             )
         })
         .collect();
-    Facts { links: Some(links) }
+    Facts {
+        links: Some(links),
+        ..Facts::default()
+    }
 }
 
 struct World {
@@ -80,6 +85,20 @@ mod tempfile_dir {
     }
 }
 
+fn report(
+    uplink: &str,
+    family: Family,
+    results: Vec<Option<Duration>>,
+    witness: Option<bool>,
+) -> crate::daemon::RoundReport {
+    crate::daemon::RoundReport {
+        uplink: uplink.to_string(),
+        family,
+        results,
+        witness,
+    }
+}
+
 impl World {
     fn new(text: &str) -> Self {
         let dir = tempfile_dir::Dir::new();
@@ -104,7 +123,7 @@ impl World {
                 let r = ok
                     .contains(&n.as_str())
                     .then_some(Duration::from_millis(20));
-                (n, vec![r], None)
+                report(&n, Family::V4, vec![r], None)
             })
             .collect();
         self.e.on_rounds(&batch, self.t);
@@ -125,7 +144,7 @@ impl World {
     }
 
     fn state(&self, name: &str) -> &'static str {
-        self.e.uplinks[name].monitor.state().name()
+        self.e.uplinks[name].monitor().state().name()
     }
 }
 
@@ -152,7 +171,10 @@ fn failover_after_down_after_rounds_flushes_only_the_failed_uplink() {
     assert!(!last.nft_replaced, "a health change keeps the table");
     assert_eq!(last.policies_updated, 1);
     let mark1 = w.e.cfg.kernel.mark_of(w.e.ids["isp1"]);
-    assert_eq!(w.e.kernel.flushed, vec![(mark1, w.e.cfg.kernel.mark_mask)]);
+    assert_eq!(
+        w.e.kernel.flushed,
+        vec![(mark1, w.e.cfg.kernel.mark_mask, Family::V4)]
+    );
     // Failback after ten good rounds, without a flush.
     for _ in 0..9 {
         w.round(&["isp1", "isp2"]);
@@ -291,8 +313,8 @@ fn a_dead_shared_target_is_suspect_and_every_uplink_stays_up() {
     let round = |w: &mut World, witness: Option<bool>| {
         w.t += Duration::from_millis(100);
         let batch = vec![
-            ("isp1".to_string(), vec![None], witness),
-            ("isp2".to_string(), vec![None], witness),
+            report("isp1", Family::V4, vec![None], witness),
+            report("isp2", Family::V4, vec![None], witness),
         ];
         w.e.on_rounds(&batch, w.t);
         w.e.tick(w.t);
@@ -311,9 +333,10 @@ fn a_dead_shared_target_is_suspect_and_every_uplink_stays_up() {
     for i in 0..6 {
         w.t += Duration::from_millis(100);
         let batch = vec![
-            ("isp1".to_string(), vec![None], Some(true)),
-            (
-                "isp2".to_string(),
+            report("isp1", Family::V4, vec![None], Some(true)),
+            report(
+                "isp2",
+                Family::V4,
                 vec![Some(Duration::from_millis(20))],
                 None,
             ),
@@ -339,7 +362,7 @@ fn probes_alone_taking_every_uplink_down_fail_open() {
         w.round(&[]);
     }
     assert_eq!(w.state("isp1"), "down");
-    assert!(w.e.failing_open);
+    assert!(w.e.failing_open());
     assert_eq!(
         w.default_targets(),
         ["up_isp1"],
@@ -350,13 +373,154 @@ fn probes_alone_taking_every_uplink_down_fail_open() {
     for _ in 0..10 {
         w.round(&["isp2"]);
     }
-    assert!(!w.e.failing_open);
+    assert!(!w.e.failing_open());
     assert_eq!(w.default_targets(), ["up_isp2"]);
     // With fail_open = false, all down means no uplink.
     let mut off = World::new(&format!("{CFG}[balance]\nfail_open = false\n"));
     for _ in 0..6 {
         off.round(&[]);
     }
-    assert!(!off.e.failing_open);
+    assert!(!off.e.failing_open());
     assert_eq!(off.default_targets(), ["to_none"]);
+}
+
+const DUAL: &str = r#"
+[lan]
+interfaces = ["lan0"]
+[daemon]
+hook = "/bin/true"
+[[uplink]]
+name = "isp1"
+interface = "wan1"
+gateway = "10.37.1.1"
+gateway6 = "2001:db8:1::1"
+[uplink.check]
+targets = ["172.16.0.100", "2001:db8:ff::100"]
+[[uplink]]
+name = "isp2"
+interface = "wan2"
+gateway = "10.37.2.1"
+gateway6 = "2001:db8:2::1"
+[uplink.check]
+targets = ["172.16.0.100", "2001:db8:ff::100"]
+"#;
+
+/// The default policy's targets of `family`.
+fn targets_of(w: &World, family: Family) -> Vec<String> {
+    let chain = match family {
+        Family::V4 => "policy_default",
+        Family::V6 => "policy6_default",
+    };
+    let p = w.e.last_plan.as_ref().expect("planned");
+    let m = p
+        .policy_maps
+        .iter()
+        .find(|m| m.chain == chain)
+        .expect("policy");
+    let mut t: Vec<String> = m.elements.iter().map(|(_, c)| c.clone()).collect();
+    t.sort();
+    t.dedup();
+    t
+}
+
+/// One round of both families for both uplinks; `ok` lists (uplink, family) that answered.
+fn dual_round(w: &mut World, ok: &[(&str, Family)]) {
+    w.t += Duration::from_millis(100);
+    let mut batch = Vec::new();
+    for u in ["isp1", "isp2"] {
+        for f in Family::ALL {
+            let r = ok.contains(&(u, f)).then_some(Duration::from_millis(20));
+            batch.push(report(u, f, vec![r], None));
+        }
+    }
+    w.e.on_rounds(&batch, w.t);
+    w.e.tick(w.t);
+}
+
+#[test]
+fn only_the_broken_family_moves() {
+    let mut w = World::new(DUAL);
+    assert_eq!(targets_of(&w, Family::V6), ["up_isp1", "up_isp2"]);
+    let all = [
+        ("isp1", Family::V4),
+        ("isp2", Family::V4),
+        ("isp2", Family::V6),
+    ];
+    // isp1's IPv6 path breaks; its IPv4 keeps working.
+    for _ in 0..6 {
+        dual_round(&mut w, &all);
+    }
+    assert_eq!(targets_of(&w, Family::V6), ["up_isp2"]);
+    assert_eq!(targets_of(&w, Family::V4), ["up_isp1", "up_isp2"]);
+    let mark1 = w.e.cfg.kernel.mark_of(w.e.ids["isp1"]);
+    assert_eq!(
+        w.e.kernel.flushed,
+        vec![(mark1, w.e.cfg.kernel.mark_mask, Family::V6)],
+        "only isp1's IPv6 connections go"
+    );
+    let calls: Vec<(String, String)> =
+        w.e.hook_calls
+            .iter()
+            .map(|c| (c.family.clone(), c.new_state.clone()))
+            .collect();
+    assert_eq!(calls, [("ipv6".to_string(), "down".to_string())]);
+    // And the reverse: IPv4 of isp2 breaks, its IPv6 stays.
+    let mut w = World::new(DUAL);
+    let ok = [
+        ("isp1", Family::V4),
+        ("isp1", Family::V6),
+        ("isp2", Family::V6),
+    ];
+    for _ in 0..6 {
+        dual_round(&mut w, &ok);
+    }
+    assert_eq!(targets_of(&w, Family::V4), ["up_isp1"]);
+    assert_eq!(targets_of(&w, Family::V6), ["up_isp1", "up_isp2"]);
+}
+
+#[test]
+fn a_whole_uplink_outage_moves_both_families_together() {
+    let mut w = World::new(DUAL);
+    let ok = [("isp2", Family::V4), ("isp2", Family::V6)];
+    for i in 0..6 {
+        dual_round(&mut w, &ok);
+        let expect = if i < 5 {
+            vec!["up_isp1", "up_isp2"]
+        } else {
+            vec!["up_isp2"]
+        };
+        assert_eq!(targets_of(&w, Family::V4), expect, "round {i}");
+        assert_eq!(targets_of(&w, Family::V6), expect, "round {i}");
+    }
+    assert_eq!(w.e.kernel.flushed.len(), 2, "both families' connections");
+}
+
+#[test]
+fn an_ipv6_link_without_a_global_address_is_down_for_ipv6_only() {
+    let mut w = World::new(DUAL);
+    if let Some(l) =
+        w.e.kernel
+            .facts
+            .links
+            .as_mut()
+            .and_then(|l| l.get_mut("wan1"))
+    {
+        l.addrs6.clear();
+    }
+    w.e.on_kernel_changed(
+        Change {
+            links: true,
+            ..Change::default()
+        },
+        w.t,
+    );
+    w.e.tick(w.t);
+    assert_eq!(targets_of(&w, Family::V6), ["up_isp2"]);
+    assert_eq!(targets_of(&w, Family::V4), ["up_isp1", "up_isp2"]);
+    let st = &w.e.uplinks["isp1"];
+    assert_eq!(
+        st.fam(Family::V6).expect("v6").monitor.state().name(),
+        "down"
+    );
+    assert_eq!(st.monitor().state().name(), "up");
 }

@@ -1,0 +1,412 @@
+//! IPv6 dual stack against the real kernel (issue 12): every balance method splits new IPv6
+//! connections like IPv4, each answered from the uplink's IPv6 address (the ISPs drop foreign
+//! IPv6 sources, see `ipv6_network.rs`); rules with IPv6 prefixes pin; inbound IPv6 is answered
+//! over its uplink; the router's own IPv6 is balanced; each family has its own health, and a
+//! failure flushes only that family's connections; `down` restores everything IPv6.
+
+mod common;
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use common::{count, Lab, WaitFor};
+use multiwan_lab::topology::{router_addr6, SERVER_ADDR, SERVER_ADDR6};
+use multiwan_lab::traffic;
+
+/// Two dual-stack uplinks, `method`, probing the server beyond each ISP in both families.
+fn dual(method: &str) -> String {
+    format!(
+        r#"[lan]
+interfaces = ["lan0"]
+
+[[uplink]]
+name = "isp1"
+interface = "wan1"
+gateway = "10.37.1.1"
+gateway6 = "2001:db8:1::1"
+[uplink.check]
+targets = ["{SERVER_ADDR}", "{SERVER_ADDR6}"]
+
+[[uplink]]
+name = "isp2"
+interface = "wan2"
+gateway = "10.37.2.1"
+gateway6 = "2001:db8:2::1"
+[uplink.check]
+targets = ["{SERVER_ADDR}", "{SERVER_ADDR6}"]
+
+[balance]
+method = "{method}"
+"#
+    )
+}
+
+fn icmp6_from_host(lab: &Lab, h: usize, n: usize) -> usize {
+    (0..n)
+        .filter(|_| lab.ping_from_host(h, SERVER_ADDR6.into(), Duration::from_secs(2)))
+        .count()
+}
+
+#[test]
+fn round_robin_splits_ipv6_exactly_and_natted_per_uplink() {
+    let lab = Lab::new(2, 1);
+    lab.apply(&dual("round-robin"));
+    let v = lab.tcp6_from_host(0, 10);
+    assert_eq!((count(&v, 0), count(&v, 1)), (5, 5), "TCP over IPv6: {v:?}");
+    let v = lab.udp6_from_host(0, 6);
+    assert_eq!((count(&v, 0), count(&v, 1)), (3, 3), "UDP over IPv6: {v:?}");
+    assert_eq!(icmp6_from_host(&lab, 0, 4), 4, "ICMPv6 echo is answered");
+    // The server saw only the uplinks' own IPv6 addresses (the ISPs drop anything else).
+    for a in lab.server.stats6().keys() {
+        assert!(
+            [router_addr6(1), router_addr6(2)].contains(a),
+            "the server saw {a}"
+        );
+    }
+    // IPv4 is unchanged.
+    let v = lab.tcp_from_host(0, 10);
+    assert_eq!((count(&v, 0), count(&v, 1)), (5, 5), "TCP over IPv4: {v:?}");
+}
+
+#[test]
+fn hash_methods_balance_ipv6_hosts_statistically_and_keep_each_on_one_uplink() {
+    let lab = Lab::new(2, 4);
+    lab.apply(&dual("src-hash"));
+    let mut used = [0usize; 2];
+    for h in 0..4 {
+        let v = lab.tcp6_from_host(h, 4);
+        let one = v[0].expect("connected");
+        assert!(v.iter().all(|x| *x == Some(one)), "host {h} moved: {v:?}");
+        used[one] += 1;
+    }
+    assert!(
+        used.iter().all(|n| *n < 4),
+        "both uplinks take hosts: {used:?}"
+    );
+    let lab = Lab::new(2, 1);
+    lab.apply(&dual("random"));
+    let v = lab.tcp6_from_host(0, 60);
+    assert!(
+        count(&v, 0) >= 15 && count(&v, 1) >= 15 && count(&v, 0) + count(&v, 1) == 60,
+        "random over IPv6: {} / {}",
+        count(&v, 0),
+        count(&v, 1)
+    );
+}
+
+#[test]
+fn ipv6_rules_pin_and_bypass_only_ipv6() {
+    let lab = Lab::new(2, 1);
+    let text = format!(
+        "{}\n[[rule]]\nname = \"pin6\"\ndst = [\"{SERVER_ADDR6}\"]\nuplinks = [\"isp2\"]\n",
+        dual("round-robin")
+    );
+    lab.apply(&text);
+    let v = lab.tcp6_from_host(0, 6);
+    assert_eq!(count(&v, 1), 6, "the IPv6 rule pins to isp2: {v:?}");
+    let v = lab.tcp_from_host(0, 6);
+    assert_eq!(
+        (count(&v, 0), count(&v, 1)),
+        (3, 3),
+        "IPv4 does not match an IPv6 rule: {v:?}"
+    );
+    let rules = lab
+        .topo
+        .router
+        .exec("nft", &["list", "chain", "inet", "multiwan", "balance6"])
+        .expect("nft");
+    assert!(rules.contains("goto rule6_pin6"), "{rules}");
+}
+
+#[test]
+fn inbound_ipv6_is_answered_over_its_uplink_and_the_router_balances_its_own() {
+    let lab = Lab::new(2, 1);
+    lab.apply(&dual("round-robin"));
+    let listener = lab
+        .topo
+        .router
+        .spawn(|| std::net::TcpListener::bind("[::]:7100"))
+        .expect("spawn")
+        .join()
+        .expect("join")
+        .expect("bind");
+    let accept = std::thread::spawn(move || {
+        for c in listener.incoming().take(2) {
+            drop(c);
+        }
+    });
+    for n in 0..2 {
+        let target = SocketAddr::new(router_addr6(n + 1).into(), 7100);
+        let ok = lab
+            .topo
+            .server
+            .spawn(move || {
+                std::net::TcpStream::connect_timeout(&target, Duration::from_secs(2)).is_ok()
+            })
+            .expect("spawn")
+            .join()
+            .expect("join");
+        assert!(
+            ok,
+            "a connection to wan{}'s IPv6 address is answered",
+            n + 1
+        );
+    }
+    accept.join().expect("accept");
+    // The router's own IPv6 connections alternate over both uplinks, each from its address.
+    let ep: SocketAddr = lab.topo.server_endpoint6().into();
+    let seen: Vec<Option<IpAddr>> = lab
+        .topo
+        .router
+        .spawn(move || {
+            (0..6)
+                .map(|_| traffic::tcp_hello_ip(ep, Duration::from_secs(2)).ok())
+                .collect()
+        })
+        .expect("spawn")
+        .join()
+        .expect("join");
+    let by: Vec<Option<usize>> = seen
+        .iter()
+        .map(|s| s.and_then(|a| lab.topo.isp_of(a)))
+        .collect();
+    assert_eq!((count(&by, 0), count(&by, 1)), (3, 3), "{seen:?}");
+}
+
+#[test]
+fn down_restores_every_ipv6_rule_route_and_sysctl_and_spares_foreign_ones() {
+    let lab = Lab::new(2, 1);
+    let r = &lab.topo.router;
+    r.ip(&[
+        "-6",
+        "rule",
+        "add",
+        "priority",
+        "1001",
+        "from",
+        "2001:db8:77::/48",
+        "lookup",
+        "77",
+    ])
+    .expect("foreign IPv6 rule");
+    r.ip(&[
+        "-6",
+        "route",
+        "add",
+        "2001:db8:77::/48",
+        "via",
+        "2001:db8:2::1",
+        "table",
+        "77",
+    ])
+    .expect("foreign IPv6 route");
+    r.sysctl("net.ipv6.conf.all.forwarding", "0")
+        .expect("sysctl");
+    let before = lab.kernel_snapshot();
+    lab.apply(&dual("round-robin"));
+    assert_eq!(
+        r.read_sysctl("net.ipv6.conf.all.forwarding")
+            .expect("sysctl"),
+        "1"
+    );
+    let rules6 = r.ip(&["-6", "rule", "show"]).expect("rules");
+    assert!(
+        rules6.contains("lookup main suppress_prefixlength 0"),
+        "{rules6}"
+    );
+    assert!(
+        rules6.contains("from 2001:db8:77::/48 lookup 77"),
+        "{rules6}"
+    );
+    let v = lab.tcp6_from_host(0, 2);
+    assert_eq!((count(&v, 0), count(&v, 1)), (1, 1), "{v:?}");
+    lab.down();
+    assert_eq!(before, lab.kernel_snapshot(), "down restores IPv6 exactly");
+}
+
+/// The source ports of the connections on isp1, as `multiwan flows` reports them.
+fn isp1_ports(lab: &Lab) -> Vec<u16> {
+    let out = lab.multiwan(&[
+        "flows",
+        "--uplink",
+        "isp1",
+        "--json",
+        "--run-dir",
+        &lab.run_dir(),
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|f| f["sport"].as_u64().map(|p| p as u16))
+        .collect()
+}
+
+#[test]
+fn only_the_broken_family_fails_over_and_only_its_connections_are_flushed() {
+    let lab = Lab::new(2, 1);
+    let d = lab.start_daemon(&dual("round-robin"));
+    d.wait_for("both families up", Duration::from_secs(5), |d| {
+        let s = d.state().unwrap_or_default();
+        s["uplinks"][0]["state"] == "up" && s["uplinks"][0]["ipv6"]["state"] == "up"
+    });
+    // One idle connection of each family on isp1, found by trying.
+    let hold = |ep: SocketAddr| -> std::net::TcpStream {
+        for _ in 0..8 {
+            // A PUT that never sends its body: the server keeps the connection open.
+            let s = lab.topo.hosts[0]
+                .ns
+                .spawn(move || {
+                    use std::io::Write;
+                    let mut s = std::net::TcpStream::connect_timeout(&ep, Duration::from_secs(2))?;
+                    s.write_all(b"PUT 1000000\n")?;
+                    Ok::<_, std::io::Error>(s)
+                })
+                .expect("spawn")
+                .join()
+                .expect("join")
+                .expect("connect");
+            std::thread::sleep(Duration::from_millis(50));
+            let local = s.local_addr().expect("local");
+            // Which uplink it took, as the router's conntrack says.
+            if isp1_ports(&lab).contains(&local.port()) {
+                return s;
+            }
+        }
+        panic!("no connection to {ep} landed on isp1");
+    };
+    let v4 = hold(lab.topo.server_endpoint().into());
+    let v6 = hold(lab.topo.server_endpoint6().into());
+    lab.cut_upstream6(0);
+    d.wait_for("isp1 IPv6 down", Duration::from_secs(3), |d| {
+        d.state()
+            .is_some_and(|s| s["uplinks"][0]["ipv6"]["state"] == "down")
+    });
+    assert_eq!(
+        d.uplink_state("isp1").as_deref(),
+        Some("up"),
+        "IPv4 stays up"
+    );
+    let v = lab.tcp6_from_host(0, 4);
+    assert_eq!(count(&v, 1), 4, "new IPv6 leaves over isp2: {v:?}");
+    let v = lab.tcp_from_host(0, 4);
+    assert_eq!(
+        (count(&v, 0), count(&v, 1)),
+        (2, 2),
+        "IPv4 keeps both: {v:?}"
+    );
+    let flows = isp1_ports(&lab);
+    let port = |s: &std::net::TcpStream| s.local_addr().expect("local").port();
+    assert!(
+        flows.contains(&port(&v4)),
+        "isp1's IPv4 connection survives: {flows:?}"
+    );
+    assert!(
+        !flows.contains(&port(&v6)),
+        "isp1's IPv6 connection was flushed: {flows:?}"
+    );
+    drop((v4, v6));
+    // And the reverse: only isp2's IPv4 path breaks.
+    lab.restore_upstream6(0);
+    d.wait_for("isp1 IPv6 back", Duration::from_secs(5), |d| {
+        d.state()
+            .is_some_and(|s| s["uplinks"][0]["ipv6"]["state"] == "up")
+    });
+    lab.cut_upstream4(1);
+    d.wait_for("isp2 IPv4 down", Duration::from_secs(3), |d| {
+        d.uplink_state("isp2").as_deref() == Some("down")
+    });
+    let s = d.state().expect("state");
+    assert_eq!(s["uplinks"][1]["ipv6"]["state"], "up", "its IPv6 stays up");
+    let v = lab.tcp6_from_host(0, 4);
+    assert_eq!(
+        (count(&v, 0), count(&v, 1)),
+        (2, 2),
+        "IPv6 keeps both: {v:?}"
+    );
+    let v = lab.tcp_from_host(0, 4);
+    assert_eq!(count(&v, 0), 4, "IPv4 leaves over isp1: {v:?}");
+}
+
+#[test]
+fn a_whole_uplink_outage_moves_both_families_within_a_second_or_two() {
+    let lab = Lab::new(2, 1);
+    let d = lab.start_daemon(&dual("round-robin"));
+    lab.cut_upstream(0);
+    let t = d.wait_for("isp1 down in both families", Duration::from_secs(3), |d| {
+        d.state().is_some_and(|s| {
+            s["uplinks"][0]["state"] == "down" && s["uplinks"][0]["ipv6"]["state"] == "down"
+        })
+    });
+    eprintln!("both families down after {t:?}");
+    let v = lab.tcp6_from_host(0, 4);
+    assert_eq!(count(&v, 1), 4, "{v:?}");
+    let v = lab.tcp_from_host(0, 4);
+    assert_eq!(count(&v, 1), 4, "{v:?}");
+    // status, metrics and explain speak both families.
+    let out = lab.multiwan(&["status", "--json", "--run-dir", &lab.run_dir()]);
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status json");
+    assert_eq!(st["uplinks"][0]["ipv6"]["state"], "down", "{st}");
+    assert_eq!(st["uplinks"][1]["ipv6"]["usable"], true, "{st}");
+    let text = String::from_utf8_lossy(
+        &lab.multiwan(&["status", "--run-dir", &lab.run_dir()])
+            .stdout,
+    )
+    .into_owned();
+    assert!(text.contains("ipv6: down"), "{text}");
+    let out = lab.multiwan(&[
+        "explain",
+        "--src",
+        "fd37:157::11",
+        "--dst",
+        &SERVER_ADDR6.to_string(),
+        "--json",
+        "--run-dir",
+        &lab.run_dir(),
+    ]);
+    let e: serde_json::Value = serde_json::from_slice(&out.stdout).expect("explain json");
+    assert_eq!(e["verdict"], "uplink", "{e}");
+    assert_eq!(e["uplink"], "isp2", "{e}");
+}
+
+#[test]
+fn gateway6_auto_learns_the_router_advertised_route() {
+    use multiwan_lab::topology::{IspSpec, TopologySpec};
+    let lab = Lab::with_spec(TopologySpec {
+        isps: vec![
+            IspSpec {
+                router_adverts: true,
+                ..IspSpec::default()
+            },
+            IspSpec::default(),
+        ],
+        lan_hosts: 1,
+    });
+    let text =
+        dual("round-robin").replacen("gateway6 = \"2001:db8:1::1\"", "gateway6 = \"auto\"", 1);
+    let d = lab.start_daemon(&text);
+    // forwarding = 1 would make the kernel ignore the advertisements: multiwan sets
+    // accept_ra = 2 on the auto uplink, and the learned route appears in its table.
+    assert_eq!(
+        lab.topo
+            .router
+            .read_sysctl("net.ipv6.conf.wan1.accept_ra")
+            .expect("sysctl"),
+        "2"
+    );
+    d.wait_for(
+        "isp1 IPv6 up via the advertised gateway",
+        Duration::from_secs(15),
+        |d| {
+            d.state()
+                .is_some_and(|s| s["uplinks"][0]["ipv6"]["state"] == "up")
+                && lab
+                    .topo
+                    .router
+                    .ip(&["-6", "route", "show", "table", "1001"])
+                    .is_ok_and(|r| r.contains("via fe80::"))
+        },
+    );
+    let v = lab.tcp6_from_host(0, 4);
+    assert_eq!((count(&v, 0), count(&v, 1)), (2, 2), "{v:?}");
+}
