@@ -317,20 +317,11 @@ fn require_root(what: &str) -> Result<(), Failure> {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // The daemon logs its transitions by default; one-shot commands only warnings.
-    let default_level = if matches!(cli.command, Cmd::Run(_)) {
-        "info"
+    crate::logging::init(if matches!(cli.command, Cmd::Run(_)) {
+        tracing_subscriber::filter::LevelFilter::INFO
     } else {
-        "warn"
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("MULTIWAN_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
-        )
-        .with_writer(std::io::stderr)
-        // Colour only for a person at a terminal; journald and log files get plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        tracing_subscriber::filter::LevelFilter::WARN
+    });
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Config(msg)) => {
