@@ -93,6 +93,10 @@ pub enum Cmd {
         #[command(flatten)]
         conn: crate::operator::Conn,
     },
+    /// Read-only pre-flight check of this machine against the config: what would break
+    /// multiwan or what it would break, each with its fix (exit 0 clean, 1 warnings, 2
+    /// blockers).
+    Doctor(crate::operator::doctor::DoctorArgs),
     /// Print shell completions (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
     /// Print the man page (roff).
@@ -272,6 +276,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Cmd::Uplink { name, action, conn } => {
             crate::operator::uplink(&conn, &name, action == "enable")?
         }
+        Cmd::Doctor(_) => unreachable!("handled in main"),
         Cmd::Completions { shell } => {
             let mut buf = Vec::new();
             clap_complete::generate(
@@ -322,6 +327,10 @@ pub fn main() -> ExitCode {
     } else {
         tracing_subscriber::filter::LevelFilter::WARN
     });
+    // Doctor has exit codes of its own (0 clean, 1 warnings, 2 blockers).
+    if let Cmd::Doctor(a) = &cli.command {
+        return crate::operator::doctor::main(a);
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Config(msg)) => {

@@ -8,6 +8,8 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+pub mod doctor;
+
 use anyhow::{Context, Result};
 use clap::Args;
 
