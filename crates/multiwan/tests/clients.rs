@@ -411,3 +411,163 @@ fn dhcpcd_lease_changes_are_followed_by_gateway_auto() {
     wait_for_lease(&lab, &d, LEASE_2, GATEWAY_2, &log);
     assert!(dhcp.log().contains("DHCPNAK"), "{}", dhcp.log());
 }
+
+/// One end of a point-to-point tunnel: socat moving a tun device's packets over UDP.
+fn socat_tunnel(ns: &Netns, local: &str, peer: &str, tun_addr: &str, log: &Path) -> Bg {
+    let mut c = ns.command("socat");
+    c.arg("-d")
+        .arg(format!("UDP-DATAGRAM:{peer}:7000,bind={local}:7000"))
+        .arg(format!(
+            "TUN:{tun_addr}/30,tun-name=tun0,tun-type=tun,iff-no-pi,iff-up"
+        ));
+    Bg::spawn("socat", c, log)
+}
+
+#[test]
+fn a_tunnel_without_gateway_from_a_real_program_goes_away_and_comes_back() {
+    let lab = Lab::new(2, 1);
+    let cfg = format!(
+        r#"[lan]
+interfaces = ["lan0"]
+
+[[uplink]]
+name = "isp1"
+interface = "wan1"
+gateway = "10.37.1.1"
+[uplink.check]
+targets = ["{SERVER_ADDR}"]
+
+[[uplink]]
+name = "vpn"
+interface = "tun0"
+[uplink.check]
+targets = ["10.99.0.1"]
+"#
+    );
+    let d = lab.start_daemon(&cfg);
+    d.wait_for(
+        "vpn down: tun0 does not exist yet",
+        Duration::from_secs(10),
+        |d| d.uplink_state("vpn").as_deref() == Some("down"),
+    );
+    // The far end lives in ISP 2's namespace, reached over the router's wan2.
+    let _far = socat_tunnel(
+        &lab.topo.isps[1].ns,
+        "10.37.2.1",
+        "10.37.2.253",
+        "10.99.0.1",
+        &lab.dir.join("socat-far.log"),
+    );
+    let tunnel_route = || {
+        lab.topo
+            .router
+            .ip(&["route", "show", "table", "all"])
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.starts_with("default dev tun0") && l.contains("table"))
+    };
+    for round in 1..=2 {
+        let near = socat_tunnel(
+            &lab.topo.router,
+            "10.37.2.253",
+            "10.37.2.1",
+            "10.99.0.2",
+            &lab.dir.join(format!("socat-{round}.log")),
+        );
+        d.wait_for("vpn up over the tunnel", Duration::from_secs(20), |d| {
+            d.uplink_state("vpn").as_deref() == Some("up")
+        });
+        assert!(
+            tunnel_route(),
+            "no route over tun0 in multiwan's table:\n{}",
+            lab.daemon_log()
+        );
+        // The tunnel program stops: its device goes away with it.
+        drop(near);
+        d.wait_for("vpn down once tun0 is gone", Duration::from_secs(20), |d| {
+            d.uplink_state("vpn").as_deref() == Some("down")
+        });
+        assert!(!tunnel_route());
+        assert_eq!(d.uplink_state("isp1").as_deref(), Some("up"));
+    }
+}
+
+/// What an admin compares: their own tables and Docker's chains, byte for byte.
+fn foreign_state(ns: &Netns) -> String {
+    let mut s = String::new();
+    for t in [["inet", "filter"], ["ip", "filter"], ["ip", "nat"]] {
+        s += &ns
+            .exec("nft", &["-s", "list", "table", t[0], t[1]])
+            .expect("nft list");
+    }
+    let save = ns
+        .exec("iptables-nft-save", &[])
+        .expect("iptables-nft-save");
+    // Its comment lines carry a timestamp.
+    s += &save
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n");
+    s
+}
+
+#[test]
+fn an_admins_drop_policy_filter_and_dockers_chains_stay_byte_identical() {
+    let lab = Lab::new(2, 1);
+    let r = &lab.topo.router;
+    r.nft(
+        r#"table inet filter {
+	chain input {
+		type filter hook input priority filter; policy drop;
+		ct state established,related accept
+		iif "lo" accept
+		meta l4proto icmp accept
+	}
+	chain forward {
+		type filter hook forward priority filter; policy drop;
+		ct state established,related accept
+		iifname "lan0" oifname { "wan1", "wan2" } accept
+	}
+	chain output {
+		type filter hook output priority filter; policy accept;
+	}
+}
+"#,
+    )
+    .expect("admin's table");
+    for args in [
+        "-t nat -N DOCKER",
+        "-t nat -A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER",
+        "-t nat -A OUTPUT ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j DOCKER",
+        "-t nat -A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE",
+        "-t filter -N DOCKER",
+        "-t filter -N DOCKER-USER",
+        "-t filter -A DOCKER-USER -j RETURN",
+        "-t filter -N DOCKER-ISOLATION-STAGE-1",
+        "-t filter -A DOCKER-ISOLATION-STAGE-1 -j RETURN",
+        "-t filter -A FORWARD -j DOCKER-USER",
+        "-t filter -A FORWARD -j DOCKER-ISOLATION-STAGE-1",
+        "-t filter -A FORWARD -o docker0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+    ] {
+        let a: Vec<&str> = args.split(' ').collect();
+        r.exec("iptables-nft", &a).expect("iptables-nft");
+    }
+    let before = foreign_state(r);
+    lab.apply(&common::two_uplinks("round-robin", 1, 1));
+    assert_eq!(
+        foreign_state(r),
+        before,
+        "apply changed the admin's or Docker's rules"
+    );
+    // And both work together: the admin's forward policy lets the LAN out, multiwan balances.
+    let used = lab.tcp_from_host(0, 8);
+    assert_eq!(common::count(&used, 0), 4, "{used:?}");
+    assert_eq!(common::count(&used, 1), 4, "{used:?}");
+    lab.down();
+    assert_eq!(
+        foreign_state(r),
+        before,
+        "down changed the admin's or Docker's rules"
+    );
+}
