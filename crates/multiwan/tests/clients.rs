@@ -64,17 +64,6 @@ impl Drop for Bg {
     }
 }
 
-fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(
-            t.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// Addresses the server saw for `n` TCP connections from LAN host 0.
 fn seen_from_host(lab: &Lab, n: usize) -> Vec<Option<Ipv4Addr>> {
     let ep = lab.topo.server_endpoint();
