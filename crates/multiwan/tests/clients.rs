@@ -318,6 +318,34 @@ fn dhclient_lease_changes_are_followed_by_gateway_auto() {
     };
     let first = start_dhclient(&lab, &dir, &script, 1);
     wait_for_lease(&lab, &d, LEASE_1, Ipv4Addr::new(10, 37, 1, 1), &log);
+    // doctor sees the DHCP client in this namespace: a fixed gateway on its interface is
+    // flagged, `gateway = "auto"` is not.
+    let fixed = lab.dir.join("fixed.toml");
+    std::fs::write(
+        &fixed,
+        auto_config().replacen("\"auto\"", "\"10.37.1.1\"", 1),
+    )
+    .expect("write");
+    let doctor_codes = |cfg: &Path| {
+        let out = lab
+            .topo
+            .router
+            .command(common::bin())
+            .args(["doctor", "--json", "-c"])
+            .arg(cfg)
+            .output()
+            .expect("doctor");
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        r["findings"]
+            .as_array()
+            .expect("findings")
+            .iter()
+            .map(|f| f["code"].as_str().unwrap_or_default().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert!(doctor_codes(&fixed).contains(&"fixed-gateway-under-dhcp".to_string()));
+    let auto = lab.dir.join("multiwan.toml");
+    assert!(!doctor_codes(&auto).contains(&"fixed-gateway-under-dhcp".to_string()));
     // The lease changes: the client restarts (as after a reboot), asks for its old address,
     // is refused, and gets the new one with another gateway.
     dhcp.change_lease();
