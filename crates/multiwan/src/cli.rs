@@ -173,6 +173,16 @@ pub fn check_notes(cfg: &Config) -> Vec<String> {
                 u.name
             ));
         }
+        let only_gateway6 = u.ipv6.as_ref().is_some_and(|v6| {
+            v6.gateway
+                .is_some_and(|g| v6.check.targets.iter().all(|t| t.ip() == g))
+        });
+        if only_gateway6 {
+            notes.push(format!(
+                "uplink {} probes only its IPv6 gateway: an IPv6 failure beyond it goes unnoticed; add an IPv6 target on the internet to [uplink.check] targets",
+                u.name
+            ));
+        }
     }
     for k in multiwan_core::correlate::Correlator::shared_by_all(cfg) {
         notes.push(format!(

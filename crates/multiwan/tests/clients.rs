@@ -374,24 +374,30 @@ fn start_dhcpcd(lab: &Lab, dir: &Path) -> Bg {
     // IPv4 DHCP only: no IPv4LL, no IPv6, no ARP probe (it only delays the test).
     std::fs::write(
         dir.join("dhcpcd.conf"),
-        "ipv4only\nnoipv4ll\nnoarp\noption routers, subnet_mask\n",
+        "ipv4only\nnoipv4ll\nnoarp\nnohook resolv.conf\noption routers, subnet_mask\n",
     )
     .expect("conf");
     // dhcpcd's pid file, control socket and leases live in compiled-in /run/dhcpcd and
-    // /var/lib/dhcpcd: a private mount namespace puts fresh tmpfs there.
+    // /var/lib/dhcpcd: a private mount namespace puts fresh tmpfs there. Its resolv.conf
+    // handling is off (`nohook resolv.conf`, and our own hook script), and /etc/resolv.conf
+    // is a private copy in that namespace besides: this machine's own must never change.
+    let resolv = dir.join("resolv.conf");
+    std::fs::copy("/etc/resolv.conf", &resolv).expect("a private resolv.conf");
     let mut c = lab.topo.router.command("unshare");
     c.args(["--mount", "--propagation", "private", "sh", "-c"])
         .arg(
-            "mount -t tmpfs -o mode=0755 mwtest /run && mount -t tmpfs -o mode=0755 mwtest /var/lib/dhcpcd && exec dhcpcd -B -4 -f \"$1\" -c \"$2\" wan1",
+            "mount -t tmpfs -o mode=0755 mwtest /run && mount -t tmpfs -o mode=0755 mwtest /var/lib/dhcpcd && mount --bind \"$3\" /etc/resolv.conf && exec dhcpcd -B -4 -f \"$1\" -c \"$2\" wan1",
         )
         .arg("sh")
         .arg(dir.join("dhcpcd.conf"))
-        .arg(&hook);
+        .arg(&hook)
+        .arg(&resolv);
     Bg::spawn("dhcpcd", c, &dir.join("dhcpcd.log"))
 }
 
 #[test]
 fn dhcpcd_lease_changes_are_followed_by_gateway_auto() {
+    let resolv_before = std::fs::read("/etc/resolv.conf").ok();
     let lab = router_without_wan1_address();
     let mut dhcp = Dhcp::start(&lab);
     let d = lab.start_daemon(&auto_config());
@@ -427,6 +433,12 @@ fn dhcpcd_lease_changes_are_followed_by_gateway_auto() {
     );
     wait_for_lease(&lab, &d, LEASE_2, GATEWAY_2, &log);
     assert!(dhcp.log().contains("DHCPNAK"), "{}", dhcp.log());
+    drop(client);
+    assert_eq!(
+        std::fs::read("/etc/resolv.conf").ok(),
+        resolv_before,
+        "dhcpcd must not touch this machine's /etc/resolv.conf"
+    );
 }
 
 /// One end of a point-to-point tunnel: socat moving a tun device's packets over UDP.
