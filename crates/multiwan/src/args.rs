@@ -93,6 +93,10 @@ pub enum Cmd {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Read-only pre-flight check of this machine against the config: what would break
+    /// multiwan or what it would break, each with its fix (exit 0 clean, 1 warnings, 2
+    /// blockers).
+    Doctor(DoctorArgs),
     /// Print shell completions (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell.
@@ -150,6 +154,17 @@ pub struct ExplainArgs {
     pub config: Option<PathBuf>,
     #[command(flatten)]
     pub conn: Conn,
+}
+
+/// `multiwan doctor` options.
+#[derive(Debug, Clone, Args)]
+pub struct DoctorArgs {
+    /// Config file.
+    #[arg(short, long, default_value = DEFAULT_CONFIG)]
+    pub config: PathBuf,
+    /// Print the versioned JSON report instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// The shells `multiwan completions` writes for: the generators' own list, in their order

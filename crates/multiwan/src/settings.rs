@@ -9,6 +9,8 @@ use multiwan_core::Config;
 // The default paths are part of the command line's definition (shown in `--help` and the
 // man page, which build.rs generates from that file alone); everything else takes them here.
 pub use crate::args::{DEFAULT_CONFIG, DEFAULT_RUN_DIR};
+/// Where the Debian package puts the example configs.
+pub const EXAMPLES_DIR: &str = "/usr/share/doc/multiwan/examples";
 
 /// A failure with its exit code.
 #[derive(Debug)]
@@ -29,8 +31,50 @@ impl From<anyhow::Error> for Failure {
 pub fn load_config(path: &Path) -> Result<Config, Failure> {
     // Bytes, not text: a file that is not UTF-8 is reported with the position of the first
     // bad byte, like every other config error.
-    let bytes = std::fs::read(path)
-        .map_err(|e| Failure::Config(format!("{}: cannot read config: {e}", path.display())))?;
+    let bytes = std::fs::read(path).map_err(|e| {
+        // A fresh install ships no live config on purpose (it must name this router's
+        // interfaces): say where to start from.
+        let hint = if e.kind() == std::io::ErrorKind::NotFound {
+            format!("; no config yet? start from an example in {EXAMPLES_DIR}/ and check it with `multiwan check -c FILE`")
+        } else {
+            String::new()
+        };
+        Failure::Config(format!("{}: cannot read config: {e}{hint}", path.display()))
+    })?;
     multiwan_core::load(&path.display().to_string(), &bytes)
         .map_err(|e| Failure::Config(e.to_string()))
+}
+
+// `check` prints these and `doctor` reports them; both sit above this module.
+/// What `check` points out about a valid config: weaknesses, not errors.
+pub fn check_notes(cfg: &Config) -> Vec<String> {
+    let mut notes = Vec::new();
+    for u in &cfg.uplinks {
+        let only_gateway = u
+            .gateway
+            .is_some_and(|g| u.check.targets.iter().all(|t| t.ip() == g));
+        if only_gateway {
+            notes.push(format!(
+                "uplink {} probes only its gateway: a failure beyond the gateway (the ISP's upstream) goes unnoticed; add a target on the internet to [uplink.check] targets",
+                u.name
+            ));
+        }
+        let only_gateway6 = u.ipv6.as_ref().is_some_and(|v6| {
+            v6.gateway
+                .is_some_and(|g| v6.check.targets.iter().all(|t| t.ip() == g))
+        });
+        if only_gateway6 {
+            notes.push(format!(
+                "uplink {} probes only its IPv6 gateway: an IPv6 failure beyond it goes unnoticed; add an IPv6 target on the internet to [uplink.check] targets",
+                u.name
+            ));
+        }
+    }
+    for k in multiwan_core::correlate::Correlator::shared_by_all(cfg) {
+        notes.push(format!(
+            "target {} is probed by every uplink: if it stops answering, multiwan reports it suspect and keeps the uplinks (judged by their gateways), but while it is dead an outage of one uplink beyond its gateway goes unnoticed; give each uplink a second target",
+            multiwan_core::correlate::target_label(&k)
+        ));
+    }
+    notes
 }

@@ -293,6 +293,17 @@ fn check_notes_gateway_only_probing() {
         .output()
         .expect("run");
     assert!(!String::from_utf8_lossy(&out.stderr).contains("probes only its gateway"));
+    // IPv6: a fixed gateway6 and only IPv4 targets means the IPv6 gateway is all it probes.
+    let v6 = "[lan]\ninterfaces = [\"eth0\"]\n[[uplink]]\nname = \"a\"\ninterface = \"eth1\"\ngateway = \"10.0.1.1\"\ngateway6 = \"fe80::1\"\n[uplink.check]\ntargets = [\"192.0.2.1\"]\n";
+    let (_d, p) = tmp_config(v6);
+    let out = bin().arg("check").arg("-c").arg(&p).output().expect("run");
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("note: uplink a probes only its IPv6 gateway"),
+        "{err}"
+    );
+    assert!(!err.contains("uplink a probes only its gateway:"), "{err}");
 }
 
 #[test]

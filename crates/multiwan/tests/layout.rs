@@ -37,14 +37,18 @@ const LAYERS: &[(&str, &[&str])] = &[
     // The leaves. `args` is the command line's definition, which build.rs compiles alone.
     ("args", &[]),
     ("settings", &["args"]),
+    // tracing's set-up (filter, stderr or journald); only the command line starts it.
+    ("logging", &[]),
     ("rundir", &[]),
     ("control", &[]),
     // The kernel edge writes the saved sysctls and the known-good ruleset into the run dir.
     ("kernel", &["rundir"]),
+    // The plan for this namespace from the live kernel (plan --live, apply, doctor).
+    ("live", &["args", "settings", "kernel", "rundir"]),
     // The two halves a command runs: talking to a daemon, and being one.
     (
         "operator",
-        &["args", "settings", "control", "kernel", "rundir"],
+        &["args", "settings", "control", "kernel", "rundir", "live"],
     ),
     (
         "daemon",
@@ -54,7 +58,8 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "cli",
         &[
-            "args", "settings", "control", "kernel", "rundir", "operator", "daemon",
+            "args", "settings", "logging", "control", "kernel", "rundir", "live", "operator",
+            "daemon",
         ],
     ),
 ];
