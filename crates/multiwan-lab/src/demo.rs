@@ -630,12 +630,12 @@ fn failover_drill(
                 .map(|s| Duration::from_secs_f64((s - cut_wall).max(0.0)));
             std::thread::sleep(Duration::from_millis(10));
         }
-        let (who, what) = match f {
-            Family::V4 => (name.clone(), String::new()),
-            Family::V6 => (format!("{name} IPv6"), "IPv6: ".to_string()),
+        let what = match f {
+            Family::V4 => "",
+            Family::V6 => "IPv6: ",
         };
         println!(
-            "   {who} marked down after      {} (the daemon's log)",
+            "   {what}{name} marked down after      {} (the daemon's log)",
             ms_or(detected, limit)
         );
         println!(
