@@ -1,4 +1,5 @@
-# Installing multiwan on a router (the lab and the tests need no install: see README).
+# Installing multiwan on a router from source (the lab and the tests need no install: see
+# README). On Debian, prefer the package: ./scripts/deb.
 PREFIX ?= /usr/local
 BIN := target/release/multiwan
 
@@ -9,7 +10,8 @@ build:
 
 install: build
 	install -Dm755 $(BIN) $(DESTDIR)$(PREFIX)/bin/multiwan
-	install -Dm644 contrib/multiwan.service $(DESTDIR)/etc/systemd/system/multiwan.service
+	install -d $(DESTDIR)/etc/systemd/system
+	sed 's|/usr/bin/multiwan|$(PREFIX)/bin/multiwan|g' contrib/multiwan.service > $(DESTDIR)/etc/systemd/system/multiwan.service
 	install -d $(DESTDIR)$(PREFIX)/share/man/man8 $(DESTDIR)/usr/share/bash-completion/completions \
 		$(DESTDIR)$(PREFIX)/share/zsh/site-functions $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d
 	$(BIN) manpage > $(DESTDIR)$(PREFIX)/share/man/man8/multiwan.8

@@ -26,12 +26,23 @@ ensure_deps() {
   command -v tc >/dev/null 2>&1 || missing+=(iproute2)
   # The benchmarks compare multiwan with the seed's iptables script (iptables-nft).
   command -v iptables >/dev/null 2>&1 || missing+=(iptables)
+  # The real clients the suite runs in its namespaces (tests/clients.rs). dnsmasq-base, not
+  # dnsmasq: the latter would start a DNS/DHCP service in the root namespace.
+  command -v dnsmasq >/dev/null 2>&1 || missing+=(dnsmasq-base)
+  command -v dhclient >/dev/null 2>&1 || missing+=(isc-dhcp-client)
+  command -v dhcpcd >/dev/null 2>&1 || missing+=(dhcpcd-base)
+  command -v socat >/dev/null 2>&1 || missing+=(socat)
+  # The package and systemd tests: a fresh Debian root (debootstrap), systemd as its PID 1
+  # (systemd-nspawn), and the package's lint.
+  command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
+  command -v systemd-nspawn >/dev/null 2>&1 || missing+=(systemd-container)
+  command -v lintian >/dev/null 2>&1 || missing+=(lintian)
   if [ ${#missing[@]} -gt 0 ]; then
     echo "installing ${missing[*]} ..." >&2
     export DEBIAN_FRONTEND=noninteractive
     local log
     log=$(mktemp)
-    if ! { apt-get update -qq && apt-get install -y -qq "${missing[@]}"; } >"$log" 2>&1; then
+    if ! { apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}"; } >"$log" 2>&1; then
       cat "$log" >&2
       rm -f "$log"
       echo "could not install ${missing[*]}" >&2

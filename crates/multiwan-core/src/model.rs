@@ -289,18 +289,26 @@ pub struct KernelOpts {
     pub mark_mask: u32,
     /// Routing table of the multipath default route; uplink N uses `table_base + N`.
     pub table_base: u32,
-    /// First `ip rule` priority; multiwan uses `rule_priority ..= rule_priority + 4`.
+    /// Priority of the rules for multiwan's marks (`rule_priority` and `rule_priority + 1`);
+    /// the rules for unmarked traffic sit at [`LATE_RULE_PRIORITY`]`..=32765`, after
+    /// everyone else's.
     pub rule_priority: u32,
 }
 
-/// Default mark mask: bits 16..24, clear of the bits kube-proxy, Docker and wg-quick use.
-pub const DEFAULT_MARK_MASK: u32 = 0x00ff_0000;
+/// Default mark mask: the top byte, clear of every common fwmark user — Tailscale
+/// (`0xff0000`), kube-proxy (`0x4000`, `0x8000`), wg-quick (`0xca6c`), Cilium (`0xf00`),
+/// mwan3 (`0x3f00`), Docker and Istio (low bits).
+pub const DEFAULT_MARK_MASK: u32 = 0xff00_0000;
 /// Default routing table base.
 pub const DEFAULT_TABLE_BASE: u32 = 1000;
 /// Default first rule priority.
 pub const DEFAULT_RULE_PRIORITY: u32 = 1000;
-/// Number of consecutive rule priorities multiwan uses.
-pub const RULE_PRIORITY_SPAN: u32 = 5;
+/// Number of consecutive rule priorities multiwan uses for its marks, from `rule_priority`.
+pub const RULE_PRIORITY_SPAN: u32 = 2;
+/// First of the three priorities for unmarked traffic, just before `main` (32766) so every
+/// other policy-routing user's rules come first: 32763 the main table without its default
+/// route, 32764 the router's own uplink addresses, 32765 the multipath default.
+pub const LATE_RULE_PRIORITY: u32 = 32763;
 
 impl Default for KernelOpts {
     fn default() -> Self {

@@ -11,7 +11,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
-use crate::model::{is_valid_ifname, is_valid_name, Config, RULE_PRIORITY_SPAN};
+use crate::model::{
+    is_valid_ifname, is_valid_name, Config, LATE_RULE_PRIORITY, RULE_PRIORITY_SPAN,
+};
 use crate::plan::{assign_ids, plan, Facts, Link, Plan, RuleAction};
 
 /// Runs every invariant on `data`. Returns the plans checked for an accepted config (offline
@@ -117,7 +119,10 @@ fn present(cfg: &Config) -> Facts {
             },
         );
     }
-    Facts { links: Some(links) }
+    Facts {
+        links: Some(links),
+        foreign_marks: Vec::new(),
+    }
 }
 
 /// The text outside `"…"`; panics when quotes do not pair up.
@@ -166,6 +171,7 @@ fn check_names_quoted(
                 .map(|(k, v)| (rename.get(k).unwrap_or(k).clone(), v.clone()))
                 .collect()
         }),
+        foreign_marks: facts.foreign_marks.clone(),
     };
     let q = plan(&other, ids, usable, &facts);
     assert_eq!(
@@ -229,8 +235,8 @@ fn check_routing(cfg: &Config, p: &Plan) {
     let k = cfg.kernel;
     let prio = k.rule_priority..=k.rule_priority + RULE_PRIORITY_SPAN - 1;
     assert!(
-        *prio.end() <= 32765,
-        "rule priorities reach the kernel's own"
+        *prio.end() < LATE_RULE_PRIORITY,
+        "rule priorities reach the late block"
     );
     for t in &p.tables {
         assert!(
@@ -239,7 +245,20 @@ fn check_routing(cfg: &Config, p: &Plan) {
         );
     }
     for r in &p.rules {
-        assert!(prio.contains(&r.priority), "rule priority {}", r.priority);
+        let late = LATE_RULE_PRIORITY..=32765;
+        if r.fwmark.is_some() {
+            assert!(
+                prio.contains(&r.priority),
+                "marked rule priority {}",
+                r.priority
+            );
+        } else {
+            assert!(
+                late.contains(&r.priority),
+                "unmarked rule priority {}",
+                r.priority
+            );
+        }
         if let Some((mark, mask)) = r.fwmark {
             assert_eq!(mask, k.mark_mask, "rule with a foreign mask");
             assert_eq!(mark & !mask, 0, "mark {mark:#x} outside the mask");

@@ -93,6 +93,10 @@ pub enum Cmd {
         #[command(flatten)]
         conn: crate::operator::Conn,
     },
+    /// Read-only pre-flight check of this machine against the config: what would break
+    /// multiwan or what it would break, each with its fix (exit 0 clean, 1 warnings, 2
+    /// blockers).
+    Doctor(crate::operator::doctor::DoctorArgs),
     /// Print shell completions (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
     /// Print the man page (roff).
@@ -166,6 +170,16 @@ pub fn check_notes(cfg: &Config) -> Vec<String> {
         if only_gateway {
             notes.push(format!(
                 "uplink {} probes only its gateway: a failure beyond the gateway (the ISP's upstream) goes unnoticed; add a target on the internet to [uplink.check] targets",
+                u.name
+            ));
+        }
+        let only_gateway6 = u.ipv6.as_ref().is_some_and(|v6| {
+            v6.gateway
+                .is_some_and(|g| v6.check.targets.iter().all(|t| t.ip() == g))
+        });
+        if only_gateway6 {
+            notes.push(format!(
+                "uplink {} probes only its IPv6 gateway: an IPv6 failure beyond it goes unnoticed; add an IPv6 target on the internet to [uplink.check] targets",
                 u.name
             ));
         }
@@ -287,6 +301,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Cmd::Uplink { name, action, conn } => {
             crate::operator::uplink(&conn, &name, action == "enable")?
         }
+        Cmd::Doctor(_) => unreachable!("handled in main"),
         Cmd::Completions { shell } => {
             let mut buf = Vec::new();
             clap_complete::generate(
@@ -332,20 +347,15 @@ fn require_root(what: &str) -> Result<(), Failure> {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // The daemon logs its transitions by default; one-shot commands only warnings.
-    let default_level = if matches!(cli.command, Cmd::Run(_)) {
-        "info"
+    crate::logging::init(if matches!(cli.command, Cmd::Run(_)) {
+        tracing_subscriber::filter::LevelFilter::INFO
     } else {
-        "warn"
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("MULTIWAN_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
-        )
-        .with_writer(std::io::stderr)
-        // Colour only for a person at a terminal; journald and log files get plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        tracing_subscriber::filter::LevelFilter::WARN
+    });
+    // Doctor has exit codes of its own (0 clean, 1 warnings, 2 blockers).
+    if let Cmd::Doctor(a) = &cli.command {
+        return crate::operator::doctor::main(a);
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Config(msg)) => {

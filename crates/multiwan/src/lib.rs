@@ -6,6 +6,7 @@ pub mod cli;
 pub mod control;
 pub mod daemon;
 pub mod kernel;
+pub mod logging;
 pub mod operator;
 pub mod rundir;
 pub mod settings;

@@ -118,9 +118,8 @@ fn plan_needs_no_root_and_no_interfaces() {
     assert!(text.contains("table inet multiwan {"));
     assert!(text.contains("numgen inc mod 2 vmap @m_policy_default"));
     assert!(text.contains("elements = { 0 : goto up_adsl1, 1 : goto up_adsl2 }"));
-    assert!(
-        text.contains("ip rule add priority 1001 fwmark 0x10000/0xff0000 lookup 1001 protocol 77")
-    );
+    assert!(text
+        .contains("ip rule add priority 1000 fwmark 0x1000000/0xff000000 lookup 1001 protocol 77"));
     assert!(text.contains("ip route replace default via 10.37.1.1 dev eth1 table 1001 proto 77"));
     assert!(text.contains("net.ipv4.conf.eth1.rp_filter = 2"));
 }
@@ -283,6 +282,17 @@ fn check_notes_gateway_only_probing() {
         .output()
         .expect("run");
     assert!(!String::from_utf8_lossy(&out.stderr).contains("probes only its gateway"));
+    // IPv6: a fixed gateway6 and only IPv4 targets means the IPv6 gateway is all it probes.
+    let v6 = "[lan]\ninterfaces = [\"eth0\"]\n[[uplink]]\nname = \"a\"\ninterface = \"eth1\"\ngateway = \"10.0.1.1\"\ngateway6 = \"fe80::1\"\n[uplink.check]\ntargets = [\"192.0.2.1\"]\n";
+    let (_d, p) = tmp_config(v6);
+    let out = bin().arg("check").arg("-c").arg(&p).output().expect("run");
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("note: uplink a probes only its IPv6 gateway"),
+        "{err}"
+    );
+    assert!(!err.contains("uplink a probes only its gateway:"), "{err}");
 }
 
 #[test]
@@ -356,7 +366,7 @@ fn check_rejects_more_uplinks_than_the_mark_mask_has_ids() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("uplink[253]: too many uplinks: 258 are configured, but the default mark_mask 0x00ff0000 has room for 253"),
+        err.contains("uplink[253]: too many uplinks: 258 are configured, but the default mark_mask 0xff000000 has room for 253"),
         "{err}"
     );
     // And what check accepts, plan plans.

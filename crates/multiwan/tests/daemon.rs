@@ -98,8 +98,8 @@ fn failover_flushes_only_the_failed_uplinks_flows_and_spares_the_rest() {
     });
     let d = lab.start_daemon(&two_uplinks_checked("round-robin"));
     let idle = idle_connections(&lab, 4);
-    assert_eq!(conntrack_with_mark(&lab, 0x10000), 2);
-    assert_eq!(conntrack_with_mark(&lab, 0x20000), 2);
+    assert_eq!(conntrack_with_mark(&lab, 0x0100_0000), 2);
+    assert_eq!(conntrack_with_mark(&lab, 0x0200_0000), 2);
     // A download on isp2 that spans the whole failover (the next connection is isp1's turn,
     // so open a throwaway one first).
     assert_eq!(lab.try_connect(0, Duration::from_secs(1)), Some(0));
@@ -114,10 +114,10 @@ fn failover_flushes_only_the_failed_uplinks_flows_and_spares_the_rest() {
         d.uplink_state("isp1").as_deref() == Some("down")
     });
     d.wait_for("isp1's flows flushed", Duration::from_secs(2), |_| {
-        conntrack_with_mark(&lab, 0x10000) == 0
+        conntrack_with_mark(&lab, 0x0100_0000) == 0
     });
     assert_eq!(
-        conntrack_with_mark(&lab, 0x20000),
+        conntrack_with_mark(&lab, 0x0200_0000),
         3,
         "isp2's connections are untouched"
     );
@@ -769,12 +769,12 @@ fn manual_damage_is_repaired() {
             .expect("table")
             .contains("default via 10.37.1.1")
     });
-    r.ip(&["rule", "del", "priority", "1000"])
+    r.ip(&["rule", "del", "priority", "32763"])
         .expect("damage a rule");
     d.wait_for("rule restored", Duration::from_secs(3), |_| {
         r.ip(&["rule", "show"])
             .expect("rules")
-            .contains("1000:\tfrom all lookup main suppress_prefixlength 0")
+            .contains("32763:\tfrom all lookup main suppress_prefixlength 0")
     });
     assert!(lab.daemon_log().contains("drifted"), "{}", lab.daemon_log());
     let v = lab.tcp_from_host(0, 4);

@@ -410,3 +410,176 @@ fn gateway6_auto_learns_the_router_advertised_route() {
     let v = lab.tcp6_from_host(0, 4);
     assert_eq!((count(&v, 0), count(&v, 1)), (2, 2), "{v:?}");
 }
+
+/// Inbound IPv6 through the admin's own port forward (their table, DNAT to a LAN host) is
+/// answered over the uplink it arrived on; the ISPs drop a reply that leaves by the other.
+#[test]
+fn inbound_ipv6_through_the_admins_port_forward_is_answered_over_its_uplink() {
+    let lab = Lab::new(2, 1);
+    lab.apply(&dual("round-robin"));
+    let host6 = lab.topo.hosts[0].addr6;
+    let admin = format!(
+        "table ip6 admin_fwd {{\n chain pre {{\n  type nat hook prerouting priority dstnat; policy accept;\n  tcp dport 7200 dnat to [{host6}]:7200\n }}\n}}\n"
+    );
+    let f = lab.dir.join("admin.nft");
+    std::fs::write(&f, admin).expect("write");
+    lab.topo
+        .router
+        .exec("nft", &["-f", &f.display().to_string()])
+        .expect("the admin's port forward");
+    let listener = lab.topo.hosts[0]
+        .ns
+        .spawn(|| std::net::TcpListener::bind("[::]:7200"))
+        .expect("spawn")
+        .join()
+        .expect("join")
+        .expect("bind");
+    let accept = std::thread::spawn(move || {
+        for c in listener.incoming().take(2) {
+            drop(c);
+        }
+    });
+    for n in 0..2 {
+        let target = SocketAddr::new(router_addr6(n + 1).into(), 7200);
+        let ok = lab
+            .topo
+            .server
+            .spawn(move || {
+                std::net::TcpStream::connect_timeout(&target, Duration::from_secs(2)).is_ok()
+            })
+            .expect("spawn")
+            .join()
+            .expect("join");
+        assert!(ok, "the port forward on wan{} answers over it", n + 1);
+    }
+    accept.join().expect("accept");
+    lab.down();
+    assert!(
+        lab.topo
+            .router
+            .exec("nft", &["list", "tables"])
+            .expect("nft")
+            .contains("admin_fwd"),
+        "the admin's table is left alone"
+    );
+}
+
+/// `flows`, `watch` and `/metrics` speak IPv6: IPv6 connections are listed with their
+/// uplink and NAT66 source, an IPv6-only failure is a `family: ipv6` transition, and the
+/// metrics carry the per-family state.
+#[test]
+fn flows_watch_and_metrics_speak_ipv6() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let lab = Lab::new(2, 1);
+    let d = lab.start_daemon(&format!(
+        "[daemon]\nmetrics = 9797\n\n{}",
+        dual("round-robin")
+    ));
+    let ep: SocketAddr = lab.topo.server_endpoint6().into();
+    let held: Vec<std::net::TcpStream> = lab.topo.hosts[0]
+        .ns
+        .spawn(move || {
+            (0..4)
+                .map(|_| {
+                    let mut s = std::net::TcpStream::connect_timeout(&ep, Duration::from_secs(2))
+                        .expect("connect");
+                    s.write_all(b"PUT 1000000\n").expect("write");
+                    s
+                })
+                .collect()
+        })
+        .expect("spawn")
+        .join()
+        .expect("join");
+    let out = lab.multiwan(&["flows", "--json", "--run-dir", &lab.run_dir()]);
+    let flows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("flows json");
+    let v6: Vec<&serde_json::Value> = flows
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter(|f| f["dst"] == SERVER_ADDR6.to_string() && f["dport"] == 7000)
+        .collect();
+    assert_eq!(v6.len(), 4, "{flows}");
+    for f in &v6 {
+        let n = if f["uplink"] == "isp1" { 1 } else { 2 };
+        assert_eq!(f["nat_src"], router_addr6(n).to_string(), "{f}");
+    }
+    assert_eq!(v6.iter().filter(|f| f["uplink"] == "isp1").count(), 2);
+
+    let scrape = || {
+        lab.topo
+            .router
+            .spawn(|| {
+                let mut s = std::net::TcpStream::connect("127.0.0.1:9797").expect("metrics");
+                s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
+                    .expect("request");
+                let mut r = String::new();
+                s.read_to_string(&mut r).expect("response");
+                r
+            })
+            .expect("spawn")
+            .join()
+            .expect("join")
+    };
+    let body = scrape();
+    assert!(
+        body.contains("multiwan_uplink_ipv6_up{uplink=\"isp1\"} 1"),
+        "{body}"
+    );
+
+    let mut child = lab
+        .topo
+        .router
+        .command(common::bin())
+        .args(["watch", "--json", "--run-dir", &lab.run_dir()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("watch");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(5)).expect("watch runs");
+    lab.cut_upstream6(0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut transition = None;
+    while std::time::Instant::now() < deadline {
+        if let Ok(l) = rx.recv_timeout(Duration::from_millis(200)) {
+            let v: serde_json::Value = serde_json::from_str(&l).expect("json line");
+            if v["event"] == "transition" {
+                transition = Some(v);
+                break;
+            }
+        }
+    }
+    let t = transition.expect("a transition event");
+    assert_eq!(t["uplink"], "isp1", "{t}");
+    assert_eq!(t["family"], "ipv6", "{t}");
+    assert_eq!(t["to"], "down", "{t}");
+    let _ = child.kill();
+    let _ = child.wait();
+    d.wait_for("isp1's IPv6 down", Duration::from_secs(3), |d| {
+        d.state()
+            .is_some_and(|s| s["uplinks"][0]["ipv6"]["state"] == "down")
+    });
+    assert_eq!(
+        d.uplink_state("isp1").as_deref(),
+        Some("up"),
+        "IPv4 stays up"
+    );
+    let body = scrape();
+    assert!(
+        body.contains("multiwan_uplink_ipv6_up{uplink=\"isp1\"} 0"),
+        "{body}"
+    );
+    assert!(
+        body.contains("multiwan_uplink_up{uplink=\"isp1\"} 1"),
+        "{body}"
+    );
+    drop(held);
+}

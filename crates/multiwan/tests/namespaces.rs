@@ -434,7 +434,7 @@ fn apply_is_idempotent_and_reload_keeps_connections() {
         )
         .expect("nft");
     assert!(
-        listing.contains("0x00010000"),
+        listing.contains("0x01000000"),
         "isp1 keeps mark 1: {listing}"
     );
     for t in transfers.join().expect("join") {
@@ -472,11 +472,7 @@ fn failed_apply_rolls_back_everything() {
     let lab = Lab::new(2, 1);
     let before = lab.kernel_snapshot();
     let bad = two_uplinks("round-robin", 1, 1)
-        .replace("gateway = \"10.37.2.1\"", "gateway = \"10.99.0.1\"")
-        .replace(
-            "method = \"round-robin\"",
-            "method = \"round-robin\"\nlocal = false",
-        );
+        .replace("gateway = \"10.37.2.1\"", "gateway = \"10.99.0.1\"");
     let out = lab.multiwan(&[
         "apply",
         "-c",
@@ -487,7 +483,7 @@ fn failed_apply_rolls_back_everything() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("rolled back") && err.contains("table 1002"),
+        err.contains("rolled back") && err.contains("via 10.99.0.1"),
         "{err}"
     );
     assert_eq!(before, lab.kernel_snapshot(), "nothing half-applied");

@@ -14,7 +14,7 @@ use crate::config::{NumOrStr, Spanned, Table};
 
 /// Highest `ip rule` priority multiwan may use: 32766 and 32767 are the kernel's `main` and
 /// `default` rules, which must stay after multiwan's.
-const MAX_RULE_PRIORITY: u32 = 32765;
+const MAX_RULE_PRIORITY: u32 = super::LATE_RULE_PRIORITY - 1;
 
 /// The kernel's reserved routing tables (default, main, local).
 const RESERVED_TABLES: std::ops::RangeInclusive<u64> = 253..=255;
@@ -267,7 +267,7 @@ impl Validator<'_> {
                 m.span(),
                 "kernel.mark_mask",
                 format!(
-                    "invalid mask {:?}: expected a 32-bit number such as \"0x00ff0000\"",
+                    "invalid mask {:?}: expected a 32-bit number such as \"0xff000000\"",
                     m.get_ref().to_text()
                 ),
             );
@@ -279,7 +279,7 @@ impl Validator<'_> {
                 m.span(),
                 "kernel.mark_mask",
                 format!(
-                    "mask {mask:#010x} must be one run of contiguous set bits, e.g. 0x00ff0000"
+                    "mask {mask:#010x} must be one run of contiguous set bits, e.g. 0xff000000"
                 ),
             );
             return None;
@@ -309,7 +309,7 @@ impl Validator<'_> {
                     extra,
                     &format!("uplink[{capacity}]"),
                     format!(
-                        "too many uplinks: {count} are configured, but the default mark_mask {mask:#010x} has room for {capacity}; set a wider [kernel] mark_mask (e.g. \"0x0fff0000\")"
+                        "too many uplinks: {count} are configured, but the default mark_mask {mask:#010x} has room for {capacity}; set a wider [kernel] mark_mask (e.g. \"0xfff00000\")"
                     ),
                 );
             }

@@ -385,16 +385,16 @@ fn uplinks(n: usize) -> String {
 
 #[test]
 fn uplink_count_is_checked_against_the_default_mask() {
-    let cfg = load("t.toml", &uplinks(253)).expect("253 ids fit under 0x00ff0000");
+    let cfg = load("t.toml", &uplinks(253)).expect("253 ids fit under 0xff000000");
     assert!(crate::plan::assign_ids(&cfg, &Default::default()).is_ok());
     let e = errs(&uplinks(258));
     assert_eq!(e.len(), 1, "{e:?}");
     // The 254th uplink is the first without an id; its header is on line 3 + 253 * 5.
     assert_eq!(
         e[0],
-        "t.toml:1268:1: uplink[253]: too many uplinks: 258 are configured, but the default mark_mask 0x00ff0000 has room for 253; set a wider [kernel] mark_mask (e.g. \"0x0fff0000\")"
+        "t.toml:1268:1: uplink[253]: too many uplinks: 258 are configured, but the default mark_mask 0xff000000 has room for 253; set a wider [kernel] mark_mask (e.g. \"0xfff00000\")"
     );
-    let wide = format!("{}[kernel]\nmark_mask = \"0x0fff0000\"\n", uplinks(258));
+    let wide = format!("{}[kernel]\nmark_mask = \"0xfff00000\"\n", uplinks(258));
     load("t.toml", &wide).expect("a wider mask has room");
 }
 

@@ -1,24 +1,77 @@
 //! The hook chains. `prerouting` (mangle priority): packets from the LAN of connections that
-//! already carry an uplink mark get it restored; new LAN connections go through `balance`;
-//! new connections arriving *on* an uplink get that uplink's connection mark so replies leave
-//! where the request came in. `output` (a route hook, so the kernel re-routes after marking):
-//! the same for the router's own traffic, skipping packets that already carry a mark under the
-//! mask (health probes, `SO_MARK` users).
+//! already carry an uplink mark get it restored; a new LAN connection goes to `egress`, which
+//! balances it only if its own route — the kernel's lookup with every rule, multiwan's
+//! unmarked block last — leaves by an uplink: a LAN, a tailnet, a tunnel or a VPN route keeps
+//! its connection. New connections arriving *on* an uplink get that uplink's connection mark
+//! so replies leave where the request came in. `output` (a route hook, so the kernel
+//! re-routes after marking): the same for the router's own traffic, judged by the interface
+//! its route chose, skipping packets that already carry a mark under the mask (health
+//! probes) and packets whose foreign mark another user's rule matches with bits multiwan
+//! would change (`Facts::fragile_marks`).
 
 use std::fmt::Write as _;
 
-use super::{has_ipv6, hex, quoted_set, shares_interface, Ctx, RESTORE_MAP};
+use super::{has_ipv6, hex, quoted_set, shares_interface, Ctx, Facts, RESTORE_MAP};
 
-/// New IPv6 connections that are balanced: not to the router itself, not multicast, not
+/// New IPv4 connections that may be balanced: not to the router itself, not broadcast or
+/// multicast.
+const NEW4: &str =
+    "ct state new meta nfproto ipv4 fib daddr type != { local, broadcast, multicast }";
+/// New IPv6 connections that may be balanced: not to the router itself, not multicast, not
 /// link-local (which never leaves the link and has no business in an uplink's table).
-const BALANCED6: &str =
-    "ct state new meta nfproto ipv6 fib daddr type != { local, multicast } ip6 daddr != fe80::/10 goto balance6";
+const NEW6: &str =
+    "ct state new meta nfproto ipv6 fib daddr type != { local, multicast } ip6 daddr != fe80::/10";
 
-pub(super) fn prerouting(ctx: &Ctx) -> String {
+/// The uplinks' interfaces (those carrying IPv6 for `v6`), as an nft set.
+fn uplink_ifs(ctx: &Ctx, v6: bool) -> String {
+    let mut ifs: Vec<String> = ctx
+        .cfg
+        .uplinks
+        .iter()
+        .filter(|u| !v6 || u.ipv6.is_some())
+        .map(|u| u.interface.clone())
+        .collect();
+    ifs.sort();
+    ifs.dedup();
+    quoted_set(&ifs)
+}
+
+/// Lines that leave alone packets carrying a foreign mark another user's rule matches with
+/// bits under multiwan's mask.
+fn fragile(ctx: &Ctx, facts: &Facts) -> String {
+    let mut w = String::new();
+    for (value, mask) in facts.fragile_marks(ctx.k.mark_mask) {
+        let _ = writeln!(
+            w,
+            "\t\tmeta mark and {} == {} return",
+            hex(mask),
+            hex(value)
+        );
+    }
+    w
+}
+
+pub(super) fn prerouting(ctx: &Ctx, facts: &Facts) -> String {
     let cfg = ctx.cfg;
     let mask = hex(ctx.k.mark_mask);
     let lan = quoted_set(&cfg.lan.interfaces);
     let mut w = String::new();
+    let _ = writeln!(w, "\tchain egress {{");
+    w.push_str(&fragile(ctx, facts));
+    let _ = writeln!(
+        w,
+        "\t\tmeta nfproto ipv4 fib daddr . mark oifname {} goto balance",
+        uplink_ifs(ctx, false)
+    );
+    let dual = has_ipv6(cfg);
+    if dual {
+        let _ = writeln!(
+            w,
+            "\t\tmeta nfproto ipv6 fib daddr . mark oifname {} goto balance6",
+            uplink_ifs(ctx, true)
+        );
+    }
+    let _ = writeln!(w, "\t}}\n");
     let _ = writeln!(w, "\tchain prerouting {{");
     let _ = writeln!(
         w,
@@ -28,13 +81,9 @@ pub(super) fn prerouting(ctx: &Ctx) -> String {
         w,
         "\t\tiifname {lan} ct mark and {mask} vmap @{RESTORE_MAP}"
     );
-    let _ = writeln!(
-        w,
-        "\t\tiifname {lan} ct state new meta nfproto ipv4 fib daddr type != {{ local, broadcast, multicast }} goto balance"
-    );
-    let dual = has_ipv6(cfg);
+    let _ = writeln!(w, "\t\tiifname {lan} {NEW4} goto egress");
     if dual {
-        let _ = writeln!(w, "\t\tiifname {lan} {BALANCED6}");
+        let _ = writeln!(w, "\t\tiifname {lan} {NEW6} goto egress");
     }
     // Inbound: connections arriving on an uplink are answered over it. Only for interfaces
     // that belong to exactly one uplink; shared segments are told apart by gateway only. An
@@ -59,7 +108,7 @@ pub(super) fn prerouting(ctx: &Ctx) -> String {
     w
 }
 
-pub(super) fn output(ctx: &Ctx) -> String {
+pub(super) fn output(ctx: &Ctx, facts: &Facts) -> String {
     let mask = hex(ctx.k.mark_mask);
     let mut w = String::new();
     let _ = writeln!(w, "\tchain output {{");
@@ -68,15 +117,21 @@ pub(super) fn output(ctx: &Ctx) -> String {
         "\t\ttype route hook output priority mangle; policy accept;"
     );
     let _ = writeln!(w, "\t\tmeta mark and {mask} != 0 return");
+    w.push_str(&fragile(ctx, facts));
+    // Only what its own route sends out an uplink is multiwan's: a reply or ICMP error to
+    // the LAN, a tunnel's or a tailnet's packet keeps its route even on a marked connection.
+    let _ = writeln!(w, "\t\toifname != {} return", uplink_ifs(ctx, false));
     let _ = writeln!(w, "\t\tct mark and {mask} vmap @{RESTORE_MAP}");
-    if ctx.cfg.balance.local {
-        let _ = writeln!(
-            w,
-            "\t\tct state new meta nfproto ipv4 fib daddr type != {{ local, broadcast, multicast }} goto balance"
-        );
-        if has_ipv6(ctx.cfg) {
-            let _ = writeln!(w, "\t\t{BALANCED6}");
-        }
+    // Without local balancing the router's own connections keep the main table, as they
+    // would without multiwan (the multipath table is there for everyone's lookups).
+    let (to4, to6) = if ctx.cfg.balance.local {
+        ("balance", "balance6")
+    } else {
+        ("to_main", "to_main")
+    };
+    let _ = writeln!(w, "\t\t{NEW4} goto {to4}");
+    if has_ipv6(ctx.cfg) {
+        let _ = writeln!(w, "\t\t{NEW6} oifname {} goto {to6}", uplink_ifs(ctx, true));
     }
     let _ = writeln!(w, "\t}}\n");
     w
@@ -97,6 +152,7 @@ mod tests {
             k: KernelOpts::default(),
             ids: &ids,
         };
-        insta::assert_snapshot!(format!("{}{}", prerouting(&ctx), output(&ctx)));
+        let f = Facts::default();
+        insta::assert_snapshot!(format!("{}{}", prerouting(&ctx, &f), output(&ctx, &f)));
     }
 }

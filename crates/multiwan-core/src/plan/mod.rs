@@ -52,6 +52,8 @@ pub struct Facts {
     /// Interface name → link facts. `None` means unknown (offline `plan`): every interface is
     /// assumed present, addresses are not known.
     pub links: Option<BTreeMap<String, Link>>,
+    /// The `fwmark value/mask` selectors of other users' `ip rule`s (both families).
+    pub foreign_marks: Vec<(u32, u32)>,
 }
 
 /// One interface as the kernel reports it.
@@ -72,6 +74,25 @@ pub struct Link {
 }
 
 impl Facts {
+    /// Marks multiwan must not add its bits to: for every foreign rule whose mask takes in
+    /// some of multiwan's bits (wg-quick's `not fwmark 0xca6c` matches all 32), the packets
+    /// that rule tells apart by the other bits — `(value, mask)` with multiwan's bits cleared.
+    /// A Tailscale-style rule (`0x80000/0xff0000`) is unaffected by multiwan's bits and needs
+    /// nothing. A rule on the value 0 (unmarked packets) cannot be protected and is left to
+    /// `multiwan doctor`.
+    pub fn fragile_marks(&self, ours: u32) -> Vec<(u32, u32)> {
+        let mut out: Vec<(u32, u32)> = self
+            .foreign_marks
+            .iter()
+            .filter(|(_, m)| m & ours != 0 && m & !ours != 0)
+            .map(|(v, m)| (v & m & !ours, m & !ours))
+            .filter(|(v, _)| *v != 0)
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
     /// Whether routes through `ifname` can be installed.
     pub fn routable(&self, ifname: &str, needs_addr: bool) -> bool {
         match &self.links {
@@ -172,14 +193,33 @@ pub struct Nexthop {
 pub struct Route {
     pub family: Family,
     pub table: u32,
-    /// One entry: a plain route (weight ignored); several: a multipath route.
+    /// One entry: a plain route (weight ignored); several: a multipath route; none for an
+    /// `unreachable` or `blackhole` route.
     pub nexthops: Vec<Nexthop>,
+    pub kind: RouteKind,
+}
+
+/// The type of a route multiwan installs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RouteKind {
+    /// Through its next hops.
+    Unicast,
+    /// Refused with ICMP network unreachable (`when_all_down = "unreachable"`).
+    Unreachable,
+    /// Dropped silently (`when_all_down = "blackhole"`).
+    Blackhole,
 }
 
 impl Route {
     /// Arguments after `ip route replace` (what `plan` prints).
     pub fn args(&self) -> Vec<String> {
-        let mut a = vec!["default".to_string()];
+        let mut a = Vec::new();
+        match self.kind {
+            RouteKind::Unicast => {}
+            RouteKind::Unreachable => a.push("unreachable".to_string()),
+            RouteKind::Blackhole => a.push("blackhole".to_string()),
+        }
+        a.push("default".to_string());
         if let [nh] = self.nexthops.as_slice() {
             if let Some(via) = nh.via {
                 a.push("via".into());
@@ -489,8 +529,8 @@ pub fn plan_dual(
             w.push_str(&pol.static_chains);
             w.push_str(&pol.balance);
         }
-        w.push_str(&hooks::prerouting(&ctx));
-        w.push_str(&hooks::output(&ctx));
+        w.push_str(&hooks::prerouting(&ctx, facts));
+        w.push_str(&hooks::output(&ctx, facts));
         w.push_str(&nat::postrouting(&ctx));
         w
     };

@@ -1,16 +1,20 @@
-//! Policy routing and sysctls. With priority *P* = `rule_priority`: `lookup main
-//! suppress_prefixlength 0` first (local and LAN routes win), then `fwmark → uplink table`,
-//! then `unreachable` per mark so marked traffic never leaks into the main table, then the
-//! router's own addresses, then the multipath default table for unmarked local traffic. One
-//! default route per uplink table, the multipath route, forwarding on, loose `rp_filter` on
-//! uplink interfaces only.
+//! Policy routing and sysctls, in two blocks. Marked traffic, at *P* = `rule_priority`:
+//! `fwmark → uplink table` (and `main` for the main mark), then at *P*+1 `unreachable` per
+//! mark so marked traffic never leaks into another table. These only match packets multiwan
+//! marked, and multiwan marks only connections whose own route would leave by an uplink, so
+//! they shadow nobody. Unmarked traffic, after everyone else's rules and just before `main`:
+//! 32763 `lookup main suppress_prefixlength 0` (specific routes win), 32764 the router's own
+//! uplink addresses, 32765 the multipath default table — so Tailscale's table 52,
+//! wg-quick's `not fwmark` table and the like see unmarked traffic first, as they would
+//! without multiwan. One default route per uplink table, the multipath route, forwarding
+//! on, loose `rp_filter` on uplink interfaces only.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::policies::reduce;
-use super::{has_ipv6, Ctx, Facts, Family, IpRule, Nexthop, Route, RuleAction, Sysctl};
-use crate::model::{Config, Uplink, WhenAllDown};
+use super::{has_ipv6, Ctx, Facts, Family, IpRule, Nexthop, Route, RouteKind, RuleAction, Sysctl};
+use crate::model::{Config, Uplink, WhenAllDown, LATE_RULE_PRIORITY};
 
 /// The next hop of an uplink's route if it can be installed now: `Some(None)` for a device
 /// route (point-to-point), `Some(Some(g))` for a route via `g`, `None` when not installable
@@ -67,9 +71,12 @@ pub(super) fn build(
 ) -> Routing {
     let (cfg, k) = (ctx.cfg, ctx.k);
     let p = k.rule_priority;
+    let late = LATE_RULE_PRIORITY;
+    // Unmarked traffic: what main routes specifically stays there; only what would take a
+    // default route comes to the uplinks — and only after every other user's rules.
     let mut rules = vec![IpRule {
         family,
-        priority: p,
+        priority: late,
         fwmark: None,
         from: None,
         action: RuleAction::MainNoDefault,
@@ -82,14 +89,14 @@ pub(super) fn build(
         let fw = Some((ctx.mark(i), k.mark_mask));
         rules.push(IpRule {
             family,
-            priority: p + 1,
+            priority: p,
             fwmark: fw,
             from: None,
             action: RuleAction::Lookup(table),
         });
         rules.push(IpRule {
             family,
-            priority: p + 2,
+            priority: p + 1,
             fwmark: fw,
             from: None,
             action: RuleAction::Unreachable,
@@ -106,6 +113,7 @@ pub(super) fn build(
                     dev: u.interface.clone(),
                     weight: 1,
                 }],
+                kind: RouteKind::Unicast,
             });
         }
         // The router's own addresses on this uplink answer over it (seed 004 §4.2.2).
@@ -114,7 +122,7 @@ pub(super) fn build(
             for a in facts.addrs_of(&u.interface, family) {
                 rules.push(IpRule {
                     family,
-                    priority: p + 3,
+                    priority: late + 1,
                     fwmark: None,
                     from: Some(a),
                     action: RuleAction::Lookup(table),
@@ -124,14 +132,14 @@ pub(super) fn build(
     }
     rules.push(IpRule {
         family,
-        priority: p + 1,
+        priority: p,
         fwmark: Some((k.mark_main(), k.mark_mask)),
         from: None,
         action: RuleAction::Lookup(254),
     });
     rules.push(IpRule {
         family,
-        priority: p + 2,
+        priority: p + 1,
         fwmark: Some((k.mark_none(), k.mark_mask)),
         from: None,
         action: if cfg.balance.when_all_down == WhenAllDown::Blackhole {
@@ -140,17 +148,30 @@ pub(super) fn build(
             RuleAction::Unreachable
         },
     });
-    if let (true, Some(usable)) = (cfg.balance.local, default_usable) {
-        if let Some(r) = multipath(cfg, facts, usable, k.table_base, family) {
-            routes.push(r);
-            rules.push(IpRule {
+    // The default for everyone's unmarked lookups: the router's own traffic, and the
+    // `egress` chain's question whether a LAN connection would leave by an uplink. With
+    // nothing usable it answers as `when_all_down` says (main: no route here, fall through).
+    if let Some(usable) = default_usable {
+        let all_down = match cfg.balance.when_all_down {
+            WhenAllDown::Unreachable => Some(RouteKind::Unreachable),
+            WhenAllDown::Blackhole => Some(RouteKind::Blackhole),
+            WhenAllDown::Main => None,
+        };
+        let route =
+            multipath(cfg, facts, usable, k.table_base, family).or(all_down.map(|kind| Route {
                 family,
-                priority: p + 4,
-                fwmark: None,
-                from: None,
-                action: RuleAction::Lookup(k.table_base),
-            });
-        }
+                table: k.table_base,
+                nexthops: Vec::new(),
+                kind,
+            }));
+        routes.extend(route);
+        rules.push(IpRule {
+            family,
+            priority: late + 2,
+            fwmark: None,
+            from: None,
+            action: RuleAction::Lookup(k.table_base),
+        });
     }
     rules.sort();
     rules.dedup();
@@ -196,6 +217,7 @@ fn multipath(
                 weight: w,
             })
             .collect(),
+        kind: RouteKind::Unicast,
     })
 }
 

@@ -113,10 +113,12 @@ fn tiers_fall_through_and_all_down_is_unreachable() {
     let none = BTreeSet::new();
     let p = plan(&c, &ids(&c), &none, &Facts::default());
     assert_eq!(slots(&p, "policy_default"), ["to_none"]);
-    assert!(p
-        .rules
-        .iter()
-        .any(|r| r.fwmark == Some((0xff0000, 0xff0000)) && r.action == RuleAction::Unreachable));
+    assert!(
+        p.rules
+            .iter()
+            .any(|r| r.fwmark == Some((0xff000000, 0xff000000))
+                && r.action == RuleAction::Unreachable)
+    );
     // No multipath route when nothing is usable.
     assert!(!p.routes.iter().any(|r| r.table == 1000));
 }
@@ -131,7 +133,7 @@ fn when_all_down_main_and_blackhole() {
     assert!(p
         .rules
         .iter()
-        .any(|r| r.fwmark == Some((0xff0000, 0xff0000)) && r.action == RuleAction::Blackhole));
+        .any(|r| r.fwmark == Some((0xff000000, 0xff000000)) && r.action == RuleAction::Blackhole));
 }
 
 #[test]
@@ -185,6 +187,7 @@ fn policy_routing_layout() {
     let c = cfg(TWO);
     let mut facts = Facts {
         links: Some(BTreeMap::new()),
+        ..Facts::default()
     };
     let links = facts.links.as_mut().expect("links");
     links.insert(
@@ -211,18 +214,18 @@ fn policy_routing_layout() {
     assert_eq!(
         lines,
         vec![
-            "priority 1000 lookup main suppress_prefixlength 0 protocol 77",
-            "priority 1001 fwmark 0x10000/0xff0000 lookup 1001 protocol 77",
-            "priority 1001 fwmark 0x20000/0xff0000 lookup 1002 protocol 77",
-            "priority 1001 fwmark 0x30000/0xff0000 lookup 1003 protocol 77",
-            "priority 1001 fwmark 0xfe0000/0xff0000 lookup 254 protocol 77",
-            "priority 1002 fwmark 0x10000/0xff0000 unreachable protocol 77",
-            "priority 1002 fwmark 0x20000/0xff0000 unreachable protocol 77",
-            "priority 1002 fwmark 0x30000/0xff0000 unreachable protocol 77",
-            "priority 1002 fwmark 0xff0000/0xff0000 unreachable protocol 77",
-            "priority 1003 from 10.37.1.253 lookup 1001 protocol 77",
-            "priority 1003 from 10.37.2.253 lookup 1002 protocol 77",
-            "priority 1004 lookup 1000 protocol 77",
+            "priority 1000 fwmark 0x1000000/0xff000000 lookup 1001 protocol 77",
+            "priority 1000 fwmark 0x2000000/0xff000000 lookup 1002 protocol 77",
+            "priority 1000 fwmark 0x3000000/0xff000000 lookup 1003 protocol 77",
+            "priority 1000 fwmark 0xfe000000/0xff000000 lookup 254 protocol 77",
+            "priority 1001 fwmark 0x1000000/0xff000000 unreachable protocol 77",
+            "priority 1001 fwmark 0x2000000/0xff000000 unreachable protocol 77",
+            "priority 1001 fwmark 0x3000000/0xff000000 unreachable protocol 77",
+            "priority 1001 fwmark 0xff000000/0xff000000 unreachable protocol 77",
+            "priority 32763 lookup main suppress_prefixlength 0 protocol 77",
+            "priority 32764 from 10.37.1.253 lookup 1001 protocol 77",
+            "priority 32764 from 10.37.2.253 lookup 1002 protocol 77",
+            "priority 32765 lookup 1000 protocol 77",
         ]
     );
     let routes: Vec<String> = p.routes.iter().map(|r| r.args().join(" ")).collect();
@@ -376,6 +379,7 @@ fn auto_gateway_follows_the_learned_default_route() {
     };
     let mut facts = Facts {
         links: Some(BTreeMap::new()),
+        ..Facts::default()
     };
     facts
         .links

@@ -445,6 +445,7 @@ impl<K: Kernel> Engine<K> {
             %family,
             from = t.from.name(),
             to = t.to.name(),
+            state = t.to.name(),
             reason = %reason,
             "uplink {} ({family})",
             t.to.name()

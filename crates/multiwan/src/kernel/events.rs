@@ -1,7 +1,7 @@
 //! The kernel's change notifications (rtnetlink multicast groups), read as structures and
-//! reduced to what the daemon acts on: interfaces or addresses changed (re-read the facts), a
-//! foreign default route changed (a DHCP gateway to follow), or one of multiwan's own rules or
-//! routes changed (verify, repair drift). Every other route change — a full BGP table churning
+//! reduced to what the daemon acts on: interfaces, addresses or another user's rules changed
+//! (re-read the facts), a foreign default route changed (a DHCP gateway to follow), or one of
+//! multiwan's own rules or routes changed (verify, repair drift). Every other route change — a full BGP table churning
 //! in `main` — is ignored without a read.
 
 use std::io;
@@ -12,7 +12,7 @@ use netlink_packet_route::route::RouteMessage;
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{protocols, Socket, SocketAddr};
 
-use super::netlink::is_ours;
+use super::netlink::{is_ours, rule_is_ours};
 use super::socket::parse_all;
 
 const RTMGRP_LINK: u32 = 0x1;
@@ -28,7 +28,7 @@ const RTMGRP_IPV6_RULE: u32 = 1 << (19 - 1);
 /// What changed, as far as the daemon cares.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Change {
-    /// Interfaces or addresses.
+    /// Interfaces, addresses, or another user's rules: re-read the facts.
     pub links: bool,
     /// A default route multiwan did not install.
     pub gateways: bool,
@@ -95,8 +95,10 @@ pub fn classify(data: &[u8]) -> Change {
                 ..Change::default()
             },
             RouteNetlinkMessage::NewRoute(r) | RouteNetlinkMessage::DelRoute(r) => route_change(r),
-            RouteNetlinkMessage::NewRule(_) | RouteNetlinkMessage::DelRule(_) => Change {
-                ours: true,
+            // Ours: verify. Another user's: its marks are facts the plan works around.
+            RouteNetlinkMessage::NewRule(r) | RouteNetlinkMessage::DelRule(r) => Change {
+                ours: rule_is_ours(r),
+                links: !rule_is_ours(r),
                 ..Change::default()
             },
             _ => Change::default(),

@@ -482,7 +482,20 @@ impl Kernel for System {
                 }
             }
         }
-        Ok(Facts { links: Some(out) })
+        let mut foreign_marks = Vec::new();
+        for family in Family::ALL {
+            for m in self.rt.rules(family)? {
+                if !netlink::rule_is_ours(&m) {
+                    foreign_marks.extend(netlink::rule_fwmark(&m));
+                }
+            }
+        }
+        foreign_marks.sort_unstable();
+        foreign_marks.dedup();
+        Ok(Facts {
+            links: Some(out),
+            foreign_marks,
+        })
     }
 
     fn ids(&mut self, mark_mask: u32) -> Result<BTreeMap<String, u32>> {

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use anyhow::{anyhow, Context, Result};
-use multiwan_core::plan::{Family, IpRule, Nexthop, Route, RuleAction, RTPROT_MULTIWAN};
+use multiwan_core::plan::{Family, IpRule, Nexthop, Route, RouteKind, RuleAction, RTPROT_MULTIWAN};
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_REPLACE};
 use netlink_packet_route::address::{
     AddressAttribute, AddressHeaderFlags, AddressMessage, AddressScope,
@@ -209,6 +209,8 @@ impl Rtnl {
     pub fn delete_route(&mut self, family: Family, table: u32) -> Result<()> {
         let mut m = RouteMessage::default();
         m.header = route_header(family, table, RouteScope::NoWhere);
+        // Whatever its type (a multipath route or an unreachable one).
+        m.header.kind = RouteType::Unspec;
         m.attributes.push(RouteAttribute::Table(table));
         self.change(RouteNetlinkMessage::DelRoute(m), 0)
             .with_context(|| format!("removing multiwan's {family} route in table {table}"))
@@ -302,6 +304,17 @@ fn route_message(r: &Route, index: &BTreeMap<String, u32>) -> Result<RouteMessag
     };
     m.header = route_header(r.family, r.table, scope);
     m.attributes.push(RouteAttribute::Table(r.table));
+    match r.kind {
+        RouteKind::Unicast => {}
+        RouteKind::Unreachable => {
+            m.header.kind = RouteType::Unreachable;
+            return Ok(m);
+        }
+        RouteKind::Blackhole => {
+            m.header.kind = RouteType::BlackHole;
+            return Ok(m);
+        }
+    }
     match r.nexthops.as_slice() {
         [nh] => {
             if let Some(via) = nh.via {
@@ -362,10 +375,24 @@ fn oif(attrs: &[RouteAttribute]) -> Option<u32> {
 
 /// A default route as the planner writes it, or `None` when it is anything else.
 pub fn parse_route(m: &RouteMessage, names: &BTreeMap<u32, String>) -> Option<Route> {
-    if m.header.destination_prefix_length != 0 || m.header.kind != RouteType::Unicast {
+    if m.header.destination_prefix_length != 0 {
         return None;
     }
     let family = family_of(m.header.address_family)?;
+    let reject = match m.header.kind {
+        RouteType::Unicast => None,
+        RouteType::Unreachable => Some(RouteKind::Unreachable),
+        RouteType::BlackHole => Some(RouteKind::Blackhole),
+        _ => return None,
+    };
+    if let Some(kind) = reject {
+        return Some(Route {
+            family,
+            table: table_of(m),
+            nexthops: Vec::new(),
+            kind,
+        });
+    }
     let name = |i: u32| names.get(&i).cloned();
     let multipath = m.attributes.iter().find_map(|a| match a {
         RouteAttribute::MultiPath(h) => Some(h),
@@ -392,6 +419,7 @@ pub fn parse_route(m: &RouteMessage, names: &BTreeMap<u32, String>) -> Option<Ro
         family,
         table: table_of(m),
         nexthops,
+        kind: RouteKind::Unicast,
     })
 }
 
@@ -447,6 +475,20 @@ pub fn rule_is_ours(m: &RuleMessage) -> bool {
     m.attributes
         .iter()
         .any(|a| matches!(a, RuleAttribute::Protocol(p) if *p == proto()))
+}
+
+/// A rule's `fwmark value/mask` selector, if it has one (the mask defaults to all ones).
+pub fn rule_fwmark(m: &RuleMessage) -> Option<(u32, u32)> {
+    let mut mark = None;
+    let mut mask = u32::MAX;
+    for a in &m.attributes {
+        match a {
+            RuleAttribute::FwMark(v) => mark = Some(*v),
+            RuleAttribute::FwMask(v) => mask = *v,
+            _ => {}
+        }
+    }
+    mark.map(|v| (v, mask))
 }
 
 /// A rule as the planner writes it, or `None` when it has anything the planner never writes.
@@ -569,6 +611,7 @@ mod tests {
                     dev: "eth1".into(),
                     weight: 1,
                 }],
+                kind: RouteKind::Unicast,
             },
             Route {
                 family: Family::V6,
@@ -578,6 +621,7 @@ mod tests {
                     dev: "eth1".into(),
                     weight: 1,
                 }],
+                kind: RouteKind::Unicast,
             },
             Route {
                 family: Family::V4,
@@ -587,6 +631,7 @@ mod tests {
                     dev: "ppp0".into(),
                     weight: 1,
                 }],
+                kind: RouteKind::Unicast,
             },
             Route {
                 family: Family::V4,
@@ -603,6 +648,19 @@ mod tests {
                         weight: 1,
                     },
                 ],
+                kind: RouteKind::Unicast,
+            },
+            Route {
+                family: Family::V4,
+                table: 1000,
+                nexthops: Vec::new(),
+                kind: RouteKind::Unreachable,
+            },
+            Route {
+                family: Family::V6,
+                table: 1000,
+                nexthops: Vec::new(),
+                kind: RouteKind::Blackhole,
             },
         ] {
             let m = route_message(&r, &index).expect("message");
@@ -619,6 +677,7 @@ mod tests {
                     dev: "gone0".into(),
                     weight: 1,
                 }],
+                kind: RouteKind::Unicast,
             },
             &index,
         )

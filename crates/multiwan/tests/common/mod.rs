@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
+pub mod debroot;
+
 use multiwan_lab::topology::{IspSpec, Topology, TopologySpec};
 use multiwan_lab::traffic::{self, Server};
 

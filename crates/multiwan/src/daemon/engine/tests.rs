@@ -51,7 +51,10 @@ fn facts(up: &[(&str, bool)]) -> Facts {
             )
         })
         .collect();
-    Facts { links: Some(links) }
+    Facts {
+        links: Some(links),
+        ..Facts::default()
+    }
 }
 
 struct World {
