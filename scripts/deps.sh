@@ -10,15 +10,16 @@ need_root() {
   fi
 }
 
-# ensure_deps [radvd]: what the lab needs, and with `radvd` also what only some namespace tests
-# use (ISPs that send router advertisements; scripts/test asks for it, scripts/lab does not).
+# ensure_deps [EXTRA...]: what the lab needs, and each EXTRA: a command that only some tests use,
+# installed from the Debian package of the same name when missing (scripts/test asks for
+# `radvd`, ISPs that send router advertisements, and `socat`; scripts/lab asks for none).
 ensure_deps() {
   local missing=()
   local extra
   for extra in "$@"; do
     case "$extra" in
-      radvd) command -v radvd >/dev/null 2>&1 || missing+=(radvd) ;;
-      *) echo "ensure_deps: unknown extra $extra" >&2; exit 1 ;;
+      radvd | socat) command -v "$extra" >/dev/null 2>&1 || missing+=("$extra") ;;
+      *) echo "ensure_deps: unknown extra $extra (add it to scripts/deps.sh)" >&2; exit 1 ;;
     esac
   done
   command -v nft >/dev/null 2>&1 || missing+=(nftables)

@@ -2,11 +2,12 @@
 //! [`topology`](crate::topology), runs `multiwan run` with a config in the router namespace,
 //! drives real connections and bulk transfers through it, prints what each uplink carried
 //! against what the weights promise, and runs a failover drill (an ISP's upstream is cut while
-//! its link stays up). With `--ipv6` (on by default once [`ROUTER_IPV6`] is) every phase runs
-//! for IPv6 too: both families' split and throughput, inbound on both, and a drill that measures
-//! both families and then cuts IPv6 alone. However it ends — normally, with an error, a panic, Ctrl-C or SIGTERM
-//! at any moment — every process it started is stopped, every namespace removed and its
-//! private directory deleted; the root namespace is never touched.
+//! its link stays up). With `--ipv6` (on by default with [`ROUTER_IPV6`]) every phase runs
+//! for IPv6 too: both families' split and throughput, inbound on both, and a drill that
+//! measures both families and then cuts IPv6 alone. However it ends — normally, with an
+//! error, a panic, Ctrl-C or SIGTERM at any moment — every process it started is stopped,
+//! every namespace removed and its private directory deleted; the root namespace is never
+//! touched.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -632,12 +633,12 @@ fn failover_drill(
                 .map(|s| Duration::from_secs_f64((s - cut_wall).max(0.0)));
             std::thread::sleep(Duration::from_millis(10));
         }
-        let (who, what) = match f {
-            Family::V4 => (name.clone(), String::new()),
-            Family::V6 => (format!("{name} IPv6"), "IPv6: ".to_string()),
+        let what = match f {
+            Family::V4 => "",
+            Family::V6 => "IPv6: ",
         };
         println!(
-            "   {who} marked down after      {} (the daemon's log)",
+            "   {what}{name} marked down after      {} (the daemon's log)",
             ms_or(detected, limit)
         );
         println!(

@@ -292,3 +292,29 @@ fn the_generated_config_has_a_family_switch() {
         multiwan_core::load("lab.toml", &dual).expect("the dual-stack config loads");
     }
 }
+
+/// Carrier loss as the benchmarks and tests make it (the ISP sets its side of the link down
+/// and up): the ISP keeps its static IPv6 gateway address, as it keeps its IPv4 one, so IPv6
+/// comes back (the kernel's default would delete every IPv6 address of a downed interface).
+#[test]
+fn ipv6_survives_the_isp_setting_its_link_down_and_up() {
+    let lab = Lab::new(1, 1);
+    let v6: IpAddr = router_addr6(1).into();
+    assert_eq!(from_router(&lab, v6), Some(v6));
+    let isp = &lab.topo.isps[0].ns;
+    isp.ip(&["link", "set", "cpe", "down"]).expect("down");
+    assert_eq!(from_router(&lab, v6), None, "the link is down");
+    isp.ip(&["link", "set", "cpe", "up"]).expect("up");
+    let start = Instant::now();
+    while from_router(&lab, v6) != Some(v6) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "IPv6 did not come back; the ISP's addresses: {}",
+            isp.ip(&["-6", "addr", "show", "dev", "cpe"])
+                .unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let addrs = isp.ip(&["-6", "addr", "show", "dev", "cpe"]).expect("addr");
+    assert!(addrs.contains(&format!("{}/64", gateway6(1))), "{addrs}");
+}

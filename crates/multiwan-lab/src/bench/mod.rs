@@ -151,6 +151,13 @@ fn machine() -> String {
         .map(|k| format!("{:.1} GiB", k as f64 / 1024.0 / 1024.0))
         .unwrap_or_default();
     let kernel = read("/proc/sys/kernel/osrelease").trim().to_string();
+    // Client, router and server share these cores with whatever else runs: the load when the
+    // report is written says how much of the machine the run had.
+    let load = read("/proc/loadavg")
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ");
     let nft = std::process::Command::new("nft")
         .arg("--version")
         .output()
@@ -162,7 +169,7 @@ fn machine() -> String {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
     format!(
-        "- date: {date}\n- kernel: Linux {kernel}\n- CPU: {cpu}, {cores} cores\n- memory: {mem}\n- {nft}\n- multiwan {}\n",
+        "- date: {date}\n- kernel: Linux {kernel}\n- CPU: {cpu}, {cores} cores\n- memory: {mem}\n- load average (1, 5, 15 min) when written: {load}\n- {nft}\n- multiwan {}\n",
         env!("CARGO_PKG_VERSION")
     )
 }

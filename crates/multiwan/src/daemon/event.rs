@@ -3,7 +3,7 @@
 //! that send events and the loop that handles them depend on it, not on each other.
 
 use std::sync::mpsc::Sender;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::snapshot::{Snapshot, Subscriber};
 use crate::control::Ack;
@@ -20,6 +20,8 @@ pub struct RoundReport {
     pub results: Vec<Option<Duration>>,
     /// Whether the gateway answered the witness ping, if one was sent.
     pub witness: Option<bool>,
+    /// When the prober judged the round (the rounds of one prober wake-up share it).
+    pub at: Instant,
 }
 
 /// Everything the event loop reacts to.
