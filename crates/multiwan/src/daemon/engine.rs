@@ -277,6 +277,7 @@ impl<K: Kernel> Engine<K> {
                         .wrapping_mul(31)
                         .wrapping_add(out.len() as u16),
                     witness: self.witness(u, family),
+                    urgent_rounds: check.down_after + check.up_after,
                 });
             }
         }

@@ -47,6 +47,8 @@ pub struct RoundReport {
     pub results: Vec<Option<Duration>>,
     /// Whether the gateway answered the witness ping, if one was sent.
     pub witness: Option<bool>,
+    /// When the prober judged the round (the rounds of one prober wake-up share it).
+    pub at: Instant,
 }
 
 /// Everything the event loop reacts to.
@@ -156,7 +158,11 @@ fn event_loop(
             let now = Instant::now();
             match ev {
                 Event::Rounds { generation, rounds } if generation == sup.generation => {
-                    engine.on_rounds(&rounds, now);
+                    // A batch may hold several wake-ups' rounds (the prober holds healthy
+                    // rounds for up to a second): each wake-up's, at its own time.
+                    for group in rounds.chunk_by(|a, b| a.at == b.at) {
+                        engine.on_rounds(group, group[0].at);
+                    }
                 }
                 Event::Rounds { .. } => {}
                 Event::KernelChanged(c) => change = change.merge(c),

@@ -10,6 +10,12 @@
 //! packet. With the default 100 ms interval and a 200 ms timeout that is 10 wake-ups a second
 //! however many uplinks there are. Only tcp connects wake the thread when they complete.
 //!
+//! Rounds are reported to the event loop at once while they matter — a failed one, and the
+//! `down_after + up_after` rounds after it — and otherwise held for up to [`HOLD`], so a
+//! healthy router wakes the event loop once a second rather than every round. A round's
+//! deadline is its scheduled time plus the timeout (unless the thread woke late), so the
+//! deadline of one round and the start of a later one share a wake-up.
+//!
 //! Methods: `icmp` (echo request on a raw socket), `tcp` (a connect; a refusal also proves
 //! the path), `dns` (a query for the root's NS records; any answer proves the resolver).
 
@@ -31,6 +37,13 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use super::supervise::Heartbeat;
 use super::Event;
 
+/// Longest time healthy rounds wait before they are reported.
+pub const HOLD: Duration = Duration::from_secs(1);
+
+/// A wake-up later than this after a round's scheduled time starts the round at the wake-up
+/// instead, so a late thread never shortens the round's timeout by more.
+const ON_TIME: Duration = Duration::from_millis(5);
+
 /// What one prober needs to know.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProbeSpec {
@@ -48,6 +61,9 @@ pub struct ProbeSpec {
     /// The uplink's gateway, pinged as a witness in the rounds after a round with a failed
     /// target: evidence for target correlation (is the target dead, or the uplink?).
     pub witness: Option<IpAddr>,
+    /// After a failed round, this many rounds are reported at once rather than held
+    /// (`down_after + up_after`: every round that can change the uplink's state).
+    pub urgent_rounds: u32,
 }
 
 impl ProbeSpec {
@@ -371,11 +387,15 @@ struct Prober {
     witness_sock: Option<Socket>,
     /// The last finished round had a failed target: the next rounds ping the witness.
     need_witness: bool,
+    /// Rounds still to report at once (set after a failed round, and at the start).
+    urgent_left: u32,
 }
 
 impl Prober {
     fn new(spec: ProbeSpec, start: Instant) -> Self {
         let slots = spec.targets.len() + usize::from(spec.witness.is_some());
+        // The first rounds decide the uplinks' first states: reported at once.
+        let urgent_left = spec.urgent_rounds;
         Self {
             rounds: Rounds::new(slots, spec.timeout),
             spec,
@@ -386,6 +406,7 @@ impl Prober {
             open_error_logged: false,
             witness_sock: None,
             need_witness: false,
+            urgent_left,
         }
     }
 
@@ -475,13 +496,21 @@ impl Prober {
                 Err(_) => {}
             }
         }
-        let id = self.rounds.start(now);
-        for (i, t) in self.spec.targets.clone().iter().enumerate() {
+        // On schedule, the round starts at its scheduled time, so its deadline falls on the
+        // wake-up of a later round's start instead of just after it.
+        let start = if now.saturating_duration_since(self.next_round) <= ON_TIME {
+            self.next_round
+        } else {
+            now
+        };
+        let id = self.rounds.start(start);
+        for i in 0..self.spec.targets.len() {
+            let t = self.spec.targets[i];
             let key = self.next_key;
             self.next_key = self.next_key.wrapping_add(1);
             let Some(m) = self.method.as_mut() else { break };
             let sent = wall_now();
-            match m.send(&self.spec, key, *t) {
+            match m.send(&self.spec, key, t) {
                 Ok(()) => {
                     self.keys.insert(key, (id, i, sent));
                     self.rounds.sent(id, i, now);
@@ -522,6 +551,9 @@ fn run(
     // Every uplink starts now, so rounds of equal intervals share their wake-ups.
     let start = Instant::now();
     let mut probers: Vec<Prober> = specs.into_iter().map(|s| Prober::new(s, start)).collect();
+    // Healthy rounds waiting to be reported, and since when.
+    let mut held: Vec<super::RoundReport> = Vec::new();
+    let mut held_since = start;
     while !stop.load(Ordering::Relaxed) {
         let now = Instant::now();
         if fault.is_some() && now.duration_since(start) > Duration::from_secs(1) {
@@ -536,7 +568,7 @@ fn run(
             }
         }
         heartbeat.beat();
-        let mut finished = Vec::new();
+        let mut urgent = false;
         for p in &mut probers {
             // Answers first, so a reply that arrived before a round's deadline counts even
             // when it is read at the deadline.
@@ -547,24 +579,38 @@ fn run(
                 let witness = (f.sent.get(n) == Some(&true)).then(|| f.results[n].is_some());
                 let mut results = f.results;
                 results.truncate(n);
+                let failed = results.iter().any(Option::is_none) || witness == Some(false);
                 p.need_witness = results.iter().any(Option::is_none);
-                finished.push(super::RoundReport {
+                if failed {
+                    p.urgent_left = p.spec.urgent_rounds;
+                }
+                urgent |= p.urgent_left > 0;
+                if !failed {
+                    p.urgent_left = p.urgent_left.saturating_sub(1);
+                }
+                if held.is_empty() {
+                    held_since = now;
+                }
+                held.push(super::RoundReport {
                     uplink: p.spec.uplink.clone(),
                     family: p.spec.family,
                     results,
                     witness,
+                    at: now,
                 });
             }
             if now >= p.next_round {
                 p.send_round(now);
             }
         }
-        // One event per wake-up, however many uplinks: one wake-up of the event loop.
-        if !finished.is_empty()
+        // At most one event per wake-up, however many uplinks; healthy rounds wait.
+        let due = urgent || now.saturating_duration_since(held_since) >= HOLD;
+        if !held.is_empty()
+            && due
             && tx
                 .send(Event::Rounds {
                     generation,
-                    rounds: finished,
+                    rounds: std::mem::take(&mut held),
                 })
                 .is_err()
         {
