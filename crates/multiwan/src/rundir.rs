@@ -14,6 +14,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use anyhow::{bail, Context, Result};
 use nix::fcntl::{Flock, FlockArg};
 
+/// The network namespace's inode number: the per-namespace state files in the run directory
+/// are named after it.
+pub fn netns_id() -> Result<String> {
+    let ns = std::fs::read_link("/proc/self/ns/net").context("reading /proc/self/ns/net")?;
+    Ok(ns
+        .to_string_lossy()
+        .chars()
+        .filter(|c| c.is_ascii_digit())
+        .collect())
+}
+
 /// File name of the pid file inside the run directory.
 pub const PID_FILE: &str = "multiwan.pid";
 

@@ -80,16 +80,6 @@ pub struct DownReport {
     pub sysctls_restored: usize,
 }
 
-/// The network namespace's inode number, for per-namespace state files.
-pub fn netns_id() -> Result<String> {
-    let ns = std::fs::read_link("/proc/self/ns/net").context("reading /proc/self/ns/net")?;
-    Ok(ns
-        .to_string_lossy()
-        .chars()
-        .filter(|c| c.is_ascii_digit())
-        .collect())
-}
-
 /// multiwan's state as installed.
 #[derive(Debug, Clone, Default)]
 struct Installed {
@@ -427,7 +417,7 @@ fn previous_policy(p: &PolicyMap, s: &PolicyState) -> PolicyMap {
 }
 
 fn ruleset_name() -> Result<String> {
-    Ok(format!("ruleset-netns{}.nft", netns_id()?))
+    Ok(format!("ruleset-netns{}.nft", crate::rundir::netns_id()?))
 }
 
 fn describe_route(

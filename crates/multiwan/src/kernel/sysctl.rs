@@ -60,7 +60,10 @@ pub fn restore(previous: &[(String, String)]) {
 /// Saved original values, keyed by network namespace so several namespaces sharing `/run`
 /// never mix their state.
 fn state_name() -> Result<String> {
-    Ok(format!("sysctl-saved-netns{}.json", super::netns_id()?))
+    Ok(format!(
+        "sysctl-saved-netns{}.json",
+        crate::rundir::netns_id()?
+    ))
 }
 
 /// Reads the saved values: key → value. Older files stored `[path, value]` pairs; the path is
