@@ -44,7 +44,9 @@ pub struct Correlator {
 /// What changed in an update, for the log.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SuspectChange {
+    /// Targets that became suspect in this update.
     pub became_suspect: Vec<TargetKey>,
+    /// Targets that are no longer suspect (they answer again, or the evidence is gone).
     pub cleared: Vec<TargetKey>,
 }
 

@@ -33,18 +33,36 @@ pub enum Reason {
     NoInterface,
     /// The interface is administratively down or has no carrier.
     LinkDown,
-    /// The interface has no IPv4 address (and the uplink needs one).
+    /// The interface has no address of the monitored family (a global one for IPv6).
     NoAddress,
-    /// `gateway = "auto"` and no default route through the interface yet.
+    /// `gateway = "auto"` (or `gateway6`) and no default route through the interface yet.
     NoGateway,
-    /// `n` probe rounds in a row failed.
-    ProbesFailing { rounds: u32 },
+    /// `rounds` probe rounds in a row failed.
+    ProbesFailing {
+        /// Bad rounds in a row so far.
+        rounds: u32,
+    },
     /// Waiting for `need` good rounds in a row (has `good`).
-    Recovering { good: u32, need: u32 },
+    Recovering {
+        /// Good rounds in a row so far.
+        good: u32,
+        /// Good rounds in a row required (`up_after`).
+        need: u32,
+    },
     /// Loss over the window is above the limit.
-    HighLoss { percent: f64, limit: f64 },
+    HighLoss {
+        /// Loss over the window, in percent.
+        percent: f64,
+        /// The `max_loss` limit, in percent.
+        limit: f64,
+    },
     /// Average RTT over the window is above the limit.
-    HighRtt { rtt: Duration, limit: Duration },
+    HighRtt {
+        /// Average RTT over the window.
+        rtt: Duration,
+        /// The `max_rtt` limit.
+        limit: Duration,
+    },
     /// Disabled by the operator.
     AdminDisabled,
 }
@@ -91,8 +109,11 @@ impl Reason {
 /// Health state of an uplink.
 #[derive(Debug, Clone, PartialEq)]
 pub enum State {
+    /// Takes new connections.
     Up,
+    /// Quality limits exceeded: takes new connections only while its tier has no up uplink.
     Degraded(Reason),
+    /// Takes no new connections.
     Down(Reason),
 }
 
@@ -132,28 +153,43 @@ impl fmt::Display for State {
 /// What the kernel says about the uplink's interface.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LinkStatus {
+    /// The interface does not exist.
     Missing,
+    /// The interface is administratively down or has no carrier.
     Down,
+    /// The interface has no address of the monitored family (a global one for IPv6).
     NoAddress,
+    /// The family's gateway is `auto` and no default route through the interface is known.
     NoGateway,
+    /// The interface can carry the family's traffic; the probes decide.
     Ok,
 }
 
 /// A change of state, to log, hook and act on.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Transition {
+    /// The state left.
     pub from: State,
+    /// The state entered; its name (up, degraded, down) differs from `from`'s.
     pub to: State,
+    /// When it happened (the `now` of the call that caused it).
     pub at: Instant,
 }
 
 /// Summary of the sliding window.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct WindowStats {
+    /// Probe rounds in the window.
     pub rounds: usize,
+    /// Probes in the window: one per target per round (per target: one per round).
     pub sent: u64,
+    /// Probes among `sent` without an answer within the timeout.
     pub lost: u64,
+    /// Mean RTT over the window: of each answered round's fastest answer (per target: of its
+    /// answers); `None` when nothing answered.
     pub avg_rtt: Option<Duration>,
+    /// The fastest answer of the latest round that got one (per target: its latest answer in
+    /// the window).
     pub last_rtt: Option<Duration>,
 }
 

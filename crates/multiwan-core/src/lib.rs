@@ -5,21 +5,16 @@
 //! tested in microseconds without root. The `multiwan` crate interprets plans against the
 //! kernel.
 
-// Every public item of the core says what it is. The four modules the lead is rewriting are
-// exempt until they are documented: remove each `allow` with its module's docs.
+// Every public item of the core says what it is.
 #![warn(missing_docs)]
 
 pub mod config;
-#[allow(missing_docs)]
 pub mod correlate;
 pub mod duration;
 pub mod explain;
-#[allow(missing_docs)]
 pub mod health;
-#[allow(missing_docs)]
 pub mod model;
 pub mod net;
-#[allow(missing_docs)]
 pub mod plan;
 pub mod rounds;
 #[doc(hidden)]

@@ -31,11 +31,17 @@ pub const MAX_TIER: u32 = 255;
 /// A validated configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
+    /// `[daemon]`: the hook, metrics and control-socket settings of `multiwan run`.
     pub daemon: Daemon,
+    /// `[lan]`: the interfaces whose new connections are balanced.
     pub lan: Lan,
+    /// `[[uplink]]`s in file order; [`Rule::uplinks`] indexes into this list.
     pub uplinks: Vec<Uplink>,
+    /// `[balance]`: how policies spread connections and what happens when uplinks fail.
     pub balance: Balance,
+    /// `[[rule]]`s in file order; the first that matches a new connection decides it.
     pub rules: Vec<Rule>,
+    /// `[kernel]`: the marks, routing tables and rule priorities multiwan owns.
     pub kernel: KernelOpts,
 }
 
@@ -54,21 +60,31 @@ pub struct Daemon {
 /// The LAN side: new connections entering on these interfaces are balanced.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Lan {
+    /// LAN interface names (never also an uplink's interface).
     pub interfaces: Vec<String>,
 }
 
 /// One internet uplink.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Uplink {
+    /// Unique name (`[a-z0-9_-]`, 1..=15, not `main` or `none`): part of its nft chain and
+    /// counter names, and how hooks, status and metrics refer to it.
     pub name: String,
+    /// The network interface its traffic leaves by; two uplinks share one only when told apart
+    /// by different fixed gateways.
     pub interface: String,
     /// A fixed gateway; `None` for point-to-point links or `gateway = "auto"`.
     pub gateway: Option<Ipv4Addr>,
     /// `gateway = "auto"`: use the gateway of the default route that the interface's DHCP
     /// client (or anything else) installed, and follow it when it changes.
     pub gateway_auto: bool,
+    /// Its share of new connections among the usable uplinks of its tier, and its multipath
+    /// route weight (1..=1000, default 1).
     pub weight: u32,
+    /// Priority group (1..=255, default 1): only the lowest tier with a usable uplink takes new
+    /// connections.
     pub tier: u32,
+    /// Source NAT for IPv4 connections leaving over this uplink.
     pub snat: Snat,
     /// The IPv4 health check.
     pub check: Check,
@@ -97,6 +113,7 @@ pub struct Uplink6 {
     /// A fixed gateway (often link-local); `None` with `gateway6 = "auto"`: the default route
     /// that router advertisements install on the interface, followed when it changes.
     pub gateway: Option<Ipv6Addr>,
+    /// Source NAT for IPv6 connections leaving over this uplink (`snat6`).
     pub snat: Snat6,
     /// The IPv6 health check: the IPv6 targets, with the timing of `[uplink.check]`.
     pub check: Check,
@@ -127,13 +144,19 @@ pub enum Snat {
 /// How an uplink's health is checked (used by the daemon).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Check {
+    /// How each target is probed.
     pub method: CheckMethod,
     /// All of one family (the check of that family); port 0 for icmp.
     pub targets: Vec<SocketAddr>,
+    /// Time between the starts of two probe rounds.
     pub interval: Duration,
+    /// How long a round waits for answers; a later answer counts as lost.
     pub timeout: Duration,
+    /// Bad rounds in a row that take an up or degraded uplink down.
     pub down_after: u32,
+    /// Good rounds in a row that bring a down uplink back up.
     pub up_after: u32,
+    /// Targets that must answer for a round to be good (1..=the number of targets).
     pub min_targets: u32,
     /// Optional quality limits that mark the uplink degraded.
     pub quality: Option<Quality>,
@@ -157,17 +180,25 @@ pub struct Quality {
 /// Probe method.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum CheckMethod {
+    /// An ICMP (ICMPv6) echo request to each target address.
     Icmp,
+    /// A TCP connect to each `ip:port`; a refusal also proves the path.
     Tcp,
+    /// A DNS query for the root's NS records to each resolver; any answer proves the path.
     Dns,
 }
 
 /// `[balance]`
 #[derive(Debug, Clone, PartialEq)]
 pub struct Balance {
+    /// How new connections are spread over a policy's uplinks (default round-robin).
     pub method: Method,
+    /// Whether the router's own new connections are balanced too; otherwise they keep the main
+    /// table (default true).
     pub local: bool,
+    /// What new connections get when a policy has no usable uplink.
     pub when_all_down: WhenAllDown,
+    /// What happens to the connections of an uplink that goes down.
     pub on_uplink_down: OnUplinkDown,
     /// When every uplink whose link works is down by probes alone (every target silent at
     /// once — far more often a probe or target problem than every ISP failing together), keep
@@ -223,12 +254,15 @@ pub enum WhenAllDown {
 /// A traffic rule; the first matching rule decides a new connection's candidates.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rule {
+    /// Unique rule name (`[a-z0-9_-]`, 1..=15): names its chains `rule_NAME` / `rule6_NAME`.
     pub name: String,
     /// IPv4 sources/destinations (empty: any).
     pub src: Vec<Ipv4Net>,
+    /// IPv4 destination prefixes (empty: any).
     pub dst: Vec<Ipv4Net>,
     /// IPv6 sources/destinations (empty: any).
     pub src6: Vec<Ipv6Net>,
+    /// IPv6 destination prefixes (empty: any).
     pub dst6: Vec<Ipv6Net>,
     /// Whether the rule matches IPv4 traffic: no `family = "ipv6"`, and every address list
     /// that is written names at least one IPv4 prefix.
@@ -236,19 +270,26 @@ pub struct Rule {
     /// Whether the rule matches IPv6 traffic (likewise); a rule without addresses or family
     /// matches IPv6 only if one of its uplinks carries IPv6.
     pub v6: bool,
+    /// Transport protocol to match (`None`: any).
     pub proto: Option<Proto>,
+    /// Source ports to match (empty: any); only with `proto` tcp or udp.
     pub sport: Vec<PortRange>,
+    /// Destination ports to match (empty: any); only with `proto` tcp or udp.
     pub dport: Vec<PortRange>,
     /// Indexes into [`Config::uplinks`], in the order written.
     pub uplinks: Vec<usize>,
+    /// What the rule does with its uplinks (default balance).
     pub mode: Mode,
 }
 
 /// Transport protocol selector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Proto {
+    /// TCP (`proto = "tcp"`).
     Tcp,
+    /// UDP (`proto = "udp"`).
     Udp,
+    /// `icmp`: ICMP for IPv4 traffic, ICMPv6 for IPv6 traffic.
     Icmp,
 }
 
@@ -365,12 +406,19 @@ pub mod check_defaults {
     // one target at 10 % random loss six lost rounds in a row happen about once a day. A
     // timeout that is a multiple of the interval lets the prober close rounds on the same
     // wake-ups that send them.
+    /// Default time between probe rounds.
     pub const INTERVAL: Duration = Duration::from_millis(100);
+    /// Default round timeout (capped at 10 × interval for intervals under 20 ms).
     pub const TIMEOUT: Duration = Duration::from_millis(200);
+    /// Default bad rounds in a row before an uplink is down.
     pub const DOWN_AFTER: u32 = 6;
+    /// Default good rounds in a row before a down uplink is up again.
     pub const UP_AFTER: u32 = 10;
+    /// Default length of the quality window (counted in rounds of the interval).
     pub const WINDOW: Duration = Duration::from_secs(10);
+    /// Default number of targets that must answer for a round to be good.
     pub const MIN_TARGETS: u32 = 1;
+    /// Port of a dns target written without one, and of the gateway as default dns target.
     pub const DNS_PORT: u16 = 53;
 }
 
@@ -396,11 +444,15 @@ pub mod check_limits {
 /// One problem in a config file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Diagnostic {
+    /// The file name given to [`load`].
     pub file: String,
+    /// 1-based line of the problem.
     pub line: usize,
+    /// 1-based column of the problem, in characters.
     pub col: usize,
     /// Key path such as `uplink[1].gateway`.
     pub key: String,
+    /// What is wrong and, where it can say, what would be valid.
     pub message: String,
 }
 
@@ -425,6 +477,7 @@ impl fmt::Display for Diagnostic {
 /// Every problem found in a config file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct ConfigError {
+    /// The problems, in file order.
     pub diagnostics: Vec<Diagnostic>,
 }
 

@@ -12,8 +12,14 @@ use crate::model::Config;
 /// Errors that can only be found with runtime inputs (the config itself is valid).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PlanError {
+    /// Every uplink id the mark mask allows is taken.
     #[error("no free uplink id: mark mask {mask:#010x} has room for {capacity} uplinks")]
-    NoFreeId { mask: u32, capacity: u32 },
+    NoFreeId {
+        /// The `[kernel] mark_mask`.
+        mask: u32,
+        /// How many uplink ids the mask holds (`KernelOpts::id_capacity`).
+        capacity: u32,
+    },
 }
 
 /// Assigns each uplink a stable id (its mark is `id << shift`, its table `table_base + id`).

@@ -133,12 +133,16 @@ pub enum RuleAction {
 /// One `ip rule` owned by multiwan.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct IpRule {
+    /// The family it is installed in (`ip rule` or `ip -6 rule`).
     pub family: Family,
+    /// `rule_priority` or `rule_priority + 1` for multiwan's marks, 32763..=32765 for
+    /// unmarked traffic.
     pub priority: u32,
     /// (mark, mask)
     pub fwmark: Option<(u32, u32)>,
     /// A source address of `family`.
     pub from: Option<IpAddr>,
+    /// What a matching packet gets.
     pub action: RuleAction,
 }
 
@@ -184,18 +188,23 @@ impl IpRule {
 pub struct Nexthop {
     /// A gateway of the route's family (IPv6 gateways are often link-local).
     pub via: Option<IpAddr>,
+    /// The uplink's interface.
     pub dev: String,
+    /// The multipath weight: the uplink's weight, reduced (1 in an uplink's own table).
     pub weight: u32,
 }
 
 /// A default route in a table owned by multiwan.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Route {
+    /// The family of the route (`ip route` or `ip -6 route`).
     pub family: Family,
+    /// An uplink's table (`table_base + id`), or `table_base` for the multipath default.
     pub table: u32,
     /// One entry: a plain route (weight ignored); several: a multipath route; none for an
     /// `unreachable` or `blackhole` route.
     pub nexthops: Vec<Nexthop>,
+    /// Unicast, or the `when_all_down` route of the multipath table.
     pub kind: RouteKind,
 }
 
@@ -256,6 +265,7 @@ impl Route {
 pub struct Sysctl {
     /// Dotted key, e.g. `net.ipv4.conf.eth1.rp_filter`.
     pub key: String,
+    /// The value written (`1`; `2` for loose `rp_filter` and for `accept_ra`).
     pub value: String,
 }
 
@@ -263,10 +273,21 @@ pub struct Sysctl {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Selector {
     /// `numgen inc|random mod MODULUS`: the slot count changes with the usable uplinks.
-    Numgen { random: bool, modulus: u32 },
+    Numgen {
+        /// `numgen random` (method random) instead of `numgen inc` (round-robin, failover).
+        random: bool,
+        /// The number of slots: the weighted rotation's length (1 for failover, or a single
+        /// target chain).
+        modulus: u32,
+    },
     /// `jhash ip saddr [. ip daddr] mod HASH_BUCKETS seed HASH_SEED` (`ip6` for IPv6): a
     /// fixed slot count.
-    Jhash { with_dst: bool, v6: bool },
+    Jhash {
+        /// Hash source and destination (src-dst-hash), not only the source (src-hash).
+        with_dst: bool,
+        /// Hash IPv6 addresses (`ip6`) instead of IPv4 ones.
+        v6: bool,
+    },
 }
 
 impl Selector {
@@ -307,6 +328,7 @@ pub struct PolicyMap {
     pub chain: String,
     /// `m_` and the chain's name.
     pub map: String,
+    /// How the rule picks a slot of the map for a new connection.
     pub selector: Selector,
     /// Slot → target chain, slots `0..n` in order.
     pub elements: Vec<(u32, String)>,
@@ -367,8 +389,13 @@ pub struct Plan {
     pub digest: String,
     /// The health-dependent state of every balancing policy.
     pub policy_maps: Vec<PolicyMap>,
+    /// Every `ip rule` multiwan owns, both families.
     pub rules: Vec<IpRule>,
+    /// The routes in multiwan's tables: each installable uplink's default route, and the
+    /// default policy's multipath (or `when_all_down`) route in `table_base`.
     pub routes: Vec<Route>,
+    /// Forwarding, conntrack accounting, loose `rp_filter` on the uplinks' interfaces and
+    /// `accept_ra = 2` for `gateway6 = "auto"`.
     pub sysctls: Vec<Sysctl>,
     /// What each policy decides now (reports, `explain`, `status`).
     pub policies: Vec<PolicyPlan>,

@@ -15,6 +15,7 @@ use crate::model::{Config, Method, Mode, Rule, WhenAllDown};
 pub enum Decision {
     /// Spread over these uplinks with these shares (weights, reduced).
     Spread {
+        /// The `[balance]` method (a failover rule has a single share).
         method: Method,
         /// (uplink name, share numerator); the denominator is the sum.
         shares: Vec<(String, u32)>,
@@ -32,6 +33,7 @@ pub struct PolicyPlan {
     pub name: String,
     /// The family whose new connections it decides.
     pub family: Family,
+    /// What it does with new connections now.
     pub decision: Decision,
 }
 
