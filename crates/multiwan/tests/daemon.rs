@@ -528,14 +528,28 @@ fn lossy_uplink_is_degraded_and_recovers() {
     });
 }
 
+/// One connection from host `h`: its uplink; a failure panics with the daemon's log and the
+/// router's connection table, to tell a routing problem from a slow machine.
+fn connect_or_explain(lab: &Lab, h: usize) -> usize {
+    lab.try_connect(h, Duration::from_secs(1))
+        .unwrap_or_else(|| {
+            panic!(
+                "host {h}'s connection failed; daemon log:\n{}\nconntrack:\n{}",
+                lab.daemon_log(),
+                lab.topo
+                    .router
+                    .exec("cat", &["/proc/net/nf_conntrack"])
+                    .unwrap_or_default()
+            )
+        })
+}
+
 /// src-hash: when an uplink fails only its hosts move; the others keep their uplink.
 #[test]
 fn src_hash_failover_moves_only_the_failed_uplinks_hosts() {
     let lab = Lab::new(2, 6);
     let d = lab.start_daemon(&two_uplinks_checked("src-hash"));
-    let before: Vec<usize> = (0..6)
-        .map(|h| lab.try_connect(h, Duration::from_secs(1)).expect("works"))
-        .collect();
+    let before: Vec<usize> = (0..6).map(|h| connect_or_explain(&lab, h)).collect();
     assert!(
         before.contains(&0) && before.contains(&1),
         "hosts spread: {before:?}"
@@ -544,18 +558,19 @@ fn src_hash_failover_moves_only_the_failed_uplinks_hosts() {
     d.wait_for("isp1 down", Duration::from_secs(3), |d| {
         d.uplink_state("isp1").as_deref() == Some("down")
     });
-    let during: Vec<usize> = (0..6)
-        .map(|h| lab.try_connect(h, Duration::from_secs(1)).expect("works"))
-        .collect();
+    let during: Vec<usize> = (0..6).map(|h| connect_or_explain(&lab, h)).collect();
     assert!(during.iter().all(|u| *u == 1), "{during:?}");
     lab.restore_upstream(0);
     d.wait_for("isp1 up", Duration::from_secs(5), |d| {
         d.uplink_state("isp1").as_deref() == Some("up")
     });
-    let after: Vec<usize> = (0..6)
-        .map(|h| lab.try_connect(h, Duration::from_secs(1)).expect("works"))
-        .collect();
-    assert_eq!(before, after, "every host is back on its own uplink");
+    let after: Vec<usize> = (0..6).map(|h| connect_or_explain(&lab, h)).collect();
+    assert_eq!(
+        before,
+        after,
+        "every host is back on its own uplink; daemon log:\n{}",
+        lab.daemon_log()
+    );
 }
 
 /// The hook runs on every transition with the documented environment, and systemd hears

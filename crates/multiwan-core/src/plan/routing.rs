@@ -149,8 +149,10 @@ pub(super) fn build(
         },
     });
     // The default for everyone's unmarked lookups: the router's own traffic, and the
-    // `egress` chain's question whether a LAN connection would leave by an uplink. With
-    // nothing usable it answers as `when_all_down` says (main: no route here, fall through).
+    // `egress` chain's question whether a LAN connection would leave by an uplink. When the
+    // default policy has usable uplinks but none can be routed now, it answers as
+    // `when_all_down` says (main: no route here, fall through). When it has none at all the
+    // rule is absent: new connections are marked `to_none`/`to_main` by the policy instead.
     if let Some(usable) = default_usable {
         let all_down = match cfg.balance.when_all_down {
             WhenAllDown::Unreachable => Some(RouteKind::Unreachable),

@@ -20,7 +20,7 @@ use multiwan_core::{Config, Facts, Plan};
 
 use super::hooks::HookCall;
 use super::probe::ProbeSpec;
-use super::server;
+use super::snapshot;
 use super::RoundReport;
 use crate::control::WatchEvent;
 use crate::kernel::events::Change;
@@ -38,7 +38,7 @@ pub const PUBLISH_EVERY: Duration = Duration::from_secs(1);
 pub struct FamRt {
     pub monitor: Monitor,
     pub since_wall: SystemTime,
-    pub counters: server::Counters,
+    pub counters: snapshot::Counters,
     /// A failover in progress: the streak's start, until the kernel is updated.
     failover_from: Option<Instant>,
 }
@@ -48,7 +48,7 @@ impl FamRt {
         Self {
             monitor,
             since_wall: SystemTime::now(),
-            counters: server::Counters::default(),
+            counters: snapshot::Counters::default(),
             failover_from: None,
         }
     }
@@ -165,7 +165,7 @@ pub struct Engine<K: Kernel> {
     pub last_plan: Option<Plan>,
     pub reconciles: u64,
     started: SystemTime,
-    subscribers: Vec<server::Subscriber>,
+    subscribers: Vec<snapshot::Subscriber>,
     /// Uplinks disabled by the operator (persisted in the run directory).
     disabled: BTreeSet<String>,
     /// Hook calls to run, in order (drained by the runtime).
@@ -360,7 +360,7 @@ impl<K: Kernel> Engine<K> {
         for rtt in r.results.iter().flatten() {
             let secs = rtt.as_secs_f64();
             c.rtt_sum += secs;
-            for (i, le) in server::RTT_BUCKETS.iter().enumerate() {
+            for (i, le) in snapshot::RTT_BUCKETS.iter().enumerate() {
                 if secs <= *le {
                     c.rtt_buckets[i] += 1;
                 }
@@ -691,7 +691,7 @@ impl<K: Kernel> Engine<K> {
     }
 
     /// A new `watch` client.
-    pub fn subscribe(&mut self, tx: server::Subscriber) {
+    pub fn subscribe(&mut self, tx: snapshot::Subscriber) {
         self.subscribers.push(tx);
     }
 

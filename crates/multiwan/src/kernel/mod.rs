@@ -391,7 +391,23 @@ impl System {
         } else {
             for (p, s) in self.policy_states(plan)? {
                 if !s.matches(&p) {
-                    problems.push(format!("policy {} is not the planned one", p.chain));
+                    let missing: Vec<_> = p
+                        .elements
+                        .iter()
+                        .filter(|e| !s.elements.contains(e))
+                        .collect();
+                    let extra: Vec<_> = s
+                        .elements
+                        .iter()
+                        .filter(|e| !p.elements.contains(e))
+                        .collect();
+                    problems.push(format!(
+                        "policy {} is not the planned one ({} of {} elements read back, missing {missing:?}, unexpected {extra:?}, modulus {:?})",
+                        p.chain,
+                        s.elements.len(),
+                        p.elements.len(),
+                        s.modulus
+                    ));
                 }
             }
         }

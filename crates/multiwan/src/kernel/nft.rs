@@ -172,7 +172,24 @@ impl Nft {
 
     /// A verdict map's elements: (key, goto target), in key order. An element that is not a
     /// 32-bit key with a `goto` is an error.
+    ///
+    /// A dump of a large map spans several messages, which the kernel resumes by counting
+    /// elements in hash order; right after a batch rewrote the map the kernel may still be
+    /// resizing its hash table (a deferred worker), so a resumed dump can repeat some elements
+    /// and miss others. A read with a repeated key is therefore taken again (a few times,
+    /// 20 ms apart) rather than trusted.
     pub fn map_elements(&mut self, map: &str) -> Result<Vec<(u32, String)>> {
+        for _ in 0..10 {
+            let out = self.map_elements_once(map)?;
+            if out.windows(2).all(|w| w[0].0 != w[1].0) {
+                return Ok(out);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        bail!("map {map}: every read repeated some elements (the kernel kept resizing it)")
+    }
+
+    fn map_elements_once(&mut self, map: &str) -> Result<Vec<(u32, String)>> {
         let req = NfTablesMessage::GetSetElement(SetElementMessage {
             attributes: vec![
                 SetElementList::Table(NFT_TABLE.into()),

@@ -1,4 +1,4 @@
-//! What the engine shows: the [`server::Snapshot`] handed to control and metrics requests,
+//! What the engine shows: the [`snapshot::Snapshot`] handed to control and metrics requests,
 //! and `state.json` in the run directory (version 1; IPv6 in an `ipv6` object per uplink).
 
 use std::collections::BTreeSet;
@@ -9,7 +9,7 @@ use multiwan_core::plan::Family;
 use serde::Serialize;
 
 use super::{idx, unix_s, Engine, FamRt};
-use crate::daemon::server;
+use crate::daemon::snapshot;
 use crate::kernel::Kernel;
 
 impl<K: Kernel> Engine<K> {
@@ -21,15 +21,15 @@ impl<K: Kernel> Engine<K> {
     }
 
     /// What a control or metrics request sees.
-    pub fn snapshot(&self) -> server::Snapshot {
-        let fam_snap = |f: &FamRt| server::FamSnap {
+    pub fn snapshot(&self) -> snapshot::Snapshot {
+        let fam_snap = |f: &FamRt| snapshot::FamSnap {
             state: f.monitor.state().clone(),
             since: unix_s(f.since_wall),
             stats: f.monitor.stats(),
             targets: f.monitor.target_stats(),
             counters: f.counters.clone(),
         };
-        server::Snapshot {
+        snapshot::Snapshot {
             cfg: self.cfg.clone(),
             config_path: self.config_path.clone(),
             pid: std::process::id(),
@@ -44,7 +44,7 @@ impl<K: Kernel> Engine<K> {
                     let v4 = fam_snap(&rt.v4);
                     (
                         n.clone(),
-                        server::UplinkSnap {
+                        snapshot::UplinkSnap {
                             state: v4.state,
                             since: v4.since,
                             disabled: self.disabled.contains(n),
