@@ -224,6 +224,9 @@ pub struct Monitor {
     bad_since: Option<Instant>,
     /// The last rounds' per-target results.
     window: VecDeque<Vec<Option<Duration>>>,
+    /// The same rounds without the targets correlation found suspect: what loss and RTT
+    /// limits judge, so a dead shared target does not make its uplinks look lossy.
+    counted: VecDeque<Vec<Option<Duration>>>,
     window_len: usize,
     last_rtt: Option<Duration>,
 }
@@ -248,6 +251,7 @@ impl Monitor {
             good: 0,
             bad_since: None,
             window: VecDeque::new(),
+            counted: VecDeque::new(),
             window_len: quality
                 .map(|q| q.window.max(1))
                 .unwrap_or(DEFAULT_WINDOW_ROUNDS),
@@ -289,7 +293,7 @@ impl Monitor {
             ..Default::default()
         };
         let (mut total, mut n) = (Duration::ZERO, 0u32);
-        for round in &self.window {
+        for round in &self.counted {
             s.sent += round.len() as u64;
             s.lost += round.iter().filter(|r| r.is_none()).count() as u64;
             if let Some(best) = round.iter().flatten().min() {
@@ -416,6 +420,16 @@ impl Monitor {
         self.window.push_back(results.to_vec());
         while self.window.len() > self.window_len {
             self.window.pop_front();
+        }
+        let counted: Vec<Option<Duration>> = results
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !excluded.get(*i).copied().unwrap_or(false))
+            .map(|(_, r)| *r)
+            .collect();
+        self.counted.push_back(counted);
+        while self.counted.len() > self.window_len {
+            self.counted.pop_front();
         }
         if self.disabled || self.link != LinkStatus::Ok {
             return None;

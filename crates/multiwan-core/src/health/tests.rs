@@ -351,3 +351,33 @@ fn fail_open_keeps_the_last_uplinks_when_probes_alone_take_all_down() {
         (BTreeSet::new(), false)
     );
 }
+
+#[test]
+fn a_suspect_target_is_not_counted_as_loss() {
+    let (_, c) = check("max_loss = 20\nwindow = \"2s\"\ninterval = \"100ms\"");
+    // Target 0 dead on the internet side (correlation excluded it), target 1 answers.
+    let mut t = Instant::now();
+    let mut m = Monitor::new(&c, LinkStatus::Ok, t);
+    let mut out = Vec::new();
+    for _ in 0..40 {
+        t += c.interval;
+        out.extend(m.round_judged(&HALF, &[true, false], None, t));
+    }
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!(m.stats().loss_percent(), 0.0);
+    // Per target the dead one still shows its loss, for the operator.
+    assert_eq!(m.target_stats()[0].loss_percent(), 100.0);
+    // Not excluded, the same rounds are 50 % loss: degraded.
+    let mut t = Instant::now();
+    let mut m = Monitor::new(&c, LinkStatus::Ok, t);
+    let mut out = Vec::new();
+    for _ in 0..40 {
+        t += c.interval;
+        out.extend(m.round_judged(&HALF, &[false, false], None, t));
+    }
+    assert!(
+        out.iter()
+            .any(|x| matches!(x.to, State::Degraded(Reason::HighLoss { .. }))),
+        "{out:?}"
+    );
+}
