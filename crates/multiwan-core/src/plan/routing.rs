@@ -148,32 +148,10 @@ pub(super) fn build(
             RuleAction::Unreachable
         },
     });
-    // The default for everyone's unmarked lookups: the router's own traffic, and the
-    // `egress` chain's question whether a LAN connection would leave by an uplink. When the
-    // default policy has usable uplinks but none can be routed now, it answers as
-    // `when_all_down` says (main: no route here, fall through). When it has none at all the
-    // rule is absent: new connections are marked `to_none`/`to_main` by the policy instead.
     if let Some(usable) = default_usable {
-        let all_down = match cfg.balance.when_all_down {
-            WhenAllDown::Unreachable => Some(RouteKind::Unreachable),
-            WhenAllDown::Blackhole => Some(RouteKind::Blackhole),
-            WhenAllDown::Main => None,
-        };
-        let route =
-            multipath(cfg, facts, usable, k.table_base, family).or(all_down.map(|kind| Route {
-                family,
-                table: k.table_base,
-                nexthops: Vec::new(),
-                kind,
-            }));
+        let (rule, route) = catch_all(cfg, facts, usable, family);
+        rules.push(rule);
         routes.extend(route);
-        rules.push(IpRule {
-            family,
-            priority: late + 2,
-            fwmark: None,
-            from: None,
-            action: RuleAction::Lookup(k.table_base),
-        });
     }
     rules.sort();
     rules.dedup();
@@ -183,6 +161,39 @@ pub(super) fn build(
         routes,
         tables,
     }
+}
+
+/// The default for everyone's unmarked lookups: the router's own traffic, and the `egress`
+/// chain's question whether a LAN connection would leave by an uplink. When the default
+/// policy has usable uplinks but none can be routed now, it answers as `when_all_down` says
+/// (main: no route here, fall through). When it has none at all there is no such rule: new
+/// connections are marked `to_none`/`to_main` by the policy instead.
+fn catch_all(
+    cfg: &Config,
+    facts: &Facts,
+    usable: &[usize],
+    family: Family,
+) -> (IpRule, Option<Route>) {
+    let table = cfg.kernel.table_base;
+    let all_down = match cfg.balance.when_all_down {
+        WhenAllDown::Unreachable => Some(RouteKind::Unreachable),
+        WhenAllDown::Blackhole => Some(RouteKind::Blackhole),
+        WhenAllDown::Main => None,
+    };
+    let route = multipath(cfg, facts, usable, table, family).or(all_down.map(|kind| Route {
+        family,
+        table,
+        nexthops: Vec::new(),
+        kind,
+    }));
+    let rule = IpRule {
+        family,
+        priority: LATE_RULE_PRIORITY + 2,
+        fwmark: None,
+        from: None,
+        action: RuleAction::Lookup(table),
+    };
+    (rule, route)
 }
 
 /// The weighted multipath default route over the default policy's routable usable uplinks,
