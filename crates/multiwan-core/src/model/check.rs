@@ -109,27 +109,31 @@ impl Validator<'_> {
             check_defaults::UP_AFTER,
             rounds,
         );
-        let method = method?;
+        // The targets, the timing and the quality are checked independently, so one run of
+        // `check` reports all of their errors.
         let target_key = p("targets");
-        let (targets, targets6) = self.targets(
-            c.str_list("targets"),
-            method,
-            Gateways {
-                v4: gateway,
-                v4_auto: gateway_auto,
-                v6: gateway6,
-            },
-            span.clone(),
-            &target_key,
-        )?;
-        // min_targets applies to each family, capped at that family's number of targets.
-        let most = targets
-            .len()
-            .max(targets6.as_ref().map_or(0, Vec::len))
-            .max(1);
-        let min_targets = match c.int("min_targets") {
-            None => Some(check_defaults::MIN_TARGETS),
-            Some(v) => self.int_in(Some(v), &p("min_targets"), 1, 1..=(most as u32)),
+        let targets = method.and_then(|method| {
+            self.targets(
+                c.str_list("targets"),
+                method,
+                Gateways {
+                    v4: gateway,
+                    v4_auto: gateway_auto,
+                    v6: gateway6,
+                },
+                span.clone(),
+                &target_key,
+            )
+        });
+        // min_targets applies to each family, capped at that family's number of targets
+        // (unknown while the targets are invalid: then it is checked once they are fixed).
+        let min_targets = match (c.int("min_targets"), &targets) {
+            (None, _) => Some(check_defaults::MIN_TARGETS),
+            (Some(v), Some((t4, t6))) => {
+                let most = t4.len().max(t6.as_ref().map_or(0, Vec::len)).max(1);
+                self.int_in(Some(v), &p("min_targets"), 1, 1..=(most as u32))
+            }
+            (Some(_), None) => None,
         };
         let timing = Timing {
             raw: c,
@@ -143,6 +147,7 @@ impl Validator<'_> {
         let timing_ok = self.timing(&timing);
         // A window measured in rounds of a rejected interval would only add noise.
         let quality = self.quality(&timing, timing_ok)?;
+        let (method, (targets, targets6)) = (method?, targets?);
         let min_targets = min_targets?;
         let of = |targets: Vec<SocketAddr>| Check {
             method,

@@ -552,3 +552,20 @@ mod accepted_configs_plan {
         }
     }
 }
+
+#[test]
+fn bad_targets_do_not_hide_bad_timing_or_a_bad_method() {
+    let e = errs(&with_check(
+        "targets = [\"2001:db8::1\", \"nonsense\"]\ninterval = \"1ms\"\nmin_targets = 9",
+    ));
+    assert!(e.iter().any(|m| m.contains("check.targets[0]")), "{e:?}");
+    assert!(e.iter().any(|m| m.contains("check.targets[1]")), "{e:?}");
+    assert!(
+        e.iter()
+            .any(|m| m.contains("check.interval: 1ms is out of range")),
+        "{e:?}"
+    );
+    let e = errs(&with_check("method = \"ping\"\ninterval = \"2m\""));
+    assert!(e.iter().any(|m| m.contains("check.method")), "{e:?}");
+    assert!(e.iter().any(|m| m.contains("check.interval: 2m")), "{e:?}");
+}

@@ -29,7 +29,7 @@ pub mod supervise;
 
 use std::path::Path;
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, Result};
 
@@ -91,9 +91,12 @@ fn event_loop(
     args: &RunArgs,
 ) -> Result<(), Failure> {
     let watchdog = notify::watchdog_interval();
-    let tick = watchdog
-        .unwrap_or(Duration::from_secs(1))
-        .min(Duration::from_secs(1));
+    // Healthy probers report at least every HOLD, and the periodic work rides on those
+    // wake-ups; the timeout only fires when they fall silent (a prober that died or hangs is
+    // then noticed within it). Longer than HOLD, so a healthy router wakes the loop once per
+    // report instead of once per report and once per timeout.
+    let quiet = probe::HOLD + probe::HOLD / 2;
+    let tick = watchdog.unwrap_or(quiet).min(quiet);
     let mut last_ping: Option<Instant> = None;
     loop {
         let first = match rx.recv_timeout(tick) {
