@@ -206,6 +206,36 @@ pub struct Balance {
     pub fail_open: bool,
 }
 
+impl Default for Balance {
+    /// What an absent `[balance]` means.
+    fn default() -> Self {
+        Self {
+            method: Method::RoundRobin,
+            local: true,
+            when_all_down: WhenAllDown::Unreachable,
+            on_uplink_down: OnUplinkDown::Flush,
+            fail_open: true,
+        }
+    }
+}
+
+impl Config {
+    /// A config with no LAN, no uplinks and every default: what `multiwan doctor` checks the
+    /// system against before a config exists (multiwan's marks, tables and priorities).
+    pub fn defaults_only() -> Self {
+        Self {
+            daemon: Daemon::default(),
+            lan: Lan {
+                interfaces: Vec::new(),
+            },
+            uplinks: Vec::new(),
+            balance: Balance::default(),
+            rules: Vec::new(),
+            kernel: KernelOpts::default(),
+        }
+    }
+}
+
 /// What happens to the connections of an uplink that goes down.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnUplinkDown {

@@ -193,3 +193,30 @@ fn doctor_on_a_working_router_finds_no_blocker_even_with_multiwan_applied() {
     assert_eq!(codes(&after, "warning"), ["probe-targets"], "{after:#}");
     lab.down();
 }
+
+#[test]
+fn doctor_without_a_config_still_checks_the_system_against_the_defaults() {
+    common::require_root();
+    let ns = Netns::create(&unique_stem("mwdoc0")).expect("netns");
+    // A foreign rule whose mark overlaps the default mask, and strict rp_filter.
+    let mask = multiwan_core::model::DEFAULT_MARK_MASK;
+    let bit = mask & mask.wrapping_neg();
+    ns.ip_batch(&format!(
+        "rule add fwmark {bit:#x}/{bit:#x} table main priority 5000\n"
+    ))
+    .expect("ip");
+    ns.sysctl("net.ipv4.conf.all.rp_filter", "1")
+        .expect("sysctl");
+    let dir = multiwan_lab::scratch::private_dir("doctor0").expect("dir");
+    let missing = dir.path().join("multiwan.toml");
+    let (code, r) = doctor(&ns, &missing.display().to_string());
+    assert_eq!(code, 2, "{r:#}");
+    let blockers = codes(&r, "blocker");
+    assert_eq!(blockers[0], "no-config", "first: {r:#}");
+    assert!(blockers.contains(&"mark-overlap".into()), "{r:#}");
+    assert!(
+        codes(&r, "info").contains(&"rp-filter-strict".into()),
+        "{r:#}"
+    );
+    assert!(!missing.exists(), "doctor creates nothing");
+}

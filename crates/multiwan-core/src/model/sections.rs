@@ -155,13 +155,7 @@ impl Validator<'_> {
     }
 
     pub(super) fn balance(&mut self, raw: Option<&Spanned<Table>>) -> Option<Balance> {
-        let mut b = Balance {
-            method: Method::RoundRobin,
-            local: true,
-            when_all_down: WhenAllDown::Unreachable,
-            on_uplink_down: OnUplinkDown::Flush,
-            fail_open: true,
-        };
+        let mut b = Balance::default();
         let Some(raw) = raw else { return Some(b) };
         let raw = raw.get_ref();
         let mut ok = true;

@@ -2,6 +2,9 @@
 //! says what on this machine would break multiwan, or what multiwan would break, each finding
 //! with its fix; exit 0 clean, 1 warnings, 2 blockers; `--json` prints [`Report`].
 //!
+//! Without a config file it checks the system against multiwan's defaults and reports the
+//! missing config as a blocker.
+//!
 //! Two halves: [`observe`] reads the network namespace it runs in (rtnetlink through
 //! `crate::kernel`, `nft -j list ruleset`, `nft -c` of the plan, `iptables-save`, sysctls and
 //! `/proc`) and never writes anything; [`analyze`] is pure, turning those observations into
@@ -469,7 +472,8 @@ pub fn observe(cfg: &Config, sysctl_root: &Path) -> Observed {
         ..Observed::default()
     };
     if o.nft_version.is_some() {
-        o.nft_check = Some(check_plan(cfg));
+        // Without uplinks there is no ruleset to try.
+        o.nft_check = (!cfg.uplinks.is_empty()).then(|| check_plan(cfg));
         o.nft_marks = nft_marks();
     }
     o.iptables_marks = iptables_marks();
@@ -771,6 +775,18 @@ pub use crate::args::DoctorArgs;
 
 /// Runs `multiwan doctor`: exit 0 clean, 1 warnings, 2 blockers (an invalid config is one).
 pub fn main(a: &DoctorArgs) -> std::process::ExitCode {
+    // Before a config exists, the pre-flight still says what on this system would fight
+    // multiwan's defaults; the missing config is itself the blocker.
+    if !a.config.exists() {
+        let cfg = Config::defaults_only();
+        let observed = observe(&cfg, Path::new("/proc/sys"));
+        let mut findings = analyze(&cfg, &observed);
+        findings.insert(0, no_config(&a.config));
+        return finish(
+            &Report::new(a.config.display().to_string(), findings),
+            a.json,
+        );
+    }
     let cfg = match crate::settings::load_config(&a.config) {
         Ok(c) => c,
         Err(crate::settings::Failure::Config(msg)) => {
@@ -784,7 +800,24 @@ pub fn main(a: &DoctorArgs) -> std::process::ExitCode {
     };
     let observed = observe(&cfg, Path::new("/proc/sys"));
     let report = Report::new(a.config.display().to_string(), analyze(&cfg, &observed));
-    match print(&report, a.json) {
+    finish(&report, a.json)
+}
+
+/// The blocker for a config file that does not exist (yet).
+fn no_config(path: &Path) -> Finding {
+    finding(
+        Severity::Blocker,
+        "no-config",
+        format!(
+            "{} does not exist: multiwan refuses to start without a config; the other findings were checked against multiwan's defaults (its mark bits, routing tables and rule priorities), not against interfaces or probe targets",
+            path.display()
+        ),
+        "start from an example in /usr/share/doc/multiwan/examples/, check it with `multiwan check -c FILE`, then run `multiwan doctor -c FILE` again",
+    )
+}
+
+fn finish(report: &Report, json: bool) -> std::process::ExitCode {
+    match print(report, json) {
         Ok(code) => std::process::ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {e:#}");
