@@ -270,9 +270,12 @@ const READING: &str = "## Reading these numbers\n\n\
   script (b), run through iptables-nft, does the same work more slowly for TCP; it marks TCP \
   only, so its UDP packets take a single main-table lookup, which is why it can beat (c) on \
   UDP packets per second.\n\
-- **Footprint.** At a 100 ms probe interval the CPU share is dominated by waking up at all: \
-  the section shows what a thread costs on this machine that does nothing but wake ten times a \
-  second, and multiwan at a 1 s interval for comparison with daemons that probe once a second. \
+- **Footprint.** At a 100 ms probe interval most of the CPU share is the probes' own system \
+  calls, and it grows with the probes sent per round (a dual-stack uplink sends two): over veth \
+  the kernel runs the simulated ISP's reply, and the router's receipt of it, inside the \
+  prober's send call (on a real NIC that receive work happens in interrupt context). The \
+  section shows what a thread that only wakes ten times a second costs here, for scale, and \
+  multiwan at a 1 s interval for comparison with daemons that probe once a second. \
   Resident memory is mostly shared, file-backed pages (libc and the binary's code); the \
   daemon's own allocations are the private figure.\n\
 - **Failback after carrier loss** includes the link coming back, the route being reinstalled and \
