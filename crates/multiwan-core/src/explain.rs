@@ -76,7 +76,8 @@ pub enum Verdict {
     Shares(Vec<(String, f64)>),
     /// The main routing table (bypass or when_all_down = main).
     Main,
-    /// Refused: no usable uplink.
+    /// No usable uplink: refused with ICMP unreachable, or dropped silently with
+    /// `when_all_down = "blackhole"`.
     NoUplink,
 }
 
