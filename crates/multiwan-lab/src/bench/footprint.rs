@@ -256,6 +256,6 @@ pub(super) fn footprint(bin: &Path, quick: bool) -> Result<Section> {
          for all uplinks together; the event loop wakes when rounds finish)",
         100.0 * floor
     ));
-    s.note("goals (issue 11): binary ≤ 1.5 MB, RSS ≤ 2.0 MiB and ≤ 0.1 % of a core with 2 uplinks, ≤ 0.25 % with 8, at the default interval; quoted, not measured in this run: mwan4 2.5 MiB RSS, probing 5× less often (source: the same brief). RSS counts file-backed pages shared with every other process (libc, and the binary's text shared with any other multiwan process); PSS divides those among their users; the private anonymous memory is what the daemon itself allocates");
+    s.note("goals (issue 11): binary ≤ 1.5 MB, RSS ≤ 2.0 MiB and ≤ 0.1 % of a core with 2 uplinks, ≤ 0.25 % with 8, at the default interval; quoted, not measured in this run: mwan4 2.5 MiB RSS, probing 5× less often (source: the project's product brief). RSS counts file-backed pages shared with every other process (libc, and the binary's text shared with any other multiwan process); PSS divides those among their users; the private anonymous memory is what the daemon itself allocates");
     Ok(s)
 }
