@@ -1,5 +1,5 @@
 //! The lab's demo (`multiwan-lab` with no `--bench`): builds the virtual network of
-//! [`topology`](crate::topology), runs `multiwan run` with a config in the router namespace,
+//! [`crate::topology`], runs `multiwan run` with a config in the router namespace,
 //! drives real connections and bulk transfers through it, prints what each uplink carried
 //! against what the weights promise, and runs a failover drill (an ISP's upstream is cut while
 //! its link stays up). With `--ipv6` (on by default with [`ROUTER_IPV6`]) every phase runs

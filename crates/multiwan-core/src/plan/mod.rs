@@ -4,12 +4,12 @@
 //! output, which is what makes `apply` idempotent and the golden tests meaningful.
 //!
 //! Each piece is built by its own module, with its own golden test:
-//! - [`marks`]: uplink ids, the per-uplink mark chains and the `restore` map;
-//! - [`policies`]: the balancing policies (one named map and one rule per policy) and the
+//! - `marks`: uplink ids, the per-uplink mark chains and the `restore` map;
+//! - `policies`: the balancing policies (one named map and one rule per policy) and the
 //!   `balance` chain that evaluates the `[[rule]]`s;
-//! - [`hooks`]: the `prerouting` and `output` chains that restore marks and start balancing;
-//! - [`nat`]: per-uplink SNAT in `postrouting`;
-//! - [`routing`]: `ip rule`s, routes and sysctls.
+//! - `hooks`: the `prerouting` and `output` chains that restore marks and start balancing;
+//! - `nat`: per-uplink SNAT in `postrouting`;
+//! - `routing`: `ip rule`s, routes and sysctls.
 //!
 //! Health changes alter only the policies' map elements and numgen moduli ([`PolicyMap`]):
 //! the table's digest covers everything else, so they are applied as element updates that
