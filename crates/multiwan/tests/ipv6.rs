@@ -583,3 +583,60 @@ fn flows_watch_and_metrics_speak_ipv6() {
     );
     drop(held);
 }
+
+/// The ISP renumbers the router's IPv6 address on an uplink (a new SLAAC or DHCPv6 address):
+/// the source rule and the masquerade follow, and new IPv6 connections leave from the new
+/// address; the old one is gone from multiwan's rules.
+#[test]
+fn an_ipv6_address_change_is_followed() {
+    let lab = Lab::new(2, 1);
+    let d = lab.start_daemon(&dual("round-robin"));
+    let r = &lab.topo.router;
+    let (old, new) = (router_addr6(2), "2001:db8:2::254");
+    d.wait_for("both uplinks' IPv6 up", Duration::from_secs(5), |d| {
+        d.state()
+            .is_some_and(|s| (0..2).all(|i| s["uplinks"][i]["ipv6"]["state"] == "up"))
+    });
+    assert!(r
+        .ip(&["-6", "rule", "show"])
+        .expect("rules")
+        .contains(&format!("from {old} lookup 1002")));
+    // Like a DHCPv6 client or SLAAC: the old address goes, the new one comes (with DAD).
+    r.ip(&["-6", "addr", "del", &format!("{old}/64"), "dev", "wan2"])
+        .expect("old address gone");
+    r.ip(&["-6", "addr", "add", &format!("{new}/64"), "dev", "wan2"])
+        .expect("new address");
+    d.wait_for(
+        "the IPv6 source rule for the new address",
+        Duration::from_secs(10),
+        |_| {
+            r.ip(&["-6", "rule", "show"])
+                .expect("rules")
+                .contains(&format!("from {new} lookup 1002"))
+        },
+    );
+    let rules = r.ip(&["-6", "rule", "show"]).expect("rules");
+    assert!(!rules.contains(&old.to_string()), "{rules}");
+    d.wait_for("isp2's IPv6 up again", Duration::from_secs(10), |d| {
+        d.state()
+            .is_some_and(|s| s["uplinks"][1]["ipv6"]["state"] == "up")
+    });
+    let ep: SocketAddr = lab.topo.server_endpoint6().into();
+    let seen: Vec<IpAddr> = lab.topo.hosts[0]
+        .ns
+        .spawn(move || {
+            (0..6)
+                .filter_map(|_| traffic::tcp_hello_ip(ep, Duration::from_secs(2)).ok())
+                .collect()
+        })
+        .expect("spawn")
+        .join()
+        .expect("join");
+    assert_eq!(seen.len(), 6, "every IPv6 connection works: {seen:?}");
+    let new: IpAddr = new.parse().expect("ip");
+    assert!(
+        seen.contains(&new),
+        "isp2's share comes from {new}: {seen:?}"
+    );
+    assert!(!seen.contains(&IpAddr::V6(old)), "{seen:?}");
+}
