@@ -41,6 +41,46 @@ method = "{method}"
     )
 }
 
+/// A TCP listener on `port` in `listen_in` (the router, or a LAN host behind a port forward),
+/// and one connection from the server to each uplink's IPv6 address of the router: whether
+/// each was answered (the ISPs drop a reply that leaves by the other uplink).
+fn inbound_from_the_server(
+    lab: &Lab,
+    listen_in: &multiwan_lab::netns::Netns,
+    port: u16,
+) -> Vec<bool> {
+    let listener = listen_in
+        .spawn(move || std::net::TcpListener::bind(("::", port)))
+        .expect("spawn")
+        .join()
+        .expect("join")
+        .expect("bind");
+    let accept = std::thread::spawn(move || {
+        for c in listener.incoming().take(2) {
+            drop(c);
+        }
+    });
+    let answered = (0..2)
+        .map(|n| {
+            let target = SocketAddr::new(router_addr6(n + 1).into(), port);
+            lab.topo
+                .server
+                .spawn(move || {
+                    std::net::TcpStream::connect_timeout(&target, Duration::from_secs(2)).is_ok()
+                })
+                .expect("spawn")
+                .join()
+                .expect("join")
+        })
+        .collect::<Vec<bool>>();
+    // A connection that failed never reaches the listener: then the acceptor is left
+    // waiting (it ends with the test) and the caller's assertion says which one.
+    if answered.iter().all(|a| *a) {
+        accept.join().expect("accept");
+    }
+    answered
+}
+
 fn icmp6_from_host(lab: &Lab, h: usize, n: usize) -> usize {
     (0..n)
         .filter(|_| lab.ping_from_host(h, SERVER_ADDR6.into(), Duration::from_secs(2)))
@@ -122,37 +162,14 @@ fn ipv6_rules_pin_and_bypass_only_ipv6() {
 fn inbound_ipv6_is_answered_over_its_uplink_and_the_router_balances_its_own() {
     let lab = Lab::new(2, 1);
     lab.apply(&dual("round-robin"));
-    let listener = lab
-        .topo
-        .router
-        .spawn(|| std::net::TcpListener::bind("[::]:7100"))
-        .expect("spawn")
-        .join()
-        .expect("join")
-        .expect("bind");
-    let accept = std::thread::spawn(move || {
-        for c in listener.incoming().take(2) {
-            drop(c);
-        }
-    });
-    for n in 0..2 {
-        let target = SocketAddr::new(router_addr6(n + 1).into(), 7100);
-        let ok = lab
-            .topo
-            .server
-            .spawn(move || {
-                std::net::TcpStream::connect_timeout(&target, Duration::from_secs(2)).is_ok()
-            })
-            .expect("spawn")
-            .join()
-            .expect("join");
+    let answered = inbound_from_the_server(&lab, &lab.topo.router, 7100);
+    for (n, ok) in answered.iter().enumerate() {
         assert!(
             ok,
             "a connection to wan{}'s IPv6 address is answered",
             n + 1
         );
     }
-    accept.join().expect("accept");
     // The router's own IPv6 connections alternate over both uplinks, each from its address.
     let ep: SocketAddr = lab.topo.server_endpoint6().into();
     let seen: Vec<Option<IpAddr>> = lab
@@ -427,32 +444,10 @@ fn inbound_ipv6_through_the_admins_port_forward_is_answered_over_its_uplink() {
         .router
         .exec("nft", &["-f", &f.display().to_string()])
         .expect("the admin's port forward");
-    let listener = lab.topo.hosts[0]
-        .ns
-        .spawn(|| std::net::TcpListener::bind("[::]:7200"))
-        .expect("spawn")
-        .join()
-        .expect("join")
-        .expect("bind");
-    let accept = std::thread::spawn(move || {
-        for c in listener.incoming().take(2) {
-            drop(c);
-        }
-    });
-    for n in 0..2 {
-        let target = SocketAddr::new(router_addr6(n + 1).into(), 7200);
-        let ok = lab
-            .topo
-            .server
-            .spawn(move || {
-                std::net::TcpStream::connect_timeout(&target, Duration::from_secs(2)).is_ok()
-            })
-            .expect("spawn")
-            .join()
-            .expect("join");
+    let answered = inbound_from_the_server(&lab, &lab.topo.hosts[0].ns, 7200);
+    for (n, ok) in answered.iter().enumerate() {
         assert!(ok, "the port forward on wan{} answers over it", n + 1);
     }
-    accept.join().expect("accept");
     lab.down();
     assert!(
         lab.topo
