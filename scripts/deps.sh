@@ -29,6 +29,8 @@ ensure_deps() {
   command -v iptables >/dev/null 2>&1 || missing+=(iptables)
   # The footprint benchmark's reference prober: iputils ping sending the same probes.
   command -v ping >/dev/null 2>&1 || missing+=(iputils-ping)
+  # The footprint benchmark gives the ISPs' side of each link a NAPI thread (ethtool -K).
+  command -v ethtool >/dev/null 2>&1 || missing+=(ethtool)
   # The real clients the suite runs in its namespaces (tests/clients.rs). dnsmasq-base, not
   # dnsmasq: the latter would start a DNS/DHCP service in the root namespace.
   command -v dnsmasq >/dev/null 2>&1 || missing+=(dnsmasq-base)

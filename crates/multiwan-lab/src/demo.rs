@@ -114,6 +114,7 @@ pub fn run(args: LabArgs) -> Result<()> {
         if stop.load(Ordering::Relaxed) {
             eprintln!("\ninterrupted: stopping the lab's processes and removing its namespaces");
             netns::cleanup_all();
+            scratch::remove_outside_base();
             drop(dir);
             std::process::exit(130);
         }

@@ -6,7 +6,7 @@
 use std::fs::Permissions;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use anyhow::{Context, Result};
 pub use tempfile::TempDir;
@@ -18,6 +18,46 @@ static BASE: OnceLock<PathBuf> = OnceLock::new();
 /// Puts every later [`private_dir`] of this process inside `dir` (the first call wins).
 pub fn set_base(dir: PathBuf) {
     let _ = BASE.set(dir);
+}
+
+/// Private directories made outside the base ([`private_tmpfs_dir`]): removed by
+/// [`remove_outside_base`] on the interrupt path.
+static OUTSIDE: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// Where a tmpfs is on every Debian machine (systemd mounts `/run` on one too, but a
+/// container may not).
+const TMPFS: &str = "/dev/shm";
+
+/// A private directory (as [`private_dir`]) on a tmpfs, like the daemon's `/run/multiwan`
+/// under systemd (`RuntimeDirectory=`, on the `/run` tmpfs), for measurements that must not
+/// count a disk file system's work; `None` when `/dev/shm` is not a tmpfs.
+pub fn private_tmpfs_dir(label: &str) -> Result<Option<TempDir>> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    if !mounts
+        .lines()
+        .any(|l| l.split_whitespace().take(3).eq(["tmpfs", TMPFS, "tmpfs"]))
+    {
+        return Ok(None);
+    }
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("multiwan-{label}-"))
+        .permissions(Permissions::from_mode(0o700))
+        .tempdir_in(TMPFS)
+        .with_context(|| format!("creating a private directory for {label} in {TMPFS}"))?;
+    if let Ok(mut list) = OUTSIDE.lock() {
+        list.push(dir.path().to_path_buf());
+    }
+    Ok(Some(dir))
+}
+
+/// Removes every directory [`private_tmpfs_dir`] made that still exists (for the interrupt
+/// path, which exits without dropping them).
+pub fn remove_outside_base() {
+    if let Ok(list) = OUTSIDE.lock() {
+        for p in list.iter() {
+            let _ = std::fs::remove_dir_all(p);
+        }
+    }
 }
 
 /// Creates a private directory named `multiwan-<label>-XXXXXX` under the base set with

@@ -201,6 +201,21 @@ fn no_dad(ns: &Netns) -> Result<()> {
     Ok(())
 }
 
+/// The kernel threads whose name starts with `prefix` (NAPI threads are named
+/// `napi/DEVICE-ID`).
+fn napi_threads(prefix: &str) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim_end().starts_with(prefix))
+        })
+        .collect()
+}
+
 /// A new namespace with DAD off (see [`no_dad`]).
 fn namespace(name: &str) -> Result<Netns> {
     let ns = Netns::create(name)?;
@@ -303,6 +318,44 @@ impl Topology {
             }
         }
         Ok(())
+    }
+
+    /// Makes every ISP take the router's packets in a kernel thread of its own, as a real
+    /// network does. On a plain veth pair the receiving side runs inside the sender's system
+    /// call (the kernel processes the frame in the softirq raised by the send, on the
+    /// sender's time): every probe the router sends is charged with the ISP forwarding it,
+    /// the server answering and the answer's way back. With GRO on `cpe` (so veth queues the
+    /// frame to NAPI; `rx-udp-gro-forwarding` makes a socket's frames eligible, see
+    /// `veth_skb_is_eligible_for_gro` in the kernel) and threaded NAPI, the ISP's side runs in
+    /// a `napi/cpe-N` kernel thread instead, like a NIC handing frames to the wire and taking
+    /// answers in an interrupt. The router's own side is untouched. Returns the new kernel
+    /// threads' process ids, so their work can be measured too. Needs `ethtool`.
+    pub fn isp_async_delivery(&self) -> Result<Vec<i32>> {
+        let before = napi_threads("napi/cpe-");
+        for isp in &self.isps {
+            isp.ns
+                .exec(
+                    "ethtool",
+                    &["-K", "cpe", "gro", "on", "rx-udp-gro-forwarding", "on"],
+                )
+                .context("ethtool on the ISP's side of the link")?;
+            // `ip netns exec` mounts the namespace's own sysfs, where `cpe` is.
+            isp.ns
+                .exec("sh", &["-c", "echo 1 > /sys/class/net/cpe/threaded"])
+                .context("threaded NAPI on the ISP's side of the link")?;
+        }
+        let new: Vec<i32> = napi_threads("napi/cpe-")
+            .into_iter()
+            .filter(|p| !before.contains(p))
+            .collect();
+        if new.len() != self.isps.len() {
+            bail!(
+                "expected one new NAPI thread per ISP ({}), found {}",
+                self.isps.len(),
+                new.len()
+            );
+        }
+        Ok(new)
     }
 
     /// The server's TCP/UDP endpoint.

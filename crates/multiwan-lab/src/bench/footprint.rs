@@ -9,7 +9,7 @@ use anyhow::Result;
 
 use super::Section;
 use crate::daemon::LabDaemon;
-use crate::scratch::private_dir;
+use crate::scratch::{private_dir, private_tmpfs_dir};
 use crate::topology::{IspSpec, Topology, TopologySpec};
 
 fn cpu_by_thread(pid: u32) -> BTreeMap<String, u64> {
@@ -228,39 +228,78 @@ fn ping_reference(topo: &Topology, n: usize, dual: bool, interval: &str, secs: u
     Ok(cpu)
 }
 
+/// How the ISP's side of each uplink's link takes the router's frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Delivery {
+    /// In a kernel thread of its own ([`Topology::isp_async_delivery`]), as on a real link.
+    Thread,
+    /// Inside the router's send (a plain veth pair): the ISP's work is charged to the sender.
+    InSend,
+}
+
+impl Delivery {
+    fn label(self) -> &'static str {
+        match self {
+            Delivery::Thread => "own thread (NAPI)",
+            Delivery::InSend => "inside the router's send (plain veth)",
+        }
+    }
+}
+
+/// One row of the section.
+struct Variant {
+    uplinks: usize,
+    dual: bool,
+    /// `[uplink.check]` settings added to the generated config.
+    check: &'static str,
+    interval: &'static str,
+    /// The same interval for ping's `-i`.
+    ping_interval: &'static str,
+    delivery: Delivery,
+}
+
+fn variants(quick: bool) -> Vec<Variant> {
+    let v = |uplinks, dual, delivery| Variant {
+        uplinks,
+        dual,
+        check: "",
+        interval: "default (100 ms)",
+        ping_interval: "0.1",
+        delivery,
+    };
+    if quick {
+        return vec![v(2, false, Delivery::Thread)];
+    }
+    vec![
+        v(2, false, Delivery::Thread),
+        v(2, false, Delivery::InSend),
+        v(2, true, Delivery::Thread),
+        v(8, false, Delivery::Thread),
+        v(8, true, Delivery::Thread),
+        Variant {
+            check: "interval = \"1s\"\ntimeout = \"500ms\"\n",
+            interval: "1 s (mwan4-like)",
+            ping_interval: "1",
+            ..v(2, false, Delivery::Thread)
+        },
+    ]
+}
+
 /// Section 7: daemon RSS and CPU share.
 pub(super) fn footprint(bin: &Path, quick: bool) -> Result<Section> {
     let secs = if quick { 3 } else { 20 };
-    // (uplinks, dual stack, [uplink.check] settings, probe interval label, ping's -i).
-    let v4 = (2, false, "", "default (100 ms)", "0.1");
-    let variants: Vec<(usize, bool, &str, &str, &str)> = if quick {
-        vec![v4]
-    } else {
-        vec![
-            v4,
-            (2, true, "", "default (100 ms)", "0.1"),
-            (8, false, "", "default (100 ms)", "0.1"),
-            (8, true, "", "default (100 ms)", "0.1"),
-            (
-                2,
-                false,
-                "interval = \"1s\"\ntimeout = \"500ms\"\n",
-                "1 s (mwan4-like)",
-                "1",
-            ),
-        ]
-    };
     let mut s = Section::new(
         "7. Footprint",
         &format!(
             "`multiwan run` idle (no traffic) with every uplink probing one target per family \
              (a dual-stack uplink sends an IPv4 and an IPv6 probe each round): resident memory, and CPU time over {secs} s from the scheduler's per-thread accounting, as a \
-             share of one core."
+             share of one core. The run directory is on a tmpfs, as `/run/multiwan` is under systemd."
         ),
         &[
             "uplinks",
             "families probed",
             "probe interval",
+            "ISP side of each link",
             "RSS",
             "PSS",
             "private (anon)",
@@ -269,73 +308,14 @@ pub(super) fn footprint(bin: &Path, quick: bool) -> Result<Section> {
             "multiwan / ping",
         ],
     );
-    for (n, dual, check, label, interval) in variants {
-        let topo = Topology::build(&TopologySpec {
-            isps: vec![IspSpec::default(); n],
-            lan_hosts: 1,
-        })?;
-        let dir = private_dir("bench")?;
-        let cfg = dir.path().join("multiwan.toml");
-        let text = topo
-            .config_with("round-robin", &vec![1; n], dual)
-            .replace("[uplink.check]\n", &format!("[uplink.check]\n{check}"));
-        if !check.is_empty() && !text.contains(check) {
-            anyhow::bail!("the footprint config lost its check settings:\n{text}");
-        }
-        let families = if dual { "IPv4 + IPv6" } else { "IPv4" };
-        std::fs::write(&cfg, text)?;
-        let daemon = LabDaemon::start(
-            &topo,
-            bin,
-            &cfg.display().to_string(),
-            &dir.path().join("run"),
-            &dir.path().join("daemon.log"),
-            true,
-            &[],
-        )?;
-        std::thread::sleep(Duration::from_secs(2));
-        let pid = daemon.pid();
-        let (c0, t0) = (cpu_ns(pid), Instant::now());
-        let by0 = cpu_by_thread(pid);
-        std::thread::sleep(Duration::from_secs(secs));
-        let elapsed = t0.elapsed().as_nanos() as f64;
-        let cpu = (cpu_ns(pid) - c0) as f64 / elapsed;
-        let by1 = cpu_by_thread(pid);
-        let mut parts: Vec<String> = by1
-            .iter()
-            .map(|(k, v)| {
-                let d = v.saturating_sub(by0.get(k).copied().unwrap_or(0));
-                format!("{k} {:.3} %", 100.0 * d as f64 / elapsed)
-            })
-            .collect();
-        parts.sort();
-        s.note(format!(
-            "{n} uplinks ({families}) at {label}, CPU by thread: {}",
-            parts.join(", ")
-        ));
-        let (rss, pss, anon) = memory_kib(pid);
-        let ping = ping_reference(&topo, n, dual, interval, secs)?;
-        s.note(format!(
-            "{n} uplinks ({families}) at {label}, RSS by mapping: {}",
-            rss_by_mapping(pid, bin)
-        ));
-        daemon.stop()?;
-        s.row(vec![
-            n.to_string(),
-            families.into(),
-            label.into(),
-            format!("{:.1} MiB", rss as f64 / 1024.0),
-            format!("{:.1} MiB", pss as f64 / 1024.0),
-            format!("{:.2} MiB", anon as f64 / 1024.0),
-            format!("{:.3} %", 100.0 * cpu),
-            format!("{:.3} %", 100.0 * ping),
-            format!("{:.2}", cpu / ping),
-        ]);
+    for v in variants(quick) {
+        measure(&mut s, bin, &v, secs)?;
     }
+    s.note("ISP side of each link: on a plain veth pair the receiving namespace processes a frame inside the sender's system call, so each probe would be charged with the ISP forwarding it, the server answering and the answer's way back into the router. \"own thread\" gives each ISP's side of the link threaded NAPI (GRO on, `rx-udp-gro-forwarding` so that a socket's frames qualify): that work runs in a `napi/cpe-N` kernel thread, as a real NIC hands frames to the wire and takes answers in an interrupt; the router's namespace is not changed. The plain row is kept to show the difference");
     s.note("iputils ping, same probes: one `ping -i INTERVAL -m MARK -I wanN` per uplink and family, in the router namespace while multiwan runs, with the uplink's mark and interface, each checked afterwards to have had its probes answered — what sending the same probes with the standard tool costs on this network; below 1 in the last column, the whole daemon costs less than its probes would cost sent by ping");
     let size = std::fs::metadata(bin).map(|m| m.len()).unwrap_or(0);
     s.note(format!(
-        "the router binary measured here: {:.2} MB ({size} bytes, {}); quoted from issue 11, before the reshaping (IPv4 only then): 3.1 MB, idle RSS 4.3–4.5 MiB and 0.21 % of a core with 2 uplinks",
+        "the router binary measured here: {:.2} MB ({size} bytes, {}); quoted from issue 11, before the reshaping (IPv4 only then, run directory on disk, plain veth): 3.1 MB, idle RSS 4.3–4.5 MiB and 0.21 % of a core with 2 uplinks",
         size as f64 / 1e6,
         bin.display()
     ));
@@ -343,9 +323,101 @@ pub(super) fn footprint(bin: &Path, quick: bool) -> Result<Section> {
     s.note(format!(
         "on this machine a thread that does nothing but wake 10 times a second costs {:.3} % of a core: \
          the floor under any prober at a 100 ms interval (multiwan's prober thread wakes 10 times a second \
-         for all uplinks together; the event loop wakes when rounds finish)",
+         for all uplinks together; the event loop wakes once a second while every uplink is healthy)",
         100.0 * floor
     ));
     s.note("goals (issue 11): binary ≤ 1.5 MB, RSS ≤ 2.0 MiB and ≤ 0.1 % of a core with 2 uplinks, ≤ 0.25 % with 8, at the default interval; quoted, not measured in this run: mwan4 2.5 MiB RSS, probing 5× less often (source: the project's product brief). RSS counts file-backed pages shared with every other process (libc, and the binary's text shared with any other multiwan process); PSS divides those among their users; the private anonymous memory is what the daemon itself allocates");
     Ok(s)
+}
+
+/// Measures one variant: starts the network and the daemon, reads CPU and memory, runs the
+/// ping reference, and adds the row and its notes.
+fn measure(s: &mut Section, bin: &Path, v: &Variant, secs: u64) -> Result<()> {
+    let n = v.uplinks;
+    let topo = Topology::build(&TopologySpec {
+        isps: vec![IspSpec::default(); n],
+        lan_hosts: 1,
+    })?;
+    let napi = match v.delivery {
+        Delivery::Thread => topo.isp_async_delivery()?,
+        Delivery::InSend => Vec::new(),
+    };
+    let dir = private_dir("bench")?;
+    let tmpfs = private_tmpfs_dir("bench-run")?;
+    let run_dir = match &tmpfs {
+        Some(t) => t.path().join("run"),
+        None => dir.path().join("run"),
+    };
+    let cfg = dir.path().join("multiwan.toml");
+    let text = topo
+        .config_with("round-robin", &vec![1; n], v.dual)
+        .replace("[uplink.check]\n", &format!("[uplink.check]\n{}", v.check));
+    if !v.check.is_empty() && !text.contains(v.check) {
+        anyhow::bail!("the footprint config lost its check settings:\n{text}");
+    }
+    let families = if v.dual { "IPv4 + IPv6" } else { "IPv4" };
+    let what = format!(
+        "{n} uplinks ({families}) at {}, ISP side {}",
+        v.interval,
+        v.delivery.label()
+    );
+    std::fs::write(&cfg, text)?;
+    let daemon = LabDaemon::start(
+        &topo,
+        bin,
+        &cfg.display().to_string(),
+        &run_dir,
+        &dir.path().join("daemon.log"),
+        true,
+        &[],
+    )?;
+    std::thread::sleep(Duration::from_secs(2));
+    let pid = daemon.pid();
+    let napi_cpu = || napi.iter().map(|p| cpu_ns(*p as u32)).sum::<u64>();
+    let (c0, t0, k0) = (cpu_ns(pid), Instant::now(), napi_cpu());
+    let by0 = cpu_by_thread(pid);
+    std::thread::sleep(Duration::from_secs(secs));
+    let elapsed = t0.elapsed().as_nanos() as f64;
+    let cpu = (cpu_ns(pid) - c0) as f64 / elapsed;
+    let kernel = (napi_cpu() - k0) as f64 / elapsed;
+    let by1 = cpu_by_thread(pid);
+    let mut parts: Vec<String> = by1
+        .iter()
+        .map(|(k, t)| {
+            let d = t.saturating_sub(by0.get(k).copied().unwrap_or(0));
+            format!("{k} {:.3} %", 100.0 * d as f64 / elapsed)
+        })
+        .collect();
+    parts.sort();
+    let mut line = format!("{what}, CPU by thread: {}", parts.join(", "));
+    if v.delivery == Delivery::Thread {
+        if kernel <= 0.0 {
+            anyhow::bail!("the ISPs' NAPI threads did no work: the probes did not go through them");
+        }
+        line.push_str(&format!(
+            "; the ISPs' NAPI kernel threads meanwhile: {:.3} % (not the router's work)",
+            100.0 * kernel
+        ));
+    }
+    s.note(line);
+    let (rss, pss, anon) = memory_kib(pid);
+    let ping = ping_reference(&topo, n, v.dual, v.ping_interval, secs)?;
+    s.note(format!(
+        "{what}, RSS by mapping: {}",
+        rss_by_mapping(pid, bin)
+    ));
+    daemon.stop()?;
+    s.row(vec![
+        n.to_string(),
+        families.into(),
+        v.interval.into(),
+        v.delivery.label().into(),
+        format!("{:.1} MiB", rss as f64 / 1024.0),
+        format!("{:.1} MiB", pss as f64 / 1024.0),
+        format!("{:.2} MiB", anon as f64 / 1024.0),
+        format!("{:.3} %", 100.0 * cpu),
+        format!("{:.3} %", 100.0 * ping),
+        format!("{:.2}", cpu / ping),
+    ]);
+    Ok(())
 }

@@ -8,7 +8,9 @@
 //! replies are not waited for one by one but collected at the next wake-up, and their RTT comes
 //! from the kernel's receive timestamp (`SO_TIMESTAMPNS`), so it is exact without waking per
 //! packet. With the default 100 ms interval and a 200 ms timeout that is 10 wake-ups a second
-//! however many uplinks there are. Only tcp connects wake the thread when they complete.
+//! however many uplinks there are. Only tcp connects wake the thread when they complete. A
+//! socket is read until every probe still awaited on it is answered (not on to the empty
+//! queue, which would cost a system call per socket and round to learn nothing).
 //!
 //! Rounds are reported to the event loop at once while they matter — a failed one, and the
 //! `down_after + up_after` rounds after it — and otherwise held for up to [`HOLD`], so a
@@ -145,11 +147,20 @@ fn wall_now() -> Duration {
         .unwrap_or_default()
 }
 
-/// Reads every queued datagram without blocking: (bytes, source, kernel receive time).
-fn drain(fd: std::os::fd::RawFd, mut each: impl FnMut(&[u8], Option<IpAddr>, Duration)) {
+/// Reads queued datagrams without blocking: (bytes, source, kernel receive time) to `each`,
+/// which says whether the datagram answered one of the `expect` probes still unanswered on
+/// this socket. Stops once all of them are answered (an empty queue would only cost another
+/// system call to find out), or when the queue is empty. Anything else queued before the last
+/// answer (another prober's reply, an echo request) is read and dropped on the way, so
+/// nothing piles up; what came after waits for the next round.
+fn drain(
+    fd: std::os::fd::RawFd,
+    mut expect: usize,
+    mut each: impl FnMut(&[u8], Option<IpAddr>, Duration) -> bool,
+) {
     use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, SockaddrLike, SockaddrStorage};
     let mut buf = [0u8; 1500];
-    loop {
+    while expect > 0 {
         let mut cmsg = nix::cmsg_space!(nix::sys::time::TimeSpec);
         let mut iov = [std::io::IoSliceMut::new(&mut buf)];
         let (n, from, at) =
@@ -179,7 +190,9 @@ fn drain(fd: std::os::fd::RawFd, mut each: impl FnMut(&[u8], Option<IpAddr>, Dur
                 }
                 Err(_) => return,
             };
-        each(&buf[..n], from, at);
+        if each(&buf[..n], from, at) {
+            expect -= 1;
+        }
     }
 }
 
@@ -234,22 +247,33 @@ impl Method {
         Ok(())
     }
 
-    /// Collects the answers that arrived since the last call, without blocking: (probe key,
-    /// source, receive time on the wall clock).
-    fn collect(&mut self, spec: &ProbeSpec) -> Vec<(u16, IpAddr, Duration)> {
-        let mut out = Vec::new();
+    /// Collects the answers that arrived since the last call, without blocking, into `out`:
+    /// (probe key, source, receive time on the wall clock). `waiting` says whether a key is
+    /// a probe of this socket still unanswered; `expect` is how many there are.
+    fn collect(
+        &mut self,
+        spec: &ProbeSpec,
+        expect: usize,
+        waiting: impl Fn(u16, IpAddr) -> bool,
+        out: &mut Vec<(u16, IpAddr, Duration)>,
+    ) {
         match self {
-            Method::Icmp(s) => drain(s.as_raw_fd(), |pkt, from, at| {
-                if let Some((src, key)) = parse_reply(spec.family, pkt, from, spec.ident) {
-                    out.push((key, src, at));
+            Method::Icmp(s) => drain(s.as_raw_fd(), expect, |pkt, from, at| {
+                match parse_reply(spec.family, pkt, from, spec.ident) {
+                    Some((src, key)) => {
+                        out.push((key, src, at));
+                        waiting(key, src)
+                    }
+                    None => false,
                 }
             }),
-            Method::Dns(s) => drain(s.as_raw_fd(), |pkt, from, at| {
-                if pkt.len() >= 12 && pkt[2] & 0x80 != 0 {
-                    if let Some(from) = from {
-                        out.push((u16::from_be_bytes([pkt[0], pkt[1]]), from, at));
-                    }
+            Method::Dns(s) => drain(s.as_raw_fd(), expect, |pkt, from, at| match from {
+                Some(from) if pkt.len() >= 12 && pkt[2] & 0x80 != 0 => {
+                    let key = u16::from_be_bytes([pkt[0], pkt[1]]);
+                    out.push((key, from, at));
+                    waiting(key, from)
                 }
+                _ => false,
             }),
             Method::Tcp(pending) => {
                 let ready: Vec<bool> = {
@@ -288,7 +312,6 @@ impl Method {
                 *pending = keep;
             }
         }
-        out
     }
 }
 
@@ -372,14 +395,46 @@ pub fn dns_query(id: u16) -> Vec<u8> {
     q
 }
 
+/// A probe sent and not yet closed by its round's deadline.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    round: u64,
+    /// Target index (the witness comes after the targets).
+    slot: usize,
+    /// Wall-clock send time (the kernel's receive timestamps are on the wall clock).
+    sent: Duration,
+    answered: bool,
+}
+
+impl Pending {
+    fn new(round: u64, slot: usize, sent: Duration) -> Self {
+        Self {
+            round,
+            slot,
+            sent,
+            answered: false,
+        }
+    }
+}
+
+/// Whether an answer to `key` from `src` is one [`Prober::answered`] takes for a probe still
+/// unanswered (a tcp connect has no source to check, and its sockets are never drained).
+fn awaited(spec: &ProbeSpec, keys: &HashMap<u16, Pending>, key: u16, src: IpAddr) -> bool {
+    keys.get(&key).is_some_and(|p| {
+        let to = spec.targets.get(p.slot).map(|t| t.ip()).or(spec.witness);
+        !p.answered && to == Some(src)
+    })
+}
+
 /// One uplink's probing state inside the prober thread.
 struct Prober {
     spec: ProbeSpec,
     rounds: Rounds,
     method: Option<Method>,
-    /// Probe key → (round, target index, wall-clock send time). Keys wrap at 65536, far more
-    /// than can be in flight.
-    keys: HashMap<u16, (u64, usize, Duration)>,
+    /// Probe key → the probe. Keys wrap at 65536, far more than can be in flight.
+    keys: HashMap<u16, Pending>,
+    /// Answers read by the last [`Prober::collect`] (kept to reuse its allocation).
+    got: Vec<(u16, IpAddr, Duration)>,
     next_key: u16,
     next_round: Instant,
     open_error_logged: bool,
@@ -401,6 +456,7 @@ impl Prober {
             spec,
             method: None,
             keys: HashMap::new(),
+            got: Vec::new(),
             next_key: 0,
             next_round: start,
             open_error_logged: false,
@@ -419,38 +475,74 @@ impl Prober {
     }
 
     fn answered(&mut self, key: u16, src: IpAddr, at: Duration, any_source: bool) {
-        if let Some((id, i, sent)) = self.keys.get(&key).copied() {
-            if any_source || Some(src) == self.addr_of(i) {
-                self.rounds.answered_rtt(id, i, at.saturating_sub(sent));
+        let Some(p) = self.keys.get(&key).copied() else {
+            return;
+        };
+        if !p.answered && (any_source || Some(src) == self.addr_of(p.slot)) {
+            self.rounds
+                .answered_rtt(p.round, p.slot, at.saturating_sub(p.sent));
+            if let Some(p) = self.keys.get_mut(&key) {
+                p.answered = true;
             }
         }
     }
 
+    /// Whether probe slot `slot` is sent on the witness socket rather than the method's.
+    fn on_witness_socket(&self, slot: usize) -> bool {
+        slot >= self.spec.targets.len() && !matches!(self.method, Some(Method::Icmp(_)))
+    }
+
     fn collect(&mut self) {
-        if let Some(w) = &self.witness_sock {
-            let mut got = Vec::new();
-            let (family, ident) = (self.spec.family, self.spec.ident);
-            drain(w.as_raw_fd(), |pkt, from, at| {
-                if let Some((src, key)) = parse_reply(family, pkt, from, ident) {
-                    got.push((key, src, at));
-                }
-            });
-            for (key, src, at) in got {
-                self.answered(key, src, at, false);
+        let mut got = std::mem::take(&mut self.got);
+        got.clear();
+        // Unanswered probes per socket: (method's, witness's).
+        let (mut on_method, mut on_witness) = (0, 0);
+        for p in self.keys.values().filter(|p| !p.answered) {
+            if self.on_witness_socket(p.slot) {
+                on_witness += 1;
+            } else {
+                on_method += 1;
             }
         }
+        if let Some(w) = &self.witness_sock {
+            let (family, ident) = (self.spec.family, self.spec.ident);
+            drain(
+                w.as_raw_fd(),
+                on_witness,
+                |pkt, from, at| match parse_reply(family, pkt, from, ident) {
+                    Some((src, key)) => {
+                        got.push((key, src, at));
+                        awaited(&self.spec, &self.keys, key, src)
+                    }
+                    None => false,
+                },
+            );
+            for &(key, src, at) in &got {
+                self.answered(key, src, at, false);
+            }
+            got.clear();
+        }
         let Some(m) = self.method.as_mut() else {
+            self.got = got;
             return;
         };
         let is_tcp = matches!(m, Method::Tcp(_));
-        for (key, src, at) in m.collect(&self.spec) {
+        let (spec, keys) = (&self.spec, &self.keys);
+        m.collect(
+            spec,
+            on_method,
+            |key, src| awaited(spec, keys, key, src),
+            &mut got,
+        );
+        for &(key, src, at) in &got {
             // A tcp answer is the connect completing: its source is the target.
             let witness_slot = self
                 .keys
                 .get(&key)
-                .is_some_and(|(_, i, _)| *i >= self.spec.targets.len());
+                .is_some_and(|p| p.slot >= self.spec.targets.len());
             self.answered(key, src, at, is_tcp && !witness_slot);
         }
+        self.got = got;
     }
 
     /// Pings the witness in round `id`.
@@ -475,7 +567,7 @@ impl Prober {
             }
         };
         if r.is_ok() {
-            self.keys.insert(key, (id, slot, sent));
+            self.keys.insert(key, Pending::new(id, slot, sent));
             self.rounds.sent(id, slot, now);
         }
     }
@@ -512,7 +604,7 @@ impl Prober {
             let sent = wall_now();
             match m.send(&self.spec, key, t) {
                 Ok(()) => {
-                    self.keys.insert(key, (id, i, sent));
+                    self.keys.insert(key, Pending::new(id, i, sent));
                     self.rounds.sent(id, i, now);
                 }
                 Err(e) => {
@@ -574,7 +666,7 @@ fn run(
             // when it is read at the deadline.
             p.collect();
             for f in p.rounds.due(now) {
-                p.keys.retain(|_, (r, _, _)| *r != f.id);
+                p.keys.retain(|_, k| k.round != f.id);
                 let n = p.spec.targets.len();
                 let witness = (f.sent.get(n) == Some(&true)).then(|| f.results[n].is_some());
                 let mut results = f.results;
@@ -679,6 +771,29 @@ mod tests {
             None,
             "a request, not a reply"
         );
+    }
+
+    #[test]
+    fn drain_stops_once_every_awaited_answer_is_read() {
+        let (a, b) = std::os::unix::net::UnixDatagram::pair().expect("pair");
+        for m in [&b"stray"[..], b"ours", b"later"] {
+            a.send(m).expect("send");
+        }
+        let mut seen = Vec::new();
+        drain(b.as_raw_fd(), 1, |pkt, _, _| {
+            seen.push(pkt.to_vec());
+            pkt == b"ours"
+        });
+        assert_eq!(seen, [b"stray".to_vec(), b"ours".to_vec()]);
+        drain(b.as_raw_fd(), 0, |_, _, _| {
+            panic!("read with nothing awaited")
+        });
+        let mut rest = Vec::new();
+        drain(b.as_raw_fd(), 5, |pkt, _, _| {
+            rest.push(pkt.to_vec());
+            true
+        });
+        assert_eq!(rest, [b"later".to_vec()], "and stops at the empty queue");
     }
 
     #[test]
