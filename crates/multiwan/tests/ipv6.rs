@@ -635,3 +635,102 @@ fn an_ipv6_address_change_is_followed() {
     );
     assert!(!seen.contains(&IpAddr::V6(old)), "{seen:?}");
 }
+
+/// The raw sockets of the router's namespace (`/proc/net/raw` and `raw6`, read inside it):
+/// (protocol, queued bytes, drops) of each.
+fn raw_sockets(lab: &Lab) -> Vec<(String, u64, u64)> {
+    let mut out = Vec::new();
+    for file in ["/proc/net/raw", "/proc/net/raw6"] {
+        let text = lab.topo.router.exec("cat", &[file]).expect(file);
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // sl local rem st tx_queue:rx_queue tr:tm retrnsmt uid timeout inode ref ptr drops
+            let (Some(local), Some(queues), Some(drops)) = (f.get(1), f.get(4), f.last()) else {
+                continue;
+            };
+            let proto = local.rsplit(':').next().unwrap_or_default().to_string();
+            let rx = queues
+                .split(':')
+                .nth(1)
+                .and_then(|q| u64::from_str_radix(q, 16).ok())
+                .unwrap_or(0);
+            out.push((proto, rx, drops.parse().unwrap_or(u64::MAX)));
+        }
+    }
+    out
+}
+
+/// A flood of echo requests to the router's uplink addresses (both families), and another
+/// program's pings from the router over the same uplink: the probes' raw sockets queue none
+/// of it (their kernel filter takes only their own echo replies), so none drops a packet and
+/// the uplinks stay up without loss. Without the filter the flooded socket drops hundreds of
+/// thousands.
+#[test]
+fn an_icmp_flood_reaches_no_probe_socket() {
+    let lab = Lab::new(2, 1);
+    let d = lab.start_daemon(&dual("round-robin"));
+    d.wait_for("both families up", Duration::from_secs(5), |d| {
+        let s = d.state().unwrap_or_default();
+        (0..2).all(|u| s["uplinks"][u]["state"] == "up" && s["uplinks"][u]["ipv6"]["state"] == "up")
+    });
+    let before = raw_sockets(&lab);
+    for proto in ["0001", "003A"] {
+        assert!(
+            before.iter().filter(|(p, _, _)| p == proto).count() >= 2,
+            "one probe socket per uplink and family: {before:?}"
+        );
+    }
+    // As fast as the router answers, each request a copy for every raw socket bound to wan1
+    // that does not filter.
+    let isp = &lab.topo.isps[0].ns;
+    let floods: Vec<_> = [
+        ("-4", multiwan_lab::topology::router_addr(1).to_string()),
+        ("-6", router_addr6(1).to_string()),
+    ]
+    .into_iter()
+    .map(|(family, to)| {
+        isp.command("ping")
+            .args([family, "-f", "-q", "-s", "1000", "-w", "4", &to])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("flood ping")
+    })
+    .collect();
+    let other = lab.topo.router.exec(
+        "ping",
+        &[
+            "-c",
+            "20",
+            "-i",
+            "0.05",
+            "-I",
+            "wan1",
+            &SERVER_ADDR.to_string(),
+        ],
+    );
+    for flood in floods {
+        let out = flood.wait_with_output().expect("flood ping");
+        let summary = String::from_utf8_lossy(&out.stdout).to_string();
+        let sent: u64 = summary
+            .split(" packets transmitted")
+            .next()
+            .and_then(|s| s.split_whitespace().last()?.parse().ok())
+            .unwrap_or(0);
+        assert!(sent > 2000, "the flood was a flood: {summary}");
+    }
+    assert!(other.is_ok(), "the other program's pings: {other:?}");
+    let after = raw_sockets(&lab);
+    for (proto, rx, drops) in &after {
+        assert_eq!(
+            *drops, 0,
+            "a probe socket dropped packets (protocol {proto}, {rx} bytes queued): {after:?}"
+        );
+    }
+    let s = d.state().expect("state");
+    for u in 0..2 {
+        for fam in [&s["uplinks"][u], &s["uplinks"][u]["ipv6"]] {
+            assert_eq!(fam["state"], "up", "{s}");
+            assert_eq!(fam["loss_percent"], 0.0, "{s}");
+        }
+    }
+}

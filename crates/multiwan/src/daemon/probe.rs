@@ -141,6 +141,59 @@ fn base_socket(spec: &ProbeSpec, ty: Type, proto: Protocol) -> std::io::Result<S
     Ok(s)
 }
 
+/// A raw ICMP (IPv4) or ICMPv6 socket for `spec` that only ever queues echo replies carrying
+/// the prober's identifier. A raw socket otherwise gets a copy of every ICMP message the
+/// interface receives: another program's ping replies, and a flood of echo requests to the
+/// router's address, which would fill its queue, drop the probes' own replies and fail a
+/// healthy uplink. The kernel runs the filter before queueing, so nothing else is ever read.
+fn icmp_socket(spec: &ProbeSpec) -> std::io::Result<Socket> {
+    let s = base_socket(spec, Type::RAW, spec.icmp())?;
+    s.attach_filter(&echo_reply_filter(spec.family, spec.ident))?;
+    Ok(s)
+}
+
+/// The classic BPF program of [`icmp_socket`]: accept an echo reply (type 0, ICMPv6 129)
+/// whose identifier is `ident`, drop anything else. An IPv4 raw socket sees the IP header
+/// first (its length in the low nibble of byte 0), an ICMPv6 one the ICMPv6 header.
+fn echo_reply_filter(family: Family, ident: u16) -> Vec<nix::libc::sock_filter> {
+    use nix::libc::{
+        sock_filter, BPF_ABS, BPF_B, BPF_H, BPF_IND, BPF_JEQ, BPF_JMP, BPF_K, BPF_LD, BPF_LDX,
+        BPF_MSH, BPF_RET,
+    };
+    let op = |code: u32, jt: u8, jf: u8, k: u32| sock_filter {
+        // Every BPF opcode fits 16 bits.
+        code: code as u16,
+        jt,
+        jf,
+        k,
+    };
+    let (accept, drop) = (
+        op(BPF_RET | BPF_K, 0, 0, u32::MAX),
+        op(BPF_RET | BPF_K, 0, 0, 0),
+    );
+    let ident = u32::from(ident);
+    match family {
+        Family::V4 => vec![
+            // X = the IP header's length; then the ICMP type at X, the identifier at X + 4.
+            op(BPF_LDX | BPF_B | BPF_MSH, 0, 0, 0),
+            op(BPF_LD | BPF_B | BPF_IND, 0, 0, 0),
+            op(BPF_JMP | BPF_JEQ | BPF_K, 0, 3, 0),
+            op(BPF_LD | BPF_H | BPF_IND, 0, 0, 4),
+            op(BPF_JMP | BPF_JEQ | BPF_K, 0, 1, ident),
+            accept,
+            drop,
+        ],
+        Family::V6 => vec![
+            op(BPF_LD | BPF_B | BPF_ABS, 0, 0, 0),
+            op(BPF_JMP | BPF_JEQ | BPF_K, 0, 3, 129),
+            op(BPF_LD | BPF_H | BPF_ABS, 0, 0, 4),
+            op(BPF_JMP | BPF_JEQ | BPF_K, 0, 1, ident),
+            accept,
+            drop,
+        ],
+    }
+}
+
 fn wall_now() -> Duration {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -207,7 +260,7 @@ enum Method {
 impl Method {
     fn open(spec: &ProbeSpec) -> std::io::Result<Self> {
         Ok(match spec.method {
-            CheckMethod::Icmp => Method::Icmp(base_socket(spec, Type::RAW, spec.icmp())?),
+            CheckMethod::Icmp => Method::Icmp(icmp_socket(spec)?),
             CheckMethod::Dns => {
                 let s = base_socket(spec, Type::DGRAM, Protocol::UDP)?;
                 let any: IpAddr = match spec.family {
@@ -558,7 +611,7 @@ impl Prober {
             Some(Method::Icmp(s)) => s.send_to(&pkt, &to),
             _ => {
                 if self.witness_sock.is_none() {
-                    self.witness_sock = base_socket(&self.spec, Type::RAW, self.spec.icmp()).ok();
+                    self.witness_sock = icmp_socket(&self.spec).ok();
                 }
                 match &self.witness_sock {
                     Some(s) => s.send_to(&pkt, &to),
@@ -794,6 +847,86 @@ mod tests {
             true
         });
         assert_eq!(rest, [b"later".to_vec()], "and stops at the empty queue");
+    }
+
+    /// Runs the classic BPF instructions [`echo_reply_filter`] uses over `pkt`: the bytes
+    /// the kernel would queue (0: dropped).
+    fn run_filter(prog: &[nix::libc::sock_filter], pkt: &[u8]) -> u32 {
+        use nix::libc::{BPF_ABS, BPF_B, BPF_H, BPF_IND, BPF_LD, BPF_LDX, BPF_MSH};
+        let (mut a, mut x, mut pc) = (0u32, 0u32, 0usize);
+        let byte = |i: u32| pkt.get(i as usize).copied().map(u32::from);
+        let half = |i: u32| Some(byte(i)? << 8 | byte(i + 1)?);
+        loop {
+            let op = prog[pc];
+            let code = u32::from(op.code);
+            pc += 1;
+            let load = match code {
+                c if c == BPF_LDX | BPF_B | BPF_MSH => {
+                    x = 4 * (byte(op.k).unwrap_or(0) & 0xf);
+                    continue;
+                }
+                c if c == BPF_LD | BPF_B | BPF_ABS => byte(op.k),
+                c if c == BPF_LD | BPF_H | BPF_ABS => half(op.k),
+                c if c == BPF_LD | BPF_B | BPF_IND => byte(x + op.k),
+                c if c == BPF_LD | BPF_H | BPF_IND => half(x + op.k),
+                c if c == nix::libc::BPF_JMP | nix::libc::BPF_JEQ | nix::libc::BPF_K => {
+                    pc += usize::from(if a == op.k { op.jt } else { op.jf });
+                    continue;
+                }
+                c if c == nix::libc::BPF_RET | nix::libc::BPF_K => return op.k,
+                c => panic!("opcode {c:#x} not in this interpreter"),
+            };
+            // A load past the end drops the packet, as in the kernel.
+            match load {
+                Some(v) => a = v,
+                None => return 0,
+            }
+        }
+    }
+
+    #[test]
+    fn the_socket_filter_takes_only_our_echo_replies() {
+        let v4 = echo_reply_filter(Family::V4, 0x1234);
+        let mut reply = vec![
+            0x45u8, 0, 0, 36, 0, 0, 0, 0, 64, 1, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2,
+        ];
+        let mut icmp = echo_request(0x1234, 9);
+        icmp[0] = 0;
+        reply.extend_from_slice(&icmp);
+        assert_ne!(run_filter(&v4, &reply), 0, "our reply");
+        let mut other = reply.clone();
+        other[24..26].copy_from_slice(&0x4321u16.to_be_bytes());
+        assert_eq!(run_filter(&v4, &other), 0, "another program's reply");
+        let mut request = reply.clone();
+        request[20] = 8;
+        assert_eq!(
+            run_filter(&v4, &request),
+            0,
+            "an echo request to the router"
+        );
+        // With IP options (a 24-byte header) the ICMP header is found after them.
+        let mut opts = reply[..20].to_vec();
+        opts[0] = 0x46;
+        opts.extend_from_slice(&[1, 1, 1, 0]);
+        opts.extend_from_slice(&icmp);
+        assert_ne!(run_filter(&v4, &opts), 0, "our reply after IP options");
+        assert_eq!(run_filter(&v4, &reply[..22]), 0, "truncated");
+
+        let v6 = echo_reply_filter(Family::V6, 0x1234);
+        let mut reply6 = echo_request_for(Family::V6, 0x1234, 9);
+        reply6[0] = 129;
+        assert_ne!(run_filter(&v6, &reply6), 0, "our ICMPv6 reply");
+        let mut other6 = reply6.clone();
+        other6[4] = 0x43;
+        assert_eq!(run_filter(&v6, &other6), 0, "another identifier");
+        assert_eq!(
+            run_filter(&v6, &echo_request_for(Family::V6, 0x1234, 9)),
+            0,
+            "an ICMPv6 echo request"
+        );
+        let mut na = reply6.clone();
+        na[0] = 136;
+        assert_eq!(run_filter(&v6, &na), 0, "neighbour discovery");
     }
 
     #[test]
