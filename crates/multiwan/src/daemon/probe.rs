@@ -153,8 +153,7 @@ fn icmp_socket(spec: &ProbeSpec) -> std::io::Result<Socket> {
 }
 
 /// The classic BPF program of [`icmp_socket`]: accept an echo reply (type 0, ICMPv6 129)
-/// whose identifier is `ident`, drop anything else. An IPv4 raw socket sees the IP header
-/// first (its length in the low nibble of byte 0), an ICMPv6 one the ICMPv6 header.
+/// whose identifier is `ident`, drop anything else.
 fn echo_reply_filter(family: Family, ident: u16) -> Vec<nix::libc::sock_filter> {
     use nix::libc::{
         sock_filter, BPF_ABS, BPF_B, BPF_H, BPF_IND, BPF_JEQ, BPF_JMP, BPF_K, BPF_LD, BPF_LDX,
@@ -171,27 +170,23 @@ fn echo_reply_filter(family: Family, ident: u16) -> Vec<nix::libc::sock_filter> 
         op(BPF_RET | BPF_K, 0, 0, u32::MAX),
         op(BPF_RET | BPF_K, 0, 0, 0),
     );
-    let ident = u32::from(ident);
-    match family {
-        Family::V4 => vec![
-            // X = the IP header's length; then the ICMP type at X, the identifier at X + 4.
-            op(BPF_LDX | BPF_B | BPF_MSH, 0, 0, 0),
-            op(BPF_LD | BPF_B | BPF_IND, 0, 0, 0),
-            op(BPF_JMP | BPF_JEQ | BPF_K, 0, 3, 0),
-            op(BPF_LD | BPF_H | BPF_IND, 0, 0, 4),
-            op(BPF_JMP | BPF_JEQ | BPF_K, 0, 1, ident),
+    // An IPv4 raw socket sees the IP header first: X = its length (low nibble of byte 0,
+    // times 4) and the loads are relative to X; an ICMPv6 one starts at the ICMPv6 header.
+    let (lead, mode, reply) = match family {
+        Family::V4 => (Some(op(BPF_LDX | BPF_B | BPF_MSH, 0, 0, 0)), BPF_IND, 0),
+        Family::V6 => (None, BPF_ABS, 129),
+    };
+    lead.into_iter()
+        .chain([
+            // The type, then the identifier at offset 4.
+            op(BPF_LD | BPF_B | mode, 0, 0, 0),
+            op(BPF_JMP | BPF_JEQ | BPF_K, 0, 3, reply),
+            op(BPF_LD | BPF_H | mode, 0, 0, 4),
+            op(BPF_JMP | BPF_JEQ | BPF_K, 0, 1, u32::from(ident)),
             accept,
             drop,
-        ],
-        Family::V6 => vec![
-            op(BPF_LD | BPF_B | BPF_ABS, 0, 0, 0),
-            op(BPF_JMP | BPF_JEQ | BPF_K, 0, 3, 129),
-            op(BPF_LD | BPF_H | BPF_ABS, 0, 0, 4),
-            op(BPF_JMP | BPF_JEQ | BPF_K, 0, 1, ident),
-            accept,
-            drop,
-        ],
-    }
+        ])
+        .collect()
 }
 
 fn wall_now() -> Duration {
