@@ -203,12 +203,12 @@ fn no_dad(ns: &Netns) -> Result<()> {
 
 /// The kernel threads whose name starts with `prefix` (NAPI threads are named
 /// `napi/DEVICE-ID`).
-fn napi_threads(prefix: &str) -> Vec<i32> {
+fn napi_threads(prefix: &str) -> Vec<u32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
     dir.flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| {
             std::fs::read_to_string(format!("/proc/{pid}/comm"))
                 .is_ok_and(|c| c.trim_end().starts_with(prefix))
@@ -330,7 +330,7 @@ impl Topology {
     /// a `napi/cpe-N` kernel thread instead, like a NIC handing frames to the wire and taking
     /// answers in an interrupt. The router's own side is untouched. Returns the new kernel
     /// threads' process ids, so their work can be measured too. Needs `ethtool`.
-    pub fn isp_async_delivery(&self) -> Result<Vec<i32>> {
+    pub fn isp_async_delivery(&self) -> Result<Vec<u32>> {
         let before = napi_threads("napi/cpe-");
         for isp in &self.isps {
             isp.ns
@@ -344,7 +344,7 @@ impl Topology {
                 .exec("sh", &["-c", "echo 1 > /sys/class/net/cpe/threaded"])
                 .context("threaded NAPI on the ISP's side of the link")?;
         }
-        let new: Vec<i32> = napi_threads("napi/cpe-")
+        let new: Vec<u32> = napi_threads("napi/cpe-")
             .into_iter()
             .filter(|p| !before.contains(p))
             .collect();

@@ -373,7 +373,7 @@ fn measure(s: &mut Section, bin: &Path, v: &Variant, secs: u64) -> Result<()> {
     )?;
     std::thread::sleep(Duration::from_secs(2));
     let pid = daemon.pid();
-    let napi_cpu = || napi.iter().map(|p| cpu_ns(*p as u32)).sum::<u64>();
+    let napi_cpu = || napi.iter().map(|p| cpu_ns(*p)).sum::<u64>();
     let (c0, t0, k0) = (cpu_ns(pid), Instant::now(), napi_cpu());
     let by0 = cpu_by_thread(pid);
     std::thread::sleep(Duration::from_secs(secs));

@@ -83,6 +83,14 @@ impl ProbeSpec {
         }
     }
 
+    /// The address probe slot `i` is sent to (the witness comes after the targets).
+    fn addr_of(&self, i: usize) -> Option<IpAddr> {
+        match self.targets.get(i) {
+            Some(t) => Some(t.ip()),
+            None => self.witness,
+        }
+    }
+
     /// Where to send to `ip`: a link-local IPv6 destination (an RA gateway) needs the
     /// interface as its scope.
     fn sockaddr(&self, ip: IpAddr, port: u16) -> SockAddr {
@@ -468,10 +476,8 @@ impl Pending {
 /// Whether an answer to `key` from `src` is one [`Prober::answered`] takes for a probe still
 /// unanswered (a tcp connect has no source to check, and its sockets are never drained).
 fn awaited(spec: &ProbeSpec, keys: &HashMap<u16, Pending>, key: u16, src: IpAddr) -> bool {
-    keys.get(&key).is_some_and(|p| {
-        let to = spec.targets.get(p.slot).map(|t| t.ip()).or(spec.witness);
-        !p.answered && to == Some(src)
-    })
+    keys.get(&key)
+        .is_some_and(|p| !p.answered && spec.addr_of(p.slot) == Some(src))
 }
 
 /// One uplink's probing state inside the prober thread.
@@ -481,8 +487,6 @@ struct Prober {
     method: Option<Method>,
     /// Probe key → the probe. Keys wrap at 65536, far more than can be in flight.
     keys: HashMap<u16, Pending>,
-    /// Answers read by the last [`Prober::collect`] (kept to reuse its allocation).
-    got: Vec<(u16, IpAddr, Duration)>,
     next_key: u16,
     next_round: Instant,
     open_error_logged: bool,
@@ -504,7 +508,6 @@ impl Prober {
             spec,
             method: None,
             keys: HashMap::new(),
-            got: Vec::new(),
             next_key: 0,
             next_round: start,
             open_error_logged: false,
@@ -514,24 +517,14 @@ impl Prober {
         }
     }
 
-    /// The address probe slot `i` is sent to (the witness comes after the targets).
-    fn addr_of(&self, i: usize) -> Option<IpAddr> {
-        match self.spec.targets.get(i) {
-            Some(t) => Some(t.ip()),
-            None => self.spec.witness,
-        }
-    }
-
     fn answered(&mut self, key: u16, src: IpAddr, at: Duration, any_source: bool) {
-        let Some(p) = self.keys.get(&key).copied() else {
+        let Some(p) = self.keys.get_mut(&key) else {
             return;
         };
-        if !p.answered && (any_source || Some(src) == self.addr_of(p.slot)) {
+        if !p.answered && (any_source || Some(src) == self.spec.addr_of(p.slot)) {
+            p.answered = true;
             self.rounds
                 .answered_rtt(p.round, p.slot, at.saturating_sub(p.sent));
-            if let Some(p) = self.keys.get_mut(&key) {
-                p.answered = true;
-            }
         }
     }
 
@@ -541,8 +534,7 @@ impl Prober {
     }
 
     fn collect(&mut self) {
-        let mut got = std::mem::take(&mut self.got);
-        got.clear();
+        let mut got = Vec::new();
         // Unanswered probes per socket: (method's, witness's).
         let (mut on_method, mut on_witness) = (0, 0);
         for p in self.keys.values().filter(|p| !p.answered) {
@@ -571,7 +563,6 @@ impl Prober {
             got.clear();
         }
         let Some(m) = self.method.as_mut() else {
-            self.got = got;
             return;
         };
         let is_tcp = matches!(m, Method::Tcp(_));
@@ -590,7 +581,6 @@ impl Prober {
                 .is_some_and(|p| p.slot >= self.spec.targets.len());
             self.answered(key, src, at, is_tcp && !witness_slot);
         }
-        self.got = got;
     }
 
     /// Pings the witness in round `id`.
