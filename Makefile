@@ -1,12 +1,15 @@
 # Installing multiwan on a router from source (the lab and the tests need no install: see
 # README). On Debian, prefer the package: ./scripts/deb.
+SHELL := /bin/bash
 PREFIX ?= /usr/local
-BIN := target/release/multiwan
+# A static musl binary where rustup can add the target, else the host's (scripts/deps.sh).
+TRIPLE := $(shell . scripts/deps.sh && release_target)
+BIN := target/$(TRIPLE)/release/multiwan
 
 .PHONY: build install uninstall
 
 build:
-	cargo build --release --locked
+	cargo build --release --locked --target $(TRIPLE) -p multiwan
 
 install: build
 	install -Dm755 $(BIN) $(DESTDIR)$(PREFIX)/bin/multiwan

@@ -42,6 +42,15 @@ test -f "$r/usr/share/fish/vendor_completions.d/multiwan.fish"
 in_root dpkg -s multiwan | grep "^Depends:" | tee "$work/depends"
 grep -q "nftables" "$work/depends"
 grep -q "iproute2" "$work/depends"
+# The static musl build needs no shared library; the glibc fallback must depend on libc6.
+if readelf -l "$r/usr/bin/multiwan" | grep -q "program interpreter"; then
+  grep -q "libc6" "$work/depends"
+  echo "depends ok: dynamically linked, libc6 listed"
+else
+  { ! grep -q "libc6" "$work/depends"; }
+  readelf -d "$r/usr/bin/multiwan" | { ! grep -q NEEDED; }
+  echo "depends ok: statically linked, no shared library"
+fi
 in_root dpkg -s multiwan | { ! grep -q "^Recommends:"; }
 
 step "no live config: the daemon refuses to start and says why"
