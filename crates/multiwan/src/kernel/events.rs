@@ -9,10 +9,10 @@ use std::thread::JoinHandle;
 
 use netlink_packet_core::NetlinkPayload;
 use netlink_packet_route::route::RouteMessage;
-use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{protocols, Socket, SocketAddr};
 
 use super::netlink::{is_ours, rule_is_ours};
+use super::rtmsg::RtMsg;
 use super::socket::parse_all;
 
 const RTMGRP_LINK: u32 = 0x1;
@@ -78,7 +78,7 @@ fn route_change(r: &RouteMessage) -> Change {
 /// Classifies one datagram of notifications; one that cannot be decoded counts as
 /// everything, so nothing is missed.
 pub fn classify(data: &[u8]) -> Change {
-    let Ok(msgs) = parse_all::<RouteNetlinkMessage>(data) else {
+    let Ok(msgs) = parse_all::<RtMsg>(data) else {
         return Change::ALL;
     };
     let mut c = Change::default();
@@ -87,16 +87,15 @@ pub fn classify(data: &[u8]) -> Change {
             continue;
         };
         let this = match &m {
-            RouteNetlinkMessage::NewLink(_)
-            | RouteNetlinkMessage::DelLink(_)
-            | RouteNetlinkMessage::NewAddress(_)
-            | RouteNetlinkMessage::DelAddress(_) => Change {
-                links: true,
-                ..Change::default()
-            },
-            RouteNetlinkMessage::NewRoute(r) | RouteNetlinkMessage::DelRoute(r) => route_change(r),
+            RtMsg::NewLink(_) | RtMsg::DelLink(_) | RtMsg::NewAddress(_) | RtMsg::DelAddress(_) => {
+                Change {
+                    links: true,
+                    ..Change::default()
+                }
+            }
+            RtMsg::NewRoute(r) | RtMsg::DelRoute(r) => route_change(r),
             // Ours: verify. Another user's: its marks are facts the plan works around.
-            RouteNetlinkMessage::NewRule(r) | RouteNetlinkMessage::DelRule(r) => Change {
+            RtMsg::NewRule(r) | RtMsg::DelRule(r) => Change {
                 ours: rule_is_ours(r),
                 links: !rule_is_ours(r),
                 ..Change::default()
@@ -147,6 +146,7 @@ mod tests {
     use super::*;
     use netlink_packet_core::{NetlinkHeader, NetlinkMessage};
     use netlink_packet_route::route::RouteProtocol;
+    use netlink_packet_route::RouteNetlinkMessage;
 
     fn bytes(m: RouteNetlinkMessage) -> Vec<u8> {
         let mut n = NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::InnerMessage(m));

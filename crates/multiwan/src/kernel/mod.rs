@@ -15,6 +15,7 @@ pub mod events;
 pub mod exec;
 pub mod netlink;
 pub mod nft;
+pub mod rtmsg;
 pub mod socket;
 pub mod sysctl;
 

@@ -15,15 +15,16 @@ use netlink_packet_core::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_REPLACE};
 use netlink_packet_route::address::{
     AddressAttribute, AddressHeaderFlags, AddressMessage, AddressScope,
 };
-use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkHeader, LinkMessage};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteNextHop, RouteProtocol,
     RouteScope, RouteType,
 };
 use netlink_packet_route::rule::{RuleAction as NlRuleAction, RuleAttribute, RuleMessage};
-use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use netlink_packet_route::AddressFamily;
 use netlink_sys::protocols::NETLINK_ROUTE;
 
+use super::rtmsg::{RtMsg, RtRequest};
 use super::socket::NlSocket;
 
 const MAIN_TABLE: u32 = 254;
@@ -83,19 +84,19 @@ impl Rtnl {
         Ok(Self(NlSocket::open(NETLINK_ROUTE, true)?))
     }
 
-    fn dump(&mut self, msg: RouteNetlinkMessage) -> Result<Vec<RouteNetlinkMessage>> {
-        self.0.request(msg, NLM_F_DUMP)
+    fn dump(&mut self, msg: RtRequest) -> Result<Vec<RtMsg>> {
+        self.0.ask(msg, NLM_F_DUMP)
     }
 
-    fn change(&mut self, msg: RouteNetlinkMessage, flags: u16) -> Result<()> {
-        self.0.request(msg, flags).map(|_| ())
+    fn change(&mut self, msg: RtRequest, flags: u16) -> Result<()> {
+        self.0.ask::<_, RtMsg>(msg, flags).map(|_| ())
     }
 
     /// Every interface.
     pub fn links(&mut self) -> Result<Vec<LinkInfo>> {
         let mut out = Vec::new();
-        for m in self.dump(RouteNetlinkMessage::GetLink(LinkMessage::default()))? {
-            if let RouteNetlinkMessage::NewLink(l) = m {
+        for m in self.dump(RtRequest::GetLink(LinkHeader::default()))? {
+            if let RtMsg::NewLink(l) = m {
                 out.push(link_info(&l));
             }
         }
@@ -105,8 +106,8 @@ impl Rtnl {
     /// Byte counters of every interface: name → (received, sent).
     pub fn link_bytes(&mut self) -> Result<BTreeMap<String, (u64, u64)>> {
         let mut out = BTreeMap::new();
-        for m in self.dump(RouteNetlinkMessage::GetLink(LinkMessage::default()))? {
-            if let RouteNetlinkMessage::NewLink(l) = m {
+        for m in self.dump(RtRequest::GetLink(LinkHeader::default()))? {
+            if let RtMsg::NewLink(l) = m {
                 let stats = l.attributes.iter().find_map(|a| match a {
                     LinkAttribute::Stats64(s) => Some((s.rx_bytes, s.tx_bytes)),
                     _ => None,
@@ -124,8 +125,8 @@ impl Rtnl {
         let mut req = AddressMessage::default();
         req.header.family = af(family);
         let mut out = Vec::new();
-        for m in self.dump(RouteNetlinkMessage::GetAddress(req))? {
-            if let RouteNetlinkMessage::NewAddress(a) = m {
+        for m in self.dump(RtRequest::GetAddress(req))? {
+            if let RtMsg::NewAddress(a) = m {
                 if let Some(ip) = addr_of(&a, family) {
                     out.push((a.header.index, ip));
                 }
@@ -152,10 +153,10 @@ impl Rtnl {
             req.attributes.push(RouteAttribute::Table(t));
         }
         let mut out = Vec::new();
-        match self.dump(RouteNetlinkMessage::GetRoute(req)) {
+        match self.dump(RtRequest::GetRoute(req)) {
             Ok(list) => {
                 for m in list {
-                    if let RouteNetlinkMessage::NewRoute(r) = m {
+                    if let RtMsg::NewRoute(r) = m {
                         out.push(r);
                     }
                 }
@@ -174,8 +175,8 @@ impl Rtnl {
         req.header.address_family = af(family);
         req.attributes.push(RouteAttribute::Oif(index));
         let mut out = Vec::new();
-        for m in self.dump(RouteNetlinkMessage::GetRoute(req))? {
-            if let RouteNetlinkMessage::NewRoute(r) = m {
+        for m in self.dump(RtRequest::GetRoute(req))? {
+            if let RtMsg::NewRoute(r) = m {
                 out.push(r);
             }
         }
@@ -187,8 +188,8 @@ impl Rtnl {
         let mut req = RuleMessage::default();
         req.header.family = af(family);
         let mut out = Vec::new();
-        for m in self.dump(RouteNetlinkMessage::GetRule(req))? {
-            if let RouteNetlinkMessage::NewRule(r) = m {
+        for m in self.dump(RtRequest::GetRule(req))? {
+            if let RtMsg::NewRule(r) = m {
                 out.push(r);
             }
         }
@@ -198,11 +199,8 @@ impl Rtnl {
     /// `ip route replace` of one of multiwan's routes.
     pub fn replace_route(&mut self, r: &Route, index: &BTreeMap<String, u32>) -> Result<()> {
         let msg = route_message(r, index)?;
-        self.change(
-            RouteNetlinkMessage::NewRoute(msg),
-            NLM_F_CREATE | NLM_F_REPLACE,
-        )
-        .with_context(|| format!("installing route {}", r.args().join(" ")))
+        self.change(RtRequest::NewRoute(msg), NLM_F_CREATE | NLM_F_REPLACE)
+            .with_context(|| format!("installing route {}", r.args().join(" ")))
     }
 
     /// Deletes multiwan's default route of `family` in `table`.
@@ -212,25 +210,25 @@ impl Rtnl {
         // Whatever its type (a multipath route or an unreachable one).
         m.header.kind = RouteType::Unspec;
         m.attributes.push(RouteAttribute::Table(table));
-        self.change(RouteNetlinkMessage::DelRoute(m), 0)
+        self.change(RtRequest::DelRoute(m), 0)
             .with_context(|| format!("removing multiwan's {family} route in table {table}"))
     }
 
     pub fn add_rule(&mut self, r: &IpRule) -> Result<()> {
-        self.change(RouteNetlinkMessage::NewRule(rule_message(r)), NLM_F_CREATE)
+        self.change(RtRequest::NewRule(rule_message(r)), NLM_F_CREATE)
             .with_context(|| format!("adding ip rule {}", r.args().join(" ")))
     }
 
     pub fn delete_rule(&mut self, r: &IpRule) -> Result<()> {
-        self.change(RouteNetlinkMessage::DelRule(rule_message(r)), 0)
+        self.change(RtRequest::DelRule(rule_message(r)), 0)
             .with_context(|| format!("removing ip rule {}", r.args().join(" ")))
     }
 
     /// Deletes a rule or route of multiwan's that the planner could not express.
     pub fn delete_unknown(&mut self, u: &Unknown) -> Result<()> {
         match u {
-            Unknown::Rule(m) => self.change(RouteNetlinkMessage::DelRule(m.clone()), 0),
-            Unknown::Route(m) => self.change(RouteNetlinkMessage::DelRoute(m.clone()), 0),
+            Unknown::Rule(m) => self.change(RtRequest::DelRule(m.clone()), 0),
+            Unknown::Route(m) => self.change(RtRequest::DelRoute(m.clone()), 0),
         }
         .context("removing an unrecognised rule or route of multiwan's")
     }

@@ -69,6 +69,16 @@ impl NlSocket {
     where
         T: NetlinkSerializable + NetlinkDeserializable + Debug,
     {
+        self.ask(msg, flags)
+    }
+
+    /// [`request`](Self::request) where the request and its answers are of different types
+    /// (rtnetlink: [`super::rtmsg::RtRequest`] out, [`super::rtmsg::RtMsg`] back).
+    pub fn ask<Q, A>(&mut self, msg: Q, flags: u16) -> Result<Vec<A>>
+    where
+        Q: NetlinkSerializable + Debug,
+        A: NetlinkDeserializable + Debug,
+    {
         let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
         let flags = flags | NLM_F_REQUEST | if dump { 0 } else { NLM_F_ACK };
         let (seq, buf) = self.frame(msg, flags);
@@ -77,7 +87,7 @@ impl NlSocket {
             .context("sending a netlink request")?;
         let mut out = Vec::new();
         loop {
-            for m in self.receive::<T>()? {
+            for m in self.receive::<A>()? {
                 if m.header.sequence_number != seq {
                     continue;
                 }

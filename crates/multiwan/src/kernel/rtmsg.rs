@@ -1,0 +1,272 @@
+//! The rtnetlink messages multiwan sends and reads: links, addresses, routes and rules, and
+//! nothing else. Each kind is parsed and emitted by netlink-packet-route's own message types;
+//! only the dispatch on the message type is ours. Going through the crate's
+//! `RouteNetlinkMessage` instead would link the parsers and emitters of every rtnetlink family
+//! (traffic control with its filters and actions, neighbours, neighbour tables, namespace ids,
+//! prefixes, address labels, statistics) into the router, which reads none of them.
+//!
+//! Requests ([`RtRequest`]) and what comes back ([`RtMsg`]) are separate types: links are
+//! only ever read, so the link emitter is not linked either. A message of any other type (the
+//! kernel sends none on the groups multiwan joins or in answer to its dumps) is kept as
+//! [`RtMsg::Other`] with its type, never an error.
+
+use netlink_packet_core::{
+    DecodeError, Emitable, NetlinkDeserializable, NetlinkHeader, NetlinkSerializable, Parseable,
+};
+use netlink_packet_route::address::AddressMessage;
+use netlink_packet_route::link::{LinkHeader, LinkMessage};
+use netlink_packet_route::route::RouteMessage;
+use netlink_packet_route::rule::RuleMessage;
+
+const RTM_NEWLINK: u16 = 16;
+const RTM_DELLINK: u16 = 17;
+const RTM_GETLINK: u16 = 18;
+const RTM_NEWADDR: u16 = 20;
+const RTM_DELADDR: u16 = 21;
+const RTM_GETADDR: u16 = 22;
+const RTM_NEWROUTE: u16 = 24;
+const RTM_DELROUTE: u16 = 25;
+const RTM_GETROUTE: u16 = 26;
+const RTM_NEWRULE: u16 = 32;
+const RTM_DELRULE: u16 = 33;
+const RTM_GETRULE: u16 = 34;
+
+/// A request multiwan sends: a dump of one kind, or a change of a route or a rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RtRequest {
+    /// A dump of every link: only the header goes out (no attributes), so the link emitter,
+    /// which knows every link kind's attributes, is never needed.
+    GetLink(LinkHeader),
+    GetAddress(AddressMessage),
+    GetRoute(RouteMessage),
+    NewRoute(RouteMessage),
+    DelRoute(RouteMessage),
+    GetRule(RuleMessage),
+    NewRule(RuleMessage),
+    DelRule(RuleMessage),
+}
+
+impl NetlinkSerializable for RtRequest {
+    fn message_type(&self) -> u16 {
+        match self {
+            RtRequest::GetLink(_) => RTM_GETLINK,
+            RtRequest::GetAddress(_) => RTM_GETADDR,
+            RtRequest::GetRoute(_) => RTM_GETROUTE,
+            RtRequest::NewRoute(_) => RTM_NEWROUTE,
+            RtRequest::DelRoute(_) => RTM_DELROUTE,
+            RtRequest::GetRule(_) => RTM_GETRULE,
+            RtRequest::NewRule(_) => RTM_NEWRULE,
+            RtRequest::DelRule(_) => RTM_DELRULE,
+        }
+    }
+
+    fn buffer_len(&self) -> usize {
+        match self {
+            RtRequest::GetLink(h) => h.buffer_len(),
+            RtRequest::GetAddress(m) => m.buffer_len(),
+            RtRequest::GetRoute(m) | RtRequest::NewRoute(m) | RtRequest::DelRoute(m) => {
+                m.buffer_len()
+            }
+            RtRequest::GetRule(m) | RtRequest::NewRule(m) | RtRequest::DelRule(m) => m.buffer_len(),
+        }
+    }
+
+    fn serialize(&self, buffer: &mut [u8]) {
+        match self {
+            RtRequest::GetLink(h) => h.emit(buffer),
+            RtRequest::GetAddress(m) => m.emit(buffer),
+            RtRequest::GetRoute(m) | RtRequest::NewRoute(m) | RtRequest::DelRoute(m) => {
+                m.emit(buffer)
+            }
+            RtRequest::GetRule(m) | RtRequest::NewRule(m) | RtRequest::DelRule(m) => m.emit(buffer),
+        }
+    }
+}
+
+/// A message multiwan reads: an object of a dump or an event of a group it joined.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RtMsg {
+    NewLink(LinkMessage),
+    DelLink(LinkMessage),
+    NewAddress(AddressMessage),
+    DelAddress(AddressMessage),
+    NewRoute(RouteMessage),
+    DelRoute(RouteMessage),
+    NewRule(RuleMessage),
+    DelRule(RuleMessage),
+    /// Any other message type, not parsed.
+    Other(u16),
+}
+
+impl NetlinkDeserializable for RtMsg {
+    type Error = DecodeError;
+
+    fn deserialize(header: &NetlinkHeader, payload: &[u8]) -> Result<Self, DecodeError> {
+        Ok(match header.message_type {
+            RTM_NEWLINK => RtMsg::NewLink(LinkMessage::parse(payload)?),
+            RTM_DELLINK => RtMsg::DelLink(LinkMessage::parse(payload)?),
+            RTM_NEWADDR => RtMsg::NewAddress(AddressMessage::parse(payload)?),
+            RTM_DELADDR => RtMsg::DelAddress(AddressMessage::parse(payload)?),
+            RTM_NEWROUTE => RtMsg::NewRoute(RouteMessage::parse(payload)?),
+            RTM_DELROUTE => RtMsg::DelRoute(RouteMessage::parse(payload)?),
+            RTM_NEWRULE => RtMsg::NewRule(RuleMessage::parse(payload)?),
+            RTM_DELRULE => RtMsg::DelRule(RuleMessage::parse(payload)?),
+            other => RtMsg::Other(other),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use netlink_packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST};
+    use netlink_packet_route::link::LinkAttribute;
+    use netlink_packet_route::route::{RouteAttribute, RouteProtocol};
+    use netlink_packet_route::rule::RuleAttribute;
+    use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+
+    /// The bytes of `m` as the crate's full message type writes them.
+    fn crate_bytes(m: RouteNetlinkMessage) -> Vec<u8> {
+        let mut msg = NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::from(m));
+        msg.finalize();
+        let mut buf = vec![0; msg.buffer_len()];
+        msg.serialize(&mut buf);
+        buf
+    }
+
+    fn ours(bytes: &[u8]) -> RtMsg {
+        match NetlinkMessage::<RtMsg>::deserialize(bytes)
+            .expect("parses")
+            .payload
+        {
+            NetlinkPayload::InnerMessage(m) => m,
+            other => panic!("not an inner message: {other:?}"),
+        }
+    }
+
+    fn our_bytes(m: RtRequest, flags: u16) -> Vec<u8> {
+        let mut header = NetlinkHeader::default();
+        header.flags = flags;
+        let mut msg = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(m));
+        msg.finalize();
+        let mut buf = vec![0; msg.buffer_len()];
+        msg.serialize(&mut buf);
+        buf
+    }
+
+    #[test]
+    fn reads_what_the_crate_writes_for_each_kind() {
+        let mut link = LinkMessage::default();
+        link.header.index = 7;
+        link.attributes.push(LinkAttribute::IfName("wan1".into()));
+        assert_eq!(
+            ours(&crate_bytes(RouteNetlinkMessage::NewLink(link.clone()))),
+            RtMsg::NewLink(link.clone())
+        );
+        assert_eq!(
+            ours(&crate_bytes(RouteNetlinkMessage::DelLink(link.clone()))),
+            RtMsg::DelLink(link)
+        );
+        let mut route = RouteMessage::default();
+        route.header.address_family = AddressFamily::Inet6;
+        route.header.protocol = RouteProtocol::from(77);
+        route.attributes.push(RouteAttribute::Table(1001));
+        assert_eq!(
+            ours(&crate_bytes(RouteNetlinkMessage::NewRoute(route.clone()))),
+            RtMsg::NewRoute(route.clone())
+        );
+        assert_eq!(
+            ours(&crate_bytes(RouteNetlinkMessage::DelRoute(route.clone()))),
+            RtMsg::DelRoute(route)
+        );
+        let mut rule = RuleMessage::default();
+        rule.header.family = AddressFamily::Inet;
+        rule.attributes.push(RuleAttribute::Priority(1000));
+        rule.attributes.push(RuleAttribute::FwMark(0x0100_0000));
+        assert_eq!(
+            ours(&crate_bytes(RouteNetlinkMessage::NewRule(rule.clone()))),
+            RtMsg::NewRule(rule.clone())
+        );
+        assert_eq!(
+            ours(&crate_bytes(RouteNetlinkMessage::DelRule(rule.clone()))),
+            RtMsg::DelRule(rule)
+        );
+        let mut addr = AddressMessage::default();
+        addr.header.family = AddressFamily::Inet;
+        addr.header.index = 3;
+        assert_eq!(
+            ours(&crate_bytes(RouteNetlinkMessage::NewAddress(addr.clone()))),
+            RtMsg::NewAddress(addr.clone())
+        );
+        assert_eq!(
+            ours(&crate_bytes(RouteNetlinkMessage::DelAddress(addr.clone()))),
+            RtMsg::DelAddress(addr)
+        );
+    }
+
+    #[test]
+    fn another_family_is_kept_by_type_not_refused() {
+        // RTM_NEWNEIGH: a neighbour message, which multiwan never reads.
+        let mut bytes = crate_bytes(RouteNetlinkMessage::NewRoute(RouteMessage::default()));
+        bytes[4..6].copy_from_slice(&28u16.to_ne_bytes());
+        assert_eq!(ours(&bytes), RtMsg::Other(28));
+    }
+
+    #[test]
+    fn writes_what_the_crate_writes() {
+        // Requests and changes: byte for byte what the crate's full type would send.
+        let mut route = RouteMessage::default();
+        route.header.address_family = AddressFamily::Inet;
+        route.attributes.push(RouteAttribute::Table(1002));
+        let mut rule = RuleMessage::default();
+        rule.header.family = AddressFamily::Inet6;
+        rule.attributes.push(RuleAttribute::Priority(1001));
+        let mut addr = AddressMessage::default();
+        addr.header.family = AddressFamily::Inet6;
+        let flags = NLM_F_REQUEST | NLM_F_DUMP;
+        let pairs = [
+            (
+                RtRequest::GetRoute(route.clone()),
+                RouteNetlinkMessage::GetRoute(route.clone()),
+            ),
+            (
+                RtRequest::NewRoute(route.clone()),
+                RouteNetlinkMessage::NewRoute(route.clone()),
+            ),
+            (
+                RtRequest::DelRoute(route.clone()),
+                RouteNetlinkMessage::DelRoute(route),
+            ),
+            (
+                RtRequest::GetRule(rule.clone()),
+                RouteNetlinkMessage::GetRule(rule.clone()),
+            ),
+            (
+                RtRequest::NewRule(rule.clone()),
+                RouteNetlinkMessage::NewRule(rule.clone()),
+            ),
+            (
+                RtRequest::DelRule(rule.clone()),
+                RouteNetlinkMessage::DelRule(rule),
+            ),
+            (
+                RtRequest::GetAddress(addr.clone()),
+                RouteNetlinkMessage::GetAddress(addr),
+            ),
+            (
+                RtRequest::GetLink(LinkHeader::default()),
+                RouteNetlinkMessage::GetLink(LinkMessage::default()),
+            ),
+        ];
+        for (mine, theirs) in pairs {
+            let what = format!("{mine:?}");
+            let mut header = NetlinkHeader::default();
+            header.flags = flags;
+            let mut msg = NetlinkMessage::new(header, NetlinkPayload::from(theirs));
+            msg.finalize();
+            let mut want = vec![0; msg.buffer_len()];
+            msg.serialize(&mut want);
+            assert_eq!(our_bytes(mine, flags), want, "{what}");
+        }
+    }
+}
