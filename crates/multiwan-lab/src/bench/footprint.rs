@@ -285,6 +285,43 @@ fn variants(quick: bool) -> Vec<Variant> {
     ]
 }
 
+/// How many windows a row's measuring time is cut into: one slow window (another process on
+/// the machine, a timer that fired late) moves the median little, and the range shows it.
+const WINDOWS: u32 = 4;
+
+/// The daemon's CPU share in each of [`WINDOWS`] consecutive windows filling `secs`.
+fn windows(pid: u32, secs: u64) -> Vec<f64> {
+    let each = Duration::from_secs(secs) / WINDOWS;
+    (0..WINDOWS)
+        .map(|_| {
+            let (c, t) = (cpu_ns(pid), Instant::now());
+            std::thread::sleep(each);
+            (cpu_ns(pid) - c) as f64 / t.elapsed().as_nanos() as f64
+        })
+        .collect()
+}
+
+/// "median (min–max)" of CPU shares, in %.
+fn spread(shares: &[f64]) -> String {
+    let mut v = shares.to_vec();
+    v.sort_by(f64::total_cmp);
+    let Some((lo, hi)) = v.first().zip(v.last()) else {
+        return "-".into();
+    };
+    let n = v.len();
+    let median = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    };
+    format!(
+        "{:.3} % ({:.3}–{:.3})",
+        100.0 * median,
+        100.0 * lo,
+        100.0 * hi
+    )
+}
+
 /// Section 7: daemon RSS and CPU share.
 pub(super) fn footprint(bin: &Path, quick: bool) -> Result<Section> {
     let secs = if quick { 3 } else { 20 };
@@ -293,7 +330,7 @@ pub(super) fn footprint(bin: &Path, quick: bool) -> Result<Section> {
         &format!(
             "`multiwan run` idle (no traffic) with every uplink probing one target per family \
              (a dual-stack uplink sends an IPv4 and an IPv6 probe each round): resident memory, and CPU time over {secs} s from the scheduler's per-thread accounting, as a \
-             share of one core. The run directory is on a tmpfs, as `/run/multiwan` is under systemd."
+             share of one core, also cut into {WINDOWS} windows whose median and range show how steady it is. The run directory is on a tmpfs, as `/run/multiwan` is under systemd."
         ),
         &[
             "uplinks",
@@ -304,6 +341,7 @@ pub(super) fn footprint(bin: &Path, quick: bool) -> Result<Section> {
             "PSS",
             "private (anon)",
             "CPU share of one core",
+            "median (range) of its windows",
             "iputils ping, same probes",
             "multiwan / ping",
         ],
@@ -376,7 +414,7 @@ fn measure(s: &mut Section, bin: &Path, v: &Variant, secs: u64) -> Result<()> {
     let napi_cpu = || napi.iter().map(|p| cpu_ns(*p)).sum::<u64>();
     let (c0, t0, k0) = (cpu_ns(pid), Instant::now(), napi_cpu());
     let by0 = cpu_by_thread(pid);
-    std::thread::sleep(Duration::from_secs(secs));
+    let shares = windows(pid, secs);
     let elapsed = t0.elapsed().as_nanos() as f64;
     let cpu = (cpu_ns(pid) - c0) as f64 / elapsed;
     let kernel = (napi_cpu() - k0) as f64 / elapsed;
@@ -416,6 +454,7 @@ fn measure(s: &mut Section, bin: &Path, v: &Variant, secs: u64) -> Result<()> {
         format!("{:.1} MiB", pss as f64 / 1024.0),
         format!("{:.2} MiB", anon as f64 / 1024.0),
         format!("{:.3} %", 100.0 * cpu),
+        spread(&shares),
         format!("{:.3} %", 100.0 * ping),
         format!("{:.2}", cpu / ping),
     ]);

@@ -15,7 +15,7 @@ use netlink_packet_core::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_REPLACE};
 use netlink_packet_route::address::{
     AddressAttribute, AddressHeaderFlags, AddressMessage, AddressScope,
 };
-use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkHeader, LinkMessage};
+use netlink_packet_route::link::{LinkFlags, LinkHeader};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteNextHop, RouteProtocol,
     RouteScope, RouteType,
@@ -24,7 +24,7 @@ use netlink_packet_route::rule::{RuleAction as NlRuleAction, RuleAttribute, Rule
 use netlink_packet_route::AddressFamily;
 use netlink_sys::protocols::NETLINK_ROUTE;
 
-use super::rtmsg::{RtMsg, RtRequest};
+use super::rtmsg::{Link, RtMsg, RtRequest};
 use super::socket::NlSocket;
 
 const MAIN_TABLE: u32 = 254;
@@ -108,10 +108,7 @@ impl Rtnl {
         let mut out = BTreeMap::new();
         for m in self.dump(RtRequest::GetLink(LinkHeader::default()))? {
             if let RtMsg::NewLink(l) = m {
-                let stats = l.attributes.iter().find_map(|a| match a {
-                    LinkAttribute::Stats64(s) => Some((s.rx_bytes, s.tx_bytes)),
-                    _ => None,
-                });
+                let stats = l.stats64.map(|s| (s.rx_bytes, s.tx_bytes));
                 out.insert(link_info(&l).name, stats.unwrap_or((0, 0)));
             }
         }
@@ -234,19 +231,11 @@ impl Rtnl {
     }
 }
 
-fn link_info(l: &LinkMessage) -> LinkInfo {
-    let name = l
-        .attributes
-        .iter()
-        .find_map(|a| match a {
-            LinkAttribute::IfName(n) => Some(n.clone()),
-            _ => None,
-        })
-        .unwrap_or_default();
+fn link_info(l: &Link) -> LinkInfo {
     let f = l.header.flags;
     LinkInfo {
         index: l.header.index,
-        name,
+        name: l.name.clone().unwrap_or_default(),
         up: f.contains(LinkFlags::Up) && f.contains(LinkFlags::LowerUp),
     }
 }

@@ -6,15 +6,18 @@
 //! prefixes, address labels, statistics) into the router, which reads none of them.
 //!
 //! Requests ([`RtRequest`]) and what comes back ([`RtMsg`]) are separate types: links are
-//! only ever read, so the link emitter is not linked either. A message of any other type (the
+//! only ever read, so the link emitter is not linked either. Of a link only the header, the
+//! name and the byte counters are read ([`Link`]), each by the crate's own parser; its other
+//! attributes (every link kind's details: bond, vxlan, bridge, CAN …) are skipped unparsed. A message of any other type (the
 //! kernel sends none on the groups multiwan joins or in answer to its dumps) is kept as
 //! [`RtMsg::Other`] with its type, never an error.
 
 use netlink_packet_core::{
-    DecodeError, Emitable, NetlinkDeserializable, NetlinkHeader, NetlinkSerializable, Parseable,
+    parse_string, DecodeError, Emitable, NetlinkDeserializable, NetlinkHeader, NetlinkSerializable,
+    NlasIterator, Parseable,
 };
 use netlink_packet_route::address::AddressMessage;
-use netlink_packet_route::link::{LinkHeader, LinkMessage};
+use netlink_packet_route::link::{LinkHeader, Stats64};
 use netlink_packet_route::route::RouteMessage;
 use netlink_packet_route::rule::RuleMessage;
 
@@ -30,6 +33,8 @@ const RTM_GETROUTE: u16 = 26;
 const RTM_NEWRULE: u16 = 32;
 const RTM_DELRULE: u16 = 33;
 const RTM_GETRULE: u16 = 34;
+const IFLA_IFNAME: u16 = 3;
+const IFLA_STATS64: u16 = 23;
 
 /// A request multiwan sends: a dump of one kind, or a change of a route or a rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,11 +88,43 @@ impl NetlinkSerializable for RtRequest {
     }
 }
 
+/// What multiwan reads of an interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    /// Index and flags (up, lower up).
+    pub header: LinkHeader,
+    /// `IFLA_IFNAME`.
+    pub name: Option<String>,
+    /// `IFLA_STATS64`: the byte and packet counters.
+    pub stats64: Option<Stats64>,
+}
+
+impl Link {
+    fn parse(buf: &[u8]) -> Result<Self, DecodeError> {
+        let header = LinkHeader::parse(buf)?;
+        let rest = buf.get(header.buffer_len()..).unwrap_or_default();
+        let mut link = Link {
+            header,
+            name: None,
+            stats64: None,
+        };
+        for nla in NlasIterator::new(rest) {
+            let nla = nla?;
+            match nla.kind() {
+                IFLA_IFNAME => link.name = Some(parse_string(nla.value())?),
+                IFLA_STATS64 => link.stats64 = Some(Stats64::parse(nla.value())?),
+                _ => {}
+            }
+        }
+        Ok(link)
+    }
+}
+
 /// A message multiwan reads: an object of a dump or an event of a group it joined.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RtMsg {
-    NewLink(LinkMessage),
-    DelLink(LinkMessage),
+    NewLink(Link),
+    DelLink(Link),
     NewAddress(AddressMessage),
     DelAddress(AddressMessage),
     NewRoute(RouteMessage),
@@ -103,8 +140,8 @@ impl NetlinkDeserializable for RtMsg {
 
     fn deserialize(header: &NetlinkHeader, payload: &[u8]) -> Result<Self, DecodeError> {
         Ok(match header.message_type {
-            RTM_NEWLINK => RtMsg::NewLink(LinkMessage::parse(payload)?),
-            RTM_DELLINK => RtMsg::DelLink(LinkMessage::parse(payload)?),
+            RTM_NEWLINK => RtMsg::NewLink(Link::parse(payload)?),
+            RTM_DELLINK => RtMsg::DelLink(Link::parse(payload)?),
             RTM_NEWADDR => RtMsg::NewAddress(AddressMessage::parse(payload)?),
             RTM_DELADDR => RtMsg::DelAddress(AddressMessage::parse(payload)?),
             RTM_NEWROUTE => RtMsg::NewRoute(RouteMessage::parse(payload)?),
@@ -120,7 +157,7 @@ impl NetlinkDeserializable for RtMsg {
 mod tests {
     use super::*;
     use netlink_packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST};
-    use netlink_packet_route::link::LinkAttribute;
+    use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
     use netlink_packet_route::route::{RouteAttribute, RouteProtocol};
     use netlink_packet_route::rule::RuleAttribute;
     use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
@@ -158,14 +195,36 @@ mod tests {
     fn reads_what_the_crate_writes_for_each_kind() {
         let mut link = LinkMessage::default();
         link.header.index = 7;
+        link.header.flags = LinkFlags::Up | LinkFlags::LowerUp;
+        let mut stats = Stats64::default();
+        stats.rx_bytes = 1234;
+        stats.tx_bytes = 5678;
+        // Attributes multiwan skips, before and after the ones it reads.
+        link.attributes.push(LinkAttribute::Mtu(1500));
         link.attributes.push(LinkAttribute::IfName("wan1".into()));
+        link.attributes.push(LinkAttribute::Stats64(stats));
+        link.attributes.push(LinkAttribute::TxQueueLen(1000));
+        let want = Link {
+            header: link.header.clone(),
+            name: Some("wan1".into()),
+            stats64: Some(stats),
+        };
         assert_eq!(
             ours(&crate_bytes(RouteNetlinkMessage::NewLink(link.clone()))),
-            RtMsg::NewLink(link.clone())
+            RtMsg::NewLink(want.clone())
         );
         assert_eq!(
-            ours(&crate_bytes(RouteNetlinkMessage::DelLink(link.clone()))),
-            RtMsg::DelLink(link)
+            ours(&crate_bytes(RouteNetlinkMessage::DelLink(link))),
+            RtMsg::DelLink(want)
+        );
+        let bare = LinkMessage::default();
+        assert_eq!(
+            ours(&crate_bytes(RouteNetlinkMessage::NewLink(bare.clone()))),
+            RtMsg::NewLink(Link {
+                header: bare.header,
+                name: None,
+                stats64: None,
+            })
         );
         let mut route = RouteMessage::default();
         route.header.address_family = AddressFamily::Inet6;
