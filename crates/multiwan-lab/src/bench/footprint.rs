@@ -359,7 +359,7 @@ pub(super) fn footprint(bin: &Path, quick: bool) -> Result<Section> {
     s.note("iputils ping, same probes: one `ping -i INTERVAL -m MARK -I wanN` per uplink and family, in the router namespace while multiwan runs, with the uplink's mark and interface, each checked afterwards to have had its probes answered — what sending the same probes with the standard tool costs on this network; below 1 in the last column, the whole daemon costs less than its probes would cost sent by ping");
     let size = std::fs::metadata(bin).map(|m| m.len()).unwrap_or(0);
     s.note(format!(
-        "the router binary measured here: {:.2} MB ({size} bytes, {}); quoted from issue 11, before the reshaping (IPv4 only then, run directory on disk, plain veth): 3.1 MB, idle RSS 4.3–4.5 MiB and 0.21 % of a core with 2 uplinks",
+        "the router binary measured here: {:.2} MB ({size} bytes, {}); quoted from issue 11, before the reshaping (IPv4 only then, run directory on disk, plain veth): 3.1 MB, idle RSS 4.3–4.5 MiB and 0.21 % of a core with 2 uplinks; quoted from the previous BENCHMARKS.md (glibc build linked dynamically, every rtnetlink family linked, 20 s per row): 3.04 MB, RSS 4.8–5.5 MiB, PSS 3.6–4.1 MiB, private 0.57–0.93 MiB, CPU 0.196 % (2 uplinks), 0.229 % (2 dual-stack), 0.284 % (8), 0.418 % (8 dual-stack), 0.044 % (2 at 1 s)",
         size as f64 / 1e6,
         bin.display()
     ));
