@@ -144,16 +144,11 @@ pub fn watch(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use netlink_packet_core::{NetlinkHeader, NetlinkMessage};
     use netlink_packet_route::route::RouteProtocol;
     use netlink_packet_route::RouteNetlinkMessage;
 
     fn bytes(m: RouteNetlinkMessage) -> Vec<u8> {
-        let mut n = NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::InnerMessage(m));
-        n.finalize();
-        let mut b = vec![0; n.buffer_len()];
-        n.serialize(&mut b);
-        b
+        crate::kernel::rtmsg::frame(m, 0)
     }
 
     #[test]

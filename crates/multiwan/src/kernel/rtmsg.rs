@@ -153,6 +153,19 @@ impl NetlinkDeserializable for RtMsg {
     }
 }
 
+/// The bytes of one netlink message carrying `m`, with `flags` in its header (for tests).
+#[cfg(test)]
+pub(crate) fn frame<T: NetlinkSerializable>(m: T, flags: u16) -> Vec<u8> {
+    use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
+    let mut header = NetlinkHeader::default();
+    header.flags = flags;
+    let mut msg = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(m));
+    msg.finalize();
+    let mut buf = vec![0; msg.buffer_len()];
+    msg.serialize(&mut buf);
+    buf
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,11 +177,7 @@ mod tests {
 
     /// The bytes of `m` as the crate's full message type writes them.
     fn crate_bytes(m: RouteNetlinkMessage) -> Vec<u8> {
-        let mut msg = NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::from(m));
-        msg.finalize();
-        let mut buf = vec![0; msg.buffer_len()];
-        msg.serialize(&mut buf);
-        buf
+        frame(m, 0)
     }
 
     fn ours(bytes: &[u8]) -> RtMsg {
@@ -179,16 +188,6 @@ mod tests {
             NetlinkPayload::InnerMessage(m) => m,
             other => panic!("not an inner message: {other:?}"),
         }
-    }
-
-    fn our_bytes(m: RtRequest, flags: u16) -> Vec<u8> {
-        let mut header = NetlinkHeader::default();
-        header.flags = flags;
-        let mut msg = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(m));
-        msg.finalize();
-        let mut buf = vec![0; msg.buffer_len()];
-        msg.serialize(&mut buf);
-        buf
     }
 
     #[test]
@@ -319,13 +318,7 @@ mod tests {
         ];
         for (mine, theirs) in pairs {
             let what = format!("{mine:?}");
-            let mut header = NetlinkHeader::default();
-            header.flags = flags;
-            let mut msg = NetlinkMessage::new(header, NetlinkPayload::from(theirs));
-            msg.finalize();
-            let mut want = vec![0; msg.buffer_len()];
-            msg.serialize(&mut want);
-            assert_eq!(our_bytes(mine, flags), want, "{what}");
+            assert_eq!(frame(mine, flags), frame(theirs, flags), "{what}");
         }
     }
 }
