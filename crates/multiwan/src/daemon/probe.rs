@@ -383,12 +383,23 @@ fn checksum(data: &[u8]) -> u16 {
     !(sum as u16)
 }
 
+/// Length of a probe's echo request: the 8-byte ICMP header and the payload `multiwan`.
+const ECHO_LEN: usize = 16;
+
+/// An echo message of ICMP type `kind` with identifier `ident` and sequence `seq`, checksum
+/// left zero: built on the stack, as every probe sends one.
+fn echo_message(kind: u8, ident: u16, seq: u16) -> [u8; ECHO_LEN] {
+    let mut p = [0u8; ECHO_LEN];
+    p[0] = kind;
+    p[4..6].copy_from_slice(&ident.to_be_bytes());
+    p[6..8].copy_from_slice(&seq.to_be_bytes());
+    p[8..].copy_from_slice(b"multiwan");
+    p
+}
+
 /// An ICMP echo request with identifier `ident` and sequence `seq`.
-pub fn echo_request(ident: u16, seq: u16) -> Vec<u8> {
-    let mut p = vec![8u8, 0, 0, 0];
-    p.extend_from_slice(&ident.to_be_bytes());
-    p.extend_from_slice(&seq.to_be_bytes());
-    p.extend_from_slice(b"multiwan");
+pub fn echo_request(ident: u16, seq: u16) -> [u8; ECHO_LEN] {
+    let mut p = echo_message(8, ident, seq);
     let c = checksum(&p);
     p[2..4].copy_from_slice(&c.to_be_bytes());
     p
@@ -396,16 +407,10 @@ pub fn echo_request(ident: u16, seq: u16) -> Vec<u8> {
 
 /// An echo request of `family` (ICMPv6 echo request type 128: the kernel fills in the
 /// checksum of ICMPv6 raw sockets itself).
-fn echo_request_for(family: Family, ident: u16, seq: u16) -> Vec<u8> {
+fn echo_request_for(family: Family, ident: u16, seq: u16) -> [u8; ECHO_LEN] {
     match family {
         Family::V4 => echo_request(ident, seq),
-        Family::V6 => {
-            let mut p = vec![128u8, 0, 0, 0];
-            p.extend_from_slice(&ident.to_be_bytes());
-            p.extend_from_slice(&seq.to_be_bytes());
-            p.extend_from_slice(b"multiwan");
-            p
-        }
+        Family::V6 => echo_message(128, ident, seq),
     }
 }
 
