@@ -906,7 +906,7 @@ mod tests {
         let mut reply6 = echo_request_for(Family::V6, 0x1234, 9);
         reply6[0] = 129;
         assert_ne!(run_filter(&v6, &reply6), 0, "our ICMPv6 reply");
-        let mut other6 = reply6.clone();
+        let mut other6 = reply6;
         other6[4] = 0x43;
         assert_eq!(run_filter(&v6, &other6), 0, "another identifier");
         assert_eq!(
@@ -914,7 +914,7 @@ mod tests {
             0,
             "an ICMPv6 echo request"
         );
-        let mut na = reply6.clone();
+        let mut na = reply6;
         na[0] = 136;
         assert_eq!(run_filter(&v6, &na), 0, "neighbour discovery");
     }
