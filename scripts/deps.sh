@@ -70,7 +70,6 @@ ensure_deps() {
 release_target() {
   local musl host
   musl="$(uname -m)-unknown-linux-musl"
-  host=$(rustc -vV | sed -n 's/^host: //p')
   if command -v rustup >/dev/null 2>&1; then
     if rustup target list --installed 2>/dev/null | grep -qx "$musl"; then
       echo "$musl"
@@ -87,6 +86,7 @@ release_target() {
     cat "$log" >&2
     rm -f "$log"
   fi
+  host=$(rustc -vV | sed -n 's/^host: //p')
   echo "warning: no Rust standard library for $musl; building the router for $host (glibc, dynamically linked)" >&2
   echo "$host"
 }

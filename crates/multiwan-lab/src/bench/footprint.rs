@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
-use super::Section;
+use super::{median, percentile, Section};
 use crate::daemon::LabDaemon;
 use crate::scratch::{private_dir, private_tmpfs_dir};
 use crate::topology::{IspSpec, Topology, TopologySpec};
@@ -305,22 +305,14 @@ fn windows(pid: u32, secs: u64) -> Vec<f64> {
 
 /// "median (min–max)" of CPU shares, in %.
 fn spread(shares: &[f64]) -> String {
-    let mut v = shares.to_vec();
-    v.sort_by(f64::total_cmp);
-    let Some((lo, hi)) = v.first().zip(v.last()) else {
+    if shares.is_empty() {
         return "-".into();
-    };
-    let n = v.len();
-    let median = if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    };
+    }
     format!(
         "{:.3} % ({:.3}–{:.3})",
-        100.0 * median,
-        100.0 * lo,
-        100.0 * hi
+        100.0 * median(shares),
+        100.0 * percentile(shares, 0.0),
+        100.0 * percentile(shares, 100.0)
     )
 }
 

@@ -66,24 +66,22 @@ impl NetlinkSerializable for RtRequest {
     }
 
     fn buffer_len(&self) -> usize {
-        match self {
-            RtRequest::GetLink(h) => h.buffer_len(),
-            RtRequest::GetAddress(m) => m.buffer_len(),
-            RtRequest::GetRoute(m) | RtRequest::NewRoute(m) | RtRequest::DelRoute(m) => {
-                m.buffer_len()
-            }
-            RtRequest::GetRule(m) | RtRequest::NewRule(m) | RtRequest::DelRule(m) => m.buffer_len(),
-        }
+        self.body().buffer_len()
     }
 
     fn serialize(&self, buffer: &mut [u8]) {
+        self.body().emit(buffer)
+    }
+}
+
+impl RtRequest {
+    /// The message after the netlink header, as the crate's own type emits it.
+    fn body(&self) -> &dyn Emitable {
         match self {
-            RtRequest::GetLink(h) => h.emit(buffer),
-            RtRequest::GetAddress(m) => m.emit(buffer),
-            RtRequest::GetRoute(m) | RtRequest::NewRoute(m) | RtRequest::DelRoute(m) => {
-                m.emit(buffer)
-            }
-            RtRequest::GetRule(m) | RtRequest::NewRule(m) | RtRequest::DelRule(m) => m.emit(buffer),
+            RtRequest::GetLink(h) => h,
+            RtRequest::GetAddress(m) => m,
+            RtRequest::GetRoute(m) | RtRequest::NewRoute(m) | RtRequest::DelRoute(m) => m,
+            RtRequest::GetRule(m) | RtRequest::NewRule(m) | RtRequest::DelRule(m) => m,
         }
     }
 }
