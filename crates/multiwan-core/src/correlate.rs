@@ -110,29 +110,24 @@ impl Correlator {
         eligible: bool,
         now: Instant,
     ) {
-        let previous = self.latest.remove(uplink).unwrap_or_default();
-        let failing_since = results
-            .iter()
-            .enumerate()
-            .map(|(i, r)| match r {
+        // Updated in place: after the first round of each uplink this allocates nothing.
+        if !self.latest.contains_key(uplink) {
+            self.latest.insert(uplink.to_string(), Latest::default());
+        }
+        let Some(l) = self.latest.get_mut(uplink) else {
+            return;
+        };
+        l.failing_since.resize(results.len(), None);
+        for (since, r) in l.failing_since.iter_mut().zip(results) {
+            *since = match r {
                 Some(_) => None,
-                None => previous
-                    .failing_since
-                    .get(i)
-                    .copied()
-                    .flatten()
-                    .or(Some(now)),
-            })
-            .collect();
-        self.latest.insert(
-            uplink.to_string(),
-            Latest {
-                answered: results.iter().map(Option::is_some).collect(),
-                failing_since,
-                witness,
-                eligible,
-            },
-        );
+                None => since.or(Some(now)),
+            };
+        }
+        l.answered.clear();
+        l.answered.extend(results.iter().map(Option::is_some));
+        l.witness = witness;
+        l.eligible = eligible;
     }
 
     /// Whether `uplink`'s latest round shows it working, apart from `key`: another of its

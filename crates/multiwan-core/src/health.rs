@@ -412,39 +412,39 @@ impl Monitor {
         witness: Option<bool>,
         now: Instant,
     ) -> Option<Transition> {
-        let answered: Vec<Duration> = results.iter().flatten().copied().collect();
-        let best = answered.iter().min().copied();
+        let best = results.iter().flatten().min().copied();
         if best.is_some() {
             self.last_rtt = best;
         }
-        self.window.push_back(results.to_vec());
-        while self.window.len() > self.window_len {
-            self.window.pop_front();
-        }
-        let counted: Vec<Option<Duration>> = results
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| !excluded.get(*i).copied().unwrap_or(false))
-            .map(|(_, r)| *r)
-            .collect();
+        let counts = |i: usize| !excluded.get(i).copied().unwrap_or(false);
+        // Once the window is full each round reuses the storage of the round it pushes out:
+        // a monitor judges ten rounds a second and allocates nothing for them.
+        let mut kept = recycle(&mut self.window, self.window_len);
+        kept.extend_from_slice(results);
+        self.window.push_back(kept);
+        let mut counted = recycle(&mut self.counted, self.window_len);
+        counted.extend(
+            results
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| counts(*i))
+                .map(|(_, r)| *r),
+        );
         self.counted.push_back(counted);
-        while self.counted.len() > self.window_len {
-            self.counted.pop_front();
-        }
         if self.disabled || self.link != LinkStatus::Ok {
             return None;
         }
-        let considered: Vec<&Option<Duration>> = results
+        let (considered, ok) = results
             .iter()
             .enumerate()
-            .filter(|(i, _)| !excluded.get(*i).copied().unwrap_or(false))
-            .map(|(_, r)| r)
-            .collect();
-        let good = if considered.is_empty() {
+            .filter(|(i, _)| counts(*i))
+            .fold((0u32, 0u32), |(n, ok), (_, r)| {
+                (n + 1, ok + u32::from(r.is_some()))
+            });
+        let good = if considered == 0 {
             witness?
         } else {
-            let ok = considered.iter().filter(|r| r.is_some()).count() as u32;
-            ok >= self.min_targets.min(considered.len() as u32).max(1)
+            ok >= self.min_targets.min(considered).max(1)
         };
         if good {
             self.bad = 0;
@@ -595,6 +595,20 @@ fn link_reason(l: LinkStatus) -> Option<Reason> {
         LinkStatus::NoGateway => Some(Reason::NoGateway),
         LinkStatus::Ok => None,
     }
+}
+
+/// Makes room for one more round in a window of at most `len` rounds: drops the oldest
+/// rounds beyond it and hands back the storage of the last one dropped, emptied, for the new
+/// round (a fresh vector while the window is still filling).
+fn recycle(window: &mut VecDeque<Vec<Option<Duration>>>, len: usize) -> Vec<Option<Duration>> {
+    let mut spare = Vec::new();
+    while window.len() >= len.max(1) {
+        if let Some(old) = window.pop_front() {
+            spare = old;
+        }
+    }
+    spare.clear();
+    spare
 }
 
 #[cfg(test)]

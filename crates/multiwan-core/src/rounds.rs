@@ -21,6 +21,9 @@ pub struct Rounds {
     timeout: Duration,
     next_id: u64,
     open: VecDeque<Round>,
+    /// Send-time vectors of finished rounds, reused by the next ones: a round then allocates
+    /// only the results it hands out (the prober opens one per uplink and interval).
+    spare: Vec<Vec<Option<Instant>>>,
 }
 
 /// A finished round: per-target RTT, `None` for no answer in time.
@@ -42,6 +45,7 @@ impl Rounds {
             timeout,
             next_id: 0,
             open: VecDeque::new(),
+            spare: Vec::new(),
         }
     }
 
@@ -49,10 +53,18 @@ impl Rounds {
     pub fn start(&mut self, now: Instant) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
+        let sent = match self.spare.pop() {
+            Some(mut v) => {
+                v.clear();
+                v.resize(self.targets, None);
+                v
+            }
+            None => vec![None; self.targets],
+        };
         self.open.push_back(Round {
             id,
             started: now,
-            sent: vec![None; self.targets],
+            sent,
             rtt: vec![None; self.targets],
         });
         id
@@ -98,26 +110,33 @@ impl Rounds {
 
     /// Rounds that are complete at `now`, oldest first.
     pub fn due(&mut self, now: Instant) -> Vec<Finished> {
-        let mut out = Vec::new();
-        while let Some(r) = self.open.front() {
-            // Complete once every probe sent was answered (unsent ones never will be).
-            let all = r
-                .sent
-                .iter()
-                .zip(&r.rtt)
-                .all(|(s, a)| s.is_none() || a.is_some());
-            if all || now >= r.started + self.timeout {
-                let r = self.open.pop_front().expect("front exists");
-                out.push(Finished {
-                    id: r.id,
-                    sent: r.sent.iter().map(Option::is_some).collect(),
-                    results: r.rtt,
-                });
-            } else {
-                break;
-            }
+        std::iter::from_fn(|| self.pop_due(now)).collect()
+    }
+
+    /// The oldest round if it is complete at `now`: call until `None` to take every due one,
+    /// in order, without collecting them.
+    pub fn pop_due(&mut self, now: Instant) -> Option<Finished> {
+        let r = self.open.front()?;
+        // Complete once every probe sent was answered (unsent ones never will be).
+        let all = r
+            .sent
+            .iter()
+            .zip(&r.rtt)
+            .all(|(s, a)| s.is_none() || a.is_some());
+        if !all && now < r.started + self.timeout {
+            return None;
         }
-        out
+        let r = self.open.pop_front()?;
+        let done = Finished {
+            id: r.id,
+            sent: r.sent.iter().map(Option::is_some).collect(),
+            results: r.rtt,
+        };
+        // Bounded: no more spares than rounds can be open at once.
+        if self.spare.len() <= self.open.len() {
+            self.spare.push(r.sent);
+        }
+        Some(done)
     }
 
     /// When the oldest open round times out, if any.
@@ -209,5 +228,40 @@ mod tests {
         assert_eq!(done.len(), 1);
         assert_eq!(done[0].results, vec![Some(ms(5)), None]);
         assert_eq!(done[0].sent, vec![true, false]);
+    }
+
+    #[test]
+    fn a_reused_round_starts_clean_and_pop_due_takes_them_in_order() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut r = Rounds::new(2, ms(100));
+        let a = r.start(t0);
+        r.sent(a, 0, t0);
+        r.sent(a, 1, t0);
+        r.answered(a, 0, t0 + ms(3));
+        r.answered(a, 1, t0 + ms(4));
+        assert_eq!(r.pop_due(t0 + ms(5)).map(|f| f.id), Some(a));
+        assert_eq!(r.pop_due(t0 + ms(5)), None);
+        // b takes a's send-time vector: nothing of a's probes may show through.
+        let b = r.start(t0 + ms(10));
+        r.sent(b, 1, t0 + ms(10));
+        let c = r.start(t0 + ms(20));
+        assert_eq!(r.pop_due(t0 + ms(50)), None, "b's probe is still awaited");
+        let done = r.due(t0 + ms(120));
+        assert_eq!(
+            done,
+            vec![
+                Finished {
+                    id: b,
+                    results: vec![None, None],
+                    sent: vec![false, true],
+                },
+                Finished {
+                    id: c,
+                    results: vec![None, None],
+                    sent: vec![false, false],
+                },
+            ]
+        );
     }
 }

@@ -801,6 +801,79 @@ impl Radvd {
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("radvd.log")).unwrap_or_default()
     }
+
+    /// Stops radvd as its service manager would (SIGTERM): it sends its last advertisement,
+    /// router lifetime 0, which withdraws the default route through it; returns its log.
+    fn stop(mut self) -> Result<String> {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id())?);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
+        let start = Instant::now();
+        while self.child.try_wait()?.is_none() {
+            if start.elapsed() > Duration::from_secs(10) {
+                bail!("radvd did not stop within 10 s of SIGTERM:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(self.log())
+    }
+}
+
+impl Isp {
+    /// The ISP's number N (its router interface is `wanN`).
+    fn number(&self) -> Result<usize> {
+        self.router_if
+            .strip_prefix("wan")
+            .and_then(|n| n.parse().ok())
+            .with_context(|| format!("ISP interface {} is not wanN", self.router_if))
+    }
+
+    /// The ISP's link-local addresses on `cpe`, the router's side of the link.
+    pub fn link_locals(&self) -> Result<Vec<Ipv6Addr>> {
+        let out = self
+            .ns
+            .ip(&["-6", "-o", "addr", "show", "dev", "cpe", "scope", "link"])?;
+        Ok(out
+            .lines()
+            .filter_map(|l| {
+                let mut words = l.split_whitespace();
+                words.find(|w| *w == "inet6")?;
+                words.next()?.split('/').next()?.parse().ok()
+            })
+            .collect())
+    }
+
+    /// The ISP swaps its advertising router for one at `link_local`, as a replaced box does:
+    /// radvd stops — with `goodbye`, as its service manager stops it (its last advertisement
+    /// withdraws the default route through the old address), else killed like a box that
+    /// loses power (the route stays until its lifetime ends) — `cpe` takes `link_local` in
+    /// place of its link-local addresses, and radvd starts again, advertising from the new
+    /// one. Only for an ISP that sends advertisements ([`IspSpec::router_adverts`]).
+    pub fn replace_advertising_router(
+        &mut self,
+        link_local: Ipv6Addr,
+        goodbye: bool,
+    ) -> Result<()> {
+        let n = self.number()?;
+        let radvd = self
+            .radvd
+            .take()
+            .with_context(|| format!("ISP {n} sends no router advertisements"))?;
+        if goodbye {
+            radvd.stop()?;
+        } else {
+            drop(radvd);
+        }
+        let old = self.link_locals()?;
+        let new = format!("{link_local}/64");
+        self.ns
+            .ip(&["-6", "addr", "add", &new, "dev", "cpe", "nodad"])?;
+        for a in old.iter().filter(|a| **a != link_local) {
+            self.ns
+                .ip(&["-6", "addr", "del", &format!("{a}/64"), "dev", "cpe"])?;
+        }
+        self.radvd = Some(Radvd::start(&self.ns, n)?);
+        Ok(())
+    }
 }
 
 impl Drop for Radvd {

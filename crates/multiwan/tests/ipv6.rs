@@ -9,7 +9,7 @@ mod common;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use common::{count, Lab, WaitFor};
+use common::{count, Daemon, Lab, WaitFor};
 use multiwan_lab::topology::{router_addr6, SERVER_ADDR, SERVER_ADDR6};
 use multiwan_lab::traffic;
 
@@ -426,6 +426,70 @@ fn gateway6_auto_learns_the_router_advertised_route() {
     );
     let v = lab.tcp6_from_host(0, 4);
     assert_eq!((count(&v, 0), count(&v, 1)), (2, 2), "{v:?}");
+}
+
+/// The ISP replaces its advertising router with one at a new link-local address: with
+/// `goodbye` the old one withdraws its route (a zero-lifetime advertisement, as radvd sends
+/// when stopped), else it falls silent and its route stays until its lifetime (30 s here)
+/// ends. multiwan follows the route the kernel keeps: the uplink's table routes via the new
+/// address and no longer via the old one, and the LAN's IPv6 connections use the uplink
+/// again. Returns how long that took after the swap.
+fn follows_a_replaced_advertising_router(goodbye: bool, limit: Duration) -> Duration {
+    use multiwan_lab::topology::{IspSpec, TopologySpec};
+    let mut lab = Lab::with_spec(TopologySpec {
+        isps: vec![
+            IspSpec {
+                router_adverts: true,
+                ..IspSpec::default()
+            },
+            IspSpec::default(),
+        ],
+        lan_hosts: 1,
+    });
+    let text =
+        dual("round-robin").replacen("gateway6 = \"2001:db8:1::1\"", "gateway6 = \"auto\"", 1);
+    let d = lab.start_daemon(&text);
+    let old = lab.topo.isps[0].link_locals().expect("link-locals");
+    assert_eq!(old.len(), 1, "{old:?}");
+    let table = |lab: &Lab| {
+        lab.topo
+            .router
+            .ip(&["-6", "route", "show", "table", "1001"])
+            .unwrap_or_default()
+    };
+    let up6 = |d: &Daemon| {
+        d.state()
+            .is_some_and(|s| s["uplinks"][0]["ipv6"]["state"] == "up")
+    };
+    d.wait_for(
+        "isp1 IPv6 up via the first router",
+        Duration::from_secs(15),
+        |d| up6(d) && table(&lab).contains(&format!("via {}", old[0])),
+    );
+    let new: std::net::Ipv6Addr = "fe80::beef:1".parse().expect("address");
+    lab.topo.isps[0]
+        .replace_advertising_router(new, goodbye)
+        .expect("replace the router");
+    let took = d.wait_for("isp1 IPv6 up via the new router", limit, |d| {
+        let t = table(&lab);
+        up6(d) && t.contains(&format!("via {new}")) && !t.contains(&old[0].to_string())
+    });
+    let v = lab.tcp6_from_host(0, 4);
+    assert_eq!((count(&v, 0), count(&v, 1)), (2, 2), "{v:?}");
+    took
+}
+
+#[test]
+fn gateway6_auto_follows_a_replaced_advertising_router_at_once() {
+    // radvd advertises every 3-4 s (its first ones sooner): seconds, not the lifetime.
+    follows_a_replaced_advertising_router(true, Duration::from_secs(20));
+}
+
+#[test]
+fn gateway6_auto_follows_a_silently_replaced_router_when_the_old_route_expires() {
+    // The old route lives out its 30 s: until then the kernel keeps it beside the new one
+    // and multiwan keeps the gateway it has (README: "gateway6 = auto").
+    follows_a_replaced_advertising_router(false, Duration::from_secs(60));
 }
 
 /// Inbound IPv6 through the admin's own port forward (their table, DNAT to a LAN host) is

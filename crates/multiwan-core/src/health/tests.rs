@@ -381,3 +381,23 @@ fn a_suspect_target_is_not_counted_as_loss() {
         "{out:?}"
     );
 }
+
+#[test]
+fn the_window_slides_and_forgets_what_it_pushed_out() {
+    // window = 1 s at 100 ms: 10 rounds. Lost rounds, then a full window of good ones: the
+    // storage of each lost round is reused for a good one and none of its results remain.
+    let (_, c) = check("window = \"1s\"\nmax_loss = 90");
+    let mut t = Instant::now();
+    let mut m = Monitor::new(&c, LinkStatus::Ok, t);
+    feed(&mut m, &mut t, c.interval, 4, &LOST);
+    feed(&mut m, &mut t, c.interval, 6, &HALF);
+    let s = m.stats();
+    assert_eq!((s.rounds, s.sent, s.lost), (10, 20, 14));
+    feed(&mut m, &mut t, c.interval, 10, &OK);
+    let s = m.stats();
+    assert_eq!((s.rounds, s.sent, s.lost), (10, 20, 0));
+    assert_eq!(s.avg_rtt, Some(Duration::from_millis(20)));
+    let per = m.target_stats();
+    assert_eq!(per.len(), 2);
+    assert!(per.iter().all(|p| p.sent == 10 && p.lost == 0), "{per:?}");
+}

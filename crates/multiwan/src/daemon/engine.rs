@@ -262,7 +262,7 @@ impl<K: Kernel> Engine<K> {
                     continue;
                 };
                 out.push(ProbeSpec {
-                    uplink: u.name.clone(),
+                    uplink: u.name.as_str().into(),
                     family,
                     ifname: u.interface.clone(),
                     mark: self
@@ -320,8 +320,8 @@ impl<K: Kernel> Engine<K> {
         for family in Family::ALL {
             let of_family = || batch.iter().filter(move |r| r.family == family);
             for r in of_family() {
-                let eligible = self.uplinks.get(&r.uplink).is_some_and(|u| {
-                    !self.disabled.contains(&r.uplink)
+                let eligible = self.uplinks.get(&*r.uplink).is_some_and(|u| {
+                    !self.disabled.contains(&*r.uplink)
                         && u.fam(family).is_some_and(|f| f.monitor.link_ok())
                 });
                 self.families[idx(family)]
@@ -339,7 +339,14 @@ impl<K: Kernel> Engine<K> {
                 tracing::info!(target = %target_label(k), "probe target answers again");
             }
             for r in of_family() {
-                let excluded = self.families[idx(family)].correlator.excluded(&r.uplink);
+                let correlator = &self.families[idx(family)].correlator;
+                // Nothing suspect (the usual case): an empty list excludes nothing and
+                // costs no allocation per round.
+                let excluded = if correlator.suspects().is_empty() {
+                    Vec::new()
+                } else {
+                    correlator.excluded(&r.uplink)
+                };
                 self.on_round(r, &excluded, now);
             }
         }
@@ -348,7 +355,7 @@ impl<K: Kernel> Engine<K> {
     fn on_round(&mut self, r: &RoundReport, excluded: &[bool], now: Instant) {
         let Some(f) = self
             .uplinks
-            .get_mut(&r.uplink)
+            .get_mut(&*r.uplink)
             .and_then(|u| u.fam_mut(r.family))
         else {
             return;

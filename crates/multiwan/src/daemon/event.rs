@@ -3,6 +3,7 @@
 //! that send events and the loop that handles them depend on it, not on each other.
 
 use std::sync::mpsc::Sender;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::snapshot::{Snapshot, Subscriber};
@@ -12,8 +13,8 @@ use crate::kernel::events::Change;
 /// One finished probe round of one uplink and family.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RoundReport {
-    /// The uplink probed.
-    pub uplink: String,
+    /// The uplink probed (shared with its prober's spec: a round costs no copy of the name).
+    pub uplink: Arc<str>,
     /// The family its targets belong to.
     pub family: multiwan_core::plan::Family,
     /// Per target: the RTT, `None` for no answer in time.

@@ -22,6 +22,7 @@
 //! the path), `dns` (a query for the root's NS records; any answer proves the resolver).
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -49,7 +50,7 @@ const ON_TIME: Duration = Duration::from_millis(5);
 /// What one prober needs to know.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProbeSpec {
-    pub uplink: String,
+    pub uplink: Arc<str>,
     /// The family this prober checks (its targets are all of it).
     pub family: Family,
     pub ifname: String,
@@ -478,9 +479,35 @@ impl Pending {
     }
 }
 
+/// Hashes a probe key (a `u16` counter) with one multiplication (Fibonacci hashing), which
+/// spreads consecutive keys over the table's buckets and its control bits alike; the keys
+/// are the prober's own, so the flooding resistance of the default SipHash buys nothing and
+/// it is the larger part of every lookup.
+#[derive(Debug, Default, Clone, Copy)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_u16(&mut self, k: u16) {
+        self.0 = u64::from(k).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+/// Probe key → the probe.
+type Keys = HashMap<u16, Pending, BuildHasherDefault<KeyHasher>>;
+
 /// Whether an answer to `key` from `src` is one [`Prober::answered`] takes for a probe still
 /// unanswered (a tcp connect has no source to check, and its sockets are never drained).
-fn awaited(spec: &ProbeSpec, keys: &HashMap<u16, Pending>, key: u16, src: IpAddr) -> bool {
+fn awaited(spec: &ProbeSpec, keys: &Keys, key: u16, src: IpAddr) -> bool {
     keys.get(&key)
         .is_some_and(|p| !p.answered && spec.addr_of(p.slot) == Some(src))
 }
@@ -491,7 +518,9 @@ struct Prober {
     rounds: Rounds,
     method: Option<Method>,
     /// Probe key → the probe. Keys wrap at 65536, far more than can be in flight.
-    keys: HashMap<u16, Pending>,
+    keys: Keys,
+    /// Answers read in one collection (kept to reuse its allocation).
+    got: Vec<(u16, IpAddr, Duration)>,
     next_key: u16,
     next_round: Instant,
     open_error_logged: bool,
@@ -512,7 +541,8 @@ impl Prober {
             rounds: Rounds::new(slots, spec.timeout),
             spec,
             method: None,
-            keys: HashMap::new(),
+            keys: Keys::default(),
+            got: Vec::new(),
             next_key: 0,
             next_round: start,
             open_error_logged: false,
@@ -539,7 +569,8 @@ impl Prober {
     }
 
     fn collect(&mut self) {
-        let mut got = Vec::new();
+        let mut got = std::mem::take(&mut self.got);
+        got.clear();
         // Unanswered probes per socket: (method's, witness's).
         let (mut on_method, mut on_witness) = (0, 0);
         for p in self.keys.values().filter(|p| !p.answered) {
@@ -568,6 +599,7 @@ impl Prober {
             got.clear();
         }
         let Some(m) = self.method.as_mut() else {
+            self.got = got;
             return;
         };
         let is_tcp = matches!(m, Method::Tcp(_));
@@ -586,6 +618,7 @@ impl Prober {
                 .is_some_and(|p| p.slot >= self.spec.targets.len());
             self.answered(key, src, at, is_tcp && !witness_slot);
         }
+        self.got = got;
     }
 
     /// Pings the witness in round `id`.
@@ -708,7 +741,7 @@ fn run(
             // Answers first, so a reply that arrived before a round's deadline counts even
             // when it is read at the deadline.
             p.collect();
-            for f in p.rounds.due(now) {
+            while let Some(f) = p.rounds.pop_due(now) {
                 p.keys.retain(|_, k| k.round != f.id);
                 let n = p.spec.targets.len();
                 let witness = (f.sent.get(n) == Some(&true)).then(|| f.results[n].is_some());
@@ -740,12 +773,14 @@ fn run(
         }
         // At most one event per wake-up, however many uplinks; healthy rounds wait.
         let due = urgent || now.saturating_duration_since(held_since) >= HOLD;
+        // The next batch is about as long: allocated once, not grown.
+        let next_batch = held.len();
         if !held.is_empty()
             && due
             && tx
                 .send(Event::Rounds {
                     generation,
-                    rounds: std::mem::take(&mut held),
+                    rounds: std::mem::replace(&mut held, Vec::with_capacity(next_batch)),
                 })
                 .is_err()
         {
@@ -783,6 +818,27 @@ fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn probe_keys_hash_apart() {
+        use std::hash::BuildHasher;
+        let b = BuildHasherDefault::<KeyHasher>::default();
+        let hashes: Vec<u64> = (0..=u16::MAX).map(|k| b.hash_one(k)).collect();
+        let distinct: std::collections::HashSet<u64> = hashes.iter().copied().collect();
+        assert_eq!(distinct.len(), hashes.len());
+        // hashbrown tells entries of a group apart by the hash's top 7 bits: consecutive
+        // keys (how the prober hands them out) must not share them.
+        let tops: std::collections::HashSet<u64> = hashes[..128].iter().map(|h| h >> 57).collect();
+        assert!(tops.len() > 64, "{} of 128", tops.len());
+        let mut keys = Keys::default();
+        for k in 0..40u16 {
+            keys.insert(
+                k.wrapping_mul(7),
+                Pending::new(u64::from(k), 0, Duration::ZERO),
+            );
+        }
+        assert!((0..40u16).all(|k| keys[&k.wrapping_mul(7)].round == u64::from(k)));
+    }
 
     #[test]
     fn echo_request_has_a_valid_checksum() {

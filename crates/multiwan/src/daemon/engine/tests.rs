@@ -92,7 +92,7 @@ fn report(
     witness: Option<bool>,
 ) -> crate::daemon::RoundReport {
     crate::daemon::RoundReport {
-        uplink: uplink.to_string(),
+        uplink: uplink.into(),
         family,
         results,
         witness,
