@@ -94,6 +94,9 @@ pub struct IspSpec {
     /// for `gateway6 = "auto"`). Needs the `radvd` binary (`scripts/deps.sh` installs it for
     /// the tests).
     pub router_adverts: bool,
+    /// The default route lifetime those advertisements give, in seconds (30 when unset):
+    /// how long a router that falls silent keeps its route.
+    pub router_lifetime_s: Option<u16>,
 }
 
 /// What to build.
@@ -314,7 +317,7 @@ impl Topology {
         router.sysctl("net.ipv6.conf.all.forwarding", "1")?;
         for (n, (isp, s)) in self.isps.iter_mut().zip(&spec.isps).enumerate() {
             if s.router_adverts {
-                isp.radvd = Some(Radvd::start(&isp.ns, n + 1)?);
+                isp.radvd = Some(Radvd::start(&isp.ns, n + 1, s.router_lifetime_s)?);
             }
         }
         Ok(())
@@ -752,22 +755,26 @@ fn shape(ns: &Netns, rate: u32) -> Result<()> {
 pub struct Radvd {
     child: Child,
     dir: TempDir,
+    /// The default route lifetime it advertises (s).
+    lifetime: u16,
 }
 
 impl Radvd {
-    /// Starts radvd in ISP `n`'s namespace advertising 2001:db8:N::/64 on `cpe`; returns once
-    /// it wrote its pid file (it is then sending), or fails with its log.
-    fn start(ns: &Netns, n: usize) -> Result<Self> {
+    /// Starts radvd in ISP `n`'s namespace advertising 2001:db8:N::/64 on `cpe` and a default
+    /// route for `lifetime` seconds (30 when `None`); returns once it wrote its pid file (it
+    /// is then sending), or fails with its log.
+    fn start(ns: &Netns, n: usize, lifetime: Option<u16>) -> Result<Self> {
+        let lifetime = lifetime.unwrap_or(30);
         let dir = private_dir("radvd")?;
         let conf = dir.path().join("radvd.conf");
         let pid = dir.path().join("radvd.pid");
         let log = dir.path().join("radvd.log");
         // Every 3-4 s (radvd's fastest without Mobile IPv6), so a router that starts taking
-        // advertisements learns its gateway within seconds; a default route lifetime of 30 s.
+        // advertisements learns its gateway within seconds.
         std::fs::write(
             &conf,
             format!(
-                "interface cpe {{\n  AdvSendAdvert on;\n  MinRtrAdvInterval 3;\n  MaxRtrAdvInterval 4;\n  AdvDefaultLifetime 30;\n  prefix {} {{\n    AdvOnLink on;\n    AdvAutonomous on;\n  }};\n}};\n",
+                "interface cpe {{\n  AdvSendAdvert on;\n  MinRtrAdvInterval 3;\n  MaxRtrAdvInterval 4;\n  AdvDefaultLifetime {lifetime};\n  prefix {} {{\n    AdvOnLink on;\n    AdvAutonomous on;\n  }};\n}};\n",
                 prefix6(n)
             ),
         )?;
@@ -784,7 +791,11 @@ impl Radvd {
         let child = c
             .spawn()
             .context("starting radvd (install it: scripts/deps.sh does for the tests)")?;
-        let mut r = Self { child, dir };
+        let mut r = Self {
+            child,
+            dir,
+            lifetime,
+        };
         let start = Instant::now();
         while !pid.exists() {
             let exited = r.child.try_wait()?;
@@ -858,6 +869,7 @@ impl Isp {
             .radvd
             .take()
             .with_context(|| format!("ISP {n} sends no router advertisements"))?;
+        let lifetime = Some(radvd.lifetime);
         if goodbye {
             radvd.stop()?;
         } else {
@@ -871,7 +883,7 @@ impl Isp {
             self.ns
                 .ip(&["-6", "addr", "del", &format!("{a}/64"), "dev", "cpe"])?;
         }
-        self.radvd = Some(Radvd::start(&self.ns, n)?);
+        self.radvd = Some(Radvd::start(&self.ns, n, lifetime)?);
         Ok(())
     }
 }

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use multiwan_core::correlate::{target_label, Correlator};
-use multiwan_core::health::{self, LinkStatus, Monitor, State, Transition};
+use multiwan_core::health::{self, LinkStatus, Monitor, Reason, State, Transition};
 use multiwan_core::model::{CheckMethod, OnUplinkDown, Uplink};
 use multiwan_core::plan::{assign_ids, plan_dual, Family};
 use multiwan_core::{Config, Facts, Plan};
@@ -33,6 +33,11 @@ mod state;
 pub const VERIFY_EVERY: Duration = Duration::from_secs(30);
 /// How often RTT and loss are published (state.json, watch).
 pub const PUBLISH_EVERY: Duration = Duration::from_secs(1);
+/// How often a learned gateway is read again while its uplink family is down by its probes:
+/// the kernel may have found that router unreachable (neighbour unreachability detection)
+/// while another router's default route stands beside it, and nothing is announced over
+/// netlink when a neighbour fails (see `System::learned_gateway`).
+pub const GATEWAY_RECHECK: Duration = Duration::from_secs(5);
 
 /// One family of one uplink: its monitor and what the daemon keeps about it.
 pub struct FamRt {
@@ -172,6 +177,8 @@ pub struct Engine<K: Kernel> {
     pub hook_calls: Vec<HookCall>,
     last_verify: Instant,
     last_publish: Instant,
+    /// When the learned gateways were last read again for a failing uplink family.
+    last_gateway_check: Instant,
     /// The probers' configuration changed: restart them.
     pub probers_stale: bool,
     families: [FamilyState; 2],
@@ -248,6 +255,7 @@ impl<K: Kernel> Engine<K> {
             hook_calls: Vec::new(),
             last_verify: now,
             last_publish: now,
+            last_gateway_check: now,
             probers_stale: true,
             families,
         })
@@ -378,23 +386,53 @@ impl<K: Kernel> Engine<K> {
         }
     }
 
+    /// Reads the interfaces, addresses and learned gateways; applies them if they changed.
+    /// Returns whether they could be read and were unchanged.
+    fn reread_facts(&mut self, now: Instant) -> bool {
+        let facts = match self.kernel.facts(
+            &auto_gateways(&self.cfg, Family::V4),
+            &auto_gateways(&self.cfg, Family::V6),
+        ) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "cannot read interfaces");
+                return false;
+            }
+        };
+        if facts == self.facts {
+            return true;
+        }
+        self.on_new_facts(facts, now);
+        false
+    }
+
+    /// Whether an uplink family that follows a learned gateway is down by its probes.
+    fn learned_gateway_failing(&self) -> bool {
+        self.cfg.uplinks.iter().any(|u| {
+            let learned = [
+                (Family::V4, u.gateway_auto),
+                (
+                    Family::V6,
+                    u.ipv6.as_ref().is_some_and(|v| v.gateway.is_none()),
+                ),
+            ];
+            learned.iter().any(|(family, auto)| {
+                *auto
+                    && self
+                        .uplinks
+                        .get(&u.name)
+                        .and_then(|rt| rt.fam(*family))
+                        .is_some_and(|f| {
+                            matches!(f.monitor.state(), State::Down(Reason::ProbesFailing { .. }))
+                        })
+            })
+        })
+    }
+
     /// The kernel reported `change`.
     pub fn on_kernel_changed(&mut self, change: Change, now: Instant) {
-        if change.links || change.gateways {
-            let facts = match self.kernel.facts(
-                &auto_gateways(&self.cfg, Family::V4),
-                &auto_gateways(&self.cfg, Family::V6),
-            ) {
-                Ok(f) => f,
-                Err(e) => {
-                    tracing::error!(error = %format!("{e:#}"), "cannot read interfaces");
-                    return;
-                }
-            };
-            if facts != self.facts {
-                self.on_new_facts(facts, now);
-                return;
-            }
+        if (change.links || change.gateways) && !self.reread_facts(now) {
+            return;
         }
         // Nothing we plan from changed, but something did: if it was our state (a route or
         // rule of ours removed by hand), put it back.
@@ -633,6 +671,11 @@ impl<K: Kernel> Engine<K> {
         if now.saturating_duration_since(self.last_verify) >= VERIFY_EVERY {
             self.on_kernel_changed(Change::ALL, now);
             self.repair_drift(now);
+        } else if now.saturating_duration_since(self.last_gateway_check) >= GATEWAY_RECHECK
+            && self.learned_gateway_failing()
+        {
+            self.last_gateway_check = now;
+            self.reread_facts(now);
         }
         if self.dirty {
             self.reconcile(now);

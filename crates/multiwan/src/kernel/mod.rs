@@ -136,18 +136,32 @@ impl System {
 
     /// The gateway of the best foreign default route of `family` through interface `index`:
     /// the lowest metric, the main table first — what a DHCP client or router advertisements
-    /// install.
+    /// install. Routes that tie (two routers advertising on the link, or a replaced router
+    /// whose route has not expired) are told apart as the kernel tells routers apart: by
+    /// neighbour unreachability detection. The first in the kernel's order wins unless its
+    /// neighbour entry has failed (or is being resolved again after failing) while another's
+    /// has not: a router that fell silent is left as soon as the kernel knows it is gone,
+    /// not when its route's lifetime ends.
     fn learned_gateway(&mut self, family: Family, index: u32) -> Result<Option<IpAddr>> {
-        let mut best: Option<(bool, u32, IpAddr)> = None;
+        let mut tied: Vec<IpAddr> = Vec::new();
+        let mut best: Option<(bool, u32)> = None;
         for m in self.rt.routes_via(family, index)? {
             if let Some((gw, metric, table)) = netlink::default_gateway(&m) {
-                let key = (table != 254, metric, gw);
-                if best.is_none_or(|b| (key.0, key.1) < (b.0, b.1)) {
+                let key = (table != 254, metric);
+                if best.is_none_or(|b| key < b) {
                     best = Some(key);
+                    tied.clear();
+                }
+                if best == Some(key) && !tied.contains(&gw) {
+                    tied.push(gw);
                 }
             }
         }
-        Ok(best.map(|b| b.2))
+        if tied.len() < 2 {
+            return Ok(tied.first().copied());
+        }
+        let states = self.rt.neighbours(family, index)?;
+        Ok(pick_reachable(&tied, &states))
     }
 
     fn links(&mut self) -> Result<(BTreeMap<String, u32>, BTreeMap<u32, String>)> {
@@ -452,6 +466,26 @@ fn describe_route(
     )
 }
 
+/// Of gateways that tie for the default route (in the kernel's order), the first whose
+/// neighbour entry has not failed: `FAILED`, or `INCOMPLETE` (resolving again after failing),
+/// means the kernel found it unreachable. No entry, or any other state, is not evidence
+/// against it. When every one has failed, the first.
+fn pick_reachable(
+    tied: &[IpAddr],
+    states: &[(IpAddr, netlink_packet_route::neighbour::NeighbourState)],
+) -> Option<IpAddr> {
+    use netlink_packet_route::neighbour::NeighbourState;
+    let failed = |gw: &IpAddr| {
+        states.iter().any(|(a, s)| {
+            a == gw && matches!(s, NeighbourState::Failed | NeighbourState::Incomplete)
+        })
+    };
+    tied.iter()
+        .find(|gw| !failed(gw))
+        .or_else(|| tied.first())
+        .copied()
+}
+
 impl Kernel for System {
     fn facts(&mut self, auto: &BTreeSet<String>, auto6: &BTreeSet<String>) -> Result<Facts> {
         let links = self.rt.links()?;
@@ -606,5 +640,44 @@ impl Kernel for System {
         self.known_good = None;
         self.tables = None;
         Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pick_reachable;
+    use netlink_packet_route::neighbour::NeighbourState as S;
+    use std::net::IpAddr;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("address")
+    }
+
+    #[test]
+    fn a_failed_router_is_passed_over_for_one_that_is_not() {
+        let (old, new) = (ip("fe80::1"), ip("fe80::beef:1"));
+        let tied = [old, new];
+        // Both working (or never resolved): the kernel's first stays, so nothing flaps.
+        assert_eq!(pick_reachable(&tied, &[]), Some(old));
+        assert_eq!(
+            pick_reachable(&tied, &[(old, S::Reachable), (new, S::Stale)]),
+            Some(old)
+        );
+        assert_eq!(
+            pick_reachable(&tied, &[(old, S::Stale), (new, S::Failed)]),
+            Some(old)
+        );
+        // The first failed, or is resolving again after failing: the other one.
+        assert_eq!(
+            pick_reachable(&tied, &[(old, S::Failed), (new, S::Stale)]),
+            Some(new)
+        );
+        assert_eq!(pick_reachable(&tied, &[(old, S::Incomplete)]), Some(new));
+        // Every one failed: no better choice than the kernel's first.
+        assert_eq!(
+            pick_reachable(&tied, &[(old, S::Failed), (new, S::Failed)]),
+            Some(old)
+        );
+        assert_eq!(pick_reachable(&[], &[]), None);
     }
 }

@@ -16,6 +16,7 @@ use netlink_packet_route::address::{
     AddressAttribute, AddressHeaderFlags, AddressMessage, AddressScope,
 };
 use netlink_packet_route::link::{LinkFlags, LinkHeader};
+use netlink_packet_route::neighbour::{NeighbourAttribute, NeighbourMessage, NeighbourState};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteNextHop, RouteProtocol,
     RouteScope, RouteType,
@@ -175,6 +176,28 @@ impl Rtnl {
         for m in self.dump(RtRequest::GetRoute(req))? {
             if let RtMsg::NewRoute(r) = m {
                 out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The neighbour cache entries of `family` on interface `index`: (address, state).
+    pub fn neighbours(
+        &mut self,
+        family: Family,
+        index: u32,
+    ) -> Result<Vec<(IpAddr, NeighbourState)>> {
+        // Strict checking takes the interface as an attribute (the header's must be 0);
+        // the answers are filtered here too, whatever the kernel did.
+        let mut req = NeighbourMessage::default();
+        req.header.family = af(family);
+        req.attributes.push(NeighbourAttribute::IfIndex(index));
+        let mut out = Vec::new();
+        for m in self.dump(RtRequest::GetNeighbour(req))? {
+            if let RtMsg::NewNeighbour(n) = m {
+                if n.header.ifindex == index {
+                    out.extend(n.destination.map(|d| (d, n.header.state)));
+                }
             }
         }
         Ok(out)

@@ -1,23 +1,27 @@
-//! The rtnetlink messages multiwan sends and reads: links, addresses, routes and rules, and
-//! nothing else. Each kind is parsed and emitted by netlink-packet-route's own message types;
+//! The rtnetlink messages multiwan sends and reads: links, addresses, routes, rules and (to
+//! choose between two routers advertising on one uplink) neighbour states, and nothing else. Each kind is parsed and emitted by netlink-packet-route's own message types;
 //! only the dispatch on the message type is ours. Going through the crate's
 //! `RouteNetlinkMessage` instead would link the parsers and emitters of every rtnetlink family
-//! (traffic control with its filters and actions, neighbours, neighbour tables, namespace ids,
-//! prefixes, address labels, statistics) into the router, which reads none of them.
+//! (traffic control with its filters and actions, neighbour tables, namespace ids, prefixes,
+//! address labels, statistics) into the router, which reads none of them.
 //!
 //! Requests ([`RtRequest`]) and what comes back ([`RtMsg`]) are separate types: links are
 //! only ever read, so the link emitter is not linked either. Of a link only the header, the
 //! name and the byte counters are read ([`Link`]), each by the crate's own parser; its other
-//! attributes (every link kind's details: bond, vxlan, bridge, CAN …) are skipped unparsed. A message of any other type (the
+//! attributes (every link kind's details: bond, vxlan, bridge, CAN …) are skipped unparsed.
+//! Of a neighbour only the header (interface, state) and its address are read. A message of any other type (the
 //! kernel sends none on the groups multiwan joins or in answer to its dumps) is kept as
 //! [`RtMsg::Other`] with its type, never an error.
 
+use std::net::IpAddr;
+
 use netlink_packet_core::{
-    parse_string, DecodeError, Emitable, NetlinkDeserializable, NetlinkHeader, NetlinkSerializable,
-    NlasIterator, Parseable,
+    parse_ip, parse_string, DecodeError, Emitable, NetlinkDeserializable, NetlinkHeader,
+    NetlinkSerializable, NlasIterator, Parseable,
 };
 use netlink_packet_route::address::AddressMessage;
 use netlink_packet_route::link::{LinkHeader, Stats64};
+use netlink_packet_route::neighbour::{NeighbourHeader, NeighbourMessage};
 use netlink_packet_route::route::RouteMessage;
 use netlink_packet_route::rule::RuleMessage;
 
@@ -33,6 +37,10 @@ const RTM_GETROUTE: u16 = 26;
 const RTM_NEWRULE: u16 = 32;
 const RTM_DELRULE: u16 = 33;
 const RTM_GETRULE: u16 = 34;
+const RTM_NEWNEIGH: u16 = 28;
+const RTM_DELNEIGH: u16 = 29;
+const RTM_GETNEIGH: u16 = 30;
+const NDA_DST: u16 = 1;
 const IFLA_IFNAME: u16 = 3;
 const IFLA_STATS64: u16 = 23;
 
@@ -49,6 +57,9 @@ pub enum RtRequest {
     GetRule(RuleMessage),
     NewRule(RuleMessage),
     DelRule(RuleMessage),
+    /// A dump of the neighbour cache (with strict checking the interface goes in an
+    /// `NDA_IFINDEX` attribute, the header's must stay 0).
+    GetNeighbour(NeighbourMessage),
 }
 
 impl NetlinkSerializable for RtRequest {
@@ -62,6 +73,7 @@ impl NetlinkSerializable for RtRequest {
             RtRequest::GetRule(_) => RTM_GETRULE,
             RtRequest::NewRule(_) => RTM_NEWRULE,
             RtRequest::DelRule(_) => RTM_DELRULE,
+            RtRequest::GetNeighbour(_) => RTM_GETNEIGH,
         }
     }
 
@@ -82,6 +94,7 @@ impl RtRequest {
             RtRequest::GetAddress(m) => m,
             RtRequest::GetRoute(m) | RtRequest::NewRoute(m) | RtRequest::DelRoute(m) => m,
             RtRequest::GetRule(m) | RtRequest::NewRule(m) | RtRequest::DelRule(m) => m,
+            RtRequest::GetNeighbour(m) => m,
         }
     }
 }
@@ -118,6 +131,33 @@ impl Link {
     }
 }
 
+/// What multiwan reads of a neighbour cache entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Neighbour {
+    /// Interface, family and state (reachable, stale, failed …).
+    pub header: NeighbourHeader,
+    /// `NDA_DST`: the neighbour's address.
+    pub destination: Option<IpAddr>,
+}
+
+impl Neighbour {
+    fn parse(buf: &[u8]) -> Result<Self, DecodeError> {
+        let header = NeighbourHeader::parse(buf)?;
+        let rest = buf.get(header.buffer_len()..).unwrap_or_default();
+        let mut destination = None;
+        for nla in NlasIterator::new(rest) {
+            let nla = nla?;
+            if nla.kind() == NDA_DST {
+                destination = Some(parse_ip(nla.value())?);
+            }
+        }
+        Ok(Neighbour {
+            header,
+            destination,
+        })
+    }
+}
+
 /// A message multiwan reads: an object of a dump or an event of a group it joined.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RtMsg {
@@ -129,6 +169,8 @@ pub enum RtMsg {
     DelRoute(RouteMessage),
     NewRule(RuleMessage),
     DelRule(RuleMessage),
+    NewNeighbour(Neighbour),
+    DelNeighbour(Neighbour),
     /// Any other message type, not parsed.
     Other(u16),
 }
@@ -146,6 +188,8 @@ impl NetlinkDeserializable for RtMsg {
             RTM_DELROUTE => RtMsg::DelRoute(RouteMessage::parse(payload)?),
             RTM_NEWRULE => RtMsg::NewRule(RuleMessage::parse(payload)?),
             RTM_DELRULE => RtMsg::DelRule(RuleMessage::parse(payload)?),
+            RTM_NEWNEIGH => RtMsg::NewNeighbour(Neighbour::parse(payload)?),
+            RTM_DELNEIGH => RtMsg::DelNeighbour(Neighbour::parse(payload)?),
             other => RtMsg::Other(other),
         })
     }
@@ -262,10 +306,40 @@ mod tests {
 
     #[test]
     fn another_family_is_kept_by_type_not_refused() {
-        // RTM_NEWNEIGH: a neighbour message, which multiwan never reads.
+        // RTM_NEWQDISC: traffic control, which multiwan never reads.
         let mut bytes = crate_bytes(RouteNetlinkMessage::NewRoute(RouteMessage::default()));
-        bytes[4..6].copy_from_slice(&28u16.to_ne_bytes());
-        assert_eq!(ours(&bytes), RtMsg::Other(28));
+        bytes[4..6].copy_from_slice(&36u16.to_ne_bytes());
+        assert_eq!(ours(&bytes), RtMsg::Other(36));
+    }
+
+    #[test]
+    fn reads_a_neighbours_state_and_address() {
+        use netlink_packet_route::neighbour::{
+            NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
+        };
+        let mut n = NeighbourMessage::default();
+        n.header.family = AddressFamily::Inet6;
+        n.header.ifindex = 4;
+        n.header.state = NeighbourState::Failed;
+        let gw: std::net::Ipv6Addr = "fe80::1".parse().expect("address");
+        // Attributes multiwan skips, before and after the one it reads.
+        n.attributes.push(NeighbourAttribute::Probes(3));
+        n.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet6(gw)));
+        n.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(vec![2, 0, 0, 0, 0, 1]));
+        let want = Neighbour {
+            header: n.header.clone(),
+            destination: Some(IpAddr::V6(gw)),
+        };
+        assert_eq!(
+            ours(&crate_bytes(RouteNetlinkMessage::NewNeighbour(n.clone()))),
+            RtMsg::NewNeighbour(want.clone())
+        );
+        assert_eq!(
+            ours(&crate_bytes(RouteNetlinkMessage::DelNeighbour(n))),
+            RtMsg::DelNeighbour(want)
+        );
     }
 
     #[test]
@@ -279,6 +353,11 @@ mod tests {
         rule.attributes.push(RuleAttribute::Priority(1001));
         let mut addr = AddressMessage::default();
         addr.header.family = AddressFamily::Inet6;
+        let mut neigh = NeighbourMessage::default();
+        neigh.header.family = AddressFamily::Inet6;
+        neigh
+            .attributes
+            .push(netlink_packet_route::neighbour::NeighbourAttribute::IfIndex(5));
         let flags = NLM_F_REQUEST | NLM_F_DUMP;
         let pairs = [
             (
@@ -312,6 +391,10 @@ mod tests {
             (
                 RtRequest::GetLink(LinkHeader::default()),
                 RouteNetlinkMessage::GetLink(LinkMessage::default()),
+            ),
+            (
+                RtRequest::GetNeighbour(neigh.clone()),
+                RouteNetlinkMessage::GetNeighbour(neigh),
             ),
         ];
         for (mine, theirs) in pairs {

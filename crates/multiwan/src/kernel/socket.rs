@@ -91,14 +91,8 @@ impl NlSocket {
                 if m.header.sequence_number != seq {
                     continue;
                 }
-                match m.payload {
-                    NetlinkPayload::InnerMessage(i) => out.push(i),
-                    NetlinkPayload::Done(_) => return Ok(out),
-                    NetlinkPayload::Error(e) => match e.code {
-                        None => return Ok(out),
-                        Some(_) => return Err(anyhow::Error::new(e.to_io())),
-                    },
-                    _ => {}
+                if let Some(end) = settle(m.payload, &mut out) {
+                    return end.map(|()| out);
                 }
             }
         }
@@ -154,6 +148,30 @@ impl NlSocket {
     }
 }
 
+/// Takes one answer to a request: an object goes to `out`; the end of the exchange (the
+/// done message of a dump, or the acknowledgement) is `Some`, with the kernel's error if it
+/// reported one. A dump that failed ends with its error in the done message (strict checking
+/// refuses a dump request that way, not with an error message): never mistaken for an
+/// empty answer.
+fn settle<A>(payload: NetlinkPayload<A>, out: &mut Vec<A>) -> Option<Result<()>> {
+    match payload {
+        NetlinkPayload::InnerMessage(i) => {
+            out.push(i);
+            None
+        }
+        NetlinkPayload::Done(d) if d.code != 0 => Some(Err(anyhow::Error::new(
+            io::Error::from_raw_os_error(d.code.saturating_neg()),
+        )
+        .context("the kernel failed the dump"))),
+        NetlinkPayload::Done(_) => Some(Ok(())),
+        NetlinkPayload::Error(e) => Some(match e.code {
+            None => Ok(()),
+            Some(_) => Err(anyhow::Error::new(e.to_io())),
+        }),
+        _ => None,
+    }
+}
+
 /// Splits a datagram into its netlink messages. Anything that cannot be decoded is an error:
 /// state read back from the kernel is never guessed.
 pub fn parse_all<T: NetlinkDeserializable + Debug>(data: &[u8]) -> Result<Vec<NetlinkMessage<T>>> {
@@ -177,4 +195,38 @@ pub fn errno(e: &anyhow::Error) -> Option<i32> {
     e.chain()
         .find_map(|c| c.downcast_ref::<io::Error>())
         .and_then(io::Error::raw_os_error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use netlink_packet_core::{DoneMessage, ErrorMessage};
+
+    #[test]
+    fn a_dump_that_failed_is_an_error_not_an_empty_answer() {
+        let mut out: Vec<u8> = Vec::new();
+        assert!(settle(NetlinkPayload::InnerMessage(7), &mut out).is_none());
+        assert_eq!(out, [7]);
+        let mut done = DoneMessage::default();
+        assert!(matches!(
+            settle(NetlinkPayload::Done(done.clone()), &mut out),
+            Some(Ok(()))
+        ));
+        done.code = -22;
+        let e = settle(NetlinkPayload::Done(done), &mut out)
+            .expect("ends")
+            .expect_err("an error");
+        assert_eq!(errno(&e), Some(22), "{e:#}");
+        // An acknowledgement, then a refusal.
+        let mut ack = ErrorMessage::default();
+        assert!(matches!(
+            settle(NetlinkPayload::Error(ack.clone()), &mut out),
+            Some(Ok(()))
+        ));
+        ack.code = std::num::NonZeroI32::new(-2);
+        let e = settle(NetlinkPayload::Error(ack), &mut out)
+            .expect("ends")
+            .expect_err("an error");
+        assert_eq!(errno(&e), Some(2), "{e:#}");
+    }
 }

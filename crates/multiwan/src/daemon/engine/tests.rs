@@ -526,3 +526,57 @@ fn an_ipv6_link_without_a_global_address_is_down_for_ipv6_only() {
     );
     assert_eq!(st.monitor().state().name(), "up");
 }
+
+#[test]
+fn a_failing_learned_gateway_is_read_again_without_an_event() {
+    // isp1 follows its learned gateway. The kernel's choice of router changes without a
+    // netlink event (a failed neighbour beside a second advertised route): noticed within
+    // GATEWAY_RECHECK while isp1 is down by its probes, and only then.
+    let text = CFG.replacen("gateway = \"10.37.1.1\"", "gateway = \"auto\"", 1);
+    let mut w = World::new(&text);
+    let set_gw = |w: &mut World, gw: &str| {
+        if let Some(l) =
+            w.e.kernel
+                .facts
+                .links
+                .as_mut()
+                .and_then(|l| l.get_mut("wan1"))
+        {
+            l.gateway = Some(gw.parse().expect("ip"));
+        }
+    };
+    let learned = |w: &World| w.e.facts.links.as_ref().and_then(|l| l["wan1"].gateway);
+    set_gw(&mut w, "10.37.1.1");
+    w.e.on_kernel_changed(Change::ALL, w.t);
+    w.e.tick(w.t);
+    assert_eq!(learned(&w), Some("10.37.1.1".parse().expect("ip")));
+    // Healthy: a silent change waits for the next event or verification.
+    set_gw(&mut w, "10.37.1.9");
+    for _ in 0..60 {
+        w.round(&["isp1", "isp2"]);
+    }
+    assert_eq!(learned(&w), Some("10.37.1.1".parse().expect("ip")));
+    set_gw(&mut w, "10.37.1.1");
+    // Down by probes: read again every GATEWAY_RECHECK.
+    for _ in 0..6 {
+        w.round(&["isp2"]);
+    }
+    assert_eq!(w.state("isp1"), "down");
+    set_gw(&mut w, "10.37.1.2");
+    let rounds = (GATEWAY_RECHECK.as_millis() / 100) as usize;
+    let mut seen = None;
+    for i in 1..=rounds + 1 {
+        w.round(&["isp2"]);
+        if learned(&w) == Some("10.37.1.2".parse().expect("ip")) {
+            seen = Some(i);
+            break;
+        }
+    }
+    assert!(seen.is_some(), "not read again within {GATEWAY_RECHECK:?}");
+    let plan = w.e.last_plan.as_ref().expect("planned");
+    assert!(
+        format!("{:?}", plan.routes).contains("10.37.1.2"),
+        "the uplink's table follows the new gateway: {:?}",
+        plan.routes
+    );
+}
