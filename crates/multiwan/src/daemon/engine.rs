@@ -109,13 +109,18 @@ pub fn link_status(facts: &Facts, u: &Uplink, family: Family) -> LinkStatus {
 }
 
 /// The interfaces whose gateway of `family` is learned (`auto`).
+/// Whether `u`'s `family` follows a learned gateway (`gateway = "auto"`, `gateway6 = "auto"`).
+fn follows_learned(u: &Uplink, family: Family) -> bool {
+    match family {
+        Family::V4 => u.gateway_auto,
+        Family::V6 => u.ipv6.as_ref().is_some_and(|v| v.gateway.is_none()),
+    }
+}
+
 fn auto_gateways(cfg: &Config, family: Family) -> BTreeSet<String> {
     cfg.uplinks
         .iter()
-        .filter(|u| match family {
-            Family::V4 => u.gateway_auto,
-            Family::V6 => u.ipv6.as_ref().is_some_and(|v| v.gateway.is_none()),
-        })
+        .filter(|u| follows_learned(u, family))
         .map(|u| u.interface.clone())
         .collect()
 }
@@ -409,19 +414,12 @@ impl<K: Kernel> Engine<K> {
     /// Whether an uplink family that follows a learned gateway is down by its probes.
     fn learned_gateway_failing(&self) -> bool {
         self.cfg.uplinks.iter().any(|u| {
-            let learned = [
-                (Family::V4, u.gateway_auto),
-                (
-                    Family::V6,
-                    u.ipv6.as_ref().is_some_and(|v| v.gateway.is_none()),
-                ),
-            ];
-            learned.iter().any(|(family, auto)| {
-                *auto
+            Family::ALL.into_iter().any(|family| {
+                follows_learned(u, family)
                     && self
                         .uplinks
                         .get(&u.name)
-                        .and_then(|rt| rt.fam(*family))
+                        .and_then(|rt| rt.fam(family))
                         .is_some_and(|f| {
                             matches!(f.monitor.state(), State::Down(Reason::ProbesFailing { .. }))
                         })
