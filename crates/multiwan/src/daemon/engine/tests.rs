@@ -145,6 +145,17 @@ impl World {
         t
     }
 
+    /// The fake kernel's interface `name`, to change what the next facts read returns.
+    fn fake_link(&mut self, name: &str) -> &mut Link {
+        self.e
+            .kernel
+            .facts
+            .links
+            .as_mut()
+            .and_then(|l| l.get_mut(name))
+            .expect("a fake interface")
+    }
+
     fn state(&self, name: &str) -> &'static str {
         self.e.uplinks[name].monitor().state().name()
     }
@@ -500,15 +511,7 @@ fn a_whole_uplink_outage_moves_both_families_together() {
 #[test]
 fn an_ipv6_link_without_a_global_address_is_down_for_ipv6_only() {
     let mut w = World::new(DUAL);
-    if let Some(l) =
-        w.e.kernel
-            .facts
-            .links
-            .as_mut()
-            .and_then(|l| l.get_mut("wan1"))
-    {
-        l.addrs6.clear();
-    }
+    w.fake_link("wan1").addrs6.clear();
     w.e.on_kernel_changed(
         Change {
             links: true,
@@ -535,15 +538,7 @@ fn a_failing_learned_gateway_is_read_again_without_an_event() {
     let text = CFG.replacen("gateway = \"10.37.1.1\"", "gateway = \"auto\"", 1);
     let mut w = World::new(&text);
     let set_gw = |w: &mut World, gw: &str| {
-        if let Some(l) =
-            w.e.kernel
-                .facts
-                .links
-                .as_mut()
-                .and_then(|l| l.get_mut("wan1"))
-        {
-            l.gateway = Some(gw.parse().expect("ip"));
-        }
+        w.fake_link("wan1").gateway = Some(gw.parse().expect("ip"));
     };
     let learned = |w: &World| w.e.facts.links.as_ref().and_then(|l| l["wan1"].gateway);
     set_gw(&mut w, "10.37.1.1");
