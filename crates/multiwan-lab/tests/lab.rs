@@ -14,9 +14,34 @@ use std::time::{Duration, Instant};
 
 use multiwan_lab::netns::processes_mentioning;
 
+/// The lab binary. A test suite started in the background by a shell has SIGINT *ignored*,
+/// and a program inherits an ignored signal across exec: the lab would then lose a Ctrl-C
+/// that lands before it installs its handler and run to the end (a user at a terminal never
+/// has SIGINT ignored). So when SIGINT is ignored here, this process catches it instead
+/// (with a flag nothing reads: in the background no keyboard reaches it), and a caught signal
+/// is reset to its default action in every program it starts.
 fn lab() -> Command {
     assert!(nix::unistd::geteuid().is_root(), "the lab tests need root");
+    static DEFAULT_SIGINT: std::sync::Once = std::sync::Once::new();
+    DEFAULT_SIGINT.call_once(|| {
+        if sigint_ignored() {
+            let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            signal_hook::flag::register(signal_hook::consts::SIGINT, flag)
+                .expect("catching SIGINT");
+        }
+    });
     Command::new(env!("CARGO_BIN_EXE_multiwan-lab"))
+}
+
+/// Whether this process ignores SIGINT (`SigIgn` in /proc/self/status, bit 1 for signal 2).
+fn sigint_ignored() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let mask = s.lines().find_map(|l| l.strip_prefix("SigIgn:"))?;
+            u64::from_str_radix(mask.trim(), 16).ok()
+        })
+        .is_some_and(|m| m & (1 << (nix::libc::SIGINT - 1)) != 0)
 }
 
 fn lab_namespaces(pid: u32) -> Vec<String> {
