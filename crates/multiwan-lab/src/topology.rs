@@ -814,8 +814,8 @@ impl Radvd {
     }
 
     /// Stops radvd as its service manager would (SIGTERM): it sends its last advertisement,
-    /// router lifetime 0, which withdraws the default route through it; returns its log.
-    fn stop(mut self) -> Result<String> {
+    /// router lifetime 0, which withdraws the default route through it.
+    fn stop(mut self) -> Result<()> {
         let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id())?);
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
         let start = Instant::now();
@@ -825,7 +825,7 @@ impl Radvd {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Ok(self.log())
+        Ok(())
     }
 }
 
