@@ -1,12 +1,14 @@
-//! The command line's definition: every command, option and default, and nothing else. It
-//! depends on `clap` and `std` only, because `build.rs` compiles this same file to generate
-//! the shell completions and the man page at build time: the router binary embeds their text
-//! instead of linking the generators (`clap_complete`, `clap_mangen`), and they can never
-//! drift from the options it parses. Help text comes from these doc comments.
+//! The command line's definition: every command, option and default, and nothing else. The
+//! crate compiles it with `std` only; `build.rs` compiles this same file with clap's derives
+//! (the `cfg_attr`s below; the crate has `cfg(without_clap)`) to generate the shell
+//! completions, the man page and the table [`crate::cmdline`] parses with, so the router
+//! binary links neither clap nor the generators, and none of them can drift from this
+//! definition. Help text comes from these doc comments.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
 
+#[cfg(not(without_clap))]
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Default config path.
@@ -15,46 +17,48 @@ pub const DEFAULT_CONFIG: &str = "/etc/multiwan/multiwan.toml";
 pub const DEFAULT_RUN_DIR: &str = "/run/multiwan";
 
 /// Balance a Linux gateway's connections over several internet uplinks.
-#[derive(Debug, Parser)]
-#[command(name = "multiwan", version, about, long_about = None)]
+#[derive(Debug)]
+#[cfg_attr(not(without_clap), derive(Parser))]
+#[cfg_attr(not(without_clap), command(name = "multiwan", version, about, long_about = None))]
 pub struct Cli {
-    #[command(subcommand)]
+    #[cfg_attr(not(without_clap), command(subcommand))]
     pub command: Cmd,
 }
 
 /// Commands.
-#[derive(Debug, Subcommand)]
+#[derive(Debug)]
+#[cfg_attr(not(without_clap), derive(Subcommand))]
 pub enum Cmd {
     /// Validate the config without touching anything (exit 2 on any error).
     Check {
         /// Config file.
-        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        #[cfg_attr(not(without_clap), arg(short, long, default_value = DEFAULT_CONFIG))]
         config: PathBuf,
     },
     /// Print the nftables ruleset, ip rules, routes and sysctls that `apply` would install.
     Plan {
         /// Config file.
-        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        #[cfg_attr(not(without_clap), arg(short, long, default_value = DEFAULT_CONFIG))]
         config: PathBuf,
         /// Use this machine's interfaces, addresses and installed uplink ids, showing exactly
         /// what `apply` would install here (needs no root). Without it the plan assumes every
         /// uplink interface exists and is usable.
-        #[arg(long)]
+        #[cfg_attr(not(without_clap), arg(long))]
         live: bool,
     },
     /// Install the plan in the current network namespace, atomically and idempotently.
     Apply {
         /// Config file.
-        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        #[cfg_attr(not(without_clap), arg(short, long, default_value = DEFAULT_CONFIG))]
         config: PathBuf,
         /// Directory for multiwan's state (saved sysctl values).
-        #[arg(long, default_value = DEFAULT_RUN_DIR)]
+        #[cfg_attr(not(without_clap), arg(long, default_value = DEFAULT_RUN_DIR))]
         run_dir: PathBuf,
     },
     /// Remove everything multiwan installed in this network namespace, and nothing else.
     Down {
         /// Directory for multiwan's state (saved sysctl values).
-        #[arg(long, default_value = DEFAULT_RUN_DIR)]
+        #[cfg_attr(not(without_clap), arg(long, default_value = DEFAULT_RUN_DIR))]
         run_dir: PathBuf,
     },
     /// Run the daemon: health checks, failover, address changes, reload on SIGHUP.
@@ -63,10 +67,10 @@ pub enum Cmd {
     /// first, so mistakes are reported here (exit 2) rather than only in the daemon's log.
     Reload {
         /// Validate this config before signalling.
-        #[arg(short, long)]
+        #[cfg_attr(not(without_clap), arg(short, long))]
         config: Option<PathBuf>,
         /// The daemon's run directory.
-        #[arg(long, default_value = DEFAULT_RUN_DIR)]
+        #[cfg_attr(not(without_clap), arg(long, default_value = DEFAULT_RUN_DIR))]
         run_dir: PathBuf,
     },
     /// Show every uplink's state, reason, RTT, loss, connections and traffic, and the rules.
@@ -74,9 +78,9 @@ pub enum Cmd {
     /// List live connections with the uplink each uses.
     Flows {
         /// Only this uplink's connections.
-        #[arg(long)]
+        #[cfg_attr(not(without_clap), arg(long))]
         uplink: Option<String>,
-        #[command(flatten)]
+        #[cfg_attr(not(without_clap), command(flatten))]
         conn: Conn,
     },
     /// Explain where a new connection would go, and why.
@@ -88,9 +92,9 @@ pub enum Cmd {
         /// The uplink's name.
         name: String,
         /// `disable` or `enable`.
-        #[arg(value_parser = ["disable", "enable"])]
+        #[cfg_attr(not(without_clap), arg(value_parser = ["disable", "enable"]))]
         action: String,
-        #[command(flatten)]
+        #[cfg_attr(not(without_clap), command(flatten))]
         conn: Conn,
     },
     /// Read-only pre-flight check of this machine against the config: what would break
@@ -107,74 +111,79 @@ pub enum Cmd {
 }
 
 /// Options of `multiwan run`.
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone)]
+#[cfg_attr(not(without_clap), derive(Args))]
 pub struct RunArgs {
     /// Config file.
-    #[arg(short, long, default_value = DEFAULT_CONFIG)]
+    #[cfg_attr(not(without_clap), arg(short, long, default_value = DEFAULT_CONFIG))]
     pub config: PathBuf,
     /// Directory for the daemon's state (pid file, state.json, saved sysctls).
-    #[arg(long, default_value = DEFAULT_RUN_DIR)]
+    #[cfg_attr(not(without_clap), arg(long, default_value = DEFAULT_RUN_DIR))]
     pub run_dir: PathBuf,
     /// Remove everything multiwan installed when stopping (default: leave it, fail-static).
-    #[arg(long)]
+    #[cfg_attr(not(without_clap), arg(long))]
     pub cleanup: bool,
 }
 
 /// Options shared by the commands that talk to the daemon.
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone)]
+#[cfg_attr(not(without_clap), derive(Args))]
 pub struct Conn {
     /// The daemon's run directory.
-    #[arg(long, default_value = DEFAULT_RUN_DIR)]
+    #[cfg_attr(not(without_clap), arg(long, default_value = DEFAULT_RUN_DIR))]
     pub run_dir: PathBuf,
     /// Print JSON (the documented control-protocol types) instead of a table.
-    #[arg(long)]
+    #[cfg_attr(not(without_clap), arg(long))]
     pub json: bool,
 }
 
 /// `multiwan explain` options.
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone)]
+#[cfg_attr(not(without_clap), derive(Args))]
 pub struct ExplainArgs {
     /// Source address of the new connection (a LAN host, or the router itself).
-    #[arg(long)]
+    #[cfg_attr(not(without_clap), arg(long))]
     pub src: IpAddr,
     /// Destination address.
-    #[arg(long)]
+    #[cfg_attr(not(without_clap), arg(long))]
     pub dst: Option<IpAddr>,
     /// Protocol: tcp, udp or icmp.
-    #[arg(long)]
+    #[cfg_attr(not(without_clap), arg(long))]
     pub proto: Option<String>,
     /// Source port.
-    #[arg(long)]
+    #[cfg_attr(not(without_clap), arg(long))]
     pub sport: Option<u16>,
     /// Destination port.
-    #[arg(long)]
+    #[cfg_attr(not(without_clap), arg(long))]
     pub dport: Option<u16>,
     /// Explain against this config with every uplink up, without a daemon.
-    #[arg(short, long)]
+    #[cfg_attr(not(without_clap), arg(short, long))]
     pub config: Option<PathBuf>,
-    #[command(flatten)]
+    #[cfg_attr(not(without_clap), command(flatten))]
     pub conn: Conn,
 }
 
 /// `multiwan doctor` options.
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone)]
+#[cfg_attr(not(without_clap), derive(Args))]
 pub struct DoctorArgs {
     /// Config file.
-    #[arg(short, long, default_value = DEFAULT_CONFIG)]
+    #[cfg_attr(not(without_clap), arg(short, long, default_value = DEFAULT_CONFIG))]
     pub config: PathBuf,
     /// Print the versioned JSON report instead of text.
-    #[arg(long)]
+    #[cfg_attr(not(without_clap), arg(long))]
     pub json: bool,
 }
 
 /// The shells `multiwan completions` writes for: the generators' own list, in their order
 /// and spelling, so `--help` reads as before (no help per value, like theirs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(without_clap), derive(ValueEnum))]
 pub enum Shell {
     Bash,
     Elvish,
     Fish,
-    #[value(name = "powershell")]
+    #[cfg_attr(not(without_clap), value(name = "powershell"))]
     Powershell,
     Zsh,
 }
@@ -188,6 +197,17 @@ impl Shell {
         Shell::Powershell,
         Shell::Zsh,
     ];
+
+    /// The name on the command line (clap's spelling of the variant).
+    pub fn name(self) -> &'static str {
+        match self {
+            Shell::Bash => "bash",
+            Shell::Elvish => "elvish",
+            Shell::Fish => "fish",
+            Shell::Powershell => "powershell",
+            Shell::Zsh => "zsh",
+        }
+    }
 
     /// The generated file's name in `OUT_DIR` (also the name packagers install).
     pub fn file_name(self) -> &'static str {

@@ -8,7 +8,6 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Result;
-use clap::Parser;
 use multiwan_core::plan::{assign_ids, plan};
 use multiwan_core::Facts;
 
@@ -197,7 +196,18 @@ fn require_root(what: &str) -> Result<(), Failure> {
 
 /// Runs the CLI and returns the process exit code.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match crate::cmdline::parse(std::env::args_os()) {
+        crate::cmdline::Parsed::Run(cli) => cli,
+        crate::cmdline::Parsed::Print { text, stderr, code } => {
+            // Help and version may go to a closed pipe (`| head`): nothing to report then.
+            let _ = if stderr {
+                std::io::Write::write_all(&mut std::io::stderr(), text.as_bytes())
+            } else {
+                std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes())
+            };
+            return ExitCode::from(code);
+        }
+    };
     // The daemon logs its transitions by default; one-shot commands only warnings.
     crate::logging::init(if matches!(cli.command, Cmd::Run(_)) {
         tracing_subscriber::filter::LevelFilter::INFO

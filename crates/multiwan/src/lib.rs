@@ -4,6 +4,7 @@
 
 pub mod args;
 pub mod cli;
+pub mod cmdline;
 pub mod control;
 pub mod daemon;
 pub mod kernel;

@@ -32,6 +32,8 @@ const CYCLES_ALLOWED: &[&[&str]] = &[];
 const LAYERS: &[(&str, &[&str])] = &[
     // The leaves. `args` is the command line's definition, which build.rs compiles alone.
     ("args", &[]),
+    // Reads argv into `args`' types, from the table build.rs derives from it.
+    ("cmdline", &["args"]),
     ("settings", &["args"]),
     // tracing's set-up (filter, stderr or journald); only the command line starts it.
     ("logging", &[]),
@@ -54,8 +56,8 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "cli",
         &[
-            "args", "settings", "logging", "control", "kernel", "rundir", "live", "operator",
-            "daemon",
+            "args", "cmdline", "settings", "logging", "control", "kernel", "rundir", "live",
+            "operator", "daemon",
         ],
     ),
 ];
