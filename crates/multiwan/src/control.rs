@@ -77,10 +77,6 @@ pub fn parse_request(bytes: &[u8]) -> std::result::Result<Envelope, String> {
     let line = bytes.strip_suffix(b"\n").unwrap_or(bytes);
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     let text = std::str::from_utf8(line).map_err(|e| format!("bad request: not UTF-8 ({e})"))?;
-    #[derive(Deserialize)]
-    struct Version {
-        version: u32,
-    }
     let v: Version = serde_json::from_str(text).map_err(|e| format!("bad request: {e}"))?;
     if v.version != VERSION {
         return Err(format!(
@@ -89,6 +85,12 @@ pub fn parse_request(bytes: &[u8]) -> std::result::Result<Envelope, String> {
         ));
     }
     serde_json::from_str(text).map_err(|e| format!("bad request: {e}"))
+}
+
+/// Only the protocol version of a request or response line, read before the rest.
+#[derive(Deserialize)]
+struct Version {
+    version: u32,
 }
 
 /// A response line.
@@ -368,19 +370,20 @@ pub fn parse_response<T: DeserializeOwned>(line: &str) -> Result<T> {
         bail!("the daemon closed the connection without answering");
     }
     // The version first, so a newer daemon gets a clear message rather than a parse error.
-    let r: Response<serde_json::Value> =
-        serde_json::from_str(line).with_context(|| format!("bad answer {line:?}"))?;
-    if r.version != VERSION {
+    let v: Version = serde_json::from_str(line).with_context(|| format!("bad answer {line:?}"))?;
+    if v.version != VERSION {
         bail!(
             "the daemon speaks control protocol {}, this CLI {}; use the same multiwan binary",
-            r.version,
+            v.version,
             VERSION
         );
     }
+    // Straight into `T` (no `serde_json::Value` in between: its deserializer, instantiated
+    // for every answer type, was ~30 KiB of the binary).
+    let r: Response<T> =
+        serde_json::from_str(line).with_context(|| format!("unexpected answer {line:?}"))?;
     match (r.ok, r.data, r.error) {
-        (true, Some(d), _) => {
-            serde_json::from_value(d).with_context(|| format!("unexpected answer {line:?}"))
-        }
+        (true, Some(d), _) => Ok(d),
         (_, _, Some(e)) => bail!("{e}"),
         _ => bail!("malformed answer {line:?}"),
     }
@@ -511,6 +514,21 @@ mod tests {
         assert_eq!(err.expect_err("error").to_string(), "no uplink named x");
         let old: Result<Ack> = parse_response(r#"{"version":2,"ok":true,"data":{}}"#);
         assert!(old.expect_err("version").to_string().contains("protocol 2"));
+        // A newer daemon's answer of another shape still gets the version message.
+        let newer: Result<Vec<FlowInfo>> = parse_response(r#"{"version":2,"ok":true,"data":7}"#);
+        assert!(newer
+            .expect_err("version")
+            .to_string()
+            .contains("protocol 2"));
+        let wrong: Result<Vec<FlowInfo>> = parse_response(r#"{"version":1,"ok":true,"data":7}"#);
+        assert!(format!("{:#}", wrong.expect_err("shape")).contains("unexpected answer"));
+        let none: Result<Ack> = parse_response(r#"{"version":1,"ok":true}"#);
+        assert!(none
+            .expect_err("no data")
+            .to_string()
+            .contains("malformed answer"));
+        let junk: Result<Ack> = parse_response("not json");
+        assert!(junk.expect_err("junk").to_string().contains("bad answer"));
     }
 
     #[test]
