@@ -624,12 +624,39 @@ fn metrics_scrapes_share_one_kernel_read_and_listen_on_localhost_only() {
 /// the daemon checks the peer itself (SO_PEERCRED) even when the socket's mode lets someone in.
 #[test]
 fn control_group_members_may_read_but_not_change() {
+    control_group_check(common::bin());
+}
+
+/// The same with the packaged binary (the static musl release build, whose libc reads
+/// `/etc/group` itself rather than through NSS) as the daemon and as the client.
+#[test]
+fn control_group_works_the_same_in_the_packaged_static_build() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let deb = common::debroot::deb();
+    let status = std::process::Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(&deb)
+        .arg(dir.path())
+        .status()
+        .expect("dpkg-deb");
+    assert!(status.success(), "dpkg-deb -x {}", deb.display());
+    let bin = dir.path().join("usr/bin/multiwan");
+    let file = std::fs::read(&bin).expect("packaged binary");
+    // A static executable: no interpreter (PT_INTERP) to load a libc from.
+    assert!(
+        !file.windows(b"ld-linux".len()).any(|w| w == b"ld-linux"),
+        "the packaged binary is expected to be the static musl build"
+    );
+    control_group_check(&bin);
+}
+
+fn control_group_check(binary: &std::path::Path) {
     let lab = Lab::new(2, 1);
     let text = format!(
         "[daemon]\ncontrol_group = \"nogroup\"\n\n{}",
         two_uplinks_checked("round-robin")
     );
-    let _d = lab.start_daemon(&text);
+    let _d = lab.start_daemon_from(binary, &text, &[]);
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let run = std::path::PathBuf::from(lab.run_dir());
     let sock = run.join("multiwan.sock");
@@ -638,7 +665,7 @@ fn control_group_members_may_read_but_not_change() {
     let md = std::fs::metadata(&run).expect("run dir");
     assert_eq!((md.mode() & 0o777, md.gid()), (0o710, 65534));
     let bin = lab.dir.join("multiwan-copy");
-    std::fs::copy(common::bin(), &bin).expect("copy");
+    std::fs::copy(binary, &bin).expect("copy");
     std::fs::set_permissions(&lab.dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     let as_user = |ids: &[&str], args: &[&str]| {
         let out = std::process::Command::new("setpriv")

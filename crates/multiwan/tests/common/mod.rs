@@ -284,10 +284,15 @@ impl Lab {
 
     /// Starts `multiwan run` with extra environment variables.
     pub fn start_daemon_with_env(&self, text: &str, env: &[(&str, &str)]) -> Daemon {
+        self.start_daemon_from(bin(), text, env)
+    }
+
+    /// Starts `multiwan run` of another build of the router (e.g. the packaged one).
+    pub fn start_daemon_from(&self, binary: &Path, text: &str, env: &[(&str, &str)]) -> Daemon {
         let cfg = self.write_config(text);
         Daemon::start(
             &self.topo,
-            bin(),
+            binary,
             &cfg,
             &self.dir.join("run"),
             &self.dir.join("daemon.log"),
