@@ -15,7 +15,7 @@ use netlink_packet_netfilter::{
 };
 use netlink_sys::protocols::NETLINK_NETFILTER;
 
-use super::socket::{errno, NlSocket};
+use super::socket::NlSocket;
 
 const CTA_COUNTERS_ORIG: u16 = 9;
 const CTA_COUNTERS_REPLY: u16 = 10;
@@ -66,14 +66,17 @@ fn mark_filter(mark: u32, mask: u32) -> Vec<ConntrackAttribute> {
 /// kernel walks the table).
 pub fn flush(mark: u32, mask: u32, family: Family) -> Result<()> {
     let mut s = NlSocket::open(NETLINK_NETFILTER, false)?;
-    match s.request(
-        message(ConntrackMessage::Delete(mark_filter(mark, mask)), family),
-        0,
-    ) {
+    match s
+        .try_request(
+            message(ConntrackMessage::Delete(mark_filter(mark, mask)), family),
+            0,
+        )
+        .context("deleting connections by mark")?
+    {
         Ok(_) => Ok(()),
         // Nothing matched.
-        Err(e) if errno(&e) == Some(nix::libc::ENOENT) => Ok(()),
-        Err(e) => Err(e).context("deleting connections by mark"),
+        Err(r) if r.errno == nix::libc::ENOENT => Ok(()),
+        Err(r) => Err(r.into_error()).context("deleting connections by mark"),
     }
 }
 

@@ -151,7 +151,7 @@ impl Rtnl {
             req.attributes.push(RouteAttribute::Table(t));
         }
         let mut out = Vec::new();
-        match self.dump(RtRequest::GetRoute(req)) {
+        match self.0.try_ask(RtRequest::GetRoute(req), NLM_F_DUMP)? {
             Ok(list) => {
                 for m in list {
                     if let RtMsg::NewRoute(r) = m {
@@ -159,9 +159,10 @@ impl Rtnl {
                     }
                 }
             }
-            // A table that does not exist yet holds nothing.
-            Err(e) if table.is_some() && super::socket::errno(&e) == Some(nix::libc::ENOENT) => {}
-            Err(e) => return Err(e),
+            // A table that does not exist yet holds nothing (every verification asks for the
+            // tables of families no uplink has routes in yet).
+            Err(r) if table.is_some() && r.errno == nix::libc::ENOENT => {}
+            Err(r) => return Err(r.into_error()),
         }
         Ok(out)
     }

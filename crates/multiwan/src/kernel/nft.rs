@@ -21,7 +21,7 @@ use netlink_packet_netfilter::{NetfilterHeader, NetfilterMessage, NetfilterProto
 use netlink_sys::protocols::NETLINK_NETFILTER;
 
 use super::exec;
-use super::socket::{errno, NlSocket};
+use super::socket::NlSocket;
 
 /// `NFNL_SUBSYS_NFTABLES`: the resource id of a batch's begin and end messages.
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
@@ -150,10 +150,14 @@ impl Nft {
         let req = NfTablesMessage::GetTable(TableMessage {
             attributes: vec![TableAttribute::Name(NFT_TABLE.into())],
         });
-        let answers = match self.0.request(wrap(req), 0) {
+        let answers = match self
+            .0
+            .try_request(wrap(req), 0)
+            .context("reading the nftables table")?
+        {
             Ok(a) => a,
-            Err(e) if errno(&e) == Some(nix::libc::ENOENT) => return Ok(None),
-            Err(e) => return Err(e).context("reading the nftables table"),
+            Err(r) if r.errno == nix::libc::ENOENT => return Ok(None),
+            Err(r) => return Err(r.into_error()).context("reading the nftables table"),
         };
         for a in answers {
             if let netlink_packet_netfilter::NetfilterMessageInner::NfTables(

@@ -64,7 +64,7 @@ impl NlSocket {
 
     /// Sends one request and returns its answers: every object of a dump (`NLM_F_DUMP` in
     /// `flags`), or the object(s) sent before the acknowledgement otherwise. A kernel error is
-    /// returned as an `io::Error` in the chain (match `ENOENT` with [`errno`]).
+    /// returned as an `io::Error` in the chain.
     pub fn request<T>(&mut self, msg: T, flags: u16) -> Result<Vec<T>>
     where
         T: NetlinkSerializable + NetlinkDeserializable + Debug,
@@ -72,9 +72,38 @@ impl NlSocket {
         self.ask(msg, flags)
     }
 
+    /// [`request`](Self::request) for a caller that expects a refusal (`ENOENT`: nothing
+    /// matched, or the object does not exist yet): the kernel's refusal comes back as the
+    /// inner `Err`, without building an error value (anyhow captures a backtrace for every
+    /// error where `RUST_BACKTRACE` is set: an unwind of the whole stack, for an answer that
+    /// was expected). Only failing to talk to the kernel is the outer error.
+    pub fn try_request<T>(
+        &mut self,
+        msg: T,
+        flags: u16,
+    ) -> Result<std::result::Result<Vec<T>, Refused>>
+    where
+        T: NetlinkSerializable + NetlinkDeserializable + Debug,
+    {
+        self.try_ask(msg, flags)
+    }
+
     /// [`request`](Self::request) where the request and its answers are of different types
     /// (rtnetlink: [`super::rtmsg::RtRequest`] out, [`super::rtmsg::RtMsg`] back).
     pub fn ask<Q, A>(&mut self, msg: Q, flags: u16) -> Result<Vec<A>>
+    where
+        Q: NetlinkSerializable + Debug,
+        A: NetlinkDeserializable + Debug,
+    {
+        self.try_ask(msg, flags)?.map_err(Refused::into_error)
+    }
+
+    /// [`ask`](Self::ask) with the kernel's refusal apart (see [`try_request`](Self::try_request)).
+    pub fn try_ask<Q, A>(
+        &mut self,
+        msg: Q,
+        flags: u16,
+    ) -> Result<std::result::Result<Vec<A>, Refused>>
     where
         Q: NetlinkSerializable + Debug,
         A: NetlinkDeserializable + Debug,
@@ -92,7 +121,7 @@ impl NlSocket {
                     continue;
                 }
                 if let Some(end) = settle(m.payload, &mut out) {
-                    return end.map(|()| out);
+                    return Ok(end.map(|()| out));
                 }
             }
         }
@@ -148,25 +177,50 @@ impl NlSocket {
     }
 }
 
+/// The kernel refused a request: its errno, and whether it came as the end of a dump.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refused {
+    pub errno: i32,
+    pub dump: bool,
+}
+
+impl Refused {
+    /// The refusal as an error, the `io::Error` of its errno in the chain.
+    pub fn into_error(self) -> anyhow::Error {
+        let e = anyhow::Error::new(io::Error::from_raw_os_error(self.errno));
+        if self.dump {
+            e.context("the kernel failed the dump")
+        } else {
+            e
+        }
+    }
+}
+
 /// Takes one answer to a request: an object goes to `out`; the end of the exchange (the
-/// done message of a dump, or the acknowledgement) is `Some`, with the kernel's error if it
+/// done message of a dump, or the acknowledgement) is `Some`, with the kernel's refusal if it
 /// reported one. A dump that failed ends with its error in the done message (strict checking
 /// refuses a dump request that way, not with an error message): never mistaken for an
 /// empty answer.
-fn settle<A>(payload: NetlinkPayload<A>, out: &mut Vec<A>) -> Option<Result<()>> {
+fn settle<A>(
+    payload: NetlinkPayload<A>,
+    out: &mut Vec<A>,
+) -> Option<std::result::Result<(), Refused>> {
     match payload {
         NetlinkPayload::InnerMessage(i) => {
             out.push(i);
             None
         }
-        NetlinkPayload::Done(d) if d.code != 0 => Some(Err(anyhow::Error::new(
-            io::Error::from_raw_os_error(d.code.saturating_neg()),
-        )
-        .context("the kernel failed the dump"))),
+        NetlinkPayload::Done(d) if d.code != 0 => Some(Err(Refused {
+            errno: d.code.saturating_neg(),
+            dump: true,
+        })),
         NetlinkPayload::Done(_) => Some(Ok(())),
         NetlinkPayload::Error(e) => Some(match e.code {
             None => Ok(()),
-            Some(_) => Err(anyhow::Error::new(e.to_io())),
+            Some(c) => Err(Refused {
+                errno: c.get().saturating_neg(),
+                dump: false,
+            }),
         }),
         _ => None,
     }
@@ -190,13 +244,6 @@ pub fn parse_all<T: NetlinkDeserializable + Debug>(data: &[u8]) -> Result<Vec<Ne
     Ok(out)
 }
 
-/// The errno of a kernel error in `e`'s chain, if it is one.
-pub fn errno(e: &anyhow::Error) -> Option<i32> {
-    e.chain()
-        .find_map(|c| c.downcast_ref::<io::Error>())
-        .and_then(io::Error::raw_os_error)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,7 +263,18 @@ mod tests {
         let e = settle(NetlinkPayload::Done(done), &mut out)
             .expect("ends")
             .expect_err("an error");
-        assert_eq!(errno(&e), Some(22), "{e:#}");
+        assert_eq!(
+            e,
+            Refused {
+                errno: 22,
+                dump: true
+            }
+        );
+        let text = format!("{:#}", e.into_error());
+        assert!(
+            text.contains("failed the dump") && text.contains("Invalid argument"),
+            "{text}"
+        );
         // An acknowledgement, then a refusal.
         let mut ack = ErrorMessage::default();
         assert!(matches!(
@@ -227,6 +285,15 @@ mod tests {
         let e = settle(NetlinkPayload::Error(ack), &mut out)
             .expect("ends")
             .expect_err("an error");
-        assert_eq!(errno(&e), Some(2), "{e:#}");
+        assert_eq!(
+            e,
+            Refused {
+                errno: 2,
+                dump: false
+            }
+        );
+        let err = e.into_error();
+        let io = err.downcast_ref::<io::Error>().expect("an io::Error");
+        assert_eq!(io.raw_os_error(), Some(2));
     }
 }
