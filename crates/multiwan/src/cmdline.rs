@@ -186,6 +186,7 @@ fn closest(close: Vec<&str>) -> Vec<String> {
     close.last().map(|c| c.to_string()).into_iter().collect()
 }
 
+/// A command's name as text (clap's message when it is not UTF-8).
 fn text(v: OsString, usage: &str) -> Result<String, Stop> {
     v.into_string().map_err(|_| {
         error(
@@ -197,6 +198,7 @@ fn text(v: OsString, usage: &str) -> Result<String, Stop> {
     })
 }
 
+/// Every command's name, clap's own `help` included (for suggestions).
 fn sub_names() -> impl Iterator<Item = &'static str> {
     SPEC.subs.iter().map(|s| s.name).chain(["help"])
 }
@@ -345,6 +347,9 @@ struct Found {
 }
 
 impl Found {
+    /// Where `id` is in the command's options. An id `build` asks for that args.rs does not
+    /// define is a programming error, which the samples' test finds at once (every command is
+    /// built there), hence a panic rather than an error for the user.
     fn index(&self, id: &str) -> usize {
         self.sub
             .opts
