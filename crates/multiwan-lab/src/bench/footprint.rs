@@ -328,7 +328,7 @@ pub(super) fn footprint(bin: &Path, quick: bool) -> Result<Section> {
         &format!(
             "`multiwan run` idle (no traffic) with every uplink probing one target per family \
              (a dual-stack uplink sends an IPv4 and an IPv6 probe each round): resident memory, and CPU time over {secs} s from the scheduler's per-thread accounting, as a \
-             share of one core (over 30 s: one of the daemon's kernel verifications, every 30 s, falls in it), also cut into {WINDOWS} windows whose median and range show how steady it is. The run directory is on a tmpfs, as `/run/multiwan` is under systemd."
+             share of one core (over 30 s: one of the daemon's kernel verifications, every 30 s, falls in it), also cut into {WINDOWS} windows whose median and range show how steady it is. The run directory is on a tmpfs, as `/run/multiwan` is under systemd, and the daemon runs without backtrace capture (`RUST_BACKTRACE=0`), as a service does."
         ),
         &[
             "uplinks",
@@ -351,7 +351,7 @@ pub(super) fn footprint(bin: &Path, quick: bool) -> Result<Section> {
     s.note("iputils ping, same probes: one `ping -i INTERVAL -m MARK -I wanN` per uplink and family, in the router namespace while multiwan runs, with the uplink's mark and interface, each checked afterwards to have had its probes answered — what sending the same probes with the standard tool costs on this network; below 1 in the last column, the whole daemon costs less than its probes would cost sent by ping");
     let size = std::fs::metadata(bin).map(|m| m.len()).unwrap_or(0);
     s.note(format!(
-        "the router binary measured here: {:.2} MB ({size} bytes, {}); quoted from issue 11, before the reshaping (IPv4 only then, run directory on disk, plain veth): 3.1 MB, idle RSS 4.3–4.5 MiB and 0.21 % of a core with 2 uplinks; quoted from the previous BENCHMARKS.md (commit d3380ef: the same static musl build with clap's parser linked; ping for the same probes cost 0.301 % at 2 uplinks then): 2.74 MB, RSS 2.7–3.0 MiB, private 0.28–0.55 MiB, CPU 0.198 % (2 uplinks), 0.275 % (2, plain veth), 0.254 % (2 dual-stack), 0.309 % (8), 0.496 % (8 dual-stack), 0.042 % (2 at 1 s); before that (glibc, linked dynamically): 3.04 MB, RSS 4.8–5.5 MiB",
+        "the router binary measured here: {:.2} MB ({size} bytes, {}); quoted from issue 11, before the reshaping (IPv4 only then, run directory on disk, plain veth): 3.1 MB, idle RSS 4.3–4.5 MiB and 0.21 % of a core with 2 uplinks; quoted from the previous BENCHMARKS.md (commit d3380ef: the same static musl build with clap's parser linked, its daemon inheriting RUST_BACKTRACE=1 from the shell; ping for the same probes cost 0.301 % at 2 uplinks then): 2.74 MB, RSS 2.7–3.0 MiB, private 0.28–0.55 MiB, CPU 0.198 % (2 uplinks), 0.275 % (2, plain veth), 0.254 % (2 dual-stack), 0.309 % (8), 0.496 % (8 dual-stack), 0.042 % (2 at 1 s); that binary (as of d7a504b) measured without backtrace capture back to back with this one, in another run of this section: RSS 2.4–2.7 MiB (binary pages 2252 KiB; this one 2060 KiB), CPU 0.156 % (2), 0.283 % (8), 0.411 % (8 dual-stack), where this binary measured 0.167 %, 0.241 %, 0.441 % (ping 0.245 / 0.213 % at 2: the CPU rows differ by the machine's noise); before that (glibc, linked dynamically): 3.04 MB, RSS 4.8–5.5 MiB",
         size as f64 / 1e6,
         bin.display()
     ));
@@ -405,7 +405,11 @@ fn measure(s: &mut Section, bin: &Path, v: &Variant, secs: u64) -> Result<()> {
         &run_dir,
         &dir.path().join("daemon.log"),
         true,
-        &[],
+        // As a service runs (systemd starts it with a clean environment): a developer's
+        // RUST_BACKTRACE=1 makes every error the daemon builds unwind its stack, which
+        // costs time and pages in the unwind tables (~0.3 MiB of RSS for the build before
+        // d3380ef's successor, whose verification built 8 errors at 8 uplinks).
+        &[("RUST_BACKTRACE", "0"), ("RUST_LIB_BACKTRACE", "0")],
     )?;
     std::thread::sleep(Duration::from_secs(2));
     let pid = daemon.pid();
