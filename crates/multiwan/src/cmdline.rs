@@ -186,16 +186,19 @@ fn closest(close: Vec<&str>) -> Vec<String> {
     close.last().map(|c| c.to_string()).into_iter().collect()
 }
 
+/// clap's error for an argument that is not UTF-8 where text is needed.
+fn not_utf8(usage: &str) -> Stop {
+    error(
+        "invalid UTF-8 was detected in one or more arguments".into(),
+        "",
+        None,
+        Some(usage),
+    )
+}
+
 /// A command's name as text (clap's message when it is not UTF-8).
 fn text(v: OsString, usage: &str) -> Result<String, Stop> {
-    v.into_string().map_err(|_| {
-        error(
-            "invalid UTF-8 was detected in one or more arguments".into(),
-            "",
-            None,
-            Some(usage),
-        )
-    })
+    v.into_string().map_err(|_| not_utf8(usage))
 }
 
 /// Every command's name, clap's own `help` included (for suggestions).
@@ -329,12 +332,7 @@ fn lexopt_error(e: lexopt::Error, usage: &str) -> Stop {
             None,
             Some(usage),
         ),
-        lexopt::Error::NonUnicodeValue(_) => error(
-            "invalid UTF-8 was detected in one or more arguments".into(),
-            "",
-            None,
-            Some(usage),
-        ),
+        lexopt::Error::NonUnicodeValue(_) => not_utf8(usage),
         other => error(other.to_string(), "", None, Some(usage)),
     }
 }
@@ -408,12 +406,7 @@ fn check_value(sub: &Sub, opt: &Opt, raw: &OsString) -> Result<(), Stop> {
         };
     }
     let Some(v) = raw.to_str() else {
-        return Err(error(
-            "invalid UTF-8 was detected in one or more arguments".into(),
-            "",
-            None,
-            Some(sub.usage),
-        ));
+        return Err(not_utf8(sub.usage));
     };
     let invalid = |why: String| {
         error(
