@@ -376,7 +376,7 @@ pub fn parse(text: &str) -> Result<Parsed, SyntaxError> {
     })?;
     let mut walk = Walk::default();
     let root = walk.table(&SCHEMA, doc.as_table(), "", 0..0);
-    walk.problems.sort_by_key(|p| p.span.start);
+    crate::order::sort_by_key(&mut walk.problems, |p| p.span.start);
     Ok(Parsed {
         root,
         problems: walk.problems,

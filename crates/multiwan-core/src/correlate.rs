@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use crate::model::{CheckMethod, Config};
 use crate::net::Family;
+use crate::order::Collect;
 
 /// A target's identity: the same address probed the same way.
 pub type TargetKey = (CheckMethod, SocketAddr);
@@ -182,7 +183,7 @@ impl Correlator {
             .iter()
             .filter(|(k, u)| self.is_suspect_now(k, u))
             .map(|(k, _)| *k)
-            .collect();
+            .collect_set();
         let change = SuspectChange {
             became_suspect: now.difference(&self.suspect).copied().collect(),
             cleared: self.suspect.difference(&now).copied().collect(),

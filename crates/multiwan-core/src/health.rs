@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use crate::model::{Check, Config, Quality};
 use crate::net::Family;
+use crate::order::Collect;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Why an uplink is not (fully) up.
@@ -546,7 +547,7 @@ pub fn usable_of(
             }
         })
         .map(|u| u.name.clone())
-        .collect()
+        .collect_set()
 }
 
 /// Whether the probes alone hold the uplink down (its link works and the operator did not
@@ -579,11 +580,11 @@ pub fn usable_fail_open(
         .iter()
         .filter(|u| u.has(family) && states.get(&u.name).is_some_and(down_by_probes))
         .map(|u| u.name.clone())
-        .collect();
+        .collect_set();
     if by_probes.is_empty() {
         return (u, false);
     }
-    let kept: BTreeSet<String> = last.intersection(&by_probes).cloned().collect();
+    let kept: BTreeSet<String> = last.intersection(&by_probes).cloned().collect_set();
     (if kept.is_empty() { by_probes } else { kept }, true)
 }
 

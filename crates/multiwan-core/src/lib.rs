@@ -15,6 +15,7 @@ pub mod explain;
 pub mod health;
 pub mod model;
 pub mod net;
+pub mod order;
 pub mod plan;
 pub mod rounds;
 #[doc(hidden)]

@@ -645,7 +645,7 @@ impl<'a> Validator<'a> {
 
     fn finish(mut self) -> ConfigError {
         // File order, which is how people fix them; the sort is stable for equal positions.
-        self.diags.sort_by_key(|d| (d.line, d.col));
+        crate::order::sort_by_key(&mut self.diags, |d| (d.line, d.col));
         ConfigError {
             diagnostics: self.diags,
         }

@@ -161,7 +161,7 @@ fn similar<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> Vec<&'a
         .map(|c| (strsim::jaro(word, c), c))
         .filter(|(score, _)| *score > 0.7)
         .collect();
-    close.sort_by(|a, b| a.0.total_cmp(&b.0));
+    multiwan_core::order::sort_by(&mut close, |a, b| a.0.total_cmp(&b.0));
     close.into_iter().map(|(_, c)| c).collect()
 }
 

@@ -12,6 +12,7 @@ use multiwan_core::{Config, Facts};
 
 use crate::kernel::{Kernel, System};
 use crate::settings::DEFAULT_RUN_DIR;
+use multiwan_core::order::Collect;
 
 /// Computes the plan for this namespace from the live kernel state; also returns the uplinks
 /// that cannot take connections right now.
@@ -21,13 +22,13 @@ pub fn live_plan(cfg: &Config) -> Result<(multiwan_core::Plan, Vec<String>)> {
         .iter()
         .filter(|u| u.gateway_auto)
         .map(|u| u.interface.clone())
-        .collect();
+        .collect_set();
     let auto6 = cfg
         .uplinks
         .iter()
         .filter(|u| u.ipv6.as_ref().is_some_and(|v| v.gateway.is_none()))
         .map(|u| u.interface.clone())
-        .collect();
+        .collect_set();
     let mut k = System::open(Path::new(DEFAULT_RUN_DIR))?;
     let facts = k.facts(&auto, &auto6)?;
     let installed = match k.ids(cfg.kernel.mark_mask) {
@@ -47,7 +48,7 @@ pub fn live_plan(cfg: &Config) -> Result<(multiwan_core::Plan, Vec<String>)> {
         .iter()
         .filter(|u| multiwan_core::plan::next_hop6(u, &facts).is_some())
         .map(|u| u.name.clone())
-        .collect();
+        .collect_set();
     let unusable = cfg
         .uplinks
         .iter()
@@ -67,5 +68,5 @@ pub fn usable_now(cfg: &Config, facts: &Facts) -> BTreeSet<String> {
         .iter()
         .filter(|u| multiwan_core::plan::next_hop(u, facts).is_some())
         .map(|u| u.name.clone())
-        .collect()
+        .collect_set()
 }

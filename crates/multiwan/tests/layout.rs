@@ -94,7 +94,20 @@ struct Func {
 struct Crate {
     modules: BTreeMap<Vec<String>, Module>,
     funcs: Vec<Func>,
+    /// Calls of the standard library's slice sorts outside tests: (file, line, method).
+    sorts: Vec<(String, usize, String)>,
 }
+
+/// The slice methods that compile a sort per element type (`multiwan_core::order` instead).
+const SORTS: &[&str] = &[
+    "sort",
+    "sort_by",
+    "sort_by_key",
+    "sort_by_cached_key",
+    "sort_unstable",
+    "sort_unstable_by",
+    "sort_unstable_by_key",
+];
 
 fn is_cfg_test(attrs: &[syn::Attribute]) -> bool {
     attrs.iter().any(|a| {
@@ -327,6 +340,15 @@ impl<'ast> Visit<'ast> for Walker<'_> {
             }
             self.reference(segs, line);
         }
+    }
+
+    fn visit_expr_method_call(&mut self, c: &'ast syn::ExprMethodCall) {
+        let name = c.method.to_string();
+        if SORTS.contains(&name.as_str()) {
+            let line = c.method.span().start().line;
+            self.krate.sorts.push((self.file.clone(), line, name));
+        }
+        visit::visit_expr_method_call(self, c);
     }
 
     fn visit_path(&mut self, p: &'ast syn::Path) {
@@ -710,6 +732,28 @@ fn the_lab_depends_on_nothing_of_the_router() {
 /// The checks themselves, on a small crate written for them: a long function is found, test
 /// code is not counted, a cycle through `super::` is found, a parent's facade re-export is
 /// followed and another module's is not.
+/// The router's and the core's code sort through `multiwan_core::order`: each of the standard
+/// library's sorts costs ~4 KiB of binary per element type (ARCHITECTURE.md, "resident pages").
+#[test]
+fn the_router_sorts_through_order() {
+    let ws = workspace();
+    let mut found = Vec::new();
+    for root in [
+        "crates/multiwan-core/src/lib.rs",
+        "crates/multiwan/src/lib.rs",
+        "crates/multiwan/src/main.rs",
+    ] {
+        for (file, line, method) in load_crate(&ws.join(root)).sorts {
+            if file != "crates/multiwan-core/src/order.rs" {
+                found.push(format!(
+                    "{file}:{line}: .{method}(): use multiwan_core::order (one sort in the binary)"
+                ));
+            }
+        }
+    }
+    assert!(found.is_empty(), "\n{}\n", found.join("\n"));
+}
+
 #[test]
 fn the_checks_find_what_they_forbid() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -739,7 +783,7 @@ fn the_checks_find_what_they_forbid() {
     );
     write(
         "b.rs",
-        "pub fn g() { let s: &str = \"crate::c::x\"; let _ = s; crate::a::f(); }\n".into(),
+        "pub fn g() { let s: &str = \"crate::c::x\"; let _ = s; crate::a::f(); }\npub fn s(v: &mut [u8]) { v.sort_by_key(|x| *x); }\n#[cfg(test)]\nmod tests {\n    fn t(v: &mut [u8]) { v.sort(); }\n}\n".into(),
     );
     // `c` names `a`'s re-export: a dependency on `a` itself.
     write(
@@ -754,6 +798,8 @@ fn the_checks_find_what_they_forbid() {
         .map(|f| (f.name.as_str(), f.lines))
         .collect();
     assert_eq!(long, [("long", 121)], "only the non-test function counts");
+    let sorts: Vec<(usize, &str)> = k.sorts.iter().map(|(_, l, m)| (*l, m.as_str())).collect();
+    assert_eq!(sorts, [(2, "sort_by_key")], "only the non-test sort counts");
     let e = edges(&k);
     let m = |s: &str| s.split("::").map(String::from).collect::<Vec<_>>();
     let has = |a: &str, b: &str| e.contains_key(&(m(a), m(b)));

@@ -11,6 +11,7 @@ use super::{
     RULE_PRIORITY_SPAN,
 };
 use crate::config::{NumOrStr, Spanned, Table};
+use crate::order::Collect;
 
 /// Highest `ip rule` priority multiwan may use: 32766 and 32767 are the kernel's `main` and
 /// `default` rules, which must stay after multiwan's.
@@ -133,7 +134,12 @@ impl Validator<'_> {
     ) -> Option<()> {
         let lan: BTreeSet<&str> = lan
             .and_then(|l| l.get_ref().str_list("interfaces"))
-            .map(|l| l.get_ref().iter().map(|s| s.get_ref().as_str()).collect())
+            .map(|l| {
+                l.get_ref()
+                    .iter()
+                    .map(|s| s.get_ref().as_str())
+                    .collect_set()
+            })
             .unwrap_or_default();
         let mut ok = true;
         for (i, u) in uplinks.iter().enumerate() {

@@ -31,7 +31,7 @@ fn uplink_ifs(ctx: &Ctx, v6: bool) -> String {
         .filter(|u| !v6 || u.ipv6.is_some())
         .map(|u| u.interface.clone())
         .collect();
-    ifs.sort();
+    crate::order::sort(&mut ifs);
     ifs.dedup();
     quoted_set(&ifs)
 }

@@ -104,7 +104,7 @@ pub(super) fn restore_map(ctx: &Ctx) -> String {
         .collect();
     restore.push((ctx.k.mark_main(), "restore_main".into()));
     restore.push((ctx.k.mark_none(), "restore_none".into()));
-    restore.sort();
+    crate::order::sort(&mut restore);
     let elements = restore
         .iter()
         .map(|(m, c)| format!("{} : goto {c}", hex(*m)))

@@ -88,7 +88,7 @@ impl Facts {
             .map(|(v, m)| (v & m & !ours, m & !ours))
             .filter(|(v, _)| *v != 0)
             .collect();
-        out.sort_unstable();
+        crate::order::sort(&mut out);
         out.dedup();
         out
     }

@@ -142,7 +142,7 @@ pub fn hash_buckets(weights: &[u32], usable: &[bool]) -> Vec<usize> {
         .enumerate()
         .map(|(i, w)| (u64::from(*w) * b % total, i))
         .collect();
-    rema.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    crate::order::sort_by(&mut rema, |a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
     let mut left = b - counts.iter().sum::<u64>();
     for (_, i) in rema {
         if left == 0 {

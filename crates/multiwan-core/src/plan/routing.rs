@@ -15,6 +15,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use super::policies::reduce;
 use super::{has_ipv6, Ctx, Facts, Family, IpRule, Nexthop, Route, RouteKind, RuleAction, Sysctl};
 use crate::model::{Config, Uplink, WhenAllDown, LATE_RULE_PRIORITY};
+use crate::order::Collect;
 
 /// The next hop of an uplink's route if it can be installed now: `Some(None)` for a device
 /// route (point-to-point), `Some(Some(g))` for a route via `g`, `None` when not installable
@@ -153,9 +154,9 @@ pub(super) fn build(
         rules.push(rule);
         routes.extend(route);
     }
-    rules.sort();
+    crate::order::sort(&mut rules);
     rules.dedup();
-    routes.sort();
+    crate::order::sort(&mut routes);
     Routing {
         rules,
         routes,
@@ -249,7 +250,11 @@ pub(super) fn sysctls(cfg: &Config, facts: &Facts) -> Vec<Sysctl> {
     })
     .collect();
     let exists = |i: &str| facts.links.as_ref().is_none_or(|l| l.contains_key(i));
-    let ifaces: BTreeSet<&str> = cfg.uplinks.iter().map(|u| u.interface.as_str()).collect();
+    let ifaces: BTreeSet<&str> = cfg
+        .uplinks
+        .iter()
+        .map(|u| u.interface.as_str())
+        .collect_set();
     for i in ifaces {
         if exists(i) {
             sysctls.push(Sysctl {
@@ -270,7 +275,7 @@ pub(super) fn sysctls(cfg: &Config, facts: &Facts) -> Vec<Sysctl> {
             .iter()
             .filter(|u| u.ipv6.as_ref().is_some_and(|v| v.gateway.is_none()))
             .map(|u| u.interface.as_str())
-            .collect();
+            .collect_set();
         for i in auto {
             if exists(i) {
                 sysctls.push(Sysctl {

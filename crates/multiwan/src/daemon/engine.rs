@@ -25,6 +25,7 @@ use super::RoundReport;
 use crate::control::WatchEvent;
 use crate::kernel::events::Change;
 use crate::kernel::Kernel;
+use multiwan_core::order::Collect;
 
 mod state;
 
@@ -122,7 +123,7 @@ fn auto_gateways(cfg: &Config, family: Family) -> BTreeSet<String> {
         .iter()
         .filter(|u| follows_learned(u, family))
         .map(|u| u.interface.clone())
-        .collect()
+        .collect_set()
 }
 
 fn unix_ms(t: SystemTime) -> u64 {
@@ -240,7 +241,7 @@ impl<K: Kernel> Engine<K> {
                 let rt = new_rt(u, &facts, disabled.contains(&u.name), now);
                 (u.name.clone(), rt)
             })
-            .collect();
+            .collect_map();
         let families = family_states(&cfg);
         Ok(Self {
             kernel,
@@ -553,7 +554,7 @@ impl<K: Kernel> Engine<K> {
         self.uplinks
             .iter()
             .filter_map(|(n, u)| Some((n.clone(), u.fam(family)?.monitor.state().clone())))
-            .collect()
+            .collect_map()
     }
 
     /// Every uplink's IPv4 state.

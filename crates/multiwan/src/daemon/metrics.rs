@@ -27,6 +27,7 @@ use super::listen::{self, Limits, Protocol, Refusal};
 use super::server;
 use super::snapshot::{Counters, Snapshot, RTT_BUCKETS};
 use crate::control::Status;
+use multiwan_core::order::Collect;
 
 /// Longest request head read (request line and headers).
 pub const MAX_HEAD: usize = 8 * 1024;
@@ -246,7 +247,7 @@ pub fn render(snap: &Snapshot) -> String {
             .uplinks
             .iter()
             .map(|(n, u)| (n.clone(), u.counters.clone()))
-            .collect(),
+            .collect_map(),
     };
     let mut registry = prometheus_client::registry::Registry::default();
     registry.register_collector(Box::new(exp));

@@ -15,6 +15,7 @@ use multiwan_core::plan::{Family, PolicyPlan};
 use multiwan_core::Facts;
 
 use crate::control::WatchEvent;
+use multiwan_core::order::Collect;
 
 /// Events queued for one `watch` client before it is dropped as too slow.
 pub const WATCH_QUEUE: usize = 256;
@@ -91,7 +92,7 @@ impl Snapshot {
                 };
                 Some((n.clone(), s))
             })
-            .collect()
+            .collect_map()
     }
 
     /// The uplink whose id a connection mark carries (under the mask), if any.

@@ -30,6 +30,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use multiwan_core::plan::{Family, IpRule, Link, Plan, PolicyMap, Route, RTPROT_MULTIWAN};
 use multiwan_core::Facts;
 
+use multiwan_core::order::Collect;
 use netlink::{Rtnl, Unknown};
 use nft::{Nft, PolicyState};
 
@@ -167,8 +168,11 @@ impl System {
     fn links(&mut self) -> Result<(BTreeMap<String, u32>, BTreeMap<u32, String>)> {
         let links = self.rt.links()?;
         Ok((
-            links.iter().map(|l| (l.name.clone(), l.index)).collect(),
-            links.into_iter().map(|l| (l.index, l.name)).collect(),
+            links
+                .iter()
+                .map(|l| (l.name.clone(), l.index))
+                .collect_map(),
+            links.into_iter().map(|l| (l.index, l.name)).collect_map(),
         ))
     }
 
@@ -227,7 +231,7 @@ impl System {
             Some(t) => t.clone(),
             None => {
                 let all = self.installed(None, names)?;
-                all.routes.iter().map(|r| r.table).collect()
+                all.routes.iter().map(|r| r.table).collect_set()
             }
         };
         let mut t = plan.tables.clone();
@@ -300,7 +304,7 @@ impl System {
             .routes
             .iter()
             .map(|r| ((r.family, r.table), r))
-            .collect();
+            .collect_map();
         for r in &plan.routes {
             if !before.routes.contains(r) {
                 self.rt.replace_route(r, index)?;
@@ -347,7 +351,7 @@ impl System {
         let changed = sysctl::apply(&late)?;
         report.sysctls_changed += changed.len();
         steps.push(Step::Sysctls(changed));
-        let planned_rules: BTreeSet<&IpRule> = plan.rules.iter().collect();
+        let planned_rules: BTreeSet<&IpRule> = plan.rules.iter().collect_set();
         for r in &before.rules {
             if !planned_rules.contains(r) {
                 self.rt.delete_rule(r)?;
@@ -360,8 +364,11 @@ impl System {
             self.rt.delete_unknown(u)?;
             report.rules_removed += 1;
         }
-        let planned_tables: BTreeSet<(Family, u32)> =
-            plan.routes.iter().map(|r| (r.family, r.table)).collect();
+        let planned_tables: BTreeSet<(Family, u32)> = plan
+            .routes
+            .iter()
+            .map(|r| (r.family, r.table))
+            .collect_set();
         for r in &before.routes {
             if !planned_tables.contains(&(r.family, r.table)) {
                 self.rt.delete_route(r.family, r.table)?;
@@ -375,8 +382,8 @@ impl System {
     fn compare(&mut self, plan: &Plan, tables: &BTreeSet<u32>) -> Result<()> {
         let (_, names) = self.links()?;
         let now = self.installed(Some(tables), &names)?;
-        let want_rules: BTreeSet<IpRule> = plan.rules.iter().cloned().collect();
-        let want_routes: BTreeSet<Route> = plan.routes.iter().cloned().collect();
+        let want_rules: BTreeSet<IpRule> = plan.rules.iter().cloned().collect_set();
+        let want_routes: BTreeSet<Route> = plan.routes.iter().cloned().collect_set();
         let mut problems = Vec::new();
         if now.rules != want_rules {
             problems.push(format!(
@@ -531,7 +538,7 @@ impl Kernel for System {
                 }
             }
         }
-        foreign_marks.sort_unstable();
+        multiwan_core::order::sort(&mut foreign_marks);
         foreign_marks.dedup();
         Ok(Facts {
             links: Some(out),
@@ -588,7 +595,7 @@ impl Kernel for System {
                     .context("saving the loaded ruleset")?;
                     self.known_good = Some(text);
                 }
-                self.tables = Some(plan.routes.iter().map(|r| r.table).collect());
+                self.tables = Some(plan.routes.iter().map(|r| r.table).collect_set());
                 Ok(report)
             }
             Err(e) => {

@@ -222,7 +222,7 @@ impl Nft {
                 }
             }
         }
-        out.sort();
+        multiwan_core::order::sort(&mut out);
         Ok(out)
     }
 

@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
+use multiwan_core::order::Collect;
 use multiwan_core::Config;
 use serde::{Deserialize, Serialize};
 
@@ -156,7 +157,7 @@ pub fn analyze(cfg: &Config, o: &Observed) -> Vec<Finding> {
             "list at least one host beyond the ISP per uplink in [uplink.check] targets",
         ));
     }
-    out.sort_by_key(|f| std::cmp::Reverse(f.severity));
+    multiwan_core::order::sort_by_key(&mut out, |f| std::cmp::Reverse(f.severity));
     out
 }
 
@@ -624,7 +625,7 @@ fn read_sysctls(cfg: &Config, root: &Path) -> BTreeMap<String, String> {
             let v = std::fs::read_to_string(root.join(k.replace('.', "/"))).ok()?;
             Some((k, v.trim().to_string()))
         })
-        .collect()
+        .collect_map()
 }
 
 /// Process names whose network namespace is this one (a DHCP client elsewhere is not ours).
@@ -647,7 +648,7 @@ fn processes_in_this_netns() -> Vec<String> {
         .filter_map(|e| std::fs::read_to_string(e.path().join("comm")).ok())
         .map(|c| c.trim().to_string())
         .collect();
-    names.sort();
+    multiwan_core::order::sort(&mut names);
     names.dedup();
     names
 }
@@ -696,7 +697,7 @@ fn mark_ra_defaults(
         .unwrap_or_default()
         .into_iter()
         .map(|l| (l.index, l.name))
-        .collect();
+        .collect_map();
     let routes = rtnl
         .routes(multiwan_core::net::Family::V6, None, Some(RTPROT_RA))
         .unwrap_or_default();
@@ -718,7 +719,11 @@ fn mark_ra_defaults(
 }
 
 fn read_links(cfg: &Config) -> BTreeMap<String, LinkSeen> {
-    let auto = cfg.uplinks.iter().map(|u| u.interface.clone()).collect();
+    let auto = cfg
+        .uplinks
+        .iter()
+        .map(|u| u.interface.clone())
+        .collect_set();
     let Ok(mut k) = crate::kernel::System::open(Path::new(crate::settings::DEFAULT_RUN_DIR)) else {
         return BTreeMap::new();
     };
@@ -738,7 +743,7 @@ fn read_links(cfg: &Config) -> BTreeMap<String, LinkSeen> {
             };
             (name, seen)
         })
-        .collect()
+        .collect_map()
 }
 
 /// Prints the report (a table, or JSON) and returns its exit code.

@@ -11,13 +11,14 @@ use serde::Serialize;
 use super::{idx, unix_s, Engine, FamRt};
 use crate::daemon::snapshot;
 use crate::kernel::Kernel;
+use multiwan_core::order::Collect;
 
 impl<K: Kernel> Engine<K> {
     fn suspects(&self) -> BTreeSet<TargetKey> {
         self.families
             .iter()
             .flat_map(|f| f.correlator.suspects().iter().copied())
-            .collect()
+            .collect_set()
     }
 
     /// What a control or metrics request sees.
@@ -55,7 +56,7 @@ impl<K: Kernel> Engine<K> {
                         },
                     )
                 })
-                .collect(),
+                .collect_map(),
             usable: self.families[idx(Family::V4)].usable_now.clone(),
             usable6: self.families[idx(Family::V6)].usable_now.clone(),
             fail_open: self.failing_open(),
