@@ -53,6 +53,36 @@ fn main() {
     write(&out.join("multiwan.8"), man.as_slice());
     write(&out.join("cmdline_spec.rs"), spec().as_bytes());
     write(&out.join("cmdline_samples.rs"), samples().as_bytes());
+    pack_relative_relocs();
+}
+
+/// A static-pie musl router carries ~90 KB of `R_X86_64_RELATIVE` relocations (`.rela.dyn`:
+/// every pointer in its tables, vtables and strings' addresses); packed as `DT_RELR`
+/// (`-z pack-relative-relocs`, GNU ld 2.38+, lld 15+) they take ~1 KB. musl's start-up code
+/// applies `DT_RELR` from 1.2.4 on, so this is asked only when the toolchain's own
+/// (self-contained) musl is that new — recognised by `statx`, which came in 1.2.5 — and a
+/// binary linked against any other libc gets the classic table.
+fn pack_relative_relocs() {
+    if std::env::var("CARGO_CFG_TARGET_ENV").as_deref() != Ok("musl") {
+        return;
+    }
+    let (Some(rustc), Ok(target)) = (std::env::var_os("RUSTC"), std::env::var("TARGET")) else {
+        return;
+    };
+    let Ok(out) = std::process::Command::new(rustc)
+        .args(["--print", "sysroot"])
+        .output()
+    else {
+        return;
+    };
+    let sysroot = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    let libc = sysroot.join(format!("lib/rustlib/{target}/lib/self-contained/libc.a"));
+    let Ok(archive) = std::fs::read(&libc) else {
+        return;
+    };
+    if archive.windows(b"statx.lo".len()).any(|w| w == b"statx.lo") {
+        println!("cargo:rustc-link-arg-bin=multiwan=-Wl,-z,pack-relative-relocs");
+    }
 }
 
 fn write(path: &Path, bytes: &[u8]) {

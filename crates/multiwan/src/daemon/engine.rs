@@ -232,7 +232,7 @@ impl<K: Kernel> Engine<K> {
         let disabled: BTreeSet<String> = crate::rundir::read_file(&run_dir, "disabled.json")
             .ok()
             .flatten()
-            .and_then(|t| serde_json::from_slice(&t).ok())
+            .and_then(|t| serde_json::from_str(std::str::from_utf8(&t).ok()?).ok())
             .unwrap_or_default();
         let uplinks = cfg
             .uplinks

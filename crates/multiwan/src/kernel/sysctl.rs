@@ -76,8 +76,11 @@ fn load(run_dir: &Path, name: &str) -> Result<BTreeMap<String, String>> {
         Some(t) => t,
         None => return Ok(BTreeMap::new()),
     };
-    let v: BTreeMap<String, Value> =
-        serde_json::from_slice(&text).with_context(|| format!("parsing {}", path.display()))?;
+    // As text, like every other JSON the router reads (one parser in the binary).
+    let v: BTreeMap<String, Value> = std::str::from_utf8(&text)
+        .map_err(anyhow::Error::from)
+        .and_then(|t| serde_json::from_str(t).map_err(anyhow::Error::from))
+        .with_context(|| format!("parsing {}", path.display()))?;
     let mut out = BTreeMap::new();
     for (k, v) in v {
         let value = match &v {

@@ -556,7 +556,10 @@ fn nft_marks() -> BTreeMap<String, u32> {
     else {
         return BTreeMap::new();
     };
-    serde_json::from_slice(&out.stdout)
+    // Parsed as text, like every other JSON the router reads: one parser in the binary.
+    std::str::from_utf8(&out.stdout)
+        .ok()
+        .and_then(|t| serde_json::from_str(t).ok())
         .map(|j| marks_in_ruleset(&j))
         .unwrap_or_default()
 }
