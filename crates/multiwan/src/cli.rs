@@ -43,6 +43,10 @@ pub fn manpage() -> &'static str {
     generated::MAN
 }
 
+// The one-shot commands (here and in `operator`) are `#[cold]` and never inlined: LLVM puts
+// them in `.text.unlikely`, which the linker lays out apart from the daemon's code, so fewer
+// of the 64 KiB stretches a running daemon touches hold code it never runs (ARCHITECTURE.md,
+// "One sort in the binary").
 fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Cmd::Check { config } => check(&config),
@@ -71,6 +75,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
 }
 
 /// `multiwan check`: every error, or the notes and a one-line summary.
+#[cold]
+#[inline(never)]
 fn check(config: &Path) -> Result<(), Failure> {
     let cfg = load_config(config)?;
     for n in check_notes(&cfg) {
@@ -87,6 +93,8 @@ fn check(config: &Path) -> Result<(), Failure> {
 }
 
 /// `multiwan plan [--live]`.
+#[cold]
+#[inline(never)]
 fn show_plan(config: &Path, live: bool) -> Result<(), Failure> {
     let cfg = load_config(config)?;
     let mut out = String::new();
@@ -113,6 +121,8 @@ fn show_plan(config: &Path, live: bool) -> Result<(), Failure> {
 }
 
 /// `multiwan apply`: refused while a daemon manages this namespace.
+#[cold]
+#[inline(never)]
 fn apply(config: &Path, run_dir: &Path) -> Result<(), Failure> {
     let cfg = load_config(config)?;
     require_root("apply")?;
@@ -145,6 +155,8 @@ fn apply(config: &Path, run_dir: &Path) -> Result<(), Failure> {
 }
 
 /// `multiwan down`.
+#[cold]
+#[inline(never)]
 fn down(run_dir: &Path) -> Result<(), Failure> {
     require_root("down")?;
     let r = System::open(run_dir)?.down()?;
@@ -159,6 +171,8 @@ fn down(run_dir: &Path) -> Result<(), Failure> {
 }
 
 /// `multiwan reload`: validate first (with `-c`), then SIGHUP the daemon of `run_dir`.
+#[cold]
+#[inline(never)]
 fn reload(config: Option<&Path>, run_dir: &Path) -> Result<(), Failure> {
     if let Some(c) = config {
         load_config(c)?;

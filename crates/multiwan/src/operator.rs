@@ -59,6 +59,8 @@ fn opt_ms(v: Option<f64>) -> String {
 }
 
 /// `multiwan status`
+#[cold]
+#[inline(never)]
 pub fn status(c: &Conn) -> Result<()> {
     let s: Status = control::call(&c.run_dir, Request::Status)?;
     if c.json {
@@ -193,6 +195,8 @@ fn render_rules(s: &Status) -> String {
 }
 
 /// `multiwan flows`
+#[cold]
+#[inline(never)]
 pub fn flows(c: &Conn, uplink: Option<String>) -> Result<()> {
     let f: Vec<FlowInfo> = control::call(&c.run_dir, Request::Flows { uplink })?;
     if c.json {
@@ -224,6 +228,8 @@ pub fn flows(c: &Conn, uplink: Option<String>) -> Result<()> {
 }
 
 /// `multiwan explain`
+#[cold]
+#[inline(never)]
 pub fn explain(a: &ExplainArgs) -> Result<(), Failure> {
     let q = ExplainQuery {
         src: a.src,
@@ -301,6 +307,8 @@ pub fn render_explain(q: &ExplainQuery, e: &ExplainInfo, offline: bool) -> Strin
 }
 
 /// `multiwan watch`
+#[cold]
+#[inline(never)]
 pub fn watch(c: &Conn) -> Result<()> {
     let mut s = control::connect(&c.run_dir)?;
     control::send_request(&mut s, Request::Watch)?;
@@ -366,6 +374,8 @@ pub fn render_watch(ev: &WatchEvent) -> String {
 }
 
 /// `multiwan uplink NAME enable|disable`
+#[cold]
+#[inline(never)]
 pub fn uplink(c: &Conn, name: &str, enable: bool) -> Result<()> {
     let ack: Ack = control::call(
         &c.run_dir,
@@ -391,6 +401,8 @@ pub fn emit(bytes: &[u8]) -> Result<()> {
 }
 
 /// Where `completions` and `manpage` write.
+#[cold]
+#[inline(never)]
 pub fn write_out(path: Option<&Path>, bytes: &[u8]) -> Result<()> {
     match path {
         Some(p) => std::fs::write(p, bytes).with_context(|| format!("writing {}", p.display())),

@@ -782,6 +782,8 @@ pub fn print(r: &Report, json: bool) -> anyhow::Result<u8> {
 pub use crate::args::DoctorArgs;
 
 /// Runs `multiwan doctor`: exit 0 clean, 1 warnings, 2 blockers (an invalid config is one).
+#[cold]
+#[inline(never)]
 pub fn main(a: &DoctorArgs) -> std::process::ExitCode {
     // Before a config exists, the pre-flight still says what on this system would fight
     // multiwan's defaults; the missing config is itself the blocker.
