@@ -2,16 +2,15 @@
 //!
 //! The standard library's stable sort is generic over the element and the comparison, and
 //! each instantiation is about 4 KiB of code; collecting into a `BTreeMap` or `BTreeSet`
-//! sorts its input too, with one more instantiation per key type. The router binary held 24
-//! of them (~100 KiB, all resident: see ARCHITECTURE.md, "resident pages"). Here a slice is
+//! sorts its input too, with one more instantiation per key type. The router binary held 28
+//! of them (138 KiB, all resident: see ARCHITECTURE.md, "One sort in the binary"). Here a slice is
 //! sorted through a permutation of its indices: the index sort and the permutation's swaps are
 //! plain functions, compiled once, and what is left per element type is a comparison closure
 //! and a loop of `swap`s. The sort is stable and O(n log n), like `slice::sort_by`; it costs
 //! one allocation of two words per element, which is nothing at the sizes sorted here
 //! (uplinks, rules, routes, findings, diagnostics).
 //!
-//! Maps and sets are built by inserting, which needs no sort at all ([`map`], [`set`], and
-//! [`Collect`] for iterators).
+//! Maps and sets are built by inserting, which needs no sort at all ([`Collect`]).
 //!
 //! `tests/layout.rs` keeps the router's and the core's code on these helpers.
 
@@ -39,37 +38,27 @@ pub fn sort_by_key<T, K: Ord>(v: &mut [T], mut key: impl FnMut(&T) -> K) {
     sort_by(v, |a, b| key(a).cmp(&key(b)));
 }
 
-/// The map of `items`; a later item replaces an earlier one with the same key (like
-/// `collect()`), without sorting them first.
-pub fn map<K: Ord, V>(items: impl IntoIterator<Item = (K, V)>) -> BTreeMap<K, V> {
-    let mut out = BTreeMap::new();
-    out.extend(items);
-    out
-}
-
-/// The set of `items` (like `collect()`), without sorting them first.
-pub fn set<T: Ord>(items: impl IntoIterator<Item = T>) -> BTreeSet<T> {
-    let mut out = BTreeSet::new();
-    out.extend(items);
-    out
-}
-
 /// `collect()` into a map or a set, without the sort: `iter.collect_map()`, `iter.collect_set()`.
 pub trait Collect: Iterator + Sized {
-    /// The map of the items, as [`map`].
+    /// The map of the items; a later item replaces an earlier one with the same key (as
+    /// `collect()` does), built by inserting.
     fn collect_map<K: Ord, V>(self) -> BTreeMap<K, V>
     where
         Self: Iterator<Item = (K, V)>,
     {
-        map(self)
+        let mut out = BTreeMap::new();
+        out.extend(self);
+        out
     }
 
-    /// The set of the items, as [`set`].
+    /// The set of the items (as `collect()`), built by inserting.
     fn collect_set(self) -> BTreeSet<Self::Item>
     where
         Self::Item: Ord,
     {
-        set(self)
+        let mut out = BTreeSet::new();
+        out.extend(self);
+        out
     }
 }
 
@@ -123,10 +112,13 @@ mod tests {
 
     #[test]
     fn maps_keep_the_last_value_like_collect() {
-        let m = map([("a", 1), ("b", 2), ("a", 3)]);
+        let m = [("a", 1), ("b", 2), ("a", 3)].into_iter().collect_map();
         let c: BTreeMap<_, _> = [("a", 1), ("b", 2), ("a", 3)].into_iter().collect();
         assert_eq!(m, c);
-        assert_eq!(set([3, 1, 3, 2]), BTreeSet::from([1, 2, 3]));
+        assert_eq!(
+            [3, 1, 3, 2].into_iter().collect_set(),
+            BTreeSet::from([1, 2, 3])
+        );
     }
 
     proptest! {
