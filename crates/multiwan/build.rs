@@ -54,6 +54,62 @@ fn main() {
     write(&out.join("cmdline_spec.rs"), spec().as_bytes());
     write(&out.join("cmdline_samples.rs"), samples().as_bytes());
     pack_relative_relocs();
+    link_order();
+}
+
+/// The toolchain's sysroot (`rustc --print sysroot`), if rustc can be asked.
+fn sysroot() -> Option<PathBuf> {
+    let rustc = std::env::var_os("RUSTC")?;
+    let out = std::process::Command::new(rustc)
+        .args(["--print", "sysroot"])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+}
+
+/// The release router is linked with the toolchain's own lld (rustup ships it as
+/// `lib/rustlib/HOST/bin/gcc-ld/ld.lld`) so that its functions can be laid out in the order
+/// of `link.order` (`--symbol-ordering-file`): first those the idle daemon calls, then those
+/// start-up and events call, then the rest (one-shot commands, error paths, panics). The pages
+/// a daemon touches stay resident for its whole life, so packing what it touches together is
+/// what lowers idle RSS (ARCHITECTURE.md, "Size"). `multiwan-lab --layout` writes the file
+/// from uprobes on a running daemon. A name the file holds that this build does not have (the
+/// toolchain or a dependency changed its hash) is skipped silently: such a build is laid out
+/// as by default for those functions, never wrong. The link map (`multiwan.map`, next to the
+/// binary) is what the profiler reads. Without lld the link is the default one.
+fn link_order() {
+    println!("cargo:rerun-if-changed=link.order");
+    let release = std::env::var("PROFILE").as_deref() == Ok("release");
+    if !release || std::env::var("CARGO_CFG_TARGET_OS").as_deref() != Ok("linux") {
+        return;
+    }
+    let (Some(sysroot), Ok(host)) = (sysroot(), std::env::var("HOST")) else {
+        return;
+    };
+    let gcc_ld = sysroot.join(format!("lib/rustlib/{host}/bin/gcc-ld"));
+    if !gcc_ld.join("ld.lld").is_file() {
+        return;
+    }
+    let arg = |a: &str| println!("cargo:rustc-link-arg-bin=multiwan={a}");
+    arg("-fuse-ld=lld");
+    arg(&format!("-B{}", gcc_ld.display()));
+    let manifest = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_default());
+    let order = manifest.join("link.order");
+    if order.is_file() {
+        arg(&format!("-Wl,--symbol-ordering-file={}", order.display()));
+        arg("-Wl,--no-warn-symbol-ordering");
+    }
+    // OUT_DIR is TARGET_DIR/[TRIPLE/]release/build/multiwan-HASH/out: the map goes beside the
+    // binary.
+    let out = PathBuf::from(std::env::var_os("OUT_DIR").unwrap_or_default());
+    if let Some(bin_dir) = out.ancestors().nth(3) {
+        arg(&format!(
+            "-Wl,-Map={}",
+            bin_dir.join("multiwan.map").display()
+        ));
+    }
 }
 
 /// A static-pie musl router carries ~90 KB of `R_X86_64_RELATIVE` relocations (`.rela.dyn`:
@@ -66,16 +122,9 @@ fn pack_relative_relocs() {
     if std::env::var("CARGO_CFG_TARGET_ENV").as_deref() != Ok("musl") {
         return;
     }
-    let (Some(rustc), Ok(target)) = (std::env::var_os("RUSTC"), std::env::var("TARGET")) else {
+    let (Some(sysroot), Ok(target)) = (sysroot(), std::env::var("TARGET")) else {
         return;
     };
-    let Ok(out) = std::process::Command::new(rustc)
-        .args(["--print", "sysroot"])
-        .output()
-    else {
-        return;
-    };
-    let sysroot = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
     let libc = sysroot.join(format!("lib/rustlib/{target}/lib/self-contained/libc.a"));
     let Ok(archive) = std::fs::read(&libc) else {
         return;

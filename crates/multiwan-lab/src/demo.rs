@@ -82,6 +82,12 @@ pub struct LabArgs {
     /// With --bench: run only this section (e.g. `footprint`), to measure one thing quickly.
     #[arg(long, requires = "bench", value_parser = bench::SECTIONS)]
     pub bench_only: Option<String>,
+    /// Profile which of the router's functions a running daemon calls (uprobes, about 7
+    /// minutes) and write their order to PATH: the router's `crates/multiwan/link.order`,
+    /// which its release build (linked with lld) lays its code out by. Needs the release
+    /// binary's link map (`multiwan.map`, beside it).
+    #[arg(long, value_name = "PATH", conflicts_with = "bench")]
+    pub layout: Option<PathBuf>,
 }
 
 fn wan_count(text: &str) -> usize {
@@ -134,6 +140,9 @@ pub fn run(args: LabArgs) -> Result<()> {
 }
 
 fn run_lab(args: &LabArgs, bin: &Path, dir: &Path) -> Result<()> {
+    if let Some(out) = &args.layout {
+        return crate::layout::run(bin, out);
+    }
     if args.bench {
         return bench::run(bin, args.quick, args.bench_only.as_deref(), &args.bench_out);
     }

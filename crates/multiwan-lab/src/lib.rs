@@ -14,6 +14,7 @@
 pub mod bench;
 pub mod daemon;
 pub mod demo;
+pub mod layout;
 pub mod netns;
 pub mod router;
 pub mod scratch;

@@ -355,6 +355,17 @@ pub(super) fn footprint(bin: &Path, quick: bool) -> Result<Section> {
         size as f64 / 1e6,
         bin.display()
     ));
+    s.note(match crate::layout::resolved(bin) {
+        Some((found, named)) => format!(
+            "code order (`crates/multiwan/link.order`, written by `multiwan-lab --layout`): {found} of its {named} functions are in this build's link map{}",
+            if found * 10 < named * 9 {
+                " — stale (the toolchain or a dependency changed the names): write it again"
+            } else {
+                ""
+            }
+        ),
+        None => "code order: the default one (no lld link map beside the binary, or no link.order)".into(),
+    });
     let floor = wake_floor(10, secs.min(5));
     s.note(format!(
         "on this machine a thread that does nothing but wake 10 times a second costs {:.3} % of a core: \
