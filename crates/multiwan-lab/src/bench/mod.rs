@@ -276,9 +276,10 @@ const READING: &str = "## Reading these numbers\n\n\
   prober's send call (on a real NIC that receive work happens in interrupt context). The \
   section shows what a thread that only wakes ten times a second costs here, for scale, and \
   multiwan at a 1 s interval for comparison with daemons that probe once a second. \
-  Resident memory is mostly the binary's own file-backed pages, all of them mapped (the \
-  kernel's fault-around): the router is a static musl executable, so no shared libc or loader \
-  is mapped; the daemon's own allocations are the private figure.\n\
+  Resident memory is mostly the binary's own file-backed pages: every 64 KiB window of code \
+  the daemon ever ran (the kernel's fault-around), which is why the release build lays out \
+  what it runs together (`link.order`); the router is a static musl executable, so no shared \
+  libc or loader is mapped; the daemon's own allocations are the private figure.\n\
 - **Failback after carrier loss** includes the link coming back, the route being reinstalled and \
   the neighbour being resolved before `up_after` clean rounds can start, so it is longer than \
   failback after an upstream repair.\n\
