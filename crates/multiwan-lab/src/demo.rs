@@ -82,7 +82,7 @@ pub struct LabArgs {
     /// With --bench: run only this section (e.g. `footprint`), to measure one thing quickly.
     #[arg(long, requires = "bench", value_parser = bench::SECTIONS)]
     pub bench_only: Option<String>,
-    /// Profile which of the router's functions a running daemon calls (uprobes, about 7
+    /// Profile which of the router's functions a running daemon calls (uprobes, about 8
     /// minutes) and write their order to PATH: the router's `crates/multiwan/link.order`,
     /// which its release build (linked with lld) lays its code out by. Needs the release
     /// binary's link map (`multiwan.map`, beside it).

@@ -142,7 +142,7 @@ pub fn text_delta(elf: &[u8]) -> Result<u64> {
 }
 
 /// The order file: a header, tier 1's symbols, then tier 2's, each tier in address order.
-pub fn order_file(header: &str, tiers: &[(&str, Vec<&Function>)]) -> String {
+pub fn order_file(header: &str, tiers: &[(&str, &[&Function])]) -> String {
     let mut s = String::new();
     for l in header.lines() {
         s += &format!("# {l}\n");
@@ -150,7 +150,7 @@ pub fn order_file(header: &str, tiers: &[(&str, Vec<&Function>)]) -> String {
     for (what, fns) in tiers {
         let bytes: u64 = fns.iter().map(|f| f.size).sum();
         s += &format!("# {what}: {} functions, {bytes} bytes\n", fns.len());
-        let mut fns = fns.clone();
+        let mut fns = fns.to_vec();
         fns.sort_by_key(|f| f.addr);
         for f in fns {
             s += &f.symbol;
@@ -402,8 +402,8 @@ pub fn run(bin: &Path, out: &Path) -> Result<()> {
     let text = order_file(
         &header,
         &[
-            ("called while idle", tier1.clone()),
-            ("called at start-up or on events only", tier2.clone()),
+            ("called while idle", &tier1[..]),
+            ("called at start-up or on events only", &tier2[..]),
         ],
     );
     let named: BTreeSet<&str> = fns.iter().map(|f| f.symbol.as_str()).collect();
@@ -504,7 +504,7 @@ mod tests {
         let (a, b, c) = (f(0x30, "a"), f(0x10, "b"), f(0x20, "c"));
         let text = order_file(
             "two\nlines",
-            &[("idle", vec![&a, &b]), ("events", vec![&c])],
+            &[("idle", &[&a, &b][..]), ("events", &[&c][..])],
         );
         assert!(text.starts_with("# two\n# lines\n# idle: 2 functions, 8 bytes\n"));
         assert_eq!(order_symbols(&text), ["b", "a", "c"]);
