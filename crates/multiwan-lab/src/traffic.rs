@@ -150,13 +150,15 @@ impl Server {
             while !st1.load(Ordering::Relaxed) {
                 if let Ok((n, peer)) = sock.recv_from(&mut buf) {
                     let reply = peer.ip().to_string();
-                    let _ = sock.send_to(reply.as_bytes(), peer);
+                    // Counted before the reply leaves, so a client that has its answer
+                    // finds the message in the counts (as TCP's are).
                     if let Ok(mut g) = s1.lock() {
                         let e = g.entry(peer.ip()).or_default();
                         e.udp_msgs += 1;
                         e.bytes_in += n as u64;
                         e.bytes_out += reply.len() as u64;
                     }
+                    let _ = sock.send_to(reply.as_bytes(), peer);
                 }
             }
         })
@@ -205,6 +207,21 @@ impl Server {
                 IpAddr::V4(_) => None,
             })
             .collect()
+    }
+
+    /// The per-peer counts once `settled` holds for them, or as they are after `timeout`.
+    /// Echo requests are counted from a raw socket's copy while the kernel answers them on
+    /// its own, so a ping can have its reply before the counter thread has read the copy:
+    /// a test that counts echoes waits for them here instead of reading at once.
+    pub fn stats_when(&self, timeout: Duration, settled: impl Fn(&StatsAll) -> bool) -> StatsAll {
+        let end = Instant::now() + timeout;
+        loop {
+            let s = self.stats_all();
+            if settled(&s) || Instant::now() >= end {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// A snapshot of the per-peer counts, both families.

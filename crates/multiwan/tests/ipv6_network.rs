@@ -104,9 +104,13 @@ fn ipv6_isps_drop_foreign_sources_without_multiwan() {
     let u = lab.udp6_from_host(0, 2);
     assert_eq!(count(&u, 0), 2, "{u:?}");
     assert!(lab.ping_from_host(0, SERVER_ADDR6.into(), Duration::from_secs(2)));
+    let wan1 = IpAddr::from(router_addr6(1));
+    let all = lab.server.stats_when(Duration::from_secs(5), |s| {
+        s.get(&wan1).is_some_and(|p| p.echoes >= 1)
+    });
     let seen: Vec<Ipv6Addr> = lab.server.stats6().keys().copied().collect();
     assert_eq!(seen, vec![router_addr6(1)]);
-    let s = lab.server.stats6()[&router_addr6(1)];
+    let s = all[&wan1];
     assert_eq!((s.tcp_conns, s.udp_msgs, s.echoes), (4, 2, 1), "{s:?}");
 }
 
