@@ -153,6 +153,22 @@ fn src_hash_keeps_hosts_on_one_uplink() {
     assert_eq!(per_host, vec![0, 1], "six hosts should use both uplinks");
 }
 
+/// Once in many runs an alternation of the round-robin split skipped a step (not
+/// root-caused): the router's conntrack statistics (insert_failed, drop, clashres …) and the
+/// per-uplink connection counters then say whether a first packet was dropped before its
+/// entry was confirmed (its retransmission takes the next step: one connection too many) or a
+/// flow found an older entry and kept its uplink (one too few).
+fn balance_diagnosis(lab: &Lab) -> String {
+    let r = &lab.topo.router;
+    let stats = r
+        .exec("cat", &["/proc/net/stat/nf_conntrack"])
+        .unwrap_or_default();
+    let counters = r
+        .exec("nft", &["list", "counters", "table", "inet", "multiwan"])
+        .unwrap_or_default();
+    format!("conntrack statistics:\n{stats}\n{counters}")
+}
+
 /// Item 4, seed 002: one host's TCP port 7000 (the server's) goes over isp2; its UDP and the
 /// other host's TCP are balanced.
 #[test]
@@ -167,9 +183,19 @@ fn seed_002_rule_pins_one_hosts_port() {
     let pinned = lab.tcp_from_host(0, 10);
     assert_eq!(count(&pinned, 1), 10, "{pinned:?}");
     let other = lab.tcp_from_host(1, 10);
-    assert_eq!((count(&other, 0), count(&other, 1)), (5, 5), "{other:?}");
+    assert_eq!(
+        (count(&other, 0), count(&other, 1)),
+        (5, 5),
+        "{other:?}\n{}",
+        balance_diagnosis(&lab)
+    );
     let udp = lab.udp_from_host(0, 10);
-    assert_eq!((count(&udp, 0), count(&udp, 1)), (5, 5), "{udp:?}");
+    assert_eq!(
+        (count(&udp, 0), count(&udp, 1)),
+        (5, 5),
+        "{udp:?}\n{}",
+        balance_diagnosis(&lab)
+    );
     let hits = lab
         .topo
         .router
