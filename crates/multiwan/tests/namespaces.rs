@@ -166,7 +166,13 @@ fn balance_diagnosis(lab: &Lab) -> String {
     let counters = r
         .exec("nft", &["list", "counters", "table", "inet", "multiwan"])
         .unwrap_or_default();
-    format!("conntrack statistics:\n{stats}\n{counters}")
+    // Every connection with its ports and mark: a reused source port (a flow that found an
+    // older entry and kept its uplink) or a stranger's connection (a numgen step nobody
+    // expected) shows here.
+    let table = r
+        .exec("cat", &["/proc/net/nf_conntrack"])
+        .unwrap_or_default();
+    format!("conntrack statistics:\n{stats}\n{counters}\nconnections:\n{table}")
 }
 
 /// Item 4, seed 002: one host's TCP port 7000 (the server's) goes over isp2; its UDP and the
