@@ -673,7 +673,7 @@ impl<'a> Validator<'a> {
         let uplinks = self.uplinks(raw_uplinks);
         let separate = self.lan_apart_from_uplinks(root.table("lan"), raw_uplinks);
         let balance = self.balance(root.table("balance"));
-        let rules = self.rules(root.tables("rule"), uplinks.as_deref());
+        let rules = self.rules(root.tables("rule"), raw_uplinks, uplinks.as_deref());
         separate?;
         Some(Config {
             daemon: daemon?,

@@ -78,9 +78,7 @@ impl Validator<'_> {
         i: usize,
         uplink_span: Range<usize>,
         raw: Option<&Spanned<Table>>,
-        gateway: Option<Ipv4Addr>,
-        gateway_auto: bool,
-        gateway6: Option<Option<Ipv6Addr>>,
+        gateways: Gateways,
     ) -> Option<(Check, Option<Check>)> {
         let prefix = format!("uplink[{i}].check");
         let p = |k: &str| format!("{prefix}.{k}");
@@ -116,11 +114,7 @@ impl Validator<'_> {
             self.targets(
                 c.str_list("targets"),
                 method,
-                Gateways {
-                    v4: gateway,
-                    v4_auto: gateway_auto,
-                    v6: gateway6,
-                },
+                gateways,
                 span.clone(),
                 &target_key,
             )
@@ -372,7 +366,7 @@ impl Validator<'_> {
             }
             for (j, t) in list.get_ref().iter().enumerate() {
                 match target(t.get_ref(), method) {
-                    Ok(a) if a.is_ipv6() && gw.v6.is_none() => {
+                    Ok(a) if a.is_ipv6() && gw.v6.is_none() && gw.known => {
                         self.push(t.span(), &format!("{key}[{j}]"), format!(
                             "{:?} is an IPv6 target but this uplink carries no IPv6: add gateway6 (an address or \"auto\"), or remove the target",
                             t.get_ref()
@@ -388,7 +382,9 @@ impl Validator<'_> {
                 }
             }
         }
-        if !ok {
+        // With an invalid gateway key what a family would default to is unknown: only the
+        // targets' own syntax is checked (the gateway's error is already reported).
+        if !ok || !gw.known {
             return None;
         }
         let v4 = self.default_target(
@@ -452,11 +448,13 @@ impl Validator<'_> {
 }
 
 /// The gateways a check may default to.
-struct Gateways {
-    v4: Option<Ipv4Addr>,
-    v4_auto: bool,
+pub(super) struct Gateways {
+    pub(super) v4: Option<Ipv4Addr>,
+    pub(super) v4_auto: bool,
     /// `None`: no IPv6; `Some(None)`: `gateway6 = "auto"`.
-    v6: Option<Option<Ipv6Addr>>,
+    pub(super) v6: Option<Option<Ipv6Addr>>,
+    /// False when `gateway` or `gateway6` is invalid (the fields above then say nothing).
+    pub(super) known: bool,
 }
 
 /// One probe target as written for `method`: an address for icmp, `ip:port` for tcp

@@ -9,16 +9,24 @@ use crate::config::{NumOrStr, Spanned, SpannedList, Table};
 use crate::net::{Family, IpNet, Ipv4Net, Ipv6Net, PortRange};
 
 impl Validator<'_> {
+    /// `declared` are the `[[uplink]]` tables as written: a rule's reference to an uplink is
+    /// checked against their names even when one of them is invalid (and `uplinks` is `None`),
+    /// so a misspelt reference is reported in the same pass as the uplink's own error.
     pub(super) fn rules(
         &mut self,
         raw: &[Spanned<Table>],
+        declared: &[Spanned<Table>],
         uplinks: Option<&[Uplink]>,
     ) -> Option<Vec<Rule>> {
         let mut ok = true;
         let mut out = Vec::new();
         let mut names = BTreeSet::new();
+        let declared: Vec<Option<&str>> = declared
+            .iter()
+            .map(|u| u.get_ref().str("name").map(|n| n.get_ref().as_str()))
+            .collect();
         for (i, r) in raw.iter().enumerate() {
-            match self.rule(i, r, uplinks, &mut names) {
+            match self.rule(i, r, (&declared, uplinks), &mut names) {
                 Some(rule) => out.push(rule),
                 None => ok = false,
             }
@@ -30,7 +38,7 @@ impl Validator<'_> {
         &mut self,
         i: usize,
         raw: &Spanned<Table>,
-        uplinks: Option<&[Uplink]>,
+        (declared, uplinks): (&[Option<&str>], Option<&[Uplink]>),
         names: &mut BTreeSet<String>,
     ) -> Option<Rule> {
         let r = raw.get_ref();
@@ -46,7 +54,12 @@ impl Validator<'_> {
             None => true,
         };
         let mode = self.mode(r.str("mode"), &p("mode"));
-        let refs = self.rule_uplinks(r.str_list("uplinks"), mode, uplinks, &p("uplinks"));
+        let refs = self.rule_uplinks(
+            r.str_list("uplinks"),
+            mode,
+            (declared, uplinks),
+            &p("uplinks"),
+        );
         let family = self.family(r.str("family"), &p("family"));
         let ((src, src6), (dst, dst6)) = (src?, dst?);
         let (refs, mode, family) = (refs?, mode?, family?);
@@ -239,12 +252,13 @@ impl Validator<'_> {
     }
 
     /// Indexes of the uplinks a rule names (all of them when it names none). `all` is `None`
-    /// when the uplinks themselves are invalid; names are then still checked for duplicates.
+    /// when the uplinks themselves are invalid; the names are then still checked against
+    /// `declared` (the uplinks' names as written) for unknown ones and repeats.
     fn rule_uplinks(
         &mut self,
         raw: Option<&SpannedList>,
         mode: Option<Mode>,
-        all: Option<&[Uplink]>,
+        (declared, all): (&[Option<&str>], Option<&[Uplink]>),
         key: &str,
     ) -> Option<Vec<usize>> {
         let Some(list) = raw else {
@@ -270,28 +284,36 @@ impl Validator<'_> {
         let mut good = true;
         for (j, n) in list.get_ref().iter().enumerate() {
             let k = format!("{key}[{j}]");
-            match all.and_then(|all| all.iter().position(|u| &u.name == n.get_ref())) {
+            // The position among the uplinks as written is the index into the validated
+            // ones (those exist only when every uplink is valid, in the same order).
+            match declared
+                .iter()
+                .position(|d| *d == Some(n.get_ref().as_str()))
+            {
                 Some(x) if idx.contains(&x) => {
                     self.push(n.span(), &k, format!("{:?} is listed twice", n.get_ref()));
                     good = false;
                 }
                 Some(x) => idx.push(x),
                 None => {
-                    if let Some(all) = all {
-                        let known: Vec<_> = all.iter().map(|u| u.name.as_str()).collect();
-                        let hint = crate::config::closest(n.get_ref(), known.iter().copied())
-                            .map(|c| format!("did you mean {c:?}? "))
-                            .unwrap_or_default();
-                        self.push(
-                            n.span(),
-                            &k,
-                            format!(
-                                "no uplink named {:?} ({hint}known: {})",
-                                n.get_ref(),
-                                known.join(", ")
-                            ),
-                        );
+                    let mut known: Vec<&str> = Vec::new();
+                    for d in declared.iter().flatten() {
+                        if !known.contains(d) {
+                            known.push(d);
+                        }
                     }
+                    let hint = crate::config::closest(n.get_ref(), known.iter().copied())
+                        .map(|c| format!("did you mean {c:?}? "))
+                        .unwrap_or_default();
+                    self.push(
+                        n.span(),
+                        &k,
+                        format!(
+                            "no uplink named {:?} ({hint}known: {})",
+                            n.get_ref(),
+                            known.join(", ")
+                        ),
+                    );
                     good = false;
                 }
             }

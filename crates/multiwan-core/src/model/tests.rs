@@ -148,6 +148,41 @@ fn rule_references_unknown_uplink() {
         .contains("no uplink named \"ips2\" (did you mean \"isp2\"? known: isp1, isp2)"));
 }
 
+/// One pass finds every error: an invalid uplink does not hide a rule's misspelt reference
+/// (nor does it make a reference to that uplink, which is declared, an error of its own).
+#[test]
+fn rule_references_checked_while_an_uplink_is_invalid() {
+    let text = FULL.replace("gateway = \"10.37.2.1\"", "gateway = \"10.37.2.300\"")
+        + "\n[[rule]]\nname = \"x\"\nuplinks = [\"isp2\", \"ips1\", \"isp2\"]\n";
+    let e = errs(&text);
+    assert_eq!(e.len(), 3, "{e:#?}");
+    assert!(
+        e[0].contains("uplink[1].gateway: invalid IPv4 address"),
+        "{e:#?}"
+    );
+    assert!(
+        e[1].contains(
+            "rule[1].uplinks[1]: no uplink named \"ips1\" (did you mean \"isp1\"? known: isp1, isp2)"
+        ),
+        "{e:#?}"
+    );
+    assert!(
+        e[2].contains("rule[1].uplinks[2]: \"isp2\" is listed twice"),
+        "{e:#?}"
+    );
+    // An invalid gateway6 is one error, not also "this uplink carries no IPv6" for its
+    // IPv6 target.
+    let text = FULL
+        .replace(
+            "targets = [\"10.37.1.1\"]",
+            "targets = [\"10.37.1.1\", \"2001:db8::53\"]",
+        )
+        .replace("tier = 1", "tier = 1\ngateway6 = \"2001:db8::zz\"");
+    let e = errs(&text);
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert!(e[0].contains("uplink[0].gateway6: "), "{e:#?}");
+}
+
 #[test]
 fn duplicate_names_and_shared_interface() {
     let text = r#"[lan]

@@ -4,6 +4,7 @@
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
+use super::check::Gateways;
 use super::names::{ifname_problem, uplink_name_problem};
 use super::{Snat, Snat6, Uplink, Uplink6, Validator, MAX_TIER, MAX_WEIGHT};
 use crate::config::{Spanned, Table};
@@ -106,9 +107,12 @@ impl Validator<'_> {
             i,
             span,
             u.table("check"),
-            gateway.flatten(),
-            gateway_auto,
-            gateway6.flatten(),
+            Gateways {
+                v4: gateway.flatten(),
+                v4_auto: gateway_auto,
+                v6: gateway6.flatten(),
+                known: gateway.is_some() && gateway6.is_some(),
+            },
         );
         let (check, check6) = checks?;
         let ipv6 = match (gateway6?, check6) {
