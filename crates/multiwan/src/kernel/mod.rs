@@ -16,6 +16,7 @@ pub mod exec;
 pub mod netlink;
 pub mod nft;
 pub mod rtmsg;
+pub mod setelem;
 pub mod socket;
 pub mod sysctl;
 

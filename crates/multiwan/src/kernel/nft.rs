@@ -21,6 +21,7 @@ use netlink_packet_netfilter::{NetfilterHeader, NetfilterMessage, NetfilterProto
 use netlink_sys::protocols::NETLINK_NETFILTER;
 
 use super::exec;
+use super::setelem::ElementsMsg;
 use super::socket::NlSocket;
 
 /// `NFNL_SUBSYS_NFTABLES`: the resource id of a batch's begin and end messages.
@@ -200,26 +201,20 @@ impl Nft {
                 SetElementList::Set(map.into()),
             ],
         });
+        // The answers are read by our own parser (see `setelem`), the request is the crate's.
+        let answers: Vec<ElementsMsg> = self
+            .0
+            .ask(wrap(req), NLM_F_DUMP)
+            .with_context(|| format!("reading map {map}"))?;
         let mut out = Vec::new();
-        for m in self
-            .dump(req)
-            .with_context(|| format!("reading map {map}"))?
-        {
-            let NfTablesMessage::NewSetElement(e) = m else {
+        for m in answers {
+            let ElementsMsg::Elements(list) = m else {
                 continue;
             };
-            for l in &e.attributes {
-                let SetElementList::Elements(list) = l else {
-                    continue;
-                };
-                for el in list {
-                    let ListAttribute::Element(attrs) = el else {
-                        bail!("map {map}: an element the kernel sent could not be decoded");
-                    };
-                    out.push(element(attrs).ok_or_else(|| {
-                        anyhow!("map {map}: an element is not a mark with a goto: {attrs:?}")
-                    })?);
-                }
+            for e in list {
+                out.push(
+                    e.ok_or_else(|| anyhow!("map {map}: an element is not a mark with a goto"))?,
+                );
             }
         }
         multiwan_core::order::sort(&mut out);
@@ -451,31 +446,6 @@ fn expressions(r: &RuleMessage) -> Vec<&Expressions> {
         }
     }
     out
-}
-
-fn element(attrs: &[SetElementAttribute]) -> Option<(u32, String)> {
-    let mut key = None;
-    let mut target = None;
-    for a in attrs {
-        match a {
-            // Marks, numgen and jhash results are host-order 32-bit integers.
-            SetElementAttribute::Key(DataAttribute::Value(v)) => {
-                key = Some(u32::from_ne_bytes(v.as_slice().try_into().ok()?));
-            }
-            SetElementAttribute::Data(DataAttribute::Verdict(v)) => {
-                let goto = v
-                    .iter()
-                    .any(|x| matches!(x, VerdictAttribute::Code(Verdict::Goto)));
-                let chain = v.iter().find_map(|x| match x {
-                    VerdictAttribute::Chain(c) => Some(c.clone()),
-                    _ => None,
-                });
-                target = chain.filter(|_| goto);
-            }
-            _ => {}
-        }
-    }
-    Some((key?, target?))
 }
 
 fn elements(p: &PolicyMap) -> Vec<ListAttribute<SetElementAttribute>> {
