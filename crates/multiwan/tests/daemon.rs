@@ -573,6 +573,50 @@ fn src_hash_failover_moves_only_the_failed_uplinks_hosts() {
     );
 }
 
+/// Weights as large as `check` accepts (1..=1000), co-prime so that the rotation has 1 999
+/// slots: the map is written in several messages (one list attribute holds at most 64 KiB),
+/// and the multipath route's weights are scaled into the kernel's 1..=256. Before, the
+/// verification refused every update (the kernel kept other nexthop weights than the plan's)
+/// and the daemon never installed its plan.
+#[test]
+fn weights_up_to_the_maximum_install_and_fail_over() {
+    let lab = Lab::new(2, 1);
+    let text = two_uplinks_checked("round-robin")
+        .replace(
+            "gateway = \"10.37.1.1\"",
+            "gateway = \"10.37.1.1\"\nweight = 1000",
+        )
+        .replace(
+            "gateway = \"10.37.2.1\"",
+            "gateway = \"10.37.2.1\"\nweight = 999",
+        );
+    let d = lab.start_daemon(&text);
+    let used: std::collections::BTreeSet<usize> =
+        (0..8).map(|_| connect_or_explain(&lab, 0)).collect();
+    assert_eq!(used.len(), 2, "both uplinks carry connections: {used:?}");
+    let updates = || {
+        lab.daemon_log()
+            .lines()
+            .filter(|l| l.contains("kernel updated"))
+            .count()
+    };
+    let before = updates();
+    lab.cut_upstream(0);
+    d.wait_for("isp1 down", Duration::from_secs(3), |d| {
+        d.uplink_state("isp1").as_deref() == Some("down")
+    });
+    d.wait_for(
+        "the update after isp1 went down",
+        Duration::from_secs(3),
+        |_| updates() > before,
+    );
+    for _ in 0..4 {
+        assert_eq!(connect_or_explain(&lab, 0), 1, "{}", lab.daemon_log());
+    }
+    let log = lab.daemon_log();
+    assert!(!log.contains("cannot update the kernel"), "{log}");
+}
+
 /// The hook runs on every transition with the documented environment, and systemd hears
 /// READY=1 and STOPPING=1.
 #[test]

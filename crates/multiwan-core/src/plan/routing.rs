@@ -197,8 +197,15 @@ fn catch_all(
     (rule, route)
 }
 
+/// The largest weight the kernel keeps for a nexthop (`rtnh_hops` is 8 bits: weight − 1).
+pub const MAX_NEXTHOP_WEIGHT: u32 = 256;
+
 /// The weighted multipath default route over the default policy's routable usable uplinks,
-/// for the router's own unmarked traffic.
+/// for the router's own unmarked traffic. Weights (up to 1000 each) are reduced by their
+/// common divisor and, where the largest is still above [`MAX_NEXTHOP_WEIGHT`], scaled down
+/// to it (rounded, never below 1): the kernel would otherwise keep other weights than the
+/// plan's, and the verification would refuse every update. The connections' own split is the
+/// policy maps', which stay exact.
 fn multipath(
     cfg: &Config,
     facts: &Facts,
@@ -213,12 +220,12 @@ fn multipath(
     if routable.is_empty() {
         return None;
     }
-    let weights = reduce(
+    let weights = nexthop_weights(&reduce(
         &routable
             .iter()
             .map(|(i, _)| cfg.uplinks[*i].weight)
             .collect::<Vec<_>>(),
-    );
+    ));
     Some(Route {
         family,
         table,
@@ -233,6 +240,18 @@ fn multipath(
             .collect(),
         kind: RouteKind::Unicast,
     })
+}
+
+/// Weights scaled into the kernel's 1..=[`MAX_NEXTHOP_WEIGHT`] when the largest is above it.
+fn nexthop_weights(weights: &[u32]) -> Vec<u32> {
+    let top = weights.iter().copied().max().unwrap_or(1);
+    if top <= MAX_NEXTHOP_WEIGHT {
+        return weights.to_vec();
+    }
+    weights
+        .iter()
+        .map(|w| ((w * MAX_NEXTHOP_WEIGHT + top / 2) / top).max(1))
+        .collect()
 }
 
 /// Forwarding, conntrack accounting (bytes and start time per connection, for `flows` and

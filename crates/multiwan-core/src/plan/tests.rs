@@ -301,6 +301,38 @@ fn same_inputs_same_bytes() {
     assert_ne!(a.digest, f.digest);
 }
 
+/// Weights above the kernel's nexthop limit (256) are scaled into it in the multipath route
+/// (a weight of 1000 used to be stored as another number, and every update failed its
+/// verification), while the rotation keeps the exact weights.
+#[test]
+fn multipath_weights_fit_the_kernel_and_the_rotation_stays_exact() {
+    let c = config_with(&[1000, 999, 1], &[1, 1, 1]);
+    let p = plan(&c, &ids(&c), &all_usable(&c), &Facts::default());
+    let weights: Vec<u32> = p.routes[0].nexthops.iter().map(|n| n.weight).collect();
+    assert_eq!(weights, vec![256, 256, 1]);
+    assert_eq!(
+        p.policy_maps[0].elements.len(),
+        2000,
+        "the rotation is exact"
+    );
+    // Already small enough (after the common divisor): unchanged.
+    let c = config_with(&[600, 200], &[1, 1]);
+    let p = plan(&c, &ids(&c), &all_usable(&c), &Facts::default());
+    let weights: Vec<u32> = p.routes[0].nexthops.iter().map(|n| n.weight).collect();
+    assert_eq!(weights, vec![3, 1]);
+}
+
+proptest! {
+    #[test]
+    fn nexthop_weights_are_in_the_kernels_range(weights in proptest::collection::vec(1u32..=1000, 1..8)) {
+        let c = config_with(&weights, &vec![1; weights.len()]);
+        let p = plan(&c, &ids(&c), &all_usable(&c), &Facts::default());
+        for n in &p.routes[0].nexthops {
+            prop_assert!((1..=256).contains(&n.weight), "{:?}", p.routes[0]);
+        }
+    }
+}
+
 fn config_with(weights: &[u32], tiers: &[u32]) -> Config {
     let mut t = String::from("[lan]\ninterfaces=[\"lan0\"]\n");
     for (i, (w, tier)) in weights.iter().zip(tiers).enumerate() {

@@ -28,6 +28,10 @@ use super::socket::NlSocket;
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 /// nftables' user-data tag of a table comment (`NFTNL_UDATA_TABLE_COMMENT`).
 const UDATA_TABLE_COMMENT: u8 = 0;
+/// Elements per NEWSETELEM message: an element with the longest chain name (`up_` and 15
+/// characters) takes 56 bytes, so 1 024 of them stay well inside the list attribute's 16-bit
+/// length.
+const ELEMENTS_PER_MESSAGE: usize = 1024;
 /// numgen expression attributes (`NFTA_NG_*`) and types.
 const NFTA_NG_DREG: u16 = 1;
 const NFTA_NG_MODULUS: u16 = 2;
@@ -295,49 +299,8 @@ impl Nft {
     /// Rewrites the given policies in one atomic batch: each map's elements are replaced, and
     /// each numgen policy's rule is replaced with its new modulus.
     pub fn update_policies(&mut self, policies: &[&PolicyMap]) -> Result<()> {
-        let mut msgs = vec![(control(ControlMessage::BatchBegin), 0, false)];
-        for p in policies {
-            let table = SetElementList::Table(NFT_TABLE.into());
-            let set = SetElementList::Set(p.map.clone());
-            // Without elements, DELSETELEM flushes the map.
-            msgs.push((
-                wrap(NfTablesMessage::DeleteSetElement(SetElementMessage {
-                    attributes: vec![table.clone(), set.clone()],
-                })),
-                0,
-                true,
-            ));
-            msgs.push((
-                wrap(NfTablesMessage::NewSetElement(SetElementMessage {
-                    attributes: vec![table, set, SetElementList::Elements(elements(p))],
-                })),
-                NLM_F_CREATE,
-                true,
-            ));
-            if let Selector::Numgen { random, modulus } = p.selector {
-                let chain = vec![
-                    RuleAttribute::Table(NFT_TABLE.into()),
-                    RuleAttribute::Chain(p.chain.clone()),
-                ];
-                msgs.push((
-                    wrap(NfTablesMessage::DeleteRule(RuleMessage {
-                        attributes: chain.clone(),
-                    })),
-                    0,
-                    true,
-                ));
-                let mut attributes = chain;
-                attributes.push(numgen_rule(&p.map, random, modulus));
-                msgs.push((
-                    wrap(NfTablesMessage::NewRule(RuleMessage { attributes })),
-                    NLM_F_CREATE | NLM_F_APPEND,
-                    true,
-                ));
-            }
-        }
-        msgs.push((control(ControlMessage::BatchEnd), 0, false));
         self.0
-            .batch(msgs)
+            .batch(policy_batch(policies))
             .context("updating the balancing policies")
     }
 
@@ -448,9 +411,65 @@ fn expressions(r: &RuleMessage) -> Vec<&Expressions> {
     out
 }
 
-fn elements(p: &PolicyMap) -> Vec<ListAttribute<SetElementAttribute>> {
-    p.elements
-        .iter()
+/// The batch that rewrites `policies` (begin, per policy: flush its map, its elements in
+/// messages of at most [`ELEMENTS_PER_MESSAGE`], its numgen rule replaced; end), each
+/// message with its flags and whether it is acknowledged.
+fn policy_batch(policies: &[&PolicyMap]) -> Vec<(NetfilterMessage, u16, bool)> {
+    let mut msgs = vec![(control(ControlMessage::BatchBegin), 0, false)];
+    for p in policies {
+        let table = SetElementList::Table(NFT_TABLE.into());
+        let set = SetElementList::Set(p.map.clone());
+        // Without elements, DELSETELEM flushes the map.
+        msgs.push((
+            wrap(NfTablesMessage::DeleteSetElement(SetElementMessage {
+                attributes: vec![table.clone(), set.clone()],
+            })),
+            0,
+            true,
+        ));
+        // The elements go in messages of at most ELEMENTS_PER_MESSAGE: their list is one
+        // attribute, whose length is 16 bits (a rotation of weights 1000:999:997 has
+        // 2 996 slots, ~150 KiB).
+        for chunk in p.elements.chunks(ELEMENTS_PER_MESSAGE) {
+            msgs.push((
+                wrap(NfTablesMessage::NewSetElement(SetElementMessage {
+                    attributes: vec![
+                        table.clone(),
+                        set.clone(),
+                        SetElementList::Elements(elements(chunk)),
+                    ],
+                })),
+                NLM_F_CREATE,
+                true,
+            ));
+        }
+        if let Selector::Numgen { random, modulus } = p.selector {
+            let chain = vec![
+                RuleAttribute::Table(NFT_TABLE.into()),
+                RuleAttribute::Chain(p.chain.clone()),
+            ];
+            msgs.push((
+                wrap(NfTablesMessage::DeleteRule(RuleMessage {
+                    attributes: chain.clone(),
+                })),
+                0,
+                true,
+            ));
+            let mut attributes = chain;
+            attributes.push(numgen_rule(&p.map, random, modulus));
+            msgs.push((
+                wrap(NfTablesMessage::NewRule(RuleMessage { attributes })),
+                NLM_F_CREATE | NLM_F_APPEND,
+                true,
+            ));
+        }
+    }
+    msgs.push((control(ControlMessage::BatchEnd), 0, false));
+    msgs
+}
+
+fn elements(list: &[(u32, String)]) -> Vec<ListAttribute<SetElementAttribute>> {
+    list.iter()
         .map(|(k, chain)| {
             ListAttribute::Element(vec![
                 SetElementAttribute::Key(DataAttribute::Value(k.to_ne_bytes().to_vec())),
@@ -512,6 +531,38 @@ pub fn load(script: &str, check: bool) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A rotation of thousands of slots (weights 1000:999:997) is split into messages whose
+    /// element list fits its 16-bit attribute length, and every element arrives.
+    #[test]
+    fn a_long_rotation_is_split_into_messages_that_fit() {
+        use netlink_packet_core::{NetlinkBuffer, NetlinkDeserializable, NetlinkHeader};
+        let chains = ["up_abcdefghijklmno", "up_b", "up_c"];
+        let p = PolicyMap {
+            chain: "policy_default".into(),
+            map: "m_policy_default".into(),
+            selector: Selector::Numgen {
+                random: false,
+                modulus: 2996,
+            },
+            elements: (0..2996u32)
+                .map(|k| (k, chains[k as usize % 3].to_string()))
+                .collect(),
+        };
+        let mut got = Vec::new();
+        for (m, flags, _) in policy_batch(&[&p]) {
+            let bytes = super::super::rtmsg::frame(m, flags);
+            assert!(bytes.len() < 1 << 16, "a message of {} bytes", bytes.len());
+            let b = NetlinkBuffer::new(&bytes);
+            let mut header = NetlinkHeader::default();
+            header.message_type = b.message_type();
+            if let Ok(ElementsMsg::Elements(list)) = ElementsMsg::deserialize(&header, b.payload())
+            {
+                got.extend(list.into_iter().map(|e| e.expect("a goto element")));
+            }
+        }
+        assert_eq!(got, p.elements);
+    }
 
     #[test]
     fn table_comment_from_user_data() {

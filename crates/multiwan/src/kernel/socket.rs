@@ -17,6 +17,10 @@ use netlink_sys::{Socket, SocketAddr};
 /// How long a single answer may take.
 const ANSWER_DEADLINE: Duration = Duration::from_secs(5);
 
+/// A batch up to this size fits the default netlink send buffer (`net.core.wmem_default`,
+/// 212 992 bytes, less the kernel's 32 bytes of slack), with room to spare.
+const SNDBUF_DEFAULT_SAFE: usize = 128 << 10;
+
 /// A connected netlink socket with its own sequence numbers.
 pub struct NlSocket {
     sock: Socket,
@@ -142,6 +146,18 @@ impl NlSocket {
                 pending.insert(seq);
             }
             buf.extend_from_slice(&b);
+        }
+        // An nfnetlink batch must arrive in one message (one send); the kernel refuses one
+        // longer than the socket's send buffer (EMSGSIZE; 208 KiB by default), which a
+        // rotation of a few thousand slots exceeds. As `nft` does, the buffer is raised to
+        // the batch (SO_SNDBUFFORCE: root may go past wmem_max).
+        if buf.len() > SNDBUF_DEFAULT_SAFE {
+            nix::sys::socket::setsockopt(
+                &self.sock,
+                nix::sys::socket::sockopt::SndBufForce,
+                &(buf.len() + 4096),
+            )
+            .context("raising the netlink send buffer for a large batch")?;
         }
         self.sock.send(&buf, 0).context("sending a netlink batch")?;
         let mut first_error = None;
