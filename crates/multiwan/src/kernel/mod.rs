@@ -15,8 +15,8 @@ pub mod events;
 pub mod exec;
 pub mod netlink;
 pub mod nft;
+pub mod nftread;
 pub mod rtmsg;
-pub mod setelem;
 pub mod socket;
 pub mod sysctl;
 
@@ -242,9 +242,10 @@ impl System {
     }
 
     fn policy_states(&mut self, plan: &Plan) -> Result<Vec<(PolicyMap, PolicyState)>> {
+        let moduli = self.nft.numgen_moduli()?;
         let mut out = Vec::new();
         for p in &plan.policy_maps {
-            out.push((p.clone(), self.nft.policy(p)?));
+            out.push((p.clone(), self.nft.policy(p, &moduli)?));
         }
         Ok(out)
     }

@@ -12,16 +12,16 @@ use anyhow::{anyhow, bail, Context, Result};
 use multiwan_core::plan::{PolicyMap, Selector, NFT_TABLE, RESTORE_MAP};
 use netlink_packet_core::{DefaultNla, Nla, NLM_F_APPEND, NLM_F_CREATE, NLM_F_DUMP};
 use netlink_packet_netfilter::nftables::{
-    DataAttribute, ExpressionAttribute, Expressions, ListAttribute, Lookup, NfTablesMessage,
-    Register, RuleAttribute, RuleMessage, SetElementAttribute, SetElementList, SetElementMessage,
-    TableAttribute, TableMessage, Verdict, VerdictAttribute,
+    DataAttribute, Expressions, ListAttribute, Lookup, NfTablesMessage, Register, RuleAttribute,
+    RuleMessage, SetElementAttribute, SetElementList, SetElementMessage, TableAttribute,
+    TableMessage, Verdict, VerdictAttribute,
 };
 use netlink_packet_netfilter::none::ControlMessage;
 use netlink_packet_netfilter::{NetfilterHeader, NetfilterMessage, NetfilterProtoFamily};
 use netlink_sys::protocols::NETLINK_NETFILTER;
 
 use super::exec;
-use super::setelem::ElementsMsg;
+use super::nftread::{ElementsMsg, RuleSummary, RulesMsg};
 use super::socket::NlSocket;
 
 /// `NFNL_SUBSYS_NFTABLES`: the resource id of a batch's begin and end messages.
@@ -87,10 +87,6 @@ fn nla_value(n: &DefaultNla) -> Vec<u8> {
     let mut v = vec![0u8; n.value_len()];
     n.emit_value(&mut v);
     v
-}
-
-fn be32(v: &[u8]) -> Option<u32> {
-    Some(u32::from_be_bytes(v.get(..4)?.try_into().ok()?))
 }
 
 fn be64(v: &[u8]) -> Option<u64> {
@@ -205,7 +201,7 @@ impl Nft {
                 SetElementList::Set(map.into()),
             ],
         });
-        // The answers are read by our own parser (see `setelem`), the request is the crate's.
+        // The answers are read by our own parser (see `nftread`), the request is the crate's.
         let answers: Vec<ElementsMsg> = self
             .0
             .ask(wrap(req), NLM_F_DUMP)
@@ -225,53 +221,46 @@ impl Nft {
         Ok(out)
     }
 
-    /// The rules of one chain.
-    fn chain_rules(&mut self, chain: &str) -> Result<Vec<RuleMessage>> {
-        let req = NfTablesMessage::GetRule(RuleMessage {
-            attributes: vec![
-                RuleAttribute::Table(NFT_TABLE.into()),
-                RuleAttribute::Chain(chain.into()),
-            ],
-        });
-        Ok(self
-            .dump(req)
-            .with_context(|| format!("reading chain {chain}"))?
+    /// The rules of one chain, or of the whole table (`None`), as far as multiwan reads them
+    /// (our own parser, see `nftread`).
+    fn rules(&mut self, chain: Option<&str>) -> Result<Vec<RuleSummary>> {
+        let mut attributes = vec![RuleAttribute::Table(NFT_TABLE.into())];
+        attributes.extend(chain.map(|c| RuleAttribute::Chain(c.into())));
+        let req = NfTablesMessage::GetRule(RuleMessage { attributes });
+        let answers: Vec<RulesMsg> = self
+            .0
+            .ask(wrap(req), NLM_F_DUMP)
+            .with_context(|| format!("reading chain {}", chain.unwrap_or("(every chain)")))?;
+        Ok(answers
             .into_iter()
             .filter_map(|m| match m {
-                NfTablesMessage::NewRule(r) => Some(r),
-                _ => None,
+                RulesMsg::Rule(r) => Some(r),
+                RulesMsg::Other(_) => None,
             })
             .collect())
     }
 
-    /// The modulus of the numgen expression of `chain`'s rule, if it has one.
-    pub fn numgen_modulus(&mut self, chain: &str) -> Result<Option<u32>> {
-        for r in self.chain_rules(chain)? {
-            for e in expressions(&r) {
-                if let Expressions::Other {
-                    expression_type,
-                    attributes,
-                } = e
-                {
-                    if expression_type == "numgen" {
-                        let m = attributes
-                            .iter()
-                            .find(|a| a.kind() == NFTA_NG_MODULUS)
-                            .and_then(|a| be32(&nla_value(a)));
-                        return m
-                            .map(Some)
-                            .ok_or_else(|| anyhow!("chain {chain}: numgen without a modulus"));
-                    }
+    /// The modulus of the numgen expression of each chain that has one: one dump of the whole
+    /// table, however many policies there are.
+    pub fn numgen_moduli(&mut self) -> Result<BTreeMap<String, u32>> {
+        let mut out = BTreeMap::new();
+        for r in self.rules(None)? {
+            match r.numgen_modulus {
+                Some(Some(m)) => {
+                    out.entry(r.chain).or_insert(m);
                 }
+                Some(None) => bail!("chain {}: numgen without a modulus", r.chain),
+                None => {}
             }
         }
-        Ok(None)
+        Ok(out)
     }
 
-    /// The installed state of one policy.
-    pub fn policy(&mut self, p: &PolicyMap) -> Result<PolicyState> {
+    /// The installed state of one policy, given every chain's numgen modulus
+    /// ([`numgen_moduli`](Self::numgen_moduli)).
+    pub fn policy(&mut self, p: &PolicyMap, moduli: &BTreeMap<String, u32>) -> Result<PolicyState> {
         Ok(PolicyState {
-            modulus: self.numgen_modulus(&p.chain)?,
+            modulus: moduli.get(&p.chain).copied(),
             elements: self.map_elements(&p.map)?,
         })
     }
@@ -354,61 +343,13 @@ impl Nft {
     /// Packet counts of the rules of `chain` that end in a `goto`: target chain → packets.
     pub fn goto_counters(&mut self, chain: &str) -> Result<BTreeMap<String, u64>> {
         let mut out = BTreeMap::new();
-        for r in self.chain_rules(chain)? {
-            let mut packets = None;
-            let mut target = None;
-            for e in expressions(&r) {
-                match e {
-                    Expressions::Other {
-                        expression_type,
-                        attributes,
-                    } if expression_type == "counter" => {
-                        packets = attributes
-                            .iter()
-                            .find(|a| a.kind() == NFTA_COUNTER_PACKETS)
-                            .and_then(|a| be64(&nla_value(a)));
-                    }
-                    Expressions::Immediate(list) => {
-                        target = target.or_else(|| immediate_goto(list));
-                    }
-                    _ => {}
-                }
-            }
-            if let (Some(p), Some(t)) = (packets, target) {
+        for r in self.rules(Some(chain))? {
+            if let (Some(p), Some(t)) = (r.counter_packets, r.verdict_chain) {
                 out.insert(t, p);
             }
         }
         Ok(out)
     }
-}
-
-fn immediate_goto(list: &[netlink_packet_netfilter::nftables::Immediate]) -> Option<String> {
-    use netlink_packet_netfilter::nftables::Immediate;
-    list.iter().find_map(|i| match i {
-        Immediate::Data(DataAttribute::Verdict(v)) => v.iter().find_map(|a| match a {
-            VerdictAttribute::Chain(c) => Some(c.clone()),
-            _ => None,
-        }),
-        _ => None,
-    })
-}
-
-fn expressions(r: &RuleMessage) -> Vec<&Expressions> {
-    let mut out = Vec::new();
-    for a in &r.attributes {
-        if let RuleAttribute::Expressions(list) = a {
-            for l in list {
-                if let ListAttribute::Element(attrs) = l {
-                    for x in attrs {
-                        if let ExpressionAttribute::Data(d) = x {
-                            out.push(d);
-                        }
-                    }
-                }
-            }
-        }
-    }
-    out
 }
 
 /// The batch that rewrites `policies` (begin, per policy: flush its map, its elements in
