@@ -397,12 +397,13 @@ fn attempt(topo: &Topology, family: Family, timeout: Duration) -> Option<usize> 
 /// Cut, wait for ten good connections in a row, repair, wait for failback; read the daemon's
 /// log for what it did and when.
 fn trial(topo: &Topology, daemon: &LabDaemon, v: &Variant) -> Result<Trial> {
-    let stream = match v.hashed() {
-        true => None,
-        false => Some(Stream::start(survivor_flow(
+    let stream = if v.hashed() {
+        None
+    } else {
+        Some(Stream::start(survivor_flow(
             topo,
             topo.endpoint(v.family),
-        )?)?),
+        )?)?)
     };
     let forks = ForkCounter::start(daemon.pid()).ok();
     let log_from = daemon.log_len();

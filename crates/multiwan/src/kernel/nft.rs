@@ -370,7 +370,7 @@ fn policy_batch(policies: &[&PolicyMap]) -> Vec<(NetfilterMessage, u16, bool)> {
         ));
         // The elements go in messages of at most ELEMENTS_PER_MESSAGE: their list is one
         // attribute, whose length is 16 bits (a rotation of weights 1000:999:997 has
-        // 2 996 slots, ~150 KiB).
+        // 2 996 slots, ~165 KiB).
         for chunk in p.elements.chunks(ELEMENTS_PER_MESSAGE) {
             msgs.push((
                 wrap(NfTablesMessage::NewSetElement(SetElementMessage {

@@ -53,12 +53,9 @@ impl NetlinkDeserializable for ElementsMsg {
     type Error = DecodeError;
 
     fn deserialize(header: &NetlinkHeader, payload: &[u8]) -> Result<Self, DecodeError> {
-        if header.message_type != NEWSETELEM {
+        let Some(attrs) = attributes(header, payload, NEWSETELEM)? else {
             return Ok(ElementsMsg::Other(header.message_type));
-        }
-        let attrs = payload
-            .get(NFGENMSG_LEN..)
-            .ok_or_else(|| DecodeError::from("set element message shorter than nfgenmsg"))?;
+        };
         let mut out = Vec::new();
         for nla in NlasIterator::new(attrs) {
             let nla = nla?;
@@ -100,12 +97,9 @@ impl NetlinkDeserializable for RulesMsg {
     type Error = DecodeError;
 
     fn deserialize(header: &NetlinkHeader, payload: &[u8]) -> Result<Self, DecodeError> {
-        if header.message_type != NEWRULE {
+        let Some(attrs) = attributes(header, payload, NEWRULE)? else {
             return Ok(RulesMsg::Other(header.message_type));
-        }
-        let attrs = payload
-            .get(NFGENMSG_LEN..)
-            .ok_or_else(|| DecodeError::from("rule message shorter than nfgenmsg"))?;
+        };
         let mut r = RuleSummary {
             chain: find(attrs, NFTA_RULE_CHAIN)?
                 .map(string)
@@ -134,19 +128,30 @@ impl NetlinkDeserializable for RulesMsg {
                         .map(u64::from_be_bytes);
                 }
                 "immediate" if r.verdict_chain.is_none() => {
-                    r.verdict_chain = match find(data, NFTA_IMMEDIATE_DATA)? {
-                        Some(d) => match find(d, NFTA_DATA_VERDICT)? {
-                            Some(v) => find(v, NFTA_VERDICT_CHAIN)?.map(string),
-                            None => None,
-                        },
-                        None => None,
-                    };
+                    let path = [NFTA_IMMEDIATE_DATA, NFTA_DATA_VERDICT, NFTA_VERDICT_CHAIN];
+                    r.verdict_chain = nested(data, &path)?.map(string);
                 }
                 _ => {}
             }
         }
         Ok(RulesMsg::Rule(r))
     }
+}
+
+/// The attributes after the `nfgenmsg` header of a message of type `ty`; `None` for a
+/// message of another type.
+fn attributes<'a>(
+    header: &NetlinkHeader,
+    payload: &'a [u8],
+    ty: u16,
+) -> Result<Option<&'a [u8]>, DecodeError> {
+    if header.message_type != ty {
+        return Ok(None);
+    }
+    payload
+        .get(NFGENMSG_LEN..)
+        .map(Some)
+        .ok_or_else(|| DecodeError::from("nftables message shorter than nfgenmsg"))
 }
 
 /// A NUL-terminated string attribute's text.
@@ -169,6 +174,17 @@ fn find(attrs: &[u8], kind: u16) -> Result<Option<&[u8]>, DecodeError> {
     Ok(None)
 }
 
+/// The value at the end of `path`: each kind but the last names a nested attribute.
+fn nested<'a>(mut attrs: &'a [u8], path: &[u16]) -> Result<Option<&'a [u8]>, DecodeError> {
+    for kind in path {
+        match find(attrs, *kind)? {
+            Some(v) => attrs = v,
+            None => return Ok(None),
+        }
+    }
+    Ok(Some(attrs))
+}
+
 /// A 4-byte value.
 fn four(v: Option<&[u8]>) -> Option<[u8; 4]> {
     v.and_then(|v| <[u8; 4]>::try_from(v).ok())
@@ -177,15 +193,8 @@ fn four(v: Option<&[u8]>) -> Option<[u8; 4]> {
 /// One element's key and goto target.
 fn element(attrs: &[u8]) -> Result<Option<(u32, String)>, DecodeError> {
     // Marks, numgen and jhash results are host-order 32-bit integers.
-    let key = match find(attrs, NFTA_SET_ELEM_KEY)? {
-        Some(k) => four(find(k, NFTA_DATA_VALUE)?).map(u32::from_ne_bytes),
-        None => None,
-    };
-    let verdict = match find(attrs, NFTA_SET_ELEM_DATA)? {
-        Some(d) => find(d, NFTA_DATA_VERDICT)?,
-        None => None,
-    };
-    let target = match verdict {
+    let key = four(nested(attrs, &[NFTA_SET_ELEM_KEY, NFTA_DATA_VALUE])?).map(u32::from_ne_bytes);
+    let target = match nested(attrs, &[NFTA_SET_ELEM_DATA, NFTA_DATA_VERDICT])? {
         Some(v) => {
             let code = four(find(v, NFTA_VERDICT_CODE)?).map(i32::from_be_bytes);
             let chain = find(v, NFTA_VERDICT_CHAIN)?.map(string);
