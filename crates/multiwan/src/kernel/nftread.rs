@@ -208,37 +208,40 @@ fn element(attrs: &[u8]) -> Result<Option<(u32, String)>, DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use netlink_packet_core::{NetlinkBuffer, NetlinkMessage, NetlinkPayload};
+    use netlink_packet_core::NetlinkBuffer;
     use netlink_packet_netfilter::nftables::{
         DataAttribute, ListAttribute, NfTablesMessage, SetElementAttribute, SetElementList,
         SetElementMessage, Verdict, VerdictAttribute,
     };
     use netlink_packet_netfilter::{NetfilterHeader, NetfilterMessage, NetfilterProtoFamily};
 
-    /// A NEWSETELEM message as the crate emits it (the same layout as the kernel's dump).
-    fn message(elements: Vec<ListAttribute<SetElementAttribute>>) -> Vec<u8> {
-        let m = NetfilterMessage::new(
-            NetfilterHeader::new(NetfilterProtoFamily::Inet, 0, 0),
-            NfTablesMessage::NewSetElement(SetElementMessage {
-                attributes: vec![
-                    SetElementList::Table("multiwan".into()),
-                    SetElementList::Set("m_policy_default".into()),
-                    SetElementList::Elements(elements),
-                ],
-            }),
-        );
-        let mut nl = NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::InnerMessage(m));
-        nl.finalize();
-        let mut buf = vec![0u8; nl.buffer_len()];
-        nl.serialize(&mut buf);
-        buf
+    /// The bytes of an nftables message as the crate emits it (the kernel's layout).
+    fn inet(m: NfTablesMessage) -> Vec<u8> {
+        let m = NetfilterMessage::new(NetfilterHeader::new(NetfilterProtoFamily::Inet, 0, 0), m);
+        super::super::rtmsg::frame(m, 0)
     }
 
-    fn parse(bytes: &[u8]) -> ElementsMsg {
+    /// One message read back by our parser `T`.
+    fn decode<T: NetlinkDeserializable<Error = DecodeError>>(bytes: &[u8]) -> T {
         let b = NetlinkBuffer::new(bytes);
         let mut header = NetlinkHeader::default();
         header.message_type = b.message_type();
-        ElementsMsg::deserialize(&header, b.payload()).expect("parses")
+        T::deserialize(&header, b.payload()).expect("parses")
+    }
+
+    /// A NEWSETELEM message of `elements`.
+    fn message(elements: Vec<ListAttribute<SetElementAttribute>>) -> Vec<u8> {
+        inet(NfTablesMessage::NewSetElement(SetElementMessage {
+            attributes: vec![
+                SetElementList::Table("multiwan".into()),
+                SetElementList::Set("m_policy_default".into()),
+                SetElementList::Elements(elements),
+            ],
+        }))
+    }
+
+    fn parse(bytes: &[u8]) -> ElementsMsg {
+        decode(bytes)
     }
 
     fn goto(key: u32, chain: &str) -> ListAttribute<SetElementAttribute> {
@@ -286,33 +289,20 @@ mod tests {
         );
     }
 
-    /// A NEWRULE message as the crate emits it.
+    /// A NEWRULE message of `exprs` in `chain`.
     fn rule(chain: &str, exprs: Vec<netlink_packet_netfilter::nftables::Expressions>) -> Vec<u8> {
         use netlink_packet_netfilter::nftables::{RuleAttribute, RuleMessage};
-        let m = NetfilterMessage::new(
-            NetfilterHeader::new(NetfilterProtoFamily::Inet, 0, 0),
-            NfTablesMessage::NewRule(RuleMessage {
-                attributes: vec![
-                    RuleAttribute::Table("multiwan".into()),
-                    RuleAttribute::Chain(chain.into()),
-                    RuleAttribute::Expressions(
-                        exprs.into_iter().map(ListAttribute::from).collect(),
-                    ),
-                ],
-            }),
-        );
-        let mut nl = NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::InnerMessage(m));
-        nl.finalize();
-        let mut buf = vec![0u8; nl.buffer_len()];
-        nl.serialize(&mut buf);
-        buf
+        inet(NfTablesMessage::NewRule(RuleMessage {
+            attributes: vec![
+                RuleAttribute::Table("multiwan".into()),
+                RuleAttribute::Chain(chain.into()),
+                RuleAttribute::Expressions(exprs.into_iter().map(ListAttribute::from).collect()),
+            ],
+        }))
     }
 
     fn parse_rule(bytes: &[u8]) -> RuleSummary {
-        let b = NetlinkBuffer::new(bytes);
-        let mut header = NetlinkHeader::default();
-        header.message_type = b.message_type();
-        match RulesMsg::deserialize(&header, b.payload()).expect("parses") {
+        match decode(bytes) {
             RulesMsg::Rule(r) => r,
             RulesMsg::Other(t) => panic!("message type {t:#x}"),
         }
