@@ -559,16 +559,62 @@ fn recovery(
     None
 }
 
-/// How many of the uplinks `2 × uplinks` new connections of the endpoint's family use.
+/// How many of the uplinks new connections of the endpoint's family use: `2 × uplinks` from
+/// each LAN host (a hash method sends all of one host's connections the same way), until
+/// every uplink has been seen.
 fn uplinks_used(topo: &Topology, ep: std::net::SocketAddr) -> usize {
-    let host = &topo.hosts[0].ns;
     let mut used = std::collections::BTreeSet::new();
-    for _ in 0..(2 * topo.isps.len()) {
-        if let Some(seen) = attempt(host, ep, Duration::from_secs(1)) {
-            used.extend(topo.isp_of(seen));
+    for host in &topo.hosts {
+        for _ in 0..(2 * topo.isps.len()) {
+            if used.len() == topo.isps.len() {
+                return used.len();
+            }
+            if let Some(seen) = attempt(&host.ns, ep, Duration::from_secs(1)) {
+                used.extend(topo.isp_of(seen));
+            }
         }
     }
     used.len()
+}
+
+/// The LAN host a drill that cuts the first ISP measures from: the first one with new
+/// connections to `ep` over that ISP (with a hash method only some hosts have any), so the
+/// drill sees a failover rather than connections the cut never touched. `None` (and host 0
+/// is used) when no host's connections take it.
+fn drill_host(topo: &Topology, ep: std::net::SocketAddr) -> Option<&crate::netns::Netns> {
+    topo.hosts.iter().map(|h| &h.ns).find(|ns| {
+        (0..2 * topo.isps.len()).any(|_| {
+            attempt(ns, ep, Duration::from_secs(1)).and_then(|a| topo.isp_of(a)) == Some(0)
+        })
+    })
+}
+
+/// [`drill_host`] for each of `families`, saying so when no host uses the first ISP.
+fn drill_hosts<'t>(
+    topo: &'t Topology,
+    name: &str,
+    families: &[Family],
+) -> Vec<&'t crate::netns::Netns> {
+    families
+        .iter()
+        .map(|f| {
+            drill_host(topo, topo.endpoint(*f)).unwrap_or_else(|| {
+                println!(
+                    "   {}no LAN host's new connections use {name}: the cut cannot affect them",
+                    family_prefix(*f)
+                );
+                &topo.hosts[0].ns
+            })
+        })
+        .collect()
+}
+
+/// "IPv6: " before a line about IPv6 in a dual-stack report, nothing for IPv4.
+fn family_prefix(f: Family) -> &'static str {
+    match f {
+        Family::V4 => "",
+        Family::V6 => "IPv6: ",
+    }
 }
 
 /// Whether a daemon log line says uplink `name` went down for `family`: "uplink down" for the
@@ -614,6 +660,7 @@ fn failover_drill(
         "== failover drill: {name}'s upstream is cut (its link stays up, packets vanish beyond it)"
     );
     print_checks(cfg);
+    let hosts = drill_hosts(topo, &name, families);
     let log_from = d.log_len();
     topo.cut_upstream(0)?;
     // Both clocks start once the cut is in effect: the client's, and the system clock the
@@ -624,9 +671,10 @@ fn failover_drill(
     let recovered: Vec<Option<Duration>> = std::thread::scope(|s| {
         let hs: Vec<_> = families
             .iter()
-            .map(|f| {
+            .zip(&hosts)
+            .map(|(f, host)| {
                 let ep = topo.endpoint(*f);
-                s.spawn(move || recovery(&topo.hosts[0].ns, ep, cut, limit))
+                s.spawn(move || recovery(host, ep, cut, limit))
             })
             .collect();
         hs.into_iter().map(|h| h.join().unwrap_or(None)).collect()
@@ -643,10 +691,7 @@ fn failover_drill(
                 .map(|s| Duration::from_secs_f64((s - cut_wall).max(0.0)));
             std::thread::sleep(Duration::from_millis(10));
         }
-        let what = match f {
-            Family::V4 => "",
-            Family::V6 => "IPv6: ",
-        };
+        let what = family_prefix(*f);
         println!(
             "   {what}{name} marked down after      {} (the daemon's log)",
             ms_or(detected, limit)
@@ -675,9 +720,9 @@ fn failover_drill(
         );
     }
     for f in families {
-        let prefix = if *f == Family::V6 { "IPv6: " } else { "" };
         println!(
-            "   {prefix}after failback new connections use {} of {} uplinks",
+            "   {}after failback new connections use {} of {} uplinks",
+            family_prefix(*f),
             uplinks_used(topo, topo.endpoint(*f)),
             topo.isps.len()
         );
@@ -716,9 +761,10 @@ fn ipv6_only_drill(topo: &Topology, cfg: &multiwan_core::Config) -> Result<()> {
     let name = uplink_name(cfg, 0);
     let limit = Duration::from_secs(15);
     println!("== IPv6-only drill: {name}'s IPv6 upstream is cut, its IPv4 keeps working");
+    let host = drill_hosts(topo, &name, &[Family::V6])[0];
     topo.cut_upstream6(0)?;
     let cut = Instant::now();
-    let rec = recovery(&topo.hosts[0].ns, topo.endpoint(Family::V6), cut, limit);
+    let rec = recovery(host, topo.endpoint(Family::V6), cut, limit);
     println!(
         "   IPv6: new connections all succeed after {} (the first of ten in a row)",
         ms_or(rec, limit)
@@ -733,11 +779,7 @@ fn ipv6_only_drill(topo: &Topology, cfg: &multiwan_core::Config) -> Result<()> {
     let restored = Instant::now();
     let mut back = None;
     while restored.elapsed() < limit && back.is_none() {
-        let seen = attempt(
-            &topo.hosts[0].ns,
-            topo.endpoint(Family::V6),
-            Duration::from_millis(200),
-        );
+        let seen = attempt(host, topo.endpoint(Family::V6), Duration::from_millis(200));
         if seen.and_then(|a| topo.isp_of(a)) == Some(0) {
             back = Some(restored.elapsed());
         }
