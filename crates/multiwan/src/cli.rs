@@ -175,7 +175,7 @@ fn down(run_dir: &Path) -> Result<(), Failure> {
 #[inline(never)]
 fn reload(config: Option<&Path>, run_dir: &Path) -> Result<(), Failure> {
     if let Some(c) = config {
-        load_config(c)?;
+        crate::settings::load_config_for_run(c)?;
     }
     // The pid file's lock tells a live daemon from a stale file.
     let pid = crate::rundir::locked_pid(run_dir).ok_or_else(|| {

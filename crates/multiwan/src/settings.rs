@@ -45,6 +45,28 @@ pub fn load_config(path: &Path) -> Result<Config, Failure> {
         .map_err(|e| Failure::Config(e.to_string()))
 }
 
+/// [`load_config`] for the daemon (start and reload): also what only this machine can tell,
+/// a `control_group` that does not exist here, so the daemon refuses the config (exit 2, or
+/// a rejected reload) before it changes anything.
+pub fn load_config_for_run(path: &Path) -> Result<Config, Failure> {
+    let cfg = load_config(path)?;
+    if let Some(g) = &cfg.daemon.control_group {
+        group_id(g).map_err(|e| Failure::Config(format!("{}: {e:#}", path.display())))?;
+    }
+    Ok(cfg)
+}
+
+/// The id of group `name` on this system: the error names `daemon.control_group`.
+pub fn group_id(name: &str) -> anyhow::Result<u32> {
+    match nix::unistd::Group::from_name(name) {
+        Ok(Some(g)) => Ok(g.gid.as_raw()),
+        Ok(None) => anyhow::bail!(
+            "daemon.control_group: no group named {name:?} on this system (create it, or remove the key)"
+        ),
+        Err(e) => anyhow::bail!("daemon.control_group: looking up group {name:?}: {e}"),
+    }
+}
+
 // `check` prints these and `doctor` reports them; both sit above this module.
 /// What `check` points out about a valid config: weaknesses, not errors.
 pub fn check_notes(cfg: &Config) -> Vec<String> {
@@ -67,6 +89,13 @@ pub fn check_notes(cfg: &Config) -> Vec<String> {
             notes.push(format!(
                 "uplink {} probes only its IPv6 gateway: an IPv6 failure beyond it goes unnoticed; add an IPv6 target on the internet to [uplink.check] targets",
                 u.name
+            ));
+        }
+    }
+    if let Some(g) = &cfg.daemon.control_group {
+        if let Err(e) = group_id(g) {
+            notes.push(format!(
+                "{e:#}: `multiwan run` refuses this config on this machine"
             ));
         }
     }

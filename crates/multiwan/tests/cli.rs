@@ -395,3 +395,36 @@ fn check_rejects_more_uplinks_than_the_mark_mask_has_ids() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A `control_group` this machine does not have: `check` says the daemon will refuse it, and
+/// `run` and `reload -c` refuse it as a config error (exit 2, so systemd does not restart a
+/// daemon that can never start), before creating anything.
+#[test]
+fn a_missing_control_group_is_a_config_error_for_the_daemon() {
+    let text = "[lan]\ninterfaces = [\"eth0\"]\n[[uplink]]\nname = \"a\"\ninterface = \"eth1\"\ngateway = \"10.0.1.1\"\n[uplink.check]\ntargets = [\"192.0.2.1\"]\n[daemon]\ncontrol_group = \"multiwan-no-such-group-x\"\n";
+    let (d, p) = tmp_config(text);
+    let out = bin().arg("check").arg("-c").arg(&p).output().expect("run");
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no group named \"multiwan-no-such-group-x\"") && err.contains("refuses"),
+        "{err}"
+    );
+    let run_dir = d.path().join("run");
+    for cmd in ["run", "reload"] {
+        let out = bin()
+            .args([cmd, "-c"])
+            .arg(&p)
+            .arg("--run-dir")
+            .arg(&run_dir)
+            .output()
+            .expect("run");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{cmd}: {err}");
+        assert!(
+            err.contains("daemon.control_group: no group named"),
+            "{cmd}: {err}"
+        );
+    }
+    assert!(!run_dir.exists(), "nothing created");
+}

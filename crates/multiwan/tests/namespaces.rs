@@ -528,3 +528,27 @@ fn failed_apply_rolls_back_everything() {
         "no saved state after a failed apply"
     );
 }
+
+/// A run directory that cannot keep the replaced sysctls (here a regular file) refuses the
+/// apply before anything changes: otherwise `down` could never put them back.
+#[test]
+fn apply_without_a_usable_run_dir_changes_nothing() {
+    let lab = Lab::new(2, 1);
+    let before = lab.kernel_snapshot();
+    let file = lab.dir.join("not-a-dir");
+    std::fs::write(&file, "x").expect("write");
+    let out = lab.multiwan(&[
+        "apply",
+        "-c",
+        &lab.write_config(&two_uplinks("round-robin", 1, 1)),
+        "--run-dir",
+        &file.display().to_string(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("nothing was changed") && err.contains("not a directory"),
+        "{err}"
+    );
+    assert_eq!(before, lab.kernel_snapshot(), "nothing applied");
+}

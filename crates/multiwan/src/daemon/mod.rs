@@ -37,7 +37,7 @@ pub use crate::args::RunArgs;
 use crate::kernel::events::Change;
 use crate::kernel::System;
 use crate::rundir;
-use crate::settings::{load_config, Failure};
+use crate::settings::{load_config_for_run, Failure};
 use engine::Engine;
 // Named by the threads that feed the loop as `super::Event`.
 pub use event::{Event, RoundReport};
@@ -46,7 +46,7 @@ use supervise::Supervisor;
 /// Runs the daemon until SIGTERM/SIGINT, or until a thread it cannot do without fails
 /// (then it exits non-zero and leaves the kernel state for the next daemon).
 pub fn run(args: RunArgs) -> Result<(), Failure> {
-    let cfg = load_config(&args.config)?;
+    let cfg = load_config_for_run(&args.config)?;
     rundir::prepare(&args.run_dir)?;
     let _pid = rundir::PidLock::acquire(&args.run_dir)?;
     let (tx, rx) = channel();
@@ -171,7 +171,7 @@ fn event_loop(
 
 fn reload(engine: &mut Engine<System>, path: &Path, run_dir: &Path, now: Instant) {
     notify::reloading();
-    let cfg = match load_config(path) {
+    let cfg = match load_config_for_run(path) {
         Ok(c) => Some(c),
         Err(Failure::Config(msg)) => {
             for line in msg.lines() {

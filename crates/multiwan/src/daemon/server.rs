@@ -87,7 +87,7 @@ pub fn socket_access(run_dir: &Path, group: Option<&str>) -> Result<()> {
     let path = control::socket_path(run_dir);
     let gid = match group {
         None => None,
-        Some(g) => Some(group_id(g)?),
+        Some(g) => Some(crate::settings::group_id(g)?),
     };
     // The run directory is ours alone (checked at start), so nothing can swap the socket for
     // a symlink between this check and the chmod below.
@@ -104,14 +104,6 @@ pub fn socket_access(run_dir: &Path, group: Option<&str>) -> Result<()> {
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
         .with_context(|| format!("restricting {}", path.display()))?;
     rundir::allow_group(run_dir, gid)
-}
-
-fn group_id(name: &str) -> Result<u32> {
-    match nix::unistd::Group::from_name(name) {
-        Ok(Some(g)) => Ok(g.gid.as_raw()),
-        Ok(None) => anyhow::bail!("daemon.control_group: no group named {name:?} on this system"),
-        Err(e) => anyhow::bail!("daemon.control_group: looking up group {name:?}: {e}"),
-    }
 }
 
 /// What a peer may do.
@@ -173,7 +165,9 @@ fn refused(s: &UnixStream, tx: &Sender<Event>, request: &Request) -> Result<Opti
         return Ok(None);
     }
     let group = snapshot(tx)?.cfg.daemon.control_group;
-    let gid = group.as_deref().and_then(|g| group_id(g).ok());
+    let gid = group
+        .as_deref()
+        .and_then(|g| crate::settings::group_id(g).ok());
     Ok(match access(uid, &gids, gid) {
         Access::Full => None,
         Access::ReadOnly if request.read_only() => None,

@@ -283,6 +283,27 @@ impl System {
         }
     }
 
+    /// Saves in the run directory what a successful apply needs later: the sysctl values it
+    /// replaced (for `down`) and a newly loaded ruleset (the known-good one for a restart).
+    fn save_applied(&mut self, plan: &Plan, steps: &[Step]) -> Result<()> {
+        let changed: Vec<(String, String)> = steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Sysctls(v) => Some(v.clone()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        sysctl::save(&self.run_dir, &changed)?;
+        if steps.iter().any(|s| matches!(s, Step::TableLoaded { .. })) {
+            let text = plan.nft_transaction();
+            crate::rundir::write_file_atomic(&self.run_dir, &ruleset_name()?, text.as_bytes())
+                .context("saving the loaded ruleset")?;
+            self.known_good = Some(text);
+        }
+        Ok(())
+    }
+
     fn apply_steps(
         &mut self,
         plan: &Plan,
@@ -571,32 +592,18 @@ impl Kernel for System {
         if before.digest.as_deref() != Some(plan.digest.as_str()) {
             nft::load(&plan.nft_transaction(), true).context("checking the nftables ruleset")?;
         }
+        // `down` restores the sysctls from the run directory: it must be usable, and what an
+        // earlier apply saved there readable, before anything changes.
+        crate::rundir::prepare(&self.run_dir)
+            .and_then(|()| sysctl::check_saved(&self.run_dir))
+            .context("the run directory cannot keep what apply replaces (nothing was changed)")?;
         let mut steps = Vec::new();
         let result = self
             .apply_steps(plan, &before, &index, &mut steps)
-            .and_then(|r| self.compare(plan, &tables).map(|()| r));
+            .and_then(|r| self.compare(plan, &tables).map(|()| r))
+            .and_then(|r| self.save_applied(plan, &steps).map(|()| r));
         match result {
             Ok(report) => {
-                let changed: Vec<(String, String)> = steps
-                    .iter()
-                    .filter_map(|s| match s {
-                        Step::Sysctls(v) => Some(v.clone()),
-                        _ => None,
-                    })
-                    .flatten()
-                    .collect();
-                sysctl::save(&self.run_dir, &changed)?;
-                if report.nft_replaced {
-                    let text = plan.nft_transaction();
-                    crate::rundir::prepare(&self.run_dir)?;
-                    crate::rundir::write_file_atomic(
-                        &self.run_dir,
-                        &ruleset_name()?,
-                        text.as_bytes(),
-                    )
-                    .context("saving the loaded ruleset")?;
-                    self.known_good = Some(text);
-                }
                 self.tables = Some(plan.routes.iter().map(|r| r.table).collect_set());
                 Ok(report)
             }

@@ -97,6 +97,12 @@ fn load(run_dir: &Path, name: &str) -> Result<BTreeMap<String, String>> {
     Ok(out)
 }
 
+/// Whether the values saved by an earlier apply can be read (there are none yet, or they
+/// parse): an apply must not replace values it could not merge into them.
+pub fn check_saved(run_dir: &Path) -> Result<()> {
+    load(run_dir, &state_name()?).map(drop)
+}
+
 /// Merges newly replaced values into the saved state; values saved by an earlier apply win,
 /// since they are what the system had before multiwan.
 pub fn save(run_dir: &Path, changed: &[(String, String)]) -> Result<()> {
