@@ -406,6 +406,38 @@ fn advertising_isp1(lifetime: Option<u16>) -> (Lab, String) {
     (lab, text)
 }
 
+/// A router that was a host until now (forwarding off) has learned its IPv6 default route
+/// from the ISP's advertisements. Turning forwarding on deletes such routes on every
+/// interface whose accept_ra is not 2 at that moment, and a quiet ISP router may not
+/// advertise again for minutes: apply sets accept_ra first, so the route is never lost.
+#[test]
+fn apply_keeps_the_default_route_a_host_learned() {
+    let (lab, text) = advertising_isp1(None);
+    let r = &lab.topo.router;
+    r.sysctl("net.ipv6.conf.all.forwarding", "0")
+        .expect("forwarding off");
+    let ra_default = || {
+        r.ip(&["-6", "route", "show", "default", "dev", "wan1"])
+            .expect("routes")
+    };
+    let start = std::time::Instant::now();
+    while !ra_default().contains("proto ra") {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no default route learnt as a host: {}",
+            ra_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    lab.apply(&text);
+    // At once: the next advertisement (radvd here sends every few seconds) would hide the bug.
+    assert!(
+        ra_default().contains("proto ra"),
+        "the learned route survives apply: {}",
+        ra_default()
+    );
+}
+
 #[test]
 fn gateway6_auto_learns_the_router_advertised_route() {
     let (lab, text) = advertising_isp1(None);

@@ -283,12 +283,11 @@ pub(super) fn sysctls(cfg: &Config, facts: &Facts) -> Vec<Sysctl> {
         }
     }
     if has_ipv6(cfg) {
-        sysctls.push(Sysctl {
-            key: "net.ipv6.conf.all.forwarding".into(),
-            value: "1".into(),
-        });
         // With forwarding on, the kernel ignores router advertisements unless accept_ra is 2:
-        // a `gateway6 = "auto"` uplink would never learn (or renew) its default route.
+        // a `gateway6 = "auto"` uplink would never learn (or renew) its default route. Set
+        // before forwarding: turning forwarding on deletes the default routes learned on
+        // every interface whose accept_ra is not 2 at that moment, and a quiet router may
+        // not advertise again for minutes.
         let auto: BTreeSet<&str> = cfg
             .uplinks
             .iter()
@@ -303,6 +302,10 @@ pub(super) fn sysctls(cfg: &Config, facts: &Facts) -> Vec<Sysctl> {
                 });
             }
         }
+        sysctls.push(Sysctl {
+            key: "net.ipv6.conf.all.forwarding".into(),
+            value: "1".into(),
+        });
     }
     sysctls
 }
