@@ -642,9 +642,15 @@ impl<K: Kernel> Engine<K> {
         self.write_state();
     }
 
-    /// Deletes the connections of the uplinks (and families) that just went down.
+    /// Deletes the connections of the uplinks (and families) that just went down, except
+    /// those fail-open keeps in use: their connections have nowhere better to go, and most
+    /// likely work (only the probes fail).
     fn flush_failed(&mut self) {
         for (name, family) in std::mem::take(&mut self.to_flush) {
+            if self.families[idx(family)].usable_now.contains(&name) {
+                tracing::info!(uplink = %name, %family, "fail-open keeps the uplink in use: its connections are kept");
+                continue;
+            }
             let Some(id) = self.ids.get(&name) else {
                 continue;
             };

@@ -371,6 +371,9 @@ fn probes_alone_taking_every_uplink_down_fail_open() {
     }
     assert_eq!(w.state("isp2"), "down");
     assert_eq!(w.default_targets(), ["up_isp1"]);
+    let mark2 = w.e.cfg.kernel.mark_of(w.e.ids["isp2"]);
+    let isp2_flushed = vec![(mark2, w.e.cfg.kernel.mark_mask, Family::V4)];
+    assert_eq!(w.e.kernel.flushed, isp2_flushed);
     for _ in 0..6 {
         w.round(&[]);
     }
@@ -380,6 +383,10 @@ fn probes_alone_taking_every_uplink_down_fail_open() {
         w.default_targets(),
         ["up_isp1"],
         "the uplink in use stays in use; isp2, down before, is not brought back"
+    );
+    assert_eq!(
+        w.e.kernel.flushed, isp2_flushed,
+        "the uplink fail-open keeps keeps its connections"
     );
     assert!(w.e.snapshot().fail_open);
     // One passes its probes again: fail-open ends.
