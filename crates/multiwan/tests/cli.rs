@@ -120,7 +120,8 @@ fn plan_needs_no_root_and_no_interfaces() {
     assert!(text.contains("elements = { 0 : goto up_adsl1, 1 : goto up_adsl2 }"));
     assert!(text
         .contains("ip rule add priority 1000 fwmark 0x1000000/0xff000000 lookup 1001 protocol 77"));
-    assert!(text.contains("ip route replace default via 10.37.1.1 dev eth1 table 1001 proto 77"));
+    assert!(text
+        .contains("ip route replace default via 10.37.1.1 dev eth1 realm 77 table 1001 proto 77"));
     assert!(text.contains("net.ipv4.conf.eth1.rp_filter = 2"));
 }
 

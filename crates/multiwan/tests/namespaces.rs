@@ -552,3 +552,34 @@ fn apply_without_a_usable_run_dir_changes_nothing() {
     );
     assert_eq!(before, lab.kernel_snapshot(), "nothing applied");
 }
+
+/// What main routes by a route of its own out of an uplink — its connected subnet, where the
+/// ISP's gateway, DHCP server or modem lives — is main's, not balanced: every connection to
+/// ISP 2's address on the router's link leaves by wan2, from the LAN and from the router
+/// itself. Balanced, half of them left by wan1 and were lost (a DHCP client's unicast
+/// renewals never arrived). The internet is still balanced.
+#[test]
+fn an_uplinks_own_subnet_is_not_balanced() {
+    use std::net::{IpAddr, SocketAddr};
+    let lab = Lab::new(2, 1);
+    lab.apply(&two_uplinks("round-robin", 1, 1));
+    let ep: SocketAddr = ([10, 37, 2, 1], 7200).into();
+    let _server = traffic::Server::start(&lab.topo.isps[1].ns, ep).expect("server");
+    let hellos = |ns: &multiwan_lab::netns::Netns| -> Vec<Option<IpAddr>> {
+        ns.spawn(move || {
+            (0..6)
+                .map(|_| traffic::tcp_hello_ip(ep, Duration::from_secs(2)).ok())
+                .collect()
+        })
+        .expect("spawn")
+        .join()
+        .expect("join")
+    };
+    let wan2 = Some(IpAddr::from([10, 37, 2, 253]));
+    let from_lan = hellos(&lab.topo.hosts[0].ns);
+    assert!(from_lan.iter().all(|s| *s == wan2), "{from_lan:?}");
+    let from_router = hellos(&lab.topo.router);
+    assert!(from_router.iter().all(|s| *s == wan2), "{from_router:?}");
+    let v = lab.tcp_from_host(0, 4);
+    assert_eq!((count(&v, 0), count(&v, 1)), (2, 2), "{v:?}");
+}

@@ -58,6 +58,22 @@ pub(super) fn prerouting(ctx: &Ctx, facts: &Facts) -> String {
     let mut w = String::new();
     let _ = writeln!(w, "\tchain egress {{");
     w.push_str(&fragile(ctx, facts));
+    // Main's own routes out of an uplink (its connected subnet: the ISP's gateway, DHCP
+    // server or modem; a static route) are not multiwan's: asked with the none mark, the
+    // lookup finds only those (routing.rs), and the packet leaves unmarked, by main.
+    let none = ctx.k.mark_none();
+    let _ = writeln!(w, "\t\t{}", ctx.set_mark_stmts(none, false));
+    let _ = writeln!(
+        w,
+        "\t\tfib daddr . mark oifname {} meta mark set meta mark and {} accept",
+        uplink_ifs(ctx, false),
+        hex(!ctx.k.mark_mask)
+    );
+    let _ = writeln!(
+        w,
+        "\t\tmeta mark set meta mark and {}",
+        hex(!ctx.k.mark_mask)
+    );
     let _ = writeln!(
         w,
         "\t\tmeta nfproto ipv4 fib daddr . mark oifname {} goto balance",
@@ -87,12 +103,13 @@ pub(super) fn prerouting(ctx: &Ctx, facts: &Facts) -> String {
     }
     // Inbound: connections arriving on an uplink are answered over it. Only for interfaces
     // that belong to exactly one uplink; shared segments are told apart by gateway only. An
-    // uplink without IPv6 marks only IPv4 (its IPv6 table would be empty).
+    // uplink without IPv6 marks only IPv4 (its IPv6 table would be empty; in an IPv4-only
+    // config IPv6 is not multiwan's at all).
     for (i, u) in cfg.uplinks.iter().enumerate() {
         if shares_interface(cfg, i) {
             continue;
         }
-        let only4 = if dual && u.ipv6.is_none() {
+        let only4 = if u.ipv6.is_none() {
             "meta nfproto ipv4 "
         } else {
             ""
@@ -129,6 +146,15 @@ pub(super) fn output(ctx: &Ctx, facts: &Facts) -> String {
     } else {
         ("to_main", "to_main")
     };
+    // An unmarked new IPv4 connection is balanced only if its route is one of multiwan's
+    // (their realm), not one main has for it (an uplink's connected subnet). A packet
+    // another program marked may have been sent to main by that program's rule (tailscaled's
+    // 0x80000), whose default route is no better than multiwan's: balanced.
+    let _ = writeln!(
+        w,
+        "\t\tct state new meta nfproto ipv4 meta mark 0 meta rtclassid != {} return",
+        super::DEFAULT_ROUTE_REALM
+    );
     let _ = writeln!(w, "\t\t{NEW4} goto {to4}");
     if has_ipv6(ctx.cfg) {
         let _ = writeln!(w, "\t\t{NEW6} oifname {} goto {to6}", uplink_ifs(ctx, true));

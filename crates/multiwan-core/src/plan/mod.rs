@@ -194,6 +194,15 @@ pub struct Nexthop {
     pub weight: u32,
 }
 
+/// The realm (`RTA_FLOW`, "to" realm) of every next hop of multiwan's IPv4 routes (the
+/// multipath default and the uplinks' tables): the `output` hook balances only the router's
+/// connections whose route is one of them, and leaves alone those the main table routes
+/// itself (an uplink's connected subnet: its DHCP server, its modem, the gateway). A TCP
+/// connection's final route is often an uplink table's: once the source address is chosen,
+/// the lookup is redone and the router-address rule (32764) answers. IPv6 routes have no
+/// realm.
+pub const DEFAULT_ROUTE_REALM: u32 = 77;
+
 /// A default route in a table owned by multiwan.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Route {
@@ -206,6 +215,9 @@ pub struct Route {
     pub nexthops: Vec<Nexthop>,
     /// Unicast, or the `when_all_down` route of the multipath table.
     pub kind: RouteKind,
+    /// The realm every next hop carries: [`DEFAULT_ROUTE_REALM`] on IPv4 unicast routes,
+    /// none on IPv6 and on `unreachable`/`blackhole` routes.
+    pub realm: Option<u32>,
 }
 
 /// The type of a route multiwan installs.
@@ -236,6 +248,10 @@ impl Route {
             }
             a.push("dev".into());
             a.push(nh.dev.clone());
+            if let Some(r) = self.realm {
+                a.push("realm".into());
+                a.push(r.to_string());
+            }
         }
         a.extend([
             "table".to_string(),
@@ -254,6 +270,10 @@ impl Route {
                 a.push(nh.dev.clone());
                 a.push("weight".into());
                 a.push(nh.weight.to_string());
+                if let Some(r) = self.realm {
+                    a.push("realms".into());
+                    a.push(r.to_string());
+                }
             }
         }
         a

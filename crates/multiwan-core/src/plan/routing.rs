@@ -115,6 +115,7 @@ pub(super) fn build(
                     weight: 1,
                 }],
                 kind: RouteKind::Unicast,
+                realm: (family == Family::V4).then_some(super::DEFAULT_ROUTE_REALM),
             });
         }
         // The router's own addresses on this uplink answer over it (seed 004 §4.2.2).
@@ -137,6 +138,16 @@ pub(super) fn build(
         fwmark: Some((k.mark_main(), k.mark_mask)),
         from: None,
         action: RuleAction::Lookup(254),
+    });
+    // The `egress` chain asks with the none mark whether main routes a LAN connection out of
+    // an uplink by a route of its own (not its default): this finds those routes and, at
+    // P+1, nothing else.
+    rules.push(IpRule {
+        family,
+        priority: p,
+        fwmark: Some((k.mark_none(), k.mark_mask)),
+        from: None,
+        action: RuleAction::MainNoDefault,
     });
     rules.push(IpRule {
         family,
@@ -186,6 +197,7 @@ fn catch_all(
         table,
         nexthops: Vec::new(),
         kind,
+        realm: None,
     }));
     let rule = IpRule {
         family,
@@ -239,6 +251,7 @@ fn multipath(
             })
             .collect(),
         kind: RouteKind::Unicast,
+        realm: (family == Family::V4).then_some(super::DEFAULT_ROUTE_REALM),
     })
 }
 

@@ -218,6 +218,7 @@ fn policy_routing_layout() {
             "priority 1000 fwmark 0x2000000/0xff000000 lookup 1002 protocol 77",
             "priority 1000 fwmark 0x3000000/0xff000000 lookup 1003 protocol 77",
             "priority 1000 fwmark 0xfe000000/0xff000000 lookup 254 protocol 77",
+            "priority 1000 fwmark 0xff000000/0xff000000 lookup main suppress_prefixlength 0 protocol 77",
             "priority 1001 fwmark 0x1000000/0xff000000 unreachable protocol 77",
             "priority 1001 fwmark 0x2000000/0xff000000 unreachable protocol 77",
             "priority 1001 fwmark 0x3000000/0xff000000 unreachable protocol 77",
@@ -232,9 +233,9 @@ fn policy_routing_layout() {
     assert_eq!(
         routes,
         vec![
-            "default table 1000 proto 77 nexthop via 10.37.1.1 dev eth1 weight 3 nexthop via 10.37.2.1 dev eth2 weight 1",
-            "default via 10.37.1.1 dev eth1 table 1001 proto 77",
-            "default via 10.37.2.1 dev eth2 table 1002 proto 77",
+            "default table 1000 proto 77 nexthop via 10.37.1.1 dev eth1 weight 3 realms 77 nexthop via 10.37.2.1 dev eth2 weight 1 realms 77",
+            "default via 10.37.1.1 dev eth1 realm 77 table 1001 proto 77",
+            "default via 10.37.2.1 dev eth2 realm 77 table 1002 proto 77",
         ]
     );
     let keys: Vec<&str> = p.sysctls.iter().map(|s| s.key.as_str()).collect();
@@ -438,7 +439,7 @@ fn auto_gateway_follows_the_learned_default_route() {
         let r = p.routes.iter().find(|r| r.table == 1001).expect("route");
         assert_eq!(
             r.args().join(" "),
-            format!("default via {gw} dev eth1 table 1001 proto 77")
+            format!("default via {gw} dev eth1 realm 77 table 1001 proto 77")
         );
     }
     // Offline there is nothing to learn from.

@@ -19,7 +19,7 @@ use netlink_packet_route::link::{LinkFlags, LinkHeader};
 use netlink_packet_route::neighbour::{NeighbourAttribute, NeighbourMessage, NeighbourState};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteNextHop, RouteProtocol,
-    RouteScope, RouteType,
+    RouteRealm, RouteScope, RouteType,
 };
 use netlink_packet_route::rule::{RuleAction as NlRuleAction, RuleAttribute, RuleMessage};
 use netlink_packet_route::AddressFamily;
@@ -334,6 +334,7 @@ fn route_message(r: &Route, index: &BTreeMap<String, u32>) -> Result<RouteMessag
             }
             m.attributes
                 .push(RouteAttribute::Oif(ifindex(index, &nh.dev)?));
+            m.attributes.extend(r.realm.map(realm_attribute));
         }
         hops => {
             let mut list = Vec::new();
@@ -345,6 +346,7 @@ fn route_message(r: &Route, index: &BTreeMap<String, u32>) -> Result<RouteMessag
                     h.attributes
                         .push(RouteAttribute::Gateway(RouteAddress::from(via)));
                 }
+                h.attributes.extend(r.realm.map(realm_attribute));
                 list.push(h);
             }
             m.attributes.push(RouteAttribute::MultiPath(list));
@@ -402,6 +404,7 @@ pub fn parse_route(m: &RouteMessage, names: &BTreeMap<u32, String>) -> Option<Ro
             table: table_of(m),
             nexthops: Vec::new(),
             kind,
+            realm: None,
         });
     }
     let name = |i: u32| names.get(&i).cloned();
@@ -409,6 +412,15 @@ pub fn parse_route(m: &RouteMessage, names: &BTreeMap<u32, String>) -> Option<Ro
         RouteAttribute::MultiPath(h) => Some(h),
         _ => None,
     });
+    let realm = match multipath {
+        Some(hops) => {
+            let mut realms = hops.iter().map(|h| realm(&h.attributes));
+            let first = realms.next().flatten();
+            // Mixed realms are not the planner's: None makes the diff replace the route.
+            realms.all(|r| r == first).then_some(first).flatten()
+        }
+        None => realm(&m.attributes),
+    };
     let nexthops = match multipath {
         Some(hops) => hops
             .iter()
@@ -431,6 +443,24 @@ pub fn parse_route(m: &RouteMessage, names: &BTreeMap<u32, String>) -> Option<Ro
         table: table_of(m),
         nexthops,
         kind: RouteKind::Unicast,
+        realm,
+    })
+}
+
+/// The realm (`RTA_FLOW`) among a route's or a next hop's attributes, as one number.
+fn realm(attrs: &[RouteAttribute]) -> Option<u32> {
+    attrs.iter().find_map(|a| match a {
+        RouteAttribute::Realm(r) => Some(u32::from(r.source) << 16 | u32::from(r.destination)),
+        _ => None,
+    })
+}
+
+/// `realm` as the attribute that carries it.
+fn realm_attribute(realm: u32) -> RouteAttribute {
+    RouteAttribute::Realm(RouteRealm {
+        // Both halves of a u32 (the "from" and the "to" realm).
+        source: (realm >> 16) as u16,
+        destination: (realm & 0xffff) as u16,
     })
 }
 
@@ -623,6 +653,7 @@ mod tests {
                     weight: 1,
                 }],
                 kind: RouteKind::Unicast,
+                realm: Some(7 << 16 | 77),
             },
             Route {
                 family: Family::V6,
@@ -633,6 +664,7 @@ mod tests {
                     weight: 1,
                 }],
                 kind: RouteKind::Unicast,
+                realm: None,
             },
             Route {
                 family: Family::V4,
@@ -643,6 +675,7 @@ mod tests {
                     weight: 1,
                 }],
                 kind: RouteKind::Unicast,
+                realm: None,
             },
             Route {
                 family: Family::V4,
@@ -660,18 +693,21 @@ mod tests {
                     },
                 ],
                 kind: RouteKind::Unicast,
+                realm: Some(multiwan_core::plan::DEFAULT_ROUTE_REALM),
             },
             Route {
                 family: Family::V4,
                 table: 1000,
                 nexthops: Vec::new(),
                 kind: RouteKind::Unreachable,
+                realm: None,
             },
             Route {
                 family: Family::V6,
                 table: 1000,
                 nexthops: Vec::new(),
                 kind: RouteKind::Blackhole,
+                realm: None,
             },
         ] {
             let m = route_message(&r, &index).expect("message");
@@ -689,6 +725,7 @@ mod tests {
                     weight: 1,
                 }],
                 kind: RouteKind::Unicast,
+                realm: None,
             },
             &index,
         )
