@@ -145,6 +145,22 @@ ctl reset-failed multiwan || true
 ctl restart multiwan
 wait_for 30 "multiwan active again" active
 
+step "a broken config at start: one failed start (exit 2), no restart loop"
+ctl stop multiwan
+cp "$r/etc/multiwan/multiwan.toml" "$work/good.toml"
+printf "[lan]\ninterfaces = 3\n" >"$r/etc/multiwan/multiwan.toml"
+errors() { in_ct journalctl -u multiwan --no-pager -o cat | grep -c "multiwan.toml:2:" || true; }
+before=$(errors)
+if ctl start multiwan; then fail "a broken config started"; fi
+# RestartSec=1: a loop would have restarted it (and logged the error) several times by now.
+sleep 4
+test "$(prop multiwan ActiveState)" = failed || fail "not failed after a broken start: $(prop multiwan ActiveState)"
+test "$(errors)" = $((before + 1)) || fail "the broken config was started $(( $(errors) - before )) times"
+cp "$work/good.toml" "$r/etc/multiwan/multiwan.toml"
+ctl reset-failed multiwan || true
+ctl start multiwan
+wait_for 30 "multiwan active again" active
+
 step "stop: fail-static"
 ctl stop multiwan
 test "$(prop multiwan ActiveState)" = inactive || fail "not inactive: $(prop multiwan ActiveState)"
