@@ -181,6 +181,16 @@ fn reload(config: Option<&Path>, run_dir: &Path) -> Result<(), Failure> {
     let pid = crate::rundir::locked_pid(run_dir).ok_or_else(|| {
         anyhow::anyhow!("no daemon runs with run directory {}", run_dir.display())
     })?;
+    if let (Some(c), Some(theirs)) = (config, daemon_config(run_dir)) {
+        let ours = std::fs::canonicalize(c).unwrap_or_else(|_| c.to_path_buf());
+        if ours != Path::new(&theirs) {
+            return Err(Failure::Config(format!(
+                "the daemon (pid {pid}) reads {theirs}, not {}: a reload re-reads its own file; edit that one (or restart the daemon with -c {}); nothing was signalled",
+                c.display(),
+                c.display()
+            )));
+        }
+    }
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid as i32),
         nix::sys::signal::Signal::SIGHUP,
@@ -188,6 +198,14 @@ fn reload(config: Option<&Path>, run_dir: &Path) -> Result<(), Failure> {
     .map_err(|e| anyhow::anyhow!("signalling multiwan (pid {pid}): {e}"))?;
     println!("reload requested (pid {pid}); the daemon logs the outcome");
     Ok(())
+}
+
+/// The config file the daemon of `run_dir` reads, from its `state.json` (absolute), if it
+/// says.
+fn daemon_config(run_dir: &Path) -> Option<String> {
+    let bytes = crate::rundir::read_file(run_dir, "state.json").ok()??;
+    let v: serde_json::Value = serde_json::from_str(std::str::from_utf8(&bytes).ok()?).ok()?;
+    v.get("config")?.as_str().map(str::to_string)
 }
 
 /// The pid of a live `multiwan run` using `run_dir` in this network namespace, if any.

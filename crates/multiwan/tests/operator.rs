@@ -740,6 +740,32 @@ fn run_directory_is_checked_and_locked() {
         err.contains(&format!("another multiwan daemon (pid {})", d.pid())),
         "{err}"
     );
+    // `reload -c FILE` validates FILE, and the daemon re-reads its own: another file is
+    // refused (it would validate one file and apply another), the daemon's own is signalled.
+    let state = std::path::Path::new(&lab.run_dir()).join("state.json");
+    let start = std::time::Instant::now();
+    while !state.exists() && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let other = lab.dir.join("other.toml");
+    std::fs::write(&other, two_uplinks_checked("random")).expect("write");
+    let other = other.display().to_string();
+    let out = lab.multiwan(&["reload", "-c", &other, "--run-dir", &lab.run_dir()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!(
+            "reads {}, not {other}",
+            std::fs::canonicalize(&cfg).expect("config").display()
+        )) && err.contains("nothing was signalled"),
+        "{err}"
+    );
+    let out = lab.multiwan(&["reload", "-c", &cfg, "--run-dir", &lab.run_dir()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mode = std::os::unix::fs::PermissionsExt::mode(
         &std::fs::metadata(lab.run_dir())
             .expect("run dir")

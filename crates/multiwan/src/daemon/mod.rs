@@ -56,7 +56,11 @@ pub fn run(args: RunArgs) -> Result<(), Failure> {
     let mut engine = Engine::new(
         kernel,
         cfg,
-        args.config.display().to_string(),
+        // Absolute, so `reload -c FILE` from any directory can tell whether FILE is it.
+        std::fs::canonicalize(&args.config)
+            .unwrap_or_else(|_| args.config.clone())
+            .display()
+            .to_string(),
         args.run_dir.clone(),
         Instant::now(),
     )?;

@@ -75,6 +75,7 @@ impl<K: Kernel> Engine<K> {
         let state = StateFile {
             version: 1,
             pid: std::process::id(),
+            config: self.config_path.clone(),
             started: unix_s(self.started),
             reconciles: self.reconciles,
             fail_open: self.failing_open(),
@@ -148,6 +149,8 @@ fn family_state(
 struct StateFile {
     version: u32,
     pid: u32,
+    /// The config file the daemon reads (absolute): `reload -c` refuses another one.
+    config: String,
     started: u64,
     reconciles: u64,
     /// Every uplink of a family is down by probes alone and the ones in use stay in use.
