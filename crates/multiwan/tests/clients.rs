@@ -318,6 +318,10 @@ fn dhclient_lease_changes_are_followed_by_gateway_auto() {
     };
     let first = start_dhclient(&lab, &dir, &script, 1);
     wait_for_lease(&lab, &d, LEASE_1, Ipv4Addr::new(10, 37, 1, 1), &log);
+    // `status` shows the learned gateway of an `auto` uplink.
+    let out = lab.multiwan(&["status", "--json", "--run-dir", &lab.run_dir()]);
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status json");
+    assert_eq!(st["uplinks"][0]["gateway"], "10.37.1.1", "{st}");
     // doctor sees the DHCP client in this namespace: a fixed gateway on its interface is
     // flagged, `gateway = "auto"` is not.
     let fixed = lab.dir.join("fixed.toml");

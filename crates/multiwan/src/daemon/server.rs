@@ -524,7 +524,11 @@ pub fn status(snap: &Snapshot) -> Status {
                     .and_then(|l| l.get(&u.interface))
                     .map(|l| l.addrs.clone())
                     .unwrap_or_default(),
-                gateway: u.gateway,
+                // `auto`: the gateway learned from the DHCP client's route.
+                gateway: u.gateway.or_else(|| {
+                    let link = snap.facts.links.as_ref()?.get(&u.interface)?;
+                    link.gateway.filter(|_| u.gateway_auto)
+                }),
                 ipv6: ipv6_status(snap, u),
             }
         })
