@@ -199,18 +199,30 @@ fn family_states(cfg: &Config) -> [FamilyState; 2] {
 
 /// A fresh runtime for `u`, each family starting from its link state.
 fn new_rt(u: &Uplink, facts: &Facts, disabled: bool, now: Instant) -> UplinkRt {
-    let monitor = |family: Family, check: &multiwan_core::model::Check| {
-        let mut m = Monitor::new(check, link_status(facts, u, family), now);
-        if disabled {
-            m.set_disabled(true, now);
-        }
-        tracing::info!(uplink = %u.name, %family, state = %m.state(), "initial state");
-        FamRt::new(m)
-    };
     UplinkRt {
-        v4: monitor(Family::V4, &u.check),
-        v6: u.ipv6.as_ref().map(|v| monitor(Family::V6, &v.check)),
+        v4: new_fam(u, Family::V4, &u.check, facts, disabled, now),
+        v6: u
+            .ipv6
+            .as_ref()
+            .map(|v| new_fam(u, Family::V6, &v.check, facts, disabled, now)),
     }
+}
+
+/// A fresh monitor of one family of `u`, starting from its link state.
+fn new_fam(
+    u: &Uplink,
+    family: Family,
+    check: &multiwan_core::model::Check,
+    facts: &Facts,
+    disabled: bool,
+    now: Instant,
+) -> FamRt {
+    let mut m = Monitor::new(check, link_status(facts, u, family), now);
+    if disabled {
+        m.set_disabled(true, now);
+    }
+    tracing::info!(uplink = %u.name, %family, state = %m.state(), "initial state");
+    FamRt::new(m)
 }
 
 impl<K: Kernel> Engine<K> {
@@ -706,16 +718,27 @@ impl<K: Kernel> Engine<K> {
         };
         let mut uplinks = BTreeMap::new();
         for u in &cfg.uplinks {
-            let old = self.cfg.uplinks.iter().find(|o| o.name == u.name);
-            // A monitor is kept when nothing it judges by changed.
-            let keep = old.is_some_and(|o| {
-                o.interface == u.interface && o.check == u.check && o.ipv6 == u.ipv6
-            });
-            let rt = match self.uplinks.remove(&u.name) {
-                Some(rt) if keep => rt,
-                _ => new_rt(u, &self.facts, self.disabled.contains(&u.name), now),
+            let old = self
+                .cfg
+                .uplinks
+                .iter()
+                .find(|o| o.name == u.name && o.interface == u.interface);
+            let disabled = self.disabled.contains(&u.name);
+            let (prev4, prev6) = match (old, self.uplinks.remove(&u.name)) {
+                (Some(_), Some(rt)) => (Some(rt.v4), rt.v6),
+                _ => (None, None),
             };
-            uplinks.insert(u.name.clone(), rt);
+            // Each family's monitor is kept when nothing it judges by changed: adding IPv6
+            // to an uplink that is down keeps its IPv4 down.
+            let v4 = match prev4 {
+                Some(f) if old.is_some_and(|o| o.check == u.check) => f,
+                _ => new_fam(u, Family::V4, &u.check, &self.facts, disabled, now),
+            };
+            let v6 = u.ipv6.as_ref().map(|c| match prev6 {
+                Some(f) if old.and_then(|o| o.ipv6.as_ref()) == Some(c) => f,
+                _ => new_fam(u, Family::V6, &c.check, &self.facts, disabled, now),
+            });
+            uplinks.insert(u.name.clone(), UplinkRt { v4, v6 });
         }
         let gateways_changed = Family::ALL
             .iter()

@@ -582,3 +582,33 @@ fn a_failing_learned_gateway_is_read_again_without_an_event() {
         plan.routes
     );
 }
+
+/// A reload keeps each family's monitor while nothing it judges by changed: a new IPv6
+/// gateway for an uplink whose IPv4 is down keeps its IPv4 down (not "up" again, taking new
+/// connections until it fails `down_after` more rounds).
+#[test]
+fn a_reload_that_changes_only_ipv6_keeps_the_ipv4_health() {
+    let mut w = World::new(DUAL);
+    for _ in 0..6 {
+        w.round(&["isp2"]);
+    }
+    assert_eq!(w.state("isp1"), "down");
+    let changed = DUAL.replace("2001:db8:1::1", "2001:db8:1::2");
+    w.e.reload(Some(cfg(&changed)), w.t);
+    w.e.tick(w.t);
+    assert_eq!(w.state("isp1"), "down", "IPv4 health survives the reload");
+    assert_eq!(targets_of(&w, Family::V4), ["up_isp2"]);
+    // A changed IPv4 check starts IPv4 afresh, as before.
+    let rechecked = changed.replacen(
+        "targets = [\"172.16.0.100\"",
+        "targets = [\"172.16.0.101\"",
+        1,
+    );
+    w.e.reload(Some(cfg(&rechecked)), w.t);
+    w.e.tick(w.t);
+    assert_eq!(
+        w.state("isp1"),
+        "up",
+        "a new check starts from the link state"
+    );
+}
