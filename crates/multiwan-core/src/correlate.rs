@@ -5,6 +5,11 @@
 //! dead `1.1.1.1` shared by every uplink no longer takes the LAN offline; a real outage of one
 //! uplink still fails its rounds, because the same target keeps answering over the others.
 //!
+//! A target is shared when at least two uplinks probe it, not necessarily all of them, and a
+//! suspect target explains its failures: an uplink whose every other target is suspect is
+//! shown working by its gateway alone, as one with a single target is (see
+//! [`Correlator::update`]).
+//!
 //! Sans-IO like [`crate::health`]: rounds go in, the exclusion masks come out.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -13,7 +18,6 @@ use std::time::{Duration, Instant};
 
 use crate::model::{CheckMethod, Config};
 use crate::net::Family;
-use crate::order::Collect;
 
 /// A target's identity: the same address probed the same way.
 pub type TargetKey = (CheckMethod, SocketAddr);
@@ -132,22 +136,37 @@ impl Correlator {
     }
 
     /// Whether `uplink`'s latest round shows it working, apart from `key`: another of its
-    /// targets answered, or — when `key` is its only target — its gateway answered the
-    /// witness ping. An uplink whose other targets all fail too is not shown working by its
-    /// gateway: every target silent at once is what a dead upstream looks like.
-    fn evidence(&self, uplink: &str, key: &TargetKey) -> bool {
+    /// targets answered, or — when every other target of it is in `suspect` (or it has no
+    /// other) — its gateway answered the witness ping. An uplink whose other targets fail
+    /// too, unexplained, is not shown working by its gateway: every target silent at once is
+    /// what a dead upstream looks like.
+    fn evidence(&self, uplink: &str, key: &TargetKey, suspect: &BTreeSet<TargetKey>) -> bool {
         let Some(l) = self.latest.get(uplink) else {
             return false;
         };
         let targets = self.targets.get(uplink).map(Vec::as_slice).unwrap_or(&[]);
-        let others = targets
-            .iter()
-            .zip(&l.answered)
-            .any(|(k, ok)| k != key && *ok);
-        others || (targets.len() == 1 && l.witness == Some(true))
+        // Another target failed with no suspect status to explain it.
+        let mut unexplained = false;
+        for (i, k) in targets.iter().enumerate() {
+            if k == key || suspect.contains(k) {
+                continue;
+            }
+            if l.answered.get(i).copied().unwrap_or(false) {
+                return true;
+            }
+            unexplained = true;
+        }
+        !unexplained && l.witness == Some(true)
     }
 
-    fn is_suspect_now(&self, key: &TargetKey, uplinks: &[String]) -> bool {
+    /// Whether `key`, probed by `uplinks`, fails on every eligible one of them at once with
+    /// evidence that one of them works, given the targets already found `suspect`.
+    fn is_suspect_now(
+        &self,
+        key: &TargetKey,
+        uplinks: &[String],
+        suspect: &BTreeSet<TargetKey>,
+    ) -> bool {
         let eligible: Vec<&String> = uplinks
             .iter()
             .filter(|u| self.latest.get(*u).is_some_and(|l| l.eligible))
@@ -159,8 +178,8 @@ impl Correlator {
         let since: Option<Vec<Instant>> = eligible
             .iter()
             .map(|u| {
-                let l = &self.latest[*u];
-                let i = self.targets[*u].iter().position(|k| k == key)?;
+                let l = self.latest.get(*u)?;
+                let i = self.targets.get(*u)?.iter().position(|k| k == key)?;
                 l.failing_since.get(i).copied().flatten()
             })
             .collect();
@@ -173,17 +192,33 @@ impl Correlator {
             return false;
         };
         last.saturating_duration_since(*first) <= self.at_once
-            && eligible.iter().any(|u| self.evidence(u, key))
+            && eligible.iter().any(|u| self.evidence(u, key, suspect))
     }
 
     /// Re-evaluates every shared target from the latest rounds.
+    ///
+    /// One suspect target can be what makes another one suspect: an uplink probing both,
+    /// with both failing, has no evidence for either until one is explained (say by a third
+    /// uplink that probes only it and whose gateway answers); then the other is all it has
+    /// left, and its gateway's answer counts. So the suspects are found in passes from none,
+    /// each adding the targets the previous ones explain, until a pass adds nothing. Starting
+    /// from none, never from the previous update's suspects, keeps two targets from
+    /// explaining each other: when every target of the uplinks is silent and nothing outside
+    /// them shows one dead, none is suspect.
     pub fn update(&mut self) -> SuspectChange {
-        let now: BTreeSet<TargetKey> = self
-            .shared
-            .iter()
-            .filter(|(k, u)| self.is_suspect_now(k, u))
-            .map(|(k, _)| *k)
-            .collect_set();
+        let mut now = BTreeSet::new();
+        loop {
+            let found: Vec<TargetKey> = self
+                .shared
+                .iter()
+                .filter(|(k, u)| !now.contains(*k) && self.is_suspect_now(k, u, &now))
+                .map(|(k, _)| *k)
+                .collect();
+            if found.is_empty() {
+                break;
+            }
+            now.extend(found);
+        }
         let change = SuspectChange {
             became_suspect: now.difference(&self.suspect).copied().collect(),
             cleared: self.suspect.difference(&now).copied().collect(),
@@ -229,6 +264,125 @@ mod tests {
     }
 
     const OK: Option<Duration> = Some(Duration::from_millis(10));
+
+    /// Uplinks `a`, `b`, `c`… on `wanN` with gateways `10.0.N.1` and `2001:db8:N::1`, each
+    /// probing the targets given (either family).
+    fn cfg_of(targets: &[&str]) -> Config {
+        let mut t = String::from("[lan]\ninterfaces=[\"lan0\"]\n");
+        for (i, targets) in targets.iter().enumerate() {
+            let (name, n) = (char::from(b'a' + i as u8), i + 1);
+            t += &format!(
+                "[[uplink]]\nname=\"{name}\"\ninterface=\"wan{n}\"\ngateway=\"10.0.{n}.1\"\ngateway6=\"2001:db8:{n}::1\"\n[uplink.check]\ntargets=[{targets}]\n"
+            );
+        }
+        crate::load("t.toml", &t).expect("valid")
+    }
+
+    /// One round of every uplink at `at`: `results[i]` is uplink i's, every gateway answering
+    /// the witness ping when `witness` (the prober sends it from the second failed round on).
+    fn rounds(k: &mut Correlator, results: &[&[Option<Duration>]], witness: bool, at: Instant) {
+        for (i, r) in results.iter().enumerate() {
+            let name = char::from(b'a' + i as u8).to_string();
+            k.record(&name, r, witness.then_some(true), true, at);
+        }
+        k.update();
+    }
+
+    /// The tester's scenario, per family: a and b probe two targets, c the first of them;
+    /// both targets stop answering everywhere while the gateways answer.
+    fn two_targets_shared_by_some_uplinks_die_at_once(t1: &str, t2: &str, family: Family) {
+        let c = cfg_of(&[
+            &format!("\"{t1}\", \"{t2}\""),
+            &format!("\"{t1}\", \"{t2}\""),
+            &format!("\"{t1}\""),
+        ]);
+        let mut k = Correlator::new(&c, family);
+        let t0 = Instant::now();
+        let step = Duration::from_millis(100);
+        rounds(&mut k, &[&[OK, OK], &[OK, OK], &[OK]], false, t0);
+        // The first failed round: no witness yet, no evidence, nothing suspect.
+        rounds(
+            &mut k,
+            &[&[None, None], &[None, None], &[None]],
+            false,
+            t0 + step,
+        );
+        assert!(k.suspects().is_empty());
+        // From the next round on the gateways answer: c shows the first target dead, and with
+        // it suspect the second is all a and b have left, dead on both while their gateways
+        // answer.
+        for i in 2..10 {
+            rounds(
+                &mut k,
+                &[&[None, None], &[None, None], &[None]],
+                true,
+                t0 + step * i,
+            );
+            let labels: Vec<String> = k.suspects().iter().map(target_label).collect();
+            assert_eq!(labels, [t1, t2], "round {i}");
+            assert_eq!(k.excluded("a"), [true, true]);
+            assert_eq!(k.excluded("b"), [true, true]);
+            assert_eq!(k.excluded("c"), [true]);
+        }
+        // The first target answers again over c: the second has no evidence left, both clear.
+        rounds(
+            &mut k,
+            &[&[None, None], &[None, None], &[OK]],
+            true,
+            t0 + step * 10,
+        );
+        assert!(k.suspects().is_empty());
+        assert_eq!(k.excluded("a"), [false, false]);
+    }
+
+    #[test]
+    fn targets_shared_by_some_uplinks_die_at_once_and_are_all_suspect_v4() {
+        two_targets_shared_by_some_uplinks_die_at_once("203.0.113.10", "203.0.113.11", Family::V4);
+    }
+
+    #[test]
+    fn targets_shared_by_some_uplinks_die_at_once_and_are_all_suspect_v6() {
+        two_targets_shared_by_some_uplinks_die_at_once(
+            "2001:db8:113::10",
+            "2001:db8:113::11",
+            Family::V6,
+        );
+    }
+
+    #[test]
+    fn a_target_shared_by_two_of_three_uplinks_is_suspect_on_its_own() {
+        let c = cfg_of(&[
+            "\"203.0.113.10\", \"203.0.113.11\"",
+            "\"203.0.113.10\", \"203.0.113.11\"",
+            "\"203.0.113.12\"",
+        ]);
+        let mut k = Correlator::new(&c, Family::V4);
+        let t0 = Instant::now();
+        // Only .11 dies (on a and b, the two that probe it); .10 answers on both.
+        rounds(&mut k, &[&[OK, None], &[OK, None], &[OK]], false, t0);
+        assert_eq!(k.excluded("a"), [false, true]);
+        assert_eq!(k.excluded("b"), [false, true]);
+        assert_eq!(k.excluded("c"), [false]);
+    }
+
+    #[test]
+    fn one_uplink_losing_everything_while_a_target_is_suspect_is_an_outage() {
+        let c = cfg_of(&[
+            "\"203.0.113.10\", \"203.0.113.11\"",
+            "\"203.0.113.10\", \"203.0.113.11\"",
+            "\"203.0.113.10\"",
+        ]);
+        let mut k = Correlator::new(&c, Family::V4);
+        let t0 = Instant::now();
+        // .10 is dead everywhere (c's gateway shows it); .11 answers on a and b.
+        rounds(&mut k, &[&[None, OK], &[None, OK], &[None]], true, t0);
+        assert_eq!(k.excluded("a"), [true, false]);
+        // a's upstream dies: .11 still answers over b, so a's rounds keep failing on it.
+        let later = t0 + Duration::from_millis(100);
+        rounds(&mut k, &[&[None, None], &[None, OK], &[None]], true, later);
+        assert_eq!(k.excluded("a"), [true, false]);
+        assert_eq!(k.excluded("b"), [true, false]);
+    }
 
     #[test]
     fn a_shared_target_dead_everywhere_is_suspect_only_with_evidence() {

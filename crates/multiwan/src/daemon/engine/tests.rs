@@ -103,9 +103,15 @@ fn report(
 
 impl World {
     fn new(text: &str) -> Self {
+        Self::with_links(text, &["wan1", "wan2", "lan0"])
+    }
+
+    /// [`World::new`] with the interfaces `links`, all up.
+    fn with_links(text: &str, links: &[&str]) -> Self {
         let dir = tempfile_dir::Dir::new();
+        let up: Vec<(&str, bool)> = links.iter().map(|l| (*l, true)).collect();
         let kernel = FakeKernel {
-            facts: facts(&[("wan1", true), ("wan2", true), ("lan0", true)]),
+            facts: facts(&up),
             ..FakeKernel::default()
         };
         let t = Instant::now();
@@ -359,6 +365,72 @@ fn a_dead_shared_target_is_suspect_and_every_uplink_stays_up() {
         assert_eq!(w.state("isp1"), if i < 5 { "up" } else { "down" });
     }
     assert!(w.e.snapshot().suspect.is_empty());
+}
+
+/// The tester's three uplinks: ispa and ispb probe .10 and .11, ispc only .10.
+const THREE: &str = r#"
+[lan]
+interfaces = ["lan0"]
+[[uplink]]
+name = "ispa"
+interface = "wan1"
+gateway = "10.37.1.1"
+[uplink.check]
+targets = ["203.0.113.10", "203.0.113.11"]
+[[uplink]]
+name = "ispb"
+interface = "wan2"
+gateway = "10.37.2.1"
+[uplink.check]
+targets = ["203.0.113.10", "203.0.113.11"]
+[[uplink]]
+name = "ispc"
+interface = "wan3"
+gateway = "10.37.3.1"
+[uplink.check]
+targets = ["203.0.113.10"]
+"#;
+
+#[test]
+fn targets_shared_by_some_uplinks_dying_at_once_take_no_uplink_down() {
+    let mut w = World::with_links(THREE, &["wan1", "wan2", "wan3", "lan0"]);
+    // The ISPs start dropping ICMP to both targets; the gateways keep answering the witness
+    // pings (sent from the round after the first failed one).
+    let round = |w: &mut World, witness: Option<bool>| {
+        w.t += Duration::from_millis(100);
+        let batch = vec![
+            report("ispa", Family::V4, vec![None, None], witness),
+            report("ispb", Family::V4, vec![None, None], witness),
+            report("ispc", Family::V4, vec![None], witness),
+        ];
+        w.e.on_rounds(&batch, w.t);
+        w.e.tick(w.t);
+    };
+    round(&mut w, None);
+    for _ in 0..50 {
+        round(&mut w, Some(true));
+    }
+    for u in ["ispa", "ispb", "ispc"] {
+        assert_eq!(w.state(u), "up", "{u}");
+    }
+    assert_eq!(w.e.snapshot().suspect.len(), 2);
+    assert!(w.e.kernel.flushed.is_empty(), "no connection flushed");
+    // ispa's upstream really dies while both targets are still dead elsewhere... except .11,
+    // which answers over ispb again: ispa fails on it within the usual six rounds.
+    let ok = Some(Duration::from_millis(20));
+    for i in 0..6 {
+        w.t += Duration::from_millis(100);
+        let batch = vec![
+            report("ispa", Family::V4, vec![None, None], Some(true)),
+            report("ispb", Family::V4, vec![None, ok], Some(true)),
+            report("ispc", Family::V4, vec![None], Some(true)),
+        ];
+        w.e.on_rounds(&batch, w.t);
+        w.e.tick(w.t);
+        assert_eq!(w.state("ispa"), if i < 5 { "up" } else { "down" });
+    }
+    assert_eq!(w.state("ispb"), "up");
+    assert_eq!(w.state("ispc"), "up");
 }
 
 #[test]
