@@ -214,8 +214,8 @@ pub fn flows(c: &Conn, uplink: Option<String>) -> Result<()> {
             "{:<10} {:<5} {:<21} {:<21} {:<15} {:>10} {:>10} {:>8}\n",
             up,
             x.proto,
-            format!("{}:{}", x.src, x.sport),
-            format!("{}:{}", x.dst, x.dport),
+            endpoint(&x.src.to_string(), &x.sport.to_string()),
+            endpoint(&x.dst.to_string(), &x.dport.to_string()),
             x.nat_src,
             bytes(x.bytes_out),
             bytes(x.bytes_in),
@@ -225,6 +225,16 @@ pub fn flows(c: &Conn, uplink: Option<String>) -> Result<()> {
     let summary: Vec<String> = per.iter().map(|(u, n)| format!("{u}: {n}")).collect();
     o += &format!("{} connections ({})\n", f.len(), summary.join(", "));
     emit(o.as_bytes())
+}
+
+/// `address:port`, with an IPv6 address in brackets (`[2001:db8::1]:443`) so the port
+/// cannot be read as part of it.
+fn endpoint(addr: &str, port: &str) -> String {
+    if addr.contains(':') {
+        format!("[{addr}]:{port}")
+    } else {
+        format!("{addr}:{port}")
+    }
 }
 
 /// `multiwan explain`
@@ -257,12 +267,13 @@ pub fn explain(a: &ExplainArgs) -> Result<(), Failure> {
 pub fn render_explain(q: &ExplainQuery, e: &ExplainInfo, offline: bool) -> String {
     let port = |p: Option<u16>| p.map(|p| p.to_string()).unwrap_or_else(|| "*".into());
     let mut o = format!(
-        "new {} connection {}:{} -> {}:{}{}\n",
+        "new {} connection {} -> {}{}\n",
         q.proto.as_deref().unwrap_or("ip"),
-        q.src,
-        port(q.sport),
-        q.dst.map(|d| d.to_string()).unwrap_or_else(|| "*".into()),
-        port(q.dport),
+        endpoint(&q.src.to_string(), &port(q.sport)),
+        endpoint(
+            &q.dst.map(|d| d.to_string()).unwrap_or_else(|| "*".into()),
+            &port(q.dport)
+        ),
         if offline {
             " (offline: every uplink assumed up)"
         } else {
@@ -407,5 +418,18 @@ pub fn write_out(path: Option<&Path>, bytes: &[u8]) -> Result<()> {
     match path {
         Some(p) => std::fs::write(p, bytes).with_context(|| format!("writing {}", p.display())),
         None => emit(bytes),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::endpoint;
+
+    #[test]
+    fn ipv6_endpoints_are_bracketed() {
+        assert_eq!(endpoint("192.0.2.1", "80"), "192.0.2.1:80");
+        assert_eq!(endpoint("2001:db8::1", "443"), "[2001:db8::1]:443");
+        assert_eq!(endpoint("2001:db8::1", "*"), "[2001:db8::1]:*");
+        assert_eq!(endpoint("*", "*"), "*:*");
     }
 }

@@ -674,7 +674,7 @@ fn hook_and_sd_notify() {
     d.wait_for("isp1 up", Duration::from_secs(5), |d| {
         d.uplink_state("isp1").as_deref() == Some("up")
     });
-    wait_record("isp1 wan1 down up \n");
+    wait_record("isp1 wan1 down up healthy\n");
     drop(d);
     let mut seen = Vec::new();
     while let Ok(n) = sock.recv(&mut buf) {

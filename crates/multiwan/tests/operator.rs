@@ -445,8 +445,8 @@ fn control_socket_bounds_size_idle_connections_and_concurrency() {
         start.elapsed()
     );
     drop(idle);
-    // 16 watch streams occupy every worker: the next request is refused at once, and served
-    // again once they are gone.
+    // Watch streams never end on their own: they take at most half the workers, so with 16
+    // asked for, 8 stream, 8 are refused at once, and `status` is still served meanwhile.
     let watchers: Vec<_> = (0..16)
         .map(|_| {
             let mut s = std::os::unix::net::UnixStream::connect(&sock).expect("connect");
@@ -455,33 +455,30 @@ fn control_socket_bounds_size_idle_connections_and_concurrency() {
             s
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(500));
+    let firsts: Vec<String> = watchers
+        .iter()
+        .map(|s| {
+            s.set_read_timeout(Some(Duration::from_secs(5)))
+                .expect("timeout");
+            let mut line = String::new();
+            let _ = BufReader::new(s).read_line(&mut line);
+            line
+        })
+        .collect();
+    let refused = firsts
+        .iter()
+        .filter(|l| l.contains("\"ok\":false") && l.contains("8 watch streams open"))
+        .count();
+    let streaming = firsts.iter().filter(|l| l.contains("\"ok\":true")).count();
+    assert_eq!((refused, streaming), (8, 8), "{firsts:?}");
     let start = std::time::Instant::now();
-    let busy = raw_request(&lab, b"{\"version\":1,\"request\":\"status\"}\n");
+    status_works(&lab);
     assert!(
-        busy.contains("\"ok\":false") && busy.contains("busy"),
-        "{busy}"
+        start.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
     );
-    assert!(start.elapsed() < Duration::from_secs(2));
     drop(watchers);
-    // Each watch thread notices its client is gone at its next event (once a second).
-    let start = std::time::Instant::now();
-    loop {
-        let line = raw_request(&lab, b"{\"version\":1,\"request\":\"status\"}\n");
-        if line.contains("\"ok\":true") {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "still busy: {line}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    assert!(
-        lab.daemon_log().contains("too many requests in progress"),
-        "{}",
-        lab.daemon_log()
-    );
     drop(d);
 }
 

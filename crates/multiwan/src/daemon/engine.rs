@@ -550,7 +550,13 @@ impl<K: Kernel> Engine<K> {
                 interface,
                 old_state: t.from.name().to_string(),
                 new_state: t.to.name().to_string(),
-                reason: t.to.reason().map(|r| r.code()).unwrap_or("").to_string(),
+                // Up has no reason of its own: "healthy", as the log line says.
+                reason: t
+                    .to
+                    .reason()
+                    .map(|r| r.code())
+                    .unwrap_or("healthy")
+                    .to_string(),
             });
         }
         self.dirty = true;

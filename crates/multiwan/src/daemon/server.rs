@@ -78,7 +78,14 @@ pub fn start_control(
     let listener =
         UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
     socket_access(run_dir, control_group)?;
-    listen::spawn(listener, CONTROL_LIMITS, Arc::new(Control { tx }))
+    listen::spawn(
+        listener,
+        CONTROL_LIMITS,
+        Arc::new(Control {
+            tx,
+            watches: Arc::default(),
+        }),
+    )
 }
 
 /// Sets who can reach the control socket: root only (0600), or also `group` (0660, and the
@@ -184,6 +191,33 @@ fn refused(s: &UnixStream, tx: &Sender<Event>, request: &Request) -> Result<Opti
 /// The control socket's protocol: one JSON request line, JSON Lines back.
 struct Control {
     tx: Sender<Event>,
+    /// `watch` streams open now: at most [`MAX_WATCHES`], so streams that never end cannot
+    /// take every worker and lock `status` and `uplink … disable` out.
+    watches: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Concurrent `watch` streams: half the workers, the other half stay for requests.
+const MAX_WATCHES: usize = CONTROL_LIMITS.max_active / 2;
+
+/// One open `watch` stream, counted while it lives.
+struct WatchSlot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl WatchSlot {
+    /// A slot, or `None` when [`MAX_WATCHES`] streams are open.
+    fn take(n: &Arc<std::sync::atomic::AtomicUsize>) -> Option<Self> {
+        use std::sync::atomic::Ordering::AcqRel;
+        n.fetch_update(AcqRel, std::sync::atomic::Ordering::Acquire, |v| {
+            (v < MAX_WATCHES).then_some(v + 1)
+        })
+        .ok()
+        .map(|_| Self(n.clone()))
+    }
+}
+
+impl Drop for WatchSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 impl Protocol<UnixStream> for Control {
@@ -217,7 +251,7 @@ impl Protocol<UnixStream> for Control {
 
     fn serve(&self, mut s: UnixStream, request: &[u8]) {
         let r = match control::parse_request(request) {
-            Ok(env) => serve(&mut s, env, &self.tx),
+            Ok(env) => serve(&mut s, env, &self.tx, &self.watches),
             Err(msg) => write_line::<()>(&mut s, &Response::err(msg)),
         };
         if let Err(e) = r {
@@ -233,7 +267,12 @@ fn write_line<T: serde::Serialize>(s: &mut UnixStream, r: &Response<T>) -> Resul
     Ok(())
 }
 
-fn serve(s: &mut UnixStream, env: Envelope, tx: &Sender<Event>) -> Result<()> {
+fn serve(
+    s: &mut UnixStream,
+    env: Envelope,
+    tx: &Sender<Event>,
+    watches: &Arc<std::sync::atomic::AtomicUsize>,
+) -> Result<()> {
     if let Some(why) = refused(s, tx, &env.request)? {
         return write_line::<()>(s, &Response::err(why));
     }
@@ -270,7 +309,15 @@ fn serve(s: &mut UnixStream, env: Envelope, tx: &Sender<Event>) -> Result<()> {
                 Err(e) => write_line::<()>(s, &Response::err(e)),
             }
         }
-        Request::Watch => watch(s, tx),
+        Request::Watch => match WatchSlot::take(watches) {
+            Some(_slot) => watch(s, tx),
+            None => write_line::<()>(
+                s,
+                &Response::err(format!(
+                    "busy: {MAX_WATCHES} watch streams open (the limit); try again"
+                )),
+            ),
+        },
     }
 }
 
