@@ -604,3 +604,52 @@ fn bad_targets_do_not_hide_bad_timing_or_a_bad_method() {
     assert!(e.iter().any(|m| m.contains("check.method")), "{e:?}");
     assert!(e.iter().any(|m| m.contains("check.interval: 2m")), "{e:?}");
 }
+
+#[test]
+fn ipv4_gateway_must_be_installable() {
+    for bad in [
+        "0.0.0.0",
+        "224.0.0.1",
+        "239.255.255.250",
+        "255.255.255.255",
+        "127.0.0.1",
+        "127.8.9.10",
+    ] {
+        let e = errs(&BASE.replace("10.0.0.1", bad));
+        assert_eq!(
+            e,
+            [format!("t.toml:6:11: uplink[0].gateway: {bad} cannot be a gateway (it is unspecified, loopback, multicast or broadcast)")],
+            "{bad}"
+        );
+    }
+    for ok in ["169.254.0.1", "10.0.0.255", "192.0.2.1"] {
+        load("t.toml", &BASE.replace("10.0.0.1", ok)).expect(ok);
+    }
+}
+
+#[test]
+fn snat_addresses_must_be_usable_sources() {
+    for bad in ["0.0.0.0", "255.255.255.255", "224.0.0.1", "127.0.0.1"] {
+        let e = errs(&format!("{BASE}snat = {bad:?}\n"));
+        assert_eq!(
+            e,
+            [format!("t.toml:7:8: uplink[0].snat: {bad} cannot be a source address (it is unspecified, loopback, multicast or broadcast)")],
+            "{bad}"
+        );
+    }
+    let six = format!("{BASE}gateway6 = \"fe80::1\"\n");
+    for bad in ["::", "ff02::1", "::1"] {
+        let e = errs(&format!("{six}snat6 = {bad:?}\n"));
+        assert_eq!(
+            e,
+            [format!("t.toml:8:9: uplink[0].snat6: {bad} cannot be a source address (it is unspecified, loopback or multicast)")],
+            "{bad}"
+        );
+    }
+    let c = load(
+        "t.toml",
+        &format!("{six}snat = \"192.0.2.7\"\nsnat6 = \"2001:db8::7\"\n"),
+    )
+    .expect("valid");
+    assert_eq!(c.uplinks[0].snat, Snat::To(Ipv4Addr::new(192, 0, 2, 7)));
+}

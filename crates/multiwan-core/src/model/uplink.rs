@@ -87,6 +87,14 @@ impl Validator<'_> {
             None => Some(None),
             Some(_) if gateway_auto => Some(None),
             Some(g) => match g.get_ref().parse::<Ipv4Addr>() {
+                Ok(a) if unusable_v4(a) => {
+                    self.push(
+                        g.span(),
+                        &p("gateway"),
+                        format!("{a} cannot be a gateway (it is {WHY_V4})"),
+                    );
+                    None
+                }
                 Ok(a) => Some(Some(a)),
                 Err(_) => {
                     self.push(
@@ -149,11 +157,11 @@ impl Validator<'_> {
             return Some(Some(None));
         }
         match g.get_ref().parse::<Ipv6Addr>() {
-            Ok(a) if a.is_unspecified() || a.is_multicast() || a.is_loopback() => {
+            Ok(a) if unusable_v6(a) => {
                 self.push(
                     g.span(),
                     key,
-                    format!("{a} cannot be a gateway (it is unspecified, loopback or multicast)"),
+                    format!("{a} cannot be a gateway (it is {WHY_V6})"),
                 );
                 None
             }
@@ -190,6 +198,14 @@ impl Validator<'_> {
             "auto" => Some(Snat6::Auto),
             "none" => Some(Snat6::None),
             other => match other.parse::<Ipv6Addr>() {
+                Ok(a) if unusable_v6(a) => {
+                    self.push(
+                        s.span(),
+                        key,
+                        format!("{a} cannot be a source address (it is {WHY_V6})"),
+                    );
+                    None
+                }
                 Ok(a) => Some(Snat6::To(a)),
                 Err(_) => {
                     self.push(
@@ -241,6 +257,14 @@ impl Validator<'_> {
             "auto" => Some(Snat::Auto),
             "none" => Some(Snat::None),
             other => match other.parse::<Ipv4Addr>() {
+                Ok(a) if unusable_v4(a) => {
+                    self.push(
+                        s.span(),
+                        key,
+                        format!("{a} cannot be a source address (it is {WHY_V4})"),
+                    );
+                    None
+                }
                 Ok(a) => Some(Snat::To(a)),
                 Err(_) => {
                     self.push(
@@ -255,4 +279,21 @@ impl Validator<'_> {
             },
         }
     }
+}
+
+/// Why [`unusable_v4`] refuses an address.
+const WHY_V4: &str = "unspecified, loopback, multicast or broadcast";
+/// Why [`unusable_v6`] refuses an address.
+const WHY_V6: &str = "unspecified, loopback or multicast";
+
+/// Whether `a` can be neither a next hop nor a source address on an uplink: `0.0.0.0`,
+/// `127.0.0.0/8`, `224.0.0.0/4` and `255.255.255.255` (the kernel refuses such a gateway, and
+/// replies to such a source never come back). Link-local `169.254.0.0/16` is a real address.
+fn unusable_v4(a: Ipv4Addr) -> bool {
+    a.is_unspecified() || a.is_loopback() || a.is_multicast() || a.is_broadcast()
+}
+
+/// Whether `a` can be neither a next hop nor a source address: `::`, `::1`, `ff00::/8`.
+fn unusable_v6(a: Ipv6Addr) -> bool {
+    a.is_unspecified() || a.is_loopback() || a.is_multicast()
 }
