@@ -601,16 +601,24 @@ fn num_or_str(v: &toml_edit::Value) -> Option<NumOrStr> {
         .or_else(|| v.as_str().map(|s| NumOrStr::Str(s.to_string())))
 }
 
-/// "unknown key; did you mean `gateway`?", or where the key belongs, or what is known here.
+/// Where the key belongs when another section has exactly this key (a key written in the
+/// wrong section: that beats any similar spelling here), else "unknown key; did you mean
+/// `gateway`?", else what is known here.
 fn unknown_key_message(section: &Section, key: &str) -> String {
-    if let Some(best) = closest(key, section.fields.iter().map(|f| f.name)) {
-        return format!("unknown key; did you mean `{best}`?");
-    }
-    if let Some(home) = home_of(&SCHEMA, key, section) {
+    let homes = homes_of(key, section);
+    if let Some((last, rest)) = homes.split_last() {
+        let home = if rest.is_empty() {
+            last.to_string()
+        } else {
+            format!("{} or {last}", rest.join(", "))
+        };
         return format!(
             "unknown key in {}; `{key}` belongs in {home}",
             section.title
         );
+    }
+    if let Some(best) = closest(key, section.fields.iter().map(|f| f.name)) {
+        return format!("unknown key; did you mean `{best}`?");
     }
     let known: Vec<&str> = section.fields.iter().map(|f| f.name).collect();
     format!(
@@ -640,15 +648,24 @@ pub fn closest<'a>(key: &str, candidates: impl Iterator<Item = &'a str>) -> Opti
         .map(|(_, c)| c)
 }
 
-/// The title of another section that knows `key` (a key written in the wrong section).
-fn home_of(section: &'static Section, key: &str, not: &Section) -> Option<&'static str> {
-    if !std::ptr::eq(section, not) && section.field(key).is_some() {
-        return Some(section.title);
+/// The titles of the other sections that know `key`, outer sections first and each level in
+/// [`SCHEMA`]'s order.
+fn homes_of(key: &str, not: &Section) -> Vec<&'static str> {
+    let mut queue: Vec<&'static Section> = vec![&SCHEMA];
+    let mut homes = Vec::new();
+    let mut next = 0;
+    while let Some(section) = queue.get(next).copied() {
+        next += 1;
+        if !std::ptr::eq(section, not) && section.field(key).is_some() {
+            homes.push(section.title);
+        }
+        for f in section.fields {
+            if let Kind::Table(s) | Kind::Tables(s) = f.kind {
+                queue.push(s);
+            }
+        }
     }
-    section.fields.iter().find_map(|f| match f.kind {
-        Kind::Table(s) | Kind::Tables(s) => home_of(s, key, not),
-        _ => None,
-    })
+    homes
 }
 
 #[cfg(test)]
@@ -703,5 +720,37 @@ mod tests {
         assert_eq!(closest("gatway", keys.into_iter()), Some("gateway"));
         assert_eq!(closest("interfaces", keys.into_iter()), Some("interface"));
         assert_eq!(closest("zzz", keys.into_iter()), None);
+    }
+
+    /// A key of another section is placed there, even when a key here is spelt like it; a key
+    /// of several sections names them all.
+    #[test]
+    fn an_exact_key_elsewhere_beats_a_similar_one_here() {
+        let p = parse(
+            "[lan]\nmethod = \"random\"\n[[uplink]]\ninterval = \"1s\"\n[balance]\nname = \"x\"\n",
+        )
+        .expect("toml");
+        let messages: Vec<(&str, &str)> = p
+            .problems
+            .iter()
+            .map(|p| (p.key.as_str(), p.message.as_str()))
+            .collect();
+        assert_eq!(
+            messages,
+            [
+                (
+                    "lan.method",
+                    "unknown key in [lan]; `method` belongs in [balance] or [uplink.check]"
+                ),
+                (
+                    "uplink[0].interval",
+                    "unknown key in [[uplink]]; `interval` belongs in [uplink.check]"
+                ),
+                (
+                    "balance.name",
+                    "unknown key in [balance]; `name` belongs in [[uplink]] or [[rule]]"
+                ),
+            ]
+        );
     }
 }
