@@ -340,12 +340,15 @@ impl Validator<'_> {
 }
 
 /// `"127.0.0.1:9797"`, or a bare port meaning localhost: metrics are not exposed to the
-/// network unless an address says so.
+/// network unless an address says so. Port 0 is refused in either form: the kernel would
+/// pick a random port that no scraper knows.
 fn listen_address(text: &str) -> Option<SocketAddr> {
-    text.parse::<SocketAddr>().ok().or_else(|| {
-        text.parse::<u16>()
-            .ok()
-            .filter(|p| *p > 0)
-            .map(|p| SocketAddr::from(([127, 0, 0, 1], p)))
-    })
+    text.parse::<SocketAddr>()
+        .ok()
+        .or_else(|| {
+            text.parse::<u16>()
+                .ok()
+                .map(|p| SocketAddr::from(([127, 0, 0, 1], p)))
+        })
+        .filter(|a| a.port() > 0)
 }

@@ -653,3 +653,24 @@ fn snat_addresses_must_be_usable_sources() {
     .expect("valid");
     assert_eq!(c.uplinks[0].snat, Snat::To(Ipv4Addr::new(192, 0, 2, 7)));
 }
+
+#[test]
+fn metrics_port_zero_is_refused_in_both_forms() {
+    for bad in ["0", "\"0\"", "\"0.0.0.0:0\"", "\"[::1]:0\""] {
+        let e = errs(&format!("[daemon]\nmetrics = {bad}\n{BASE}"));
+        let text = bad.trim_matches('"');
+        assert_eq!(
+            e,
+            [format!("t.toml:2:11: daemon.metrics: invalid listen address {text:?}: expected \"127.0.0.1:9797\" or a port 1..=65535")],
+            "{bad}"
+        );
+    }
+    let c = load("t.toml", &format!("[daemon]\nmetrics = 9797\n{BASE}")).expect("valid");
+    assert_eq!(c.daemon.metrics, Some("127.0.0.1:9797".parse().unwrap()));
+    let c = load(
+        "t.toml",
+        &format!("[daemon]\nmetrics = \"0.0.0.0:9797\"\n{BASE}"),
+    )
+    .expect("valid");
+    assert_eq!(c.daemon.metrics, Some("0.0.0.0:9797".parse().unwrap()));
+}
