@@ -674,3 +674,42 @@ fn metrics_port_zero_is_refused_in_both_forms() {
     .expect("valid");
     assert_eq!(c.daemon.metrics, Some("0.0.0.0:9797".parse().unwrap()));
 }
+
+#[test]
+fn a_probe_target_is_listed_once() {
+    let e = errs(&with_check(
+        "targets = [\"1.1.1.1\", \"1.1.1.1\"]\nmin_targets = 2",
+    ));
+    assert_eq!(
+        e,
+        ["t.toml:8:23: uplink[0].check.targets[1]: \"1.1.1.1\" is listed twice"]
+    );
+    // The same socket address once dns's default port is added.
+    let e = errs(&with_check(
+        "method = \"dns\"\ntargets = [\"1.1.1.1\", \"1.1.1.1:53\"]",
+    ));
+    assert_eq!(
+        e,
+        ["t.toml:9:23: uplink[0].check.targets[1]: \"1.1.1.1:53\" is listed twice: uplink[0].check.targets[0] \"1.1.1.1\" is also 1.1.1.1:53"]
+    );
+    let six = BASE.replace(
+        "gateway = \"10.0.0.1\"",
+        "gateway = \"10.0.0.1\"\ngateway6 = \"fe80::1\"",
+    );
+    let e = errs(&format!(
+        "{six}[uplink.check]\ntargets = [\"2001:db8::1\", \"10.0.0.9\", \"2001:db8:0::1\"]\n"
+    ));
+    assert_eq!(
+        e,
+        ["t.toml:9:39: uplink[0].check.targets[2]: \"2001:db8:0::1\" is listed twice: uplink[0].check.targets[0] \"2001:db8::1\" is also [2001:db8::1]:0"]
+    );
+    // Another port of one address is another target.
+    let c = load(
+        "t.toml",
+        &with_check(
+            "method = \"tcp\"\ntargets = [\"1.1.1.1:80\", \"1.1.1.1:443\"]\nmin_targets = 2",
+        ),
+    )
+    .expect("valid");
+    assert_eq!(c.uplinks[0].check.targets.len(), 2);
+}
