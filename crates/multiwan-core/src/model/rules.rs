@@ -128,15 +128,17 @@ impl Validator<'_> {
                 })
         };
         let (v4, mut v6) = (allows(Family::V4), allows(Family::V6));
-        let key_span = raw
-            .get_ref()
-            .str("family")
-            .map(|f| f.span())
-            .or_else(|| raw.get_ref().str_list("src").map(|l| l.span()))
-            .or_else(|| raw.get_ref().str_list("dst").map(|l| l.span()))
-            .unwrap_or(raw.span());
+        let r = raw.get_ref();
+        let list_of = |k: &'static str| r.str_list(k).map(|l| (l.span(), k));
         if !v4 && !v6 {
-            self.push(key_span, &p("family"), "matches no traffic: its addresses (and family) leave no address family in which every list has a prefix; split it into one rule per family".into());
+            // Blamed on what is written: the family, else the first address list.
+            let (span, k) = r
+                .str("family")
+                .map(|f| (f.span(), "family"))
+                .or_else(|| list_of("src"))
+                .or_else(|| list_of("dst"))
+                .unwrap_or((raw.span(), "family"));
+            self.push(span, &p(k), "matches no traffic: its addresses (and family) leave no address family in which every list has a prefix; split it into one rule per family".into());
             return None;
         }
         let explicit6 = family == Some(Family::V6) || lists.iter().any(|l| !l.1.is_empty());
@@ -145,7 +147,18 @@ impl Validator<'_> {
             .any(|i| all.get(*i).is_some_and(|u| u.ipv6.is_some()));
         if v6 && mode != Mode::Bypass && !carries6 {
             if explicit6 {
-                self.push(key_span, &p("uplinks"), "matches IPv6 traffic but none of its uplinks carries IPv6 (gateway6): name an uplink with IPv6, or use family = \"ipv4\"".into());
+                // At the uplinks the rule names, else at what makes it match IPv6: the family
+                // or the first list with an IPv6 prefix.
+                let (span, k) = list_of("uplinks")
+                    .or_else(|| {
+                        r.str("family")
+                            .filter(|_| family == Some(Family::V6))
+                            .map(|f| (f.span(), "family"))
+                    })
+                    .or_else(|| list_of("src").filter(|_| !lists[0].1.is_empty()))
+                    .or_else(|| list_of("dst").filter(|_| !lists[1].1.is_empty()))
+                    .unwrap_or((raw.span(), "uplinks"));
+                self.push(span, &p(k), "matches IPv6 traffic but none of its uplinks carries IPv6 (gateway6): name an uplink with IPv6, or use family = \"ipv4\"".into());
                 return None;
             }
             v6 = false;

@@ -713,3 +713,37 @@ fn a_probe_target_is_listed_once() {
     .expect("valid");
     assert_eq!(c.uplinks[0].check.targets.len(), 2);
 }
+
+/// A rule's IPv6 traffic without an IPv6 uplink is reported at the key the message names:
+/// the uplinks when the rule names them, else what makes it match IPv6.
+#[test]
+fn ipv6_rule_without_ipv6_uplink_points_at_its_key() {
+    let e = errs(&format!(
+        "{BASE}[[rule]]\nname = \"r\"\nsrc = [\"2001:db8::/32\"]\nuplinks = [\"a\"]\n"
+    ));
+    assert_eq!(
+        e,
+        ["t.toml:10:11: rule[0].uplinks: matches IPv6 traffic but none of its uplinks carries IPv6 (gateway6): name an uplink with IPv6, or use family = \"ipv4\""]
+    );
+    let e = errs(&format!(
+        "{BASE}[[rule]]\nname = \"r\"\ndst = [\"2001:db8::/32\", \"10.1.0.0/16\"]\n"
+    ));
+    assert_eq!(
+        e,
+        ["t.toml:9:7: rule[0].dst: matches IPv6 traffic but none of its uplinks carries IPv6 (gateway6): name an uplink with IPv6, or use family = \"ipv4\""]
+    );
+    let e = errs(&format!(
+        "{BASE}[[rule]]\nname = \"r\"\nsrc = [\"10.1.0.0/16\"]\nfamily = \"ipv6\"\n"
+    ));
+    assert!(
+        e[0].starts_with("t.toml:10:10: rule[0].family: matches no traffic"),
+        "{e:?}"
+    );
+    let e = errs(&format!(
+        "{BASE}[[rule]]\nname = \"r\"\nfamily = \"ipv6\"\n"
+    ));
+    assert!(
+        e[0].starts_with("t.toml:9:10: rule[0].family: matches IPv6 traffic"),
+        "{e:?}"
+    );
+}
