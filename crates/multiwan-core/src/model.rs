@@ -402,8 +402,9 @@ impl KernelOpts {
         self.mark_mask >> self.mark_shift()
     }
 
-    /// The number of uplink ids available: all-ones and all-ones-minus-one are reserved
-    /// for "no uplink" and "main table".
+    /// The number of uplink ids available, 2^bits − 3: ids run from 1 (0 is an unmarked
+    /// packet) and all-ones and all-ones-minus-one are reserved for "no uplink" and "main
+    /// table".
     pub fn id_capacity(&self) -> u32 {
         self.mark_max().saturating_sub(2)
     }

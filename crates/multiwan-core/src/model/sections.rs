@@ -300,7 +300,9 @@ impl Validator<'_> {
                 m.span(),
                 "kernel.mark_mask",
                 format!(
-                    "mask {mask:#010x} leaves room for {capacity} uplinks but {count} are configured; use more bits"
+                    "mask {mask:#010x} leaves room for {} but {} configured; use more bits",
+                    count_of(capacity, "uplink", "uplinks"),
+                    count_of(count, "is", "are"),
                 ),
             ),
             None => {
@@ -337,6 +339,11 @@ impl Validator<'_> {
         self.push(span, key, problem);
         false
     }
+}
+
+/// `n` with the word for one or for many: "1 uplink", "2 uplinks", "0 uplinks".
+fn count_of(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 /// `"127.0.0.1:9797"`, or a bare port meaning localhost: metrics are not exposed to the

@@ -747,3 +747,22 @@ fn ipv6_rule_without_ipv6_uplink_points_at_its_key() {
         "{e:?}"
     );
 }
+
+/// 2^bits − 3 ids: 0 is unmarked, the top two values are "main table" and "no uplink".
+#[test]
+fn a_mask_has_two_to_the_bits_minus_three_ids() {
+    let two =
+        format!("{BASE}[[uplink]]\nname = \"b\"\ninterface = \"eth2\"\ngateway = \"10.0.1.1\"\n");
+    let e = errs(&format!("{two}[kernel]\nmark_mask = \"0x3\"\n"));
+    assert_eq!(
+        e,
+        ["t.toml:12:13: kernel.mark_mask: mask 0x00000003 leaves room for 1 uplink but 2 are configured; use more bits"]
+    );
+    let e = errs(&format!("{BASE}[kernel]\nmark_mask = \"0x1\"\n"));
+    assert_eq!(
+        e,
+        ["t.toml:8:13: kernel.mark_mask: mask 0x00000001 leaves room for 0 uplinks but 1 is configured; use more bits"]
+    );
+    let c = load("t.toml", &format!("{two}[kernel]\nmark_mask = \"0x7\"\n")).expect("5 ids");
+    assert_eq!(c.kernel.id_capacity(), 5);
+}
