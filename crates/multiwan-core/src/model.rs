@@ -596,7 +596,7 @@ fn not_utf8(file: &str, bytes: &[u8], e: &std::str::Utf8Error) -> ConfigError {
     let valid = &bytes[..e.valid_up_to()];
     // The prefix is valid UTF-8 by definition; lossy conversion cannot change it.
     let before = String::from_utf8_lossy(valid);
-    let (line, col) = line_col(&before, before.len());
+    let (line, col) = Cursor::new(&before).to(before.len());
     let byte = bytes.get(e.valid_up_to()).copied().unwrap_or(0);
     ConfigError {
         diagnostics: vec![Diagnostic {
@@ -611,24 +611,62 @@ fn not_utf8(file: &str, bytes: &[u8], e: &std::str::Utf8Error) -> ConfigError {
     }
 }
 
-/// 1-based line and column (in characters) of a byte offset.
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let mut offset = offset.min(text.len());
-    while !text.is_char_boundary(offset) {
-        offset -= 1;
+/// 1-based line and column (in characters) of byte offsets visited in increasing order: each
+/// step scans only the text since the previous offset, so positioning every diagnostic of a
+/// file costs one pass over it (scanning from the start for each one was quadratic).
+struct Cursor<'a> {
+    text: &'a str,
+    /// Byte offset reached, on a character boundary.
+    at: usize,
+    line: usize,
+    col: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn new(text: &'a str) -> Self {
+        Self {
+            text,
+            at: 0,
+            line: 1,
+            col: 1,
+        }
     }
-    let before = &text[..offset];
-    let line = before.matches('\n').count() + 1;
-    let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
-    let col = before[line_start..].chars().count() + 1;
-    (line, col)
+
+    /// The position of byte `offset` (clamped to the text, back to a character boundary);
+    /// an offset before the one reached answers the position reached.
+    fn to(&mut self, offset: usize) -> (usize, usize) {
+        let mut offset = offset.min(self.text.len());
+        while !self.text.is_char_boundary(offset) {
+            offset -= 1;
+        }
+        if offset > self.at {
+            let between = &self.text[self.at..offset];
+            match between.rfind('\n') {
+                Some(last) => {
+                    self.line += between.matches('\n').count();
+                    self.col = between[last + 1..].chars().count() + 1;
+                }
+                None => self.col += between.chars().count(),
+            }
+            self.at = offset;
+        }
+        (self.line, self.col)
+    }
+}
+
+/// A diagnostic before its position is known: positions are computed once, for all of them in
+/// file order, by [`Validator::finish`].
+struct Pending {
+    offset: usize,
+    key: String,
+    message: String,
 }
 
 /// Collects diagnostics while the sections are validated.
 struct Validator<'a> {
     file: &'a str,
     text: &'a str,
-    diags: Vec<Diagnostic>,
+    diags: Vec<Pending>,
     /// Key paths already reported with a wrong type: a second message about them ("missing
     /// key") would only repeat the first.
     rejected: BTreeSet<String>,
@@ -646,21 +684,31 @@ impl<'a> Validator<'a> {
 
     fn finish(mut self) -> ConfigError {
         // File order, which is how people fix them; the sort is stable for equal positions.
-        crate::order::sort_by_key(&mut self.diags, |d| (d.line, d.col));
-        ConfigError {
-            diagnostics: self.diags,
-        }
+        crate::order::sort_by_key(&mut self.diags, |d| d.offset);
+        let mut cursor = Cursor::new(self.text);
+        let diagnostics = self
+            .diags
+            .into_iter()
+            .map(|d| {
+                let (line, col) = cursor.to(d.offset);
+                Diagnostic {
+                    file: self.file.to_string(),
+                    line,
+                    col,
+                    key: d.key,
+                    message: d.message,
+                }
+            })
+            .collect();
+        ConfigError { diagnostics }
     }
 
     fn push(&mut self, span: Range<usize>, key: &str, message: String) {
         if self.rejected.contains(key) {
             return;
         }
-        let (line, col) = line_col(self.text, span.start);
-        self.diags.push(Diagnostic {
-            file: self.file.to_string(),
-            line,
-            col,
+        self.diags.push(Pending {
+            offset: span.start,
             key: key.to_string(),
             message,
         });

@@ -1,12 +1,37 @@
 //! Validation of `[[rule]]`: names, address and port matches, protocol, mode and the uplinks
 //! a rule refers to.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::names::is_valid_name;
 use super::{Mode, Proto, Rule, Uplink, Validator};
 use crate::config::{NumOrStr, Spanned, SpannedList, Table};
 use crate::net::{Family, IpNet, Ipv4Net, Ipv6Net, PortRange};
+
+/// The names of the `[[uplink]]` tables as written, looked up once per reference.
+struct Declared<'t> {
+    /// Each name with the position of its first uplink.
+    index: BTreeMap<&'t str, usize>,
+    /// The names in file order, each once (for messages).
+    known: Vec<&'t str>,
+}
+
+impl<'t> Declared<'t> {
+    fn new(uplinks: &'t [Spanned<Table>]) -> Self {
+        let mut index = BTreeMap::new();
+        let mut known = Vec::new();
+        for (i, u) in uplinks.iter().enumerate() {
+            if let Some(n) = u.get_ref().str("name") {
+                let n = n.get_ref().as_str();
+                if !index.contains_key(n) {
+                    index.insert(n, i);
+                    known.push(n);
+                }
+            }
+        }
+        Self { index, known }
+    }
+}
 
 impl Validator<'_> {
     /// `declared` are the `[[uplink]]` tables as written: a rule's reference to an uplink is
@@ -21,10 +46,7 @@ impl Validator<'_> {
         let mut ok = true;
         let mut out = Vec::new();
         let mut names = BTreeSet::new();
-        let declared: Vec<Option<&str>> = declared
-            .iter()
-            .map(|u| u.get_ref().str("name").map(|n| n.get_ref().as_str()))
-            .collect();
+        let declared = Declared::new(declared);
         for (i, r) in raw.iter().enumerate() {
             match self.rule(i, r, (&declared, uplinks), &mut names) {
                 Some(rule) => out.push(rule),
@@ -38,7 +60,7 @@ impl Validator<'_> {
         &mut self,
         i: usize,
         raw: &Spanned<Table>,
-        (declared, uplinks): (&[Option<&str>], Option<&[Uplink]>),
+        (declared, uplinks): (&Declared, Option<&[Uplink]>),
         names: &mut BTreeSet<String>,
     ) -> Option<Rule> {
         let r = raw.get_ref();
@@ -271,7 +293,7 @@ impl Validator<'_> {
         &mut self,
         raw: Option<&SpannedList>,
         mode: Option<Mode>,
-        (declared, all): (&[Option<&str>], Option<&[Uplink]>),
+        (declared, all): (&Declared, Option<&[Uplink]>),
         key: &str,
     ) -> Option<Vec<usize>> {
         let Some(list) = raw else {
@@ -294,27 +316,20 @@ impl Validator<'_> {
             return None;
         }
         let mut idx = Vec::new();
+        let mut listed = BTreeSet::new();
         let mut good = true;
         for (j, n) in list.get_ref().iter().enumerate() {
             let k = format!("{key}[{j}]");
             // The position among the uplinks as written is the index into the validated
             // ones (those exist only when every uplink is valid, in the same order).
-            match declared
-                .iter()
-                .position(|d| *d == Some(n.get_ref().as_str()))
-            {
-                Some(x) if idx.contains(&x) => {
+            match declared.index.get(n.get_ref().as_str()) {
+                Some(&x) if !listed.insert(x) => {
                     self.push(n.span(), &k, format!("{:?} is listed twice", n.get_ref()));
                     good = false;
                 }
-                Some(x) => idx.push(x),
+                Some(&x) => idx.push(x),
                 None => {
-                    let mut known: Vec<&str> = Vec::new();
-                    for d in declared.iter().flatten() {
-                        if !known.contains(d) {
-                            known.push(d);
-                        }
-                    }
+                    let known = &declared.known;
                     let hint = crate::config::closest(n.get_ref(), known.iter().copied())
                         .map(|c| format!("did you mean {c:?}? "))
                         .unwrap_or_default();

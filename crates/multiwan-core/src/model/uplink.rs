@@ -1,7 +1,7 @@
 //! Validation of `[[uplink]]`: names, interfaces, gateways, weights, tiers, SNAT, and which
 //! uplinks may share an interface. Health checks are in [`super::check`].
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use super::check::Gateways;
@@ -30,12 +30,37 @@ impl Validator<'_> {
         }
         // Two uplinks may share an interface only when they are told apart by gateway
         // (seed 004 §4.2.5: two routers on one Ethernet segment).
+        // Per interface, the uplinks on it so far: the first, the first without a gateway
+        // and the first with each gateway (a clash is with the earliest that matches).
+        #[derive(Default)]
+        struct OnInterface {
+            first: usize,
+            without_gateway: Option<usize>,
+            by_gateway: BTreeMap<Ipv4Addr, usize>,
+        }
+        let mut on: BTreeMap<&str, OnInterface> = BTreeMap::new();
         for (j, (i, b)) in out.iter().enumerate() {
-            let clash = out[..j].iter().map(|(_, a)| a).find(|a| {
-                a.interface == b.interface
-                    && (a.gateway.is_none() || b.gateway.is_none() || a.gateway == b.gateway)
+            let seen = on.entry(b.interface.as_str()).or_insert(OnInterface {
+                first: j,
+                ..OnInterface::default()
             });
-            if let Some(a) = clash {
+            let earlier = match b.gateway {
+                _ if seen.first == j => None,
+                None => Some(seen.first),
+                Some(g) => match (seen.without_gateway, seen.by_gateway.get(&g)) {
+                    (Some(x), Some(&y)) => Some(x.min(y)),
+                    (x, y) => x.or(y.copied()),
+                },
+            };
+            match b.gateway {
+                None => {
+                    seen.without_gateway.get_or_insert(j);
+                }
+                Some(g) => {
+                    seen.by_gateway.entry(g).or_insert(j);
+                }
+            }
+            if let Some(a) = earlier.map(|x| &out[x].1) {
                 let span = raw[*i]
                     .get_ref()
                     .str("interface")
