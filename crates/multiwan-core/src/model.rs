@@ -4,7 +4,7 @@
 //! **Invariant:** a `Config` value is always valid: names are unique, references resolve,
 //! marks/tables/priorities fit in the space multiwan owns. The planner relies on it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::Range;
@@ -576,6 +576,7 @@ pub fn load<'a>(file: &str, source: impl Into<Source<'a>>) -> Result<Config, Con
         v.push(p.span, &p.key, p.message);
     }
     v.rejected = parsed.rejected;
+    v.too_large = parsed.too_large;
     let cfg = v.config(&parsed.root);
     match cfg {
         Some(cfg) if v.diags.is_empty() => Ok(cfg),
@@ -670,6 +671,8 @@ struct Validator<'a> {
     /// Key paths already reported with a wrong type: a second message about them ("missing
     /// key") would only repeat the first.
     rejected: BTreeSet<String>,
+    /// [`config::Parsed::too_large`]: integers beyond 64 bits as written, shown as written.
+    too_large: BTreeMap<usize, String>,
 }
 
 impl<'a> Validator<'a> {
@@ -679,6 +682,15 @@ impl<'a> Validator<'a> {
             text,
             diags: Vec::new(),
             rejected: BTreeSet::new(),
+            too_large: BTreeMap::new(),
+        }
+    }
+
+    /// `value` as the file shows it: itself, or the integer beyond 64 bits written at `span`.
+    fn shown(&self, span: &Range<usize>, value: impl fmt::Display) -> String {
+        match self.too_large.get(&span.start) {
+            Some(written) => written.clone(),
+            None => value.to_string(),
         }
     }
 
@@ -745,11 +757,12 @@ impl<'a> Validator<'a> {
         let Some(v) = v else { return Some(default) };
         let n = *v.get_ref();
         if n < i64::from(*range.start()) || n > i64::from(*range.end()) {
+            let shown = self.shown(&v.span(), n);
             self.push(
                 v.span(),
                 key,
                 format!(
-                    "{n} is out of range (expected {}..={})",
+                    "{shown} is out of range (expected {}..={})",
                     range.start(),
                     range.end()
                 ),

@@ -224,10 +224,11 @@ impl Validator<'_> {
         let Some(v) = v else { return Some(None) };
         let x = v.get_ref().as_f64();
         if !(0.0..=100.0).contains(&x) {
+            let shown = self.shown(&v.span(), x);
             self.push(
                 v.span(),
                 key,
-                format!("{x} is out of range (expected a percentage 0..=100)"),
+                format!("{shown} is out of range (expected a percentage 0..=100)"),
             );
             return None;
         }

@@ -846,3 +846,35 @@ fn uplinks_sharing_an_interface_clash_with_the_first_that_matches() {
     assert!(e[0].contains("uplinks \"a\" and \"c\" both use"), "{e:#?}");
     assert!(e[1].contains("uplinks \"b\" and \"d\" both use"), "{e:#?}");
 }
+
+/// toml_edit stops at an integer beyond 64 bits; it is reported at its key like any value out
+/// of range, and the rest of the file is still checked.
+#[test]
+fn integers_beyond_64_bits_are_out_of_range_at_their_key() {
+    let text = format!(
+        "{BASE}weight = 99999999999999999999\ntier = -99999999999999999999\nsnat = \"yes\"\n\
+         [uplink.check]\nmax_loss = 0x8000000000000000\n\
+         [[rule]]\nname = \"r\"\nproto = \"tcp\"\ndport = [80, 99999999999999999999]\n\
+         [kernel]\nmark_mask = 99999999999999999999\ntable_base = 9_223_372_036_854_775_808 # big\n[daemon]\nmetrics = 99999999999999999999\n"
+    );
+    let e = errs(&text);
+    assert_eq!(
+        e,
+        [
+            "t.toml:7:10: uplink[0].weight: 99999999999999999999 is out of range (expected 1..=1000)",
+            "t.toml:8:8: uplink[0].tier: -99999999999999999999 is out of range (expected 1..=255)",
+            "t.toml:9:8: uplink[0].snat: invalid value \"yes\": expected \"auto\", \"none\" or an IPv4 address",
+            "t.toml:11:12: uplink[0].check.max_loss: 0x8000000000000000 is out of range (expected a percentage 0..=100)",
+            "t.toml:15:14: rule[0].dport[1]: invalid port \"99999999999999999999\": expected 1..=65535 or a range such as \"8000-8080\"",
+            "t.toml:17:13: kernel.mark_mask: invalid mask \"99999999999999999999\": expected a 32-bit number such as \"0xff000000\"",
+            "t.toml:18:14: kernel.table_base: 9_223_372_036_854_775_808 is out of range (expected 1..=2147418112)",
+            "t.toml:20:11: daemon.metrics: invalid listen address \"99999999999999999999\": expected \"127.0.0.1:9797\" or a port 1..=65535",
+        ]
+    );
+    // Where a string is expected it is a wrong type, as any integer would be.
+    let e = errs(&BASE.replace("\"a\"", "99999999999999999999"));
+    assert_eq!(
+        e,
+        ["t.toml:4:8: uplink[0].name: expected a string, found an integer"]
+    );
+}
