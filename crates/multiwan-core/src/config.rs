@@ -6,6 +6,7 @@
 //! Nothing is interpreted here; [`crate::model`] turns the [`Table`]s into the validated
 //! domain model. To add a key, add one line to its section below and read it in the model.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 
@@ -357,6 +358,11 @@ pub struct Parsed {
     /// Key paths whose value was rejected: validation must not report them again (as
     /// "missing", say).
     pub rejected: BTreeSet<String>,
+    /// Integers written beyond 64 bits, by the byte offset of their value, as written. Such a
+    /// value is `i64::MAX` (`i64::MIN` when negative) where an integer or a number is
+    /// expected, so that its range check fails, and the text written where a number or a
+    /// string is (`"99999999999999999999"`): messages show what was written.
+    pub too_large: BTreeMap<usize, String>,
 }
 
 /// The file could not be parsed as TOML at all.
@@ -370,24 +376,86 @@ pub struct SyntaxError {
 
 /// Parses TOML text and walks it against [`SCHEMA`].
 pub fn parse(text: &str) -> Result<Parsed, SyntaxError> {
-    let doc = toml_edit::ImDocument::parse(text).map_err(|e| SyntaxError {
-        span: e.span().unwrap_or(0..0),
-        message: e.message().trim().to_string(),
-    })?;
-    let mut walk = Walk::default();
+    let mut working = Cow::Borrowed(text);
+    let mut too_large = BTreeMap::new();
+    let doc = loop {
+        let e = match toml_edit::ImDocument::parse(working.as_ref()) {
+            Ok(doc) => break doc,
+            Err(e) => e,
+        };
+        let span = e.span().unwrap_or(0..0);
+        let message = e.message().trim().to_string();
+        // toml_edit stops at an integer beyond 64 bits: put one of the same sign in its place
+        // and parse again, so that the key is known and the rest of the file still checked.
+        let placed = (too_large.len() < MAX_TOO_LARGE && is_too_large(&message))
+            .then(|| replace_too_large(working.to_mut(), span.start))
+            .flatten();
+        match placed {
+            Some(literal) => {
+                too_large.insert(span.start, literal);
+            }
+            None => return Err(SyntaxError { span, message }),
+        }
+    };
+    let mut walk = Walk {
+        problems: Vec::new(),
+        rejected: BTreeSet::new(),
+        too_large: &too_large,
+    };
     let root = walk.table(&SCHEMA, doc.as_table(), "", 0..0);
     crate::order::sort_by_key(&mut walk.problems, |p| p.span.start);
     Ok(Parsed {
         root,
         problems: walk.problems,
         rejected: walk.rejected,
+        too_large,
     })
 }
 
-#[derive(Default)]
-struct Walk {
+/// At most this many integers beyond 64 bits are replaced (each costs a parse of the whole
+/// file); the next one is reported as toml_edit's syntax error, without its key.
+const MAX_TOO_LARGE: usize = 64;
+
+/// Whether toml_edit's error is an integer literal beyond `i64` (the standard library's
+/// `ParseIntError` texts, which toml_edit passes on).
+fn is_too_large(message: &str) -> bool {
+    message == "number too large to fit in target type"
+        || message == "number too small to fit in target type"
+}
+
+/// Replaces the integer literal at byte `start` of `text` by `i64::MAX` (or `i64::MIN` for a
+/// negative one) padded with spaces to its length, so that every span stays where it was;
+/// the literal as written, or `None` when what is there is no such literal.
+fn replace_too_large(text: &mut String, start: usize) -> Option<String> {
+    let rest = text.get(start..)?;
+    let len = rest
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '+' || c == '-'))
+        .unwrap_or(rest.len());
+    let literal = &rest[..len];
+    let digits = literal.trim_start_matches(['+', '-']);
+    if digits.is_empty() || !digits.starts_with(|c: char| c.is_ascii_digit()) {
+        return None;
+    }
+    // Every literal beyond 64 bits is at least as long as its placeholder.
+    let placeholder = if literal.starts_with('-') {
+        "-9223372036854775808"
+    } else {
+        "0x7fffffffffffffff"
+    };
+    let pad = len.checked_sub(placeholder.len())?;
+    let literal = literal.to_string();
+    text.replace_range(
+        start..start + len,
+        &format!("{placeholder}{}", " ".repeat(pad)),
+    );
+    Some(literal)
+}
+
+struct Walk<'a> {
     problems: Vec<Problem>,
     rejected: BTreeSet<String>,
+    /// [`Parsed::too_large`].
+    too_large: &'a BTreeMap<usize, String>,
 }
 
 fn join(prefix: &str, key: &str) -> String {
@@ -416,7 +484,7 @@ fn written(item: &Item) -> &'static str {
     }
 }
 
-impl Walk {
+impl Walk<'_> {
     fn table(
         &mut self,
         section: &'static Section,
@@ -470,7 +538,7 @@ impl Walk {
                 .and_then(number)
                 .map(|n| Value::Number(Spanned::new(span.clone(), n))),
             Kind::IntOrStr => scalar
-                .and_then(num_or_str)
+                .and_then(|v| num_or_str(v, self.too_large))
                 .map(|n| Value::IntOrStr(Spanned::new(span.clone(), n))),
             Kind::StrList => {
                 return self
@@ -478,9 +546,10 @@ impl Walk {
                     .map(Value::StrList)
             }
             Kind::IntOrStrList => {
+                let too_large = self.too_large;
                 return self
-                    .list(item, path, span, kind, num_or_str)
-                    .map(Value::IntOrStrList)
+                    .list(item, path, span, kind, |v| num_or_str(v, too_large))
+                    .map(Value::IntOrStrList);
             }
             Kind::Table(section) => item.as_table_like().map(|t| {
                 Value::Table(Spanned::new(
@@ -595,22 +664,39 @@ fn number(v: &toml_edit::Value) -> Option<RawNumber> {
         .or_else(|| v.as_float().map(RawNumber::Float))
 }
 
-fn num_or_str(v: &toml_edit::Value) -> Option<NumOrStr> {
+/// A number or a string; an integer beyond 64 bits is the text written (see
+/// [`Parsed::too_large`]).
+fn num_or_str(v: &toml_edit::Value, too_large: &BTreeMap<usize, String>) -> Option<NumOrStr> {
+    let written = v
+        .span()
+        .and_then(|s| too_large.get(&s.start))
+        .filter(|_| v.is_integer());
+    if let Some(w) = written {
+        return Some(NumOrStr::Str(w.clone()));
+    }
     v.as_integer()
         .map(NumOrStr::Num)
         .or_else(|| v.as_str().map(|s| NumOrStr::Str(s.to_string())))
 }
 
-/// "unknown key; did you mean `gateway`?", or where the key belongs, or what is known here.
+/// Where the key belongs when another section has exactly this key (a key written in the
+/// wrong section: that beats any similar spelling here), else "unknown key; did you mean
+/// `gateway`?", else what is known here.
 fn unknown_key_message(section: &Section, key: &str) -> String {
-    if let Some(best) = closest(key, section.fields.iter().map(|f| f.name)) {
-        return format!("unknown key; did you mean `{best}`?");
-    }
-    if let Some(home) = home_of(&SCHEMA, key, section) {
+    let homes = homes_of(key, section);
+    if let Some((last, rest)) = homes.split_last() {
+        let home = if rest.is_empty() {
+            last.to_string()
+        } else {
+            format!("{} or {last}", rest.join(", "))
+        };
         return format!(
             "unknown key in {}; `{key}` belongs in {home}",
             section.title
         );
+    }
+    if let Some(best) = closest(key, section.fields.iter().map(|f| f.name)) {
+        return format!("unknown key; did you mean `{best}`?");
     }
     let known: Vec<&str> = section.fields.iter().map(|f| f.name).collect();
     format!(
@@ -640,15 +726,24 @@ pub fn closest<'a>(key: &str, candidates: impl Iterator<Item = &'a str>) -> Opti
         .map(|(_, c)| c)
 }
 
-/// The title of another section that knows `key` (a key written in the wrong section).
-fn home_of(section: &'static Section, key: &str, not: &Section) -> Option<&'static str> {
-    if !std::ptr::eq(section, not) && section.field(key).is_some() {
-        return Some(section.title);
+/// The titles of the other sections that know `key`, outer sections first and each level in
+/// [`SCHEMA`]'s order.
+fn homes_of(key: &str, not: &Section) -> Vec<&'static str> {
+    let mut queue: Vec<&'static Section> = vec![&SCHEMA];
+    let mut homes = Vec::new();
+    let mut next = 0;
+    while let Some(section) = queue.get(next).copied() {
+        next += 1;
+        if !std::ptr::eq(section, not) && section.field(key).is_some() {
+            homes.push(section.title);
+        }
+        for f in section.fields {
+            if let Kind::Table(s) | Kind::Tables(s) = f.kind {
+                queue.push(s);
+            }
+        }
     }
-    section.fields.iter().find_map(|f| match f.kind {
-        Kind::Table(s) | Kind::Tables(s) => home_of(s, key, not),
-        _ => None,
-    })
+    homes
 }
 
 #[cfg(test)]
@@ -703,5 +798,66 @@ mod tests {
         assert_eq!(closest("gatway", keys.into_iter()), Some("gateway"));
         assert_eq!(closest("interfaces", keys.into_iter()), Some("interface"));
         assert_eq!(closest("zzz", keys.into_iter()), None);
+    }
+
+    /// An integer beyond 64 bits keeps its key and lets the rest of the file be walked; past
+    /// `MAX_TOO_LARGE` of them (a parse each) toml_edit's error is the answer.
+    #[test]
+    fn integers_beyond_64_bits_are_replaced_in_place() {
+        let p = parse(
+            "a = [1, 99999999999999999999 ]\nb = -99999999999999999999\nc = 0x8000000000000000\n",
+        )
+        .expect("parsed");
+        let written: Vec<(usize, &str)> =
+            p.too_large.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        assert_eq!(
+            written,
+            [
+                (8, "99999999999999999999"),
+                (35, "-99999999999999999999"),
+                (61, "0x8000000000000000")
+            ]
+        );
+        let keys: Vec<&str> = p.problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["a", "b", "c"]);
+        let many = format!(
+            "x = [{}]\n",
+            "99999999999999999999, ".repeat(MAX_TOO_LARGE + 1)
+        );
+        let e = parse(&many).expect_err("too many to replace");
+        assert_eq!(e.message, "number too large to fit in target type");
+        assert_eq!(e.span.start, 5 + MAX_TOO_LARGE * 22);
+    }
+
+    /// A key of another section is placed there, even when a key here is spelt like it; a key
+    /// of several sections names them all.
+    #[test]
+    fn an_exact_key_elsewhere_beats_a_similar_one_here() {
+        let p = parse(
+            "[lan]\nmethod = \"random\"\n[[uplink]]\ninterval = \"1s\"\n[balance]\nname = \"x\"\n",
+        )
+        .expect("toml");
+        let messages: Vec<(&str, &str)> = p
+            .problems
+            .iter()
+            .map(|p| (p.key.as_str(), p.message.as_str()))
+            .collect();
+        assert_eq!(
+            messages,
+            [
+                (
+                    "lan.method",
+                    "unknown key in [lan]; `method` belongs in [balance] or [uplink.check]"
+                ),
+                (
+                    "uplink[0].interval",
+                    "unknown key in [[uplink]]; `interval` belongs in [uplink.check]"
+                ),
+                (
+                    "balance.name",
+                    "unknown key in [balance]; `name` belongs in [[uplink]] or [[rule]]"
+                ),
+            ]
+        );
     }
 }

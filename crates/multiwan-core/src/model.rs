@@ -4,7 +4,7 @@
 //! **Invariant:** a `Config` value is always valid: names are unique, references resolve,
 //! marks/tables/priorities fit in the space multiwan owns. The planner relies on it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::Range;
@@ -402,8 +402,9 @@ impl KernelOpts {
         self.mark_mask >> self.mark_shift()
     }
 
-    /// The number of uplink ids available: all-ones and all-ones-minus-one are reserved
-    /// for "no uplink" and "main table".
+    /// The number of uplink ids available, 2^bits − 3: ids run from 1 (0 is an unmarked
+    /// packet) and all-ones and all-ones-minus-one are reserved for "no uplink" and "main
+    /// table".
     pub fn id_capacity(&self) -> u32 {
         self.mark_max().saturating_sub(2)
     }
@@ -575,6 +576,7 @@ pub fn load<'a>(file: &str, source: impl Into<Source<'a>>) -> Result<Config, Con
         v.push(p.span, &p.key, p.message);
     }
     v.rejected = parsed.rejected;
+    v.too_large = parsed.too_large;
     let cfg = v.config(&parsed.root);
     match cfg {
         Some(cfg) if v.diags.is_empty() => Ok(cfg),
@@ -595,7 +597,7 @@ fn not_utf8(file: &str, bytes: &[u8], e: &std::str::Utf8Error) -> ConfigError {
     let valid = &bytes[..e.valid_up_to()];
     // The prefix is valid UTF-8 by definition; lossy conversion cannot change it.
     let before = String::from_utf8_lossy(valid);
-    let (line, col) = line_col(&before, before.len());
+    let (line, col) = Cursor::new(&before).to(before.len());
     let byte = bytes.get(e.valid_up_to()).copied().unwrap_or(0);
     ConfigError {
         diagnostics: vec![Diagnostic {
@@ -610,27 +612,67 @@ fn not_utf8(file: &str, bytes: &[u8], e: &std::str::Utf8Error) -> ConfigError {
     }
 }
 
-/// 1-based line and column (in characters) of a byte offset.
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let mut offset = offset.min(text.len());
-    while !text.is_char_boundary(offset) {
-        offset -= 1;
+/// 1-based line and column (in characters) of byte offsets visited in increasing order: each
+/// step scans only the text since the previous offset, so positioning every diagnostic of a
+/// file costs one pass over it (scanning from the start for each one was quadratic).
+struct Cursor<'a> {
+    text: &'a str,
+    /// Byte offset reached, on a character boundary.
+    at: usize,
+    line: usize,
+    col: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn new(text: &'a str) -> Self {
+        Self {
+            text,
+            at: 0,
+            line: 1,
+            col: 1,
+        }
     }
-    let before = &text[..offset];
-    let line = before.matches('\n').count() + 1;
-    let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
-    let col = before[line_start..].chars().count() + 1;
-    (line, col)
+
+    /// The position of byte `offset` (clamped to the text, back to a character boundary);
+    /// an offset before the one reached answers the position reached.
+    fn to(&mut self, offset: usize) -> (usize, usize) {
+        let mut offset = offset.min(self.text.len());
+        while !self.text.is_char_boundary(offset) {
+            offset -= 1;
+        }
+        if offset > self.at {
+            let between = &self.text[self.at..offset];
+            match between.rfind('\n') {
+                Some(last) => {
+                    self.line += between.matches('\n').count();
+                    self.col = between[last + 1..].chars().count() + 1;
+                }
+                None => self.col += between.chars().count(),
+            }
+            self.at = offset;
+        }
+        (self.line, self.col)
+    }
+}
+
+/// A diagnostic before its position is known: positions are computed once, for all of them in
+/// file order, by [`Validator::finish`].
+struct Pending {
+    offset: usize,
+    key: String,
+    message: String,
 }
 
 /// Collects diagnostics while the sections are validated.
 struct Validator<'a> {
     file: &'a str,
     text: &'a str,
-    diags: Vec<Diagnostic>,
+    diags: Vec<Pending>,
     /// Key paths already reported with a wrong type: a second message about them ("missing
     /// key") would only repeat the first.
     rejected: BTreeSet<String>,
+    /// [`config::Parsed::too_large`]: integers beyond 64 bits as written, shown as written.
+    too_large: BTreeMap<usize, String>,
 }
 
 impl<'a> Validator<'a> {
@@ -640,26 +682,45 @@ impl<'a> Validator<'a> {
             text,
             diags: Vec::new(),
             rejected: BTreeSet::new(),
+            too_large: BTreeMap::new(),
+        }
+    }
+
+    /// `value` as the file shows it: itself, or the integer beyond 64 bits written at `span`.
+    fn shown(&self, span: &Range<usize>, value: impl fmt::Display) -> String {
+        match self.too_large.get(&span.start) {
+            Some(written) => written.clone(),
+            None => value.to_string(),
         }
     }
 
     fn finish(mut self) -> ConfigError {
         // File order, which is how people fix them; the sort is stable for equal positions.
-        crate::order::sort_by_key(&mut self.diags, |d| (d.line, d.col));
-        ConfigError {
-            diagnostics: self.diags,
-        }
+        crate::order::sort_by_key(&mut self.diags, |d| d.offset);
+        let mut cursor = Cursor::new(self.text);
+        let diagnostics = self
+            .diags
+            .into_iter()
+            .map(|d| {
+                let (line, col) = cursor.to(d.offset);
+                Diagnostic {
+                    file: self.file.to_string(),
+                    line,
+                    col,
+                    key: d.key,
+                    message: d.message,
+                }
+            })
+            .collect();
+        ConfigError { diagnostics }
     }
 
     fn push(&mut self, span: Range<usize>, key: &str, message: String) {
         if self.rejected.contains(key) {
             return;
         }
-        let (line, col) = line_col(self.text, span.start);
-        self.diags.push(Diagnostic {
-            file: self.file.to_string(),
-            line,
-            col,
+        self.diags.push(Pending {
+            offset: span.start,
             key: key.to_string(),
             message,
         });
@@ -696,11 +757,12 @@ impl<'a> Validator<'a> {
         let Some(v) = v else { return Some(default) };
         let n = *v.get_ref();
         if n < i64::from(*range.start()) || n > i64::from(*range.end()) {
+            let shown = self.shown(&v.span(), n);
             self.push(
                 v.span(),
                 key,
                 format!(
-                    "{n} is out of range (expected {}..={})",
+                    "{shown} is out of range (expected {}..={})",
                     range.start(),
                     range.end()
                 ),

@@ -2,6 +2,7 @@
 //! each other (see [`super::check_limits`] for the limits and their reasons), then the
 //! optional quality limits.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::Range;
 use std::time::Duration;
@@ -223,10 +224,11 @@ impl Validator<'_> {
         let Some(v) = v else { return Some(None) };
         let x = v.get_ref().as_f64();
         if !(0.0..=100.0).contains(&x) {
+            let shown = self.shown(&v.span(), x);
             self.push(
                 v.span(),
                 key,
-                format!("{x} is out of range (expected a percentage 0..=100)"),
+                format!("{shown} is out of range (expected a percentage 0..=100)"),
             );
             return None;
         }
@@ -364,8 +366,17 @@ impl Validator<'_> {
                 self.push(list.span(), key, "must list at least one target".into());
                 return None;
             }
+            // Each address and port with the index it was first listed at: probing one twice
+            // would count one answer as two targets' (min_targets).
+            let mut seen: BTreeMap<SocketAddr, (usize, &str)> = BTreeMap::new();
             for (j, t) in list.get_ref().iter().enumerate() {
-                match target(t.get_ref(), method) {
+                let parsed = target(t.get_ref(), method).and_then(|a| match seen.get(&a) {
+                    Some(&(first, written)) => {
+                        Err(listed_twice(t.get_ref(), a, key, first, written))
+                    }
+                    None => Ok(a),
+                });
+                match parsed {
                     Ok(a) if a.is_ipv6() && gw.v6.is_none() && gw.known => {
                         self.push(t.span(), &format!("{key}[{j}]"), format!(
                             "{:?} is an IPv6 target but this uplink carries no IPv6: add gateway6 (an address or \"auto\"), or remove the target",
@@ -373,8 +384,14 @@ impl Validator<'_> {
                         ));
                         ok = false;
                     }
-                    Ok(a) if a.is_ipv6() => v6.push(a),
-                    Ok(a) => v4.push(a),
+                    Ok(a) => {
+                        seen.insert(a, (j, t.get_ref()));
+                        if a.is_ipv6() {
+                            v6.push(a);
+                        } else {
+                            v4.push(a);
+                        }
+                    }
                     Err(m) => {
                         self.push(t.span(), &format!("{key}[{j}]"), m);
                         ok = false;
@@ -455,6 +472,22 @@ pub(super) struct Gateways {
     pub(super) v6: Option<Option<Ipv6Addr>>,
     /// False when `gateway` or `gateway6` is invalid (the fields above then say nothing).
     pub(super) known: bool,
+}
+
+/// Why target `written` (socket address `a`) is refused: `key[first]` (`first_written`)
+/// already probes that address and port.
+fn listed_twice(
+    written: &str,
+    a: SocketAddr,
+    key: &str,
+    first: usize,
+    first_written: &str,
+) -> String {
+    if written == first_written {
+        format!("{written:?} is listed twice")
+    } else {
+        format!("{written:?} is listed twice: {key}[{first}] {first_written:?} is also {a}")
+    }
 }
 
 /// One probe target as written for `method`: an address for icmp, `ip:port` for tcp

@@ -1,12 +1,37 @@
 //! Validation of `[[rule]]`: names, address and port matches, protocol, mode and the uplinks
 //! a rule refers to.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::names::is_valid_name;
 use super::{Mode, Proto, Rule, Uplink, Validator};
 use crate::config::{NumOrStr, Spanned, SpannedList, Table};
 use crate::net::{Family, IpNet, Ipv4Net, Ipv6Net, PortRange};
+
+/// The names of the `[[uplink]]` tables as written, looked up once per reference.
+struct Declared<'t> {
+    /// Each name with the position of its first uplink.
+    index: BTreeMap<&'t str, usize>,
+    /// The names in file order, each once (for messages).
+    known: Vec<&'t str>,
+}
+
+impl<'t> Declared<'t> {
+    fn new(uplinks: &'t [Spanned<Table>]) -> Self {
+        let mut index = BTreeMap::new();
+        let mut known = Vec::new();
+        for (i, u) in uplinks.iter().enumerate() {
+            if let Some(n) = u.get_ref().str("name") {
+                let n = n.get_ref().as_str();
+                if !index.contains_key(n) {
+                    index.insert(n, i);
+                    known.push(n);
+                }
+            }
+        }
+        Self { index, known }
+    }
+}
 
 impl Validator<'_> {
     /// `declared` are the `[[uplink]]` tables as written: a rule's reference to an uplink is
@@ -21,10 +46,7 @@ impl Validator<'_> {
         let mut ok = true;
         let mut out = Vec::new();
         let mut names = BTreeSet::new();
-        let declared: Vec<Option<&str>> = declared
-            .iter()
-            .map(|u| u.get_ref().str("name").map(|n| n.get_ref().as_str()))
-            .collect();
+        let declared = Declared::new(declared);
         for (i, r) in raw.iter().enumerate() {
             match self.rule(i, r, (&declared, uplinks), &mut names) {
                 Some(rule) => out.push(rule),
@@ -38,7 +60,7 @@ impl Validator<'_> {
         &mut self,
         i: usize,
         raw: &Spanned<Table>,
-        (declared, uplinks): (&[Option<&str>], Option<&[Uplink]>),
+        (declared, uplinks): (&Declared, Option<&[Uplink]>),
         names: &mut BTreeSet<String>,
     ) -> Option<Rule> {
         let r = raw.get_ref();
@@ -128,15 +150,17 @@ impl Validator<'_> {
                 })
         };
         let (v4, mut v6) = (allows(Family::V4), allows(Family::V6));
-        let key_span = raw
-            .get_ref()
-            .str("family")
-            .map(|f| f.span())
-            .or_else(|| raw.get_ref().str_list("src").map(|l| l.span()))
-            .or_else(|| raw.get_ref().str_list("dst").map(|l| l.span()))
-            .unwrap_or(raw.span());
+        let r = raw.get_ref();
+        let list_of = |k: &'static str| r.str_list(k).map(|l| (l.span(), k));
         if !v4 && !v6 {
-            self.push(key_span, &p("family"), "matches no traffic: its addresses (and family) leave no address family in which every list has a prefix; split it into one rule per family".into());
+            // Blamed on what is written: the family, else the first address list.
+            let (span, k) = r
+                .str("family")
+                .map(|f| (f.span(), "family"))
+                .or_else(|| list_of("src"))
+                .or_else(|| list_of("dst"))
+                .unwrap_or((raw.span(), "family"));
+            self.push(span, &p(k), "matches no traffic: its addresses (and family) leave no address family in which every list has a prefix; split it into one rule per family".into());
             return None;
         }
         let explicit6 = family == Some(Family::V6) || lists.iter().any(|l| !l.1.is_empty());
@@ -145,7 +169,18 @@ impl Validator<'_> {
             .any(|i| all.get(*i).is_some_and(|u| u.ipv6.is_some()));
         if v6 && mode != Mode::Bypass && !carries6 {
             if explicit6 {
-                self.push(key_span, &p("uplinks"), "matches IPv6 traffic but none of its uplinks carries IPv6 (gateway6): name an uplink with IPv6, or use family = \"ipv4\"".into());
+                // At the uplinks the rule names, else at what makes it match IPv6: the family
+                // or the first list with an IPv6 prefix.
+                let (span, k) = list_of("uplinks")
+                    .or_else(|| {
+                        r.str("family")
+                            .filter(|_| family == Some(Family::V6))
+                            .map(|f| (f.span(), "family"))
+                    })
+                    .or_else(|| list_of("src").filter(|_| !lists[0].1.is_empty()))
+                    .or_else(|| list_of("dst").filter(|_| !lists[1].1.is_empty()))
+                    .unwrap_or((raw.span(), "uplinks"));
+                self.push(span, &p(k), "matches IPv6 traffic but none of its uplinks carries IPv6 (gateway6): name an uplink with IPv6, or use family = \"ipv4\"".into());
                 return None;
             }
             v6 = false;
@@ -258,7 +293,7 @@ impl Validator<'_> {
         &mut self,
         raw: Option<&SpannedList>,
         mode: Option<Mode>,
-        (declared, all): (&[Option<&str>], Option<&[Uplink]>),
+        (declared, all): (&Declared, Option<&[Uplink]>),
         key: &str,
     ) -> Option<Vec<usize>> {
         let Some(list) = raw else {
@@ -281,27 +316,20 @@ impl Validator<'_> {
             return None;
         }
         let mut idx = Vec::new();
+        let mut listed = BTreeSet::new();
         let mut good = true;
         for (j, n) in list.get_ref().iter().enumerate() {
             let k = format!("{key}[{j}]");
             // The position among the uplinks as written is the index into the validated
             // ones (those exist only when every uplink is valid, in the same order).
-            match declared
-                .iter()
-                .position(|d| *d == Some(n.get_ref().as_str()))
-            {
-                Some(x) if idx.contains(&x) => {
+            match declared.index.get(n.get_ref().as_str()) {
+                Some(&x) if !listed.insert(x) => {
                     self.push(n.span(), &k, format!("{:?} is listed twice", n.get_ref()));
                     good = false;
                 }
-                Some(x) => idx.push(x),
+                Some(&x) => idx.push(x),
                 None => {
-                    let mut known: Vec<&str> = Vec::new();
-                    for d in declared.iter().flatten() {
-                        if !known.contains(d) {
-                            known.push(d);
-                        }
-                    }
+                    let known = &declared.known;
                     let hint = crate::config::closest(n.get_ref(), known.iter().copied())
                         .map(|c| format!("did you mean {c:?}? "))
                         .unwrap_or_default();

@@ -300,7 +300,9 @@ impl Validator<'_> {
                 m.span(),
                 "kernel.mark_mask",
                 format!(
-                    "mask {mask:#010x} leaves room for {capacity} uplinks but {count} are configured; use more bits"
+                    "mask {mask:#010x} leaves room for {} but {} configured; use more bits",
+                    count_of(capacity, "uplink", "uplinks"),
+                    count_of(count, "is", "are"),
                 ),
             ),
             None => {
@@ -339,13 +341,21 @@ impl Validator<'_> {
     }
 }
 
+/// `n` with the word for one or for many: "1 uplink", "2 uplinks", "0 uplinks".
+fn count_of(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 /// `"127.0.0.1:9797"`, or a bare port meaning localhost: metrics are not exposed to the
-/// network unless an address says so.
+/// network unless an address says so. Port 0 is refused in either form: the kernel would
+/// pick a random port that no scraper knows.
 fn listen_address(text: &str) -> Option<SocketAddr> {
-    text.parse::<SocketAddr>().ok().or_else(|| {
-        text.parse::<u16>()
-            .ok()
-            .filter(|p| *p > 0)
-            .map(|p| SocketAddr::from(([127, 0, 0, 1], p)))
-    })
+    text.parse::<SocketAddr>()
+        .ok()
+        .or_else(|| {
+            text.parse::<u16>()
+                .ok()
+                .map(|p| SocketAddr::from(([127, 0, 0, 1], p)))
+        })
+        .filter(|a| a.port() > 0)
 }

@@ -1,7 +1,7 @@
 //! Validation of `[[uplink]]`: names, interfaces, gateways, weights, tiers, SNAT, and which
 //! uplinks may share an interface. Health checks are in [`super::check`].
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use super::check::Gateways;
@@ -30,12 +30,37 @@ impl Validator<'_> {
         }
         // Two uplinks may share an interface only when they are told apart by gateway
         // (seed 004 §4.2.5: two routers on one Ethernet segment).
+        // Per interface, the uplinks on it so far: the first, the first without a gateway
+        // and the first with each gateway (a clash is with the earliest that matches).
+        #[derive(Default)]
+        struct OnInterface {
+            first: usize,
+            without_gateway: Option<usize>,
+            by_gateway: BTreeMap<Ipv4Addr, usize>,
+        }
+        let mut on: BTreeMap<&str, OnInterface> = BTreeMap::new();
         for (j, (i, b)) in out.iter().enumerate() {
-            let clash = out[..j].iter().map(|(_, a)| a).find(|a| {
-                a.interface == b.interface
-                    && (a.gateway.is_none() || b.gateway.is_none() || a.gateway == b.gateway)
+            let seen = on.entry(b.interface.as_str()).or_insert(OnInterface {
+                first: j,
+                ..OnInterface::default()
             });
-            if let Some(a) = clash {
+            let earlier = match b.gateway {
+                _ if seen.first == j => None,
+                None => Some(seen.first),
+                Some(g) => match (seen.without_gateway, seen.by_gateway.get(&g)) {
+                    (Some(x), Some(&y)) => Some(x.min(y)),
+                    (x, y) => x.or(y.copied()),
+                },
+            };
+            match b.gateway {
+                None => {
+                    seen.without_gateway.get_or_insert(j);
+                }
+                Some(g) => {
+                    seen.by_gateway.entry(g).or_insert(j);
+                }
+            }
+            if let Some(a) = earlier.map(|x| &out[x].1) {
                 let span = raw[*i]
                     .get_ref()
                     .str("interface")
@@ -87,6 +112,14 @@ impl Validator<'_> {
             None => Some(None),
             Some(_) if gateway_auto => Some(None),
             Some(g) => match g.get_ref().parse::<Ipv4Addr>() {
+                Ok(a) if unusable_v4(a) => {
+                    self.push(
+                        g.span(),
+                        &p("gateway"),
+                        format!("{a} cannot be a gateway (it is {WHY_V4})"),
+                    );
+                    None
+                }
                 Ok(a) => Some(Some(a)),
                 Err(_) => {
                     self.push(
@@ -149,11 +182,11 @@ impl Validator<'_> {
             return Some(Some(None));
         }
         match g.get_ref().parse::<Ipv6Addr>() {
-            Ok(a) if a.is_unspecified() || a.is_multicast() || a.is_loopback() => {
+            Ok(a) if unusable_v6(a) => {
                 self.push(
                     g.span(),
                     key,
-                    format!("{a} cannot be a gateway (it is unspecified, loopback or multicast)"),
+                    format!("{a} cannot be a gateway (it is {WHY_V6})"),
                 );
                 None
             }
@@ -190,6 +223,14 @@ impl Validator<'_> {
             "auto" => Some(Snat6::Auto),
             "none" => Some(Snat6::None),
             other => match other.parse::<Ipv6Addr>() {
+                Ok(a) if unusable_v6(a) => {
+                    self.push(
+                        s.span(),
+                        key,
+                        format!("{a} cannot be a source address (it is {WHY_V6})"),
+                    );
+                    None
+                }
                 Ok(a) => Some(Snat6::To(a)),
                 Err(_) => {
                     self.push(
@@ -241,6 +282,14 @@ impl Validator<'_> {
             "auto" => Some(Snat::Auto),
             "none" => Some(Snat::None),
             other => match other.parse::<Ipv4Addr>() {
+                Ok(a) if unusable_v4(a) => {
+                    self.push(
+                        s.span(),
+                        key,
+                        format!("{a} cannot be a source address (it is {WHY_V4})"),
+                    );
+                    None
+                }
                 Ok(a) => Some(Snat::To(a)),
                 Err(_) => {
                     self.push(
@@ -255,4 +304,21 @@ impl Validator<'_> {
             },
         }
     }
+}
+
+/// Why [`unusable_v4`] refuses an address.
+const WHY_V4: &str = "unspecified, loopback, multicast or broadcast";
+/// Why [`unusable_v6`] refuses an address.
+const WHY_V6: &str = "unspecified, loopback or multicast";
+
+/// Whether `a` can be neither a next hop nor a source address on an uplink: `0.0.0.0`,
+/// `127.0.0.0/8`, `224.0.0.0/4` and `255.255.255.255` (the kernel refuses such a gateway, and
+/// replies to such a source never come back). Link-local `169.254.0.0/16` is a real address.
+fn unusable_v4(a: Ipv4Addr) -> bool {
+    a.is_unspecified() || a.is_loopback() || a.is_multicast() || a.is_broadcast()
+}
+
+/// Whether `a` can be neither a next hop nor a source address: `::`, `::1`, `ff00::/8`.
+fn unusable_v6(a: Ipv6Addr) -> bool {
+    a.is_unspecified() || a.is_loopback() || a.is_multicast()
 }
