@@ -28,8 +28,8 @@ use super::listen::{self, Limits, Protocol, Refusal};
 use super::snapshot::WATCH_QUEUE;
 pub use super::snapshot::{Counters, FamSnap, Snapshot, Subscriber, UplinkSnap, RTT_BUCKETS};
 use crate::control::{
-    self, Envelope, FamilyStatus, FlowInfo, Request, Response, RuleStatus, Status, TargetStatus,
-    UplinkStatus, WatchEvent,
+    self, Envelope, FamilyStatus, FlowInfo, Request, RequestError, Response, RuleStatus, Status,
+    TargetStatus, UplinkStatus, WatchEvent,
 };
 use crate::kernel::conntrack::{self, Flow};
 use crate::kernel::netlink::Rtnl;
@@ -251,10 +251,10 @@ fn serve(s: &mut UnixStream, env: Envelope, tx: &Sender<Event>) -> Result<()> {
         }
         Request::Explain(q) => {
             let snap = snapshot(tx)?;
-            let family = Family::of(&q.src);
-            match control::explain_query(&snap.cfg, &snap.states_of(family), &q) {
+            let health = snap.health_of(Family::of(&q.src));
+            match control::explain_query(&snap.cfg, &health, &q) {
                 Ok(e) => write_line(s, &Response::ok(e)),
-                Err(e) => write_line::<()>(s, &Response::err(e)),
+                Err(e) => write_line(s, &RequestError::usage(e.to_string()).response()),
             }
         }
         Request::Uplink { name, enable } => {
@@ -267,7 +267,7 @@ fn serve(s: &mut UnixStream, env: Envelope, tx: &Sender<Event>) -> Result<()> {
             .map_err(|_| anyhow::anyhow!("the daemon is stopping"))?;
             match rx.recv_timeout(Duration::from_secs(10))? {
                 Ok(ack) => write_line(s, &Response::ok(ack)),
-                Err(e) => write_line::<()>(s, &Response::err(e)),
+                Err(refusal) => write_line(s, &refusal.response()),
             }
         }
         Request::Watch => watch(s, tx),
@@ -556,7 +556,7 @@ pub fn status(snap: &Snapshot) -> Status {
         config: snap.config_path.clone(),
         method: snap.cfg.balance.method.as_str().into(),
         reconciles: snap.reconciles,
-        fail_open: snap.fail_open,
+        fail_open: snap.fail_open || snap.fail_open6,
         uplinks,
         rules,
     }
