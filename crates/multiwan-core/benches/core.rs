@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
-use multiwan_core::explain::{explain, Query};
+use multiwan_core::explain::{explain, Health, Query};
 use multiwan_core::health::{LinkStatus, Monitor};
 use multiwan_core::plan::{assign_ids, plan};
 use multiwan_core::{load, Facts};
@@ -71,8 +71,9 @@ fn bench_explain(c: &mut Criterion) {
         sport: None,
         dport: Some(443),
     };
+    let health = Health::from_states(&cfg, BTreeMap::new(), multiwan_core::net::Family::V4);
     c.bench_function("explain 16 uplinks 1000 rules src-hash", |b| {
-        b.iter(|| explain(black_box(&cfg), &BTreeMap::new(), &q))
+        b.iter(|| explain(black_box(&cfg), &health, &q))
     });
 }
 

@@ -3,8 +3,14 @@
 //! config and health the planner uses, so it agrees with the kernel by construction.
 //! For the hash methods the exact uplink is computed with the kernel's `jhash` (as nftables
 //! evaluates `jhash … mod N seed S`); for round-robin and random the shares are given.
+//!
+//! A query must describe a connection the kernel could see ([`Query::check`]): one address
+//! family, and ports only with TCP or UDP, as in a `[[rule]]`. The uplinks' health comes as a
+//! [`Health`]: their states and the usable set the plan is built from — the daemon's own,
+//! fail-open included — so `explain` never calls refused what the kernel sends out.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 use std::net::IpAddr;
 
 use crate::health::{self, State};
@@ -12,7 +18,7 @@ use crate::model::{Config, Method, Mode, Proto};
 use crate::net::Family;
 use crate::plan::{hash_buckets, HASH_BUCKETS, HASH_SEED};
 
-/// The connection to explain (its family is its source address's).
+/// The connection to explain (its family is its source address's; see [`Query::check`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Query {
     /// Source address (a LAN host, or the router itself); it gives the family.
@@ -25,6 +31,131 @@ pub struct Query {
     pub sport: Option<u16>,
     /// Destination port; unknown matches only rules without `dport`.
     pub dport: Option<u16>,
+}
+
+/// Why a [`Query`] describes no connection: the messages name the `explain` options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueryError {
+    /// `--proto` names no protocol a rule can match.
+    UnknownProto(String),
+    /// The source and destination are of different families.
+    MixedFamilies {
+        /// The source address.
+        src: IpAddr,
+        /// The destination address.
+        dst: IpAddr,
+    },
+    /// A port without TCP or UDP (no protocol, or ICMP).
+    PortWithoutTcpOrUdp {
+        /// `sport` or `dport`.
+        port: &'static str,
+        /// The protocol given, if any.
+        proto: Option<Proto>,
+    },
+    /// Port 0, which no connection uses.
+    PortZero(&'static str),
+}
+
+impl fmt::Display for QueryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            QueryError::UnknownProto(p) => {
+                let names: Vec<&str> = Proto::ALL.iter().map(|p| p.as_str()).collect();
+                write!(
+                    f,
+                    "unknown protocol {p:?} for --proto: expected one of {}",
+                    names.join(", ")
+                )
+            }
+            QueryError::MixedFamilies { src, dst } => write!(
+                f,
+                "--src {src} is {} but --dst {dst} is {}: a connection has one address family",
+                family_label(Family::of(src)),
+                family_label(Family::of(dst))
+            ),
+            QueryError::PortWithoutTcpOrUdp { port, proto: None } => {
+                write!(
+                    f,
+                    "--{port} needs --proto tcp or --proto udp (ports are TCP's and UDP's)"
+                )
+            }
+            QueryError::PortWithoutTcpOrUdp {
+                port,
+                proto: Some(p),
+            } => write!(
+                f,
+                "--{port} needs --proto tcp or --proto udp: {} has no ports",
+                p.as_str()
+            ),
+            QueryError::PortZero(port) => write!(f, "--{port} 0: expected a port in 1..=65535"),
+        }
+    }
+}
+
+impl std::error::Error for QueryError {}
+
+fn family_label(f: Family) -> &'static str {
+    match f {
+        Family::V4 => "IPv4",
+        Family::V6 => "IPv6",
+    }
+}
+
+/// The protocol `--proto` names.
+pub fn parse_proto(name: &str) -> Result<Proto, QueryError> {
+    Proto::from_name(name).ok_or_else(|| QueryError::UnknownProto(name.to_string()))
+}
+
+impl Query {
+    /// Whether the query describes a connection: `dst` of `src`'s family, and ports (1..=65535)
+    /// only with TCP or UDP — what a `[[rule]]` accepts, so no answer is given for a
+    /// connection no rule and no kernel could see.
+    pub fn check(&self) -> Result<(), QueryError> {
+        if let Some(dst) = self.dst {
+            if Family::of(&dst) != Family::of(&self.src) {
+                return Err(QueryError::MixedFamilies { src: self.src, dst });
+            }
+        }
+        for (port, value) in [("sport", self.sport), ("dport", self.dport)] {
+            let Some(value) = value else { continue };
+            if !self.proto.is_some_and(Proto::has_ports) {
+                return Err(QueryError::PortWithoutTcpOrUdp {
+                    port,
+                    proto: self.proto,
+                });
+            }
+            if value == 0 {
+                return Err(QueryError::PortZero(port));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The uplinks' health in one family, as the plan is built from it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Health {
+    /// Each uplink's state (missing entries count as up): the reasons exclusions give.
+    pub states: BTreeMap<String, State>,
+    /// The uplinks taking new connections: the set the plan (so the kernel) uses, fail-open
+    /// included.
+    pub usable: BTreeSet<String>,
+    /// `usable` is fail-open's: every uplink fails its probes, and these stay in use.
+    pub fail_open: bool,
+}
+
+impl Health {
+    /// The health the planner derives from `states` in `family` with no uplink in use
+    /// before (fail-open then keeps every uplink down by probes alone): for `explain -c`
+    /// (no states: every uplink up) and for tests. The daemon hands its own usable set.
+    pub fn from_states(cfg: &Config, states: BTreeMap<String, State>, family: Family) -> Self {
+        let (usable, fail_open) = health::usable_fail_open(cfg, &states, &BTreeSet::new(), family);
+        Self {
+            states,
+            usable,
+            fail_open,
+        }
+    }
 }
 
 /// Why an uplink is not a candidate.
@@ -52,8 +183,8 @@ pub enum Exclusion {
     },
 }
 
-impl std::fmt::Display for Exclusion {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl fmt::Display for Exclusion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Exclusion::NoFamily(fam) => write!(f, "carries no {fam}"),
             Exclusion::NotInRule => write!(f, "not listed in the rule"),
@@ -96,6 +227,9 @@ pub struct Explanation {
     pub excluded: Vec<(String, Exclusion)>,
     /// Where the connection goes.
     pub verdict: Verdict,
+    /// The candidates are fail-open's: every uplink fails its probes, and those in use stay
+    /// in use.
+    pub fail_open: bool,
 }
 
 fn matches(r: &crate::model::Rule, q: &Query) -> bool {
@@ -127,9 +261,10 @@ fn matches(r: &crate::model::Rule, q: &Query) -> bool {
         && ports(&r.dport, q.dport)
 }
 
-/// Explains where a new connection matching `q` goes, given each uplink's state in the
-/// query's family (missing entries count as up).
-pub fn explain(cfg: &Config, states: &BTreeMap<String, State>, q: &Query) -> Explanation {
+/// Explains where a new connection matching `q` goes, given the uplinks' health in the
+/// query's family; a query that describes no connection is refused ([`Query::check`]).
+pub fn explain(cfg: &Config, health: &Health, q: &Query) -> Result<Explanation, QueryError> {
+    q.check()?;
     let family = Family::of(&q.src);
     let rule = cfg.rules.iter().find(|r| matches(r, q));
     let (members, mode) = match rule {
@@ -141,9 +276,9 @@ pub fn explain(cfg: &Config, states: &BTreeMap<String, State>, q: &Query) -> Exp
         .into_iter()
         .filter(|i| cfg.uplinks[*i].has(family))
         .collect();
-    let usable = health::usable_of(cfg, states, family);
+    let usable = &health.usable;
     let mut excluded = Vec::new();
-    let state = |n: &str| states.get(n).cloned().unwrap_or(State::Up);
+    let state = |n: &str| health.states.get(n).cloned().unwrap_or(State::Up);
     for (i, u) in cfg.uplinks.iter().enumerate() {
         if !u.has(family) {
             excluded.push((u.name.clone(), Exclusion::NoFamily(family)));
@@ -202,21 +337,22 @@ pub fn explain(cfg: &Config, states: &BTreeMap<String, State>, q: &Query) -> Exp
                     in_tier.push(*i);
                 }
             }
-            verdict = spread(cfg, q, &in_tier, &usable, &candidates);
+            verdict = spread(cfg, q, &in_tier, usable, &candidates);
         }
     }
     if verdict == Verdict::NoUplink && cfg.balance.when_all_down == crate::model::WhenAllDown::Main
     {
         verdict = Verdict::Main;
     }
-    Explanation {
+    Ok(Explanation {
         rule: rule.map(|r| r.name.clone()),
         mode,
         method: cfg.balance.method,
+        fail_open: health.fail_open && !candidates.is_empty(),
         candidates,
         excluded,
         verdict,
-    }
+    })
 }
 
 fn unusable_reason(s: &State) -> Exclusion {
@@ -231,7 +367,7 @@ fn spread(
     cfg: &Config,
     q: &Query,
     tier: &[usize],
-    usable: &std::collections::BTreeSet<String>,
+    usable: &BTreeSet<String>,
     candidates: &[(String, u32)],
 ) -> Verdict {
     match candidates {
@@ -388,6 +524,12 @@ dst = ["10.8.0.0/16"]
 mode = "bypass"
 "#;
 
+    /// Explains `q` with the health the planner derives from `states` alone.
+    fn run(cfg: &Config, states: &BTreeMap<String, State>, q: &Query) -> Explanation {
+        let health = Health::from_states(cfg, states.clone(), Family::of(&q.src));
+        explain(cfg, &health, q).expect("a valid query")
+    }
+
     fn q(src: &str) -> Query {
         Query {
             src: src.parse().expect("ip"),
@@ -407,15 +549,15 @@ mode = "bypass"
         .expect("cfg");
         let mut web = q("fd37:157::11");
         web.dst = Some("2001:db8:80::1".parse().expect("ip"));
-        let e = explain(&cfg, &BTreeMap::new(), &web);
+        let e = run(&cfg, &BTreeMap::new(), &web);
         assert_eq!(e.rule.as_deref(), Some("v6web"));
         assert_eq!(e.verdict, Verdict::Uplink("b".into()));
         // The same destination over IPv4 cannot match an IPv6-only rule.
-        let e = explain(&cfg, &BTreeMap::new(), &q("192.168.0.9"));
+        let e = run(&cfg, &BTreeMap::new(), &q("192.168.0.9"));
         assert_eq!(e.rule, None);
         // The default IPv6 policy never offers the uplink without IPv6, and hashes the IPv6
         // source like the kernel does (every host gets one of a and b).
-        let e = explain(&cfg, &BTreeMap::new(), &q("fd37:157::12"));
+        let e = run(&cfg, &BTreeMap::new(), &q("fd37:157::12"));
         assert!(e
             .excluded
             .contains(&("c".into(), Exclusion::NoFamily(Family::V6))));
@@ -425,7 +567,7 @@ mode = "bypass"
     #[test]
     fn default_policy_shares_and_tier_exclusion() {
         let cfg = load("t", CFG).expect("cfg");
-        let e = explain(&cfg, &BTreeMap::new(), &q("192.168.1.5"));
+        let e = run(&cfg, &BTreeMap::new(), &q("192.168.1.5"));
         assert_eq!(e.rule, None);
         assert_eq!(
             e.verdict,
@@ -443,7 +585,7 @@ mode = "bypass"
         let mut web = q("192.168.0.9");
         web.proto = Some(Proto::Tcp);
         web.dport = Some(443);
-        let e = explain(&cfg, &BTreeMap::new(), &web);
+        let e = run(&cfg, &BTreeMap::new(), &web);
         assert_eq!(e.rule.as_deref(), Some("web"));
         assert_eq!(e.verdict, Verdict::Uplink("b".into()));
         assert!(e
@@ -451,14 +593,14 @@ mode = "bypass"
             .contains(&("a".into(), Exclusion::Standby { active: "b".into() })));
         let mut states = BTreeMap::new();
         states.insert("b".to_string(), State::Down(Reason::LinkDown));
-        let e = explain(&cfg, &states, &web);
+        let e = run(&cfg, &states, &web);
         assert_eq!(e.verdict, Verdict::Uplink("a".into()));
         assert!(e
             .excluded
             .contains(&("b".into(), Exclusion::Down("link down".into()))));
         let mut vpn = q("192.168.0.9");
         vpn.dst = Some("10.8.1.1".parse().expect("ip"));
-        assert_eq!(explain(&cfg, &states, &vpn).verdict, Verdict::Main);
+        assert_eq!(run(&cfg, &states, &vpn).verdict, Verdict::Main);
     }
 
     #[test]
@@ -471,14 +613,119 @@ mode = "bypass"
         );
         states.insert("b".to_string(), State::Down(Reason::LinkDown));
         assert_eq!(
-            explain(&cfg, &states, &q("192.168.1.5")).verdict,
+            run(&cfg, &states, &q("192.168.1.5")).verdict,
             Verdict::Uplink("lte".into())
         );
         states.insert("lte".to_string(), State::Down(Reason::NoAddress));
+        // a is down by its probes alone: fail-open keeps it, as the plan does.
+        let e = run(&cfg, &states, &q("192.168.1.5"));
         assert_eq!(
-            explain(&cfg, &states, &q("192.168.1.5")).verdict,
-            Verdict::NoUplink
+            (e.verdict, e.fail_open),
+            (Verdict::Uplink("a".into()), true)
         );
+        states.insert("a".to_string(), State::Down(Reason::LinkDown));
+        let e = run(&cfg, &states, &q("192.168.1.5"));
+        assert_eq!((e.verdict, e.fail_open), (Verdict::NoUplink, false));
+    }
+
+    #[test]
+    fn a_query_mixing_families_is_refused_naming_both() {
+        let cfg = load("t", CFG).expect("cfg");
+        for (src, dst, want) in [
+            (
+                "192.168.1.5",
+                "2001:db8::5",
+                "--src 192.168.1.5 is IPv4 but --dst 2001:db8::5 is IPv6",
+            ),
+            (
+                "fd00::5",
+                "203.0.113.5",
+                "--src fd00::5 is IPv6 but --dst 203.0.113.5 is IPv4",
+            ),
+        ] {
+            let mut mixed = q(src);
+            mixed.dst = Some(dst.parse().expect("ip"));
+            mixed.proto = Some(Proto::Tcp);
+            mixed.dport = Some(80);
+            let health = Health::from_states(&cfg, BTreeMap::new(), Family::of(&mixed.src));
+            let e = explain(&cfg, &health, &mixed).expect_err("mixed families");
+            assert!(matches!(e, QueryError::MixedFamilies { .. }), "{e:?}");
+            assert!(e.to_string().starts_with(want), "{e}");
+        }
+    }
+
+    #[test]
+    fn ports_need_tcp_or_udp_and_are_never_zero() {
+        let cfg = load("t", CFG).expect("cfg");
+        let health = Health::from_states(&cfg, BTreeMap::new(), Family::V4);
+        let with = |proto: Option<Proto>, sport: Option<u16>, dport: Option<u16>| {
+            let mut c = q("192.168.1.5");
+            (c.proto, c.sport, c.dport) = (proto, sport, dport);
+            explain(&cfg, &health, &c).map(|_| ())
+        };
+        let no_proto = with(None, None, Some(80)).expect_err("dport without proto");
+        assert_eq!(
+            no_proto.to_string(),
+            "--dport needs --proto tcp or --proto udp (ports are TCP's and UDP's)"
+        );
+        let icmp = with(Some(Proto::Icmp), Some(80), None).expect_err("icmp has no ports");
+        assert_eq!(
+            icmp.to_string(),
+            "--sport needs --proto tcp or --proto udp: icmp has no ports"
+        );
+        let zero = with(Some(Proto::Tcp), None, Some(0)).expect_err("port 0");
+        assert_eq!(zero.to_string(), "--dport 0: expected a port in 1..=65535");
+        let zero = with(Some(Proto::Udp), Some(0), Some(53)).expect_err("port 0");
+        assert_eq!(zero, QueryError::PortZero("sport"));
+        assert_eq!(with(Some(Proto::Udp), Some(1), Some(65535)), Ok(()));
+        assert_eq!(with(Some(Proto::Icmp), None, None), Ok(()));
+        assert_eq!(parse_proto("udp"), Ok(Proto::Udp));
+        assert_eq!(
+            parse_proto("sctp").map_err(|e| e.to_string()),
+            Err("unknown protocol \"sctp\" for --proto: expected one of tcp, udp, icmp".into())
+        );
+    }
+
+    #[test]
+    fn fail_open_keeps_the_uplink_in_use_and_says_so() {
+        const TWO: &str = "[lan]\ninterfaces=[\"lan0\"]\n[[uplink]]\nname=\"u1\"\ninterface=\"wan1\"\ngateway=\"10.0.1.1\"\n[[uplink]]\nname=\"u2\"\ninterface=\"wan2\"\ngateway=\"10.0.2.1\"\n";
+        let cfg = load("t", TWO).expect("cfg");
+        let failing = State::Down(Reason::ProbesFailing { rounds: 6 });
+        let states: BTreeMap<String, State> = [("u1", &failing), ("u2", &failing)]
+            .into_iter()
+            .map(|(n, s)| (n.to_string(), s.clone()))
+            .collect();
+        // The daemon's set: u2 was in use when the probes took both down, so it stays.
+        let last = BTreeSet::from(["u2".to_string()]);
+        let (usable, fail_open) = health::usable_fail_open(&cfg, &states, &last, Family::V4);
+        assert_eq!((usable.clone(), fail_open), (last.clone(), true));
+        let health = Health {
+            states: states.clone(),
+            usable,
+            fail_open,
+        };
+        let e = explain(&cfg, &health, &q("192.168.1.5")).expect("valid");
+        assert_eq!(e.verdict, Verdict::Uplink("u2".into()));
+        assert_eq!(e.candidates, vec![("u2".to_string(), 1)]);
+        assert!(e.fail_open);
+        assert_eq!(
+            e.excluded,
+            vec![(
+                "u1".into(),
+                Exclusion::Down("probes failing (6 rounds)".into())
+            )]
+        );
+        // From the states alone (nothing in use before) fail-open keeps both, as the plan.
+        let e = run(&cfg, &states, &q("192.168.1.5"));
+        assert!(e.fail_open);
+        assert_eq!(
+            e.verdict,
+            Verdict::Shares(vec![("u1".into(), 0.5), ("u2".into(), 0.5)])
+        );
+        // Without fail-open the connection is refused, and nothing claims fail-open.
+        let off = load("t", &format!("{TWO}[balance]\nfail_open = false\n")).expect("cfg");
+        let e = run(&off, &states, &q("192.168.1.5"));
+        assert_eq!((e.verdict, e.fail_open), (Verdict::NoUplink, false));
     }
 
     #[test]

@@ -324,6 +324,19 @@ pub enum Proto {
 }
 
 impl Proto {
+    /// Every protocol, in the order messages list them.
+    pub const ALL: [Proto; 3] = [Proto::Tcp, Proto::Udp, Proto::Icmp];
+
+    /// The protocol the config (and `explain --proto`) spells `name`.
+    pub fn from_name(name: &str) -> Option<Proto> {
+        Proto::ALL.into_iter().find(|p| p.as_str() == name)
+    }
+
+    /// Whether the protocol has ports (what `sport` and `dport` need).
+    pub fn has_ports(self) -> bool {
+        matches!(self, Proto::Tcp | Proto::Udp)
+    }
+
     /// The nft spelling of the protocol for `family` (icmp means ICMPv6 for IPv6).
     pub fn nft(self, family: Family) -> &'static str {
         match (self, family) {

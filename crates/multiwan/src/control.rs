@@ -4,8 +4,10 @@
 //! and the same types are what `--json` prints.
 //!
 //! Request:  `{"version":1,"request":"status"}` (also `flows`, `explain`, `watch`, `uplink`).
-//! Response: `{"version":1,"ok":true,"data":{…}}` or `{"version":1,"ok":false,"error":"…"}`;
-//! `watch` keeps sending one `{"version":1,"ok":true,"data":{…event…}}` line per event.
+//! Response: `{"version":1,"ok":true,"data":{…}}` or `{"version":1,"ok":false,"error":"…"}`
+//! (with `"kind":"usage"` when the request names what does not exist or describes nothing: the
+//! CLI exits 2 as for a bad command line); `watch` keeps sending one
+//! `{"version":1,"ok":true,"data":{…event…}}` line per event.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, Ipv4Addr};
@@ -15,9 +17,8 @@ use std::path::{Path, PathBuf};
 use std::collections::BTreeMap;
 
 use anyhow::{anyhow, bail, Context, Result};
-use multiwan_core::explain::{explain, Query, Verdict};
-use multiwan_core::health::State;
-use multiwan_core::model::{Config, Mode, Proto};
+use multiwan_core::explain::{explain, parse_proto, Health, Query, QueryError, Verdict};
+use multiwan_core::model::{Config, Mode};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 /// Version of the wire format. Bumped on incompatible changes only; fields may be added.
@@ -102,6 +103,57 @@ pub struct Response<T> {
     pub data: Option<T>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// What kind of failure `error` is; absent: a runtime failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<ErrorKind>,
+}
+
+/// The kind of an error answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The request names what does not exist (an uplink) or describes nothing (a connection
+    /// of two families): the asker's mistake, exit 2 like a bad command line.
+    Usage,
+}
+
+/// An error answer of kind [`ErrorKind::Usage`], as [`parse_response`] returns it (inside
+/// the `anyhow::Error`, for the CLI to map to exit 2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// A failed request: its message, and whether it is the asker's mistake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestError {
+    pub message: String,
+    pub usage: bool,
+}
+
+impl RequestError {
+    /// The asker's mistake (an unknown name, a query that describes nothing).
+    pub fn usage(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            usage: true,
+        }
+    }
+
+    /// The answer line's envelope.
+    pub fn response(&self) -> Response<()> {
+        let mut r = Response::err(self.message.clone());
+        if self.usage {
+            r.kind = Some(ErrorKind::Usage);
+        }
+        r
+    }
 }
 
 impl<T> Response<T> {
@@ -111,6 +163,7 @@ impl<T> Response<T> {
             ok: true,
             data: Some(data),
             error: None,
+            kind: None,
         }
     }
     pub fn err(msg: impl Into<String>) -> Self {
@@ -119,6 +172,7 @@ impl<T> Response<T> {
             ok: false,
             data: None,
             error: Some(msg.into()),
+            kind: None,
         }
     }
 }
@@ -275,6 +329,10 @@ pub struct ExplainInfo {
     pub verdict: String,
     pub uplink: Option<String>,
     pub shares: Vec<Candidate>,
+    /// The candidates are fail-open's: every uplink fails its probes, and the ones in use
+    /// stay in use (as the kernel does).
+    #[serde(default)]
+    pub fail_open: bool,
 }
 
 /// An uplink with its weight (candidates) or share (0..=1, shares).
@@ -382,43 +440,43 @@ pub fn parse_response<T: DeserializeOwned>(line: &str) -> Result<T> {
     // for every answer type, was ~30 KiB of the binary).
     let r: Response<T> =
         serde_json::from_str(line).with_context(|| format!("unexpected answer {line:?}"))?;
-    match (r.ok, r.data, r.error) {
-        (true, Some(d), _) => Ok(d),
-        (_, _, Some(e)) => bail!("{e}"),
+    match (r.ok, r.data, r.error, r.kind) {
+        (true, Some(d), _, _) => Ok(d),
+        (_, _, Some(e), Some(ErrorKind::Usage)) => Err(UsageError(e).into()),
+        (_, _, Some(e), None) => bail!("{e}"),
         _ => bail!("malformed answer {line:?}"),
     }
 }
 
-/// Answers an `explain` query against the given states (all up for an offline config):
-/// the daemon with its uplinks' states, `multiwan explain -c` with none. Pure, so both give
-/// the same answer for the same states.
+/// The connection an `explain` request describes, checked ([`Query::check`]): the CLI
+/// refuses a bad one before it asks the daemon, and the daemon refuses it too.
+pub fn query_of(q: &ExplainQuery) -> std::result::Result<Query, QueryError> {
+    let query = Query {
+        src: q.src,
+        dst: q.dst,
+        proto: q.proto.as_deref().map(parse_proto).transpose()?,
+        sport: q.sport,
+        dport: q.dport,
+    };
+    query.check()?;
+    Ok(query)
+}
+
+/// The health `multiwan explain -c` assumes: every uplink up, in the query's family.
+pub fn offline_health(cfg: &Config, q: &ExplainQuery) -> Health {
+    Health::from_states(cfg, BTreeMap::new(), multiwan_core::net::Family::of(&q.src))
+}
+
+/// Answers an `explain` query against the uplinks' health in the query's family: the
+/// daemon's (its states and the usable set it planned with, fail-open included), or
+/// [`offline_health`] for `multiwan explain -c`. Pure, so both give the same answer for the
+/// same health.
 pub fn explain_query(
     cfg: &Config,
-    states: &BTreeMap<String, State>,
+    health: &Health,
     q: &ExplainQuery,
-) -> std::result::Result<ExplainInfo, String> {
-    let proto = match q.proto.as_deref() {
-        None => None,
-        Some("tcp") => Some(Proto::Tcp),
-        Some("udp") => Some(Proto::Udp),
-        Some("icmp") => Some(Proto::Icmp),
-        Some(other) => {
-            return Err(format!(
-                "unknown protocol {other:?}: expected tcp, udp or icmp"
-            ))
-        }
-    };
-    let e = explain(
-        cfg,
-        states,
-        &Query {
-            src: q.src,
-            dst: q.dst,
-            proto,
-            sport: q.sport,
-            dport: q.dport,
-        },
-    );
+) -> std::result::Result<ExplainInfo, QueryError> {
+    let e = explain(cfg, health, &query_of(q)?)?;
     let (verdict, uplink, shares) = match &e.verdict {
         Verdict::Uplink(u) => ("uplink", Some(u.clone()), Vec::new()),
         Verdict::Shares(s) => (
@@ -457,6 +515,7 @@ pub fn explain_query(
         verdict: verdict.into(),
         uplink,
         shares,
+        fail_open: e.fail_open,
     })
 }
 
@@ -512,6 +571,18 @@ mod tests {
         let err: Result<Ack> =
             parse_response(r#"{"version":1,"ok":false,"error":"no uplink named x"}"#);
         assert_eq!(err.expect_err("error").to_string(), "no uplink named x");
+        // A usage answer comes back as a UsageError, for the CLI's exit 2.
+        let line = serde_json::to_string(&RequestError::usage("no uplink named x").response())
+            .expect("json");
+        assert_eq!(
+            line,
+            r#"{"version":1,"ok":false,"error":"no uplink named x","kind":"usage"}"#
+        );
+        let usage = parse_response::<Ack>(&line).expect_err("usage");
+        assert_eq!(
+            usage.downcast_ref::<UsageError>(),
+            Some(&UsageError("no uplink named x".into()))
+        );
         let old: Result<Ack> = parse_response(r#"{"version":2,"ok":true,"data":{}}"#);
         assert!(old.expect_err("version").to_string().contains("protocol 2"));
         // A newer daemon's answer of another shape still gets the version message.

@@ -15,6 +15,20 @@ pub use crate::args::{Conn, ExplainArgs};
 use crate::control::{self, Ack, ExplainInfo, ExplainQuery, FlowInfo, Request, Status, WatchEvent};
 use crate::settings::{load_config, Failure};
 
+/// A usage error (the asker's mistake): exit 2, worded like the command line's.
+fn usage(e: impl std::fmt::Display) -> Failure {
+    Failure::Config(format!("error: {e}"))
+}
+
+/// One control request; an answer of kind usage (an unknown uplink, a query that describes
+/// no connection) exits 2 like a bad command line, every other failure 1.
+fn ask<T: serde::de::DeserializeOwned>(run_dir: &Path, request: Request) -> Result<T, Failure> {
+    control::call(run_dir, request).map_err(|e| match e.downcast::<control::UsageError>() {
+        Ok(u) => usage(u),
+        Err(e) => Failure::Runtime(e),
+    })
+}
+
 fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
     let mut text = serde_json::to_string_pretty(v)?;
     text.push('\n');
@@ -248,12 +262,14 @@ pub fn explain(a: &ExplainArgs) -> Result<(), Failure> {
         sport: a.sport,
         dport: a.dport,
     };
+    // A query that describes no connection is refused here, with or without a daemon.
+    control::query_of(&q).map_err(usage)?;
     let info: ExplainInfo = match &a.config {
         Some(path) => {
             let cfg = load_config(path)?;
-            control::explain_query(&cfg, &BTreeMap::new(), &q).map_err(Failure::Config)?
+            control::explain_query(&cfg, &control::offline_health(&cfg, &q), &q).map_err(usage)?
         }
-        None => control::call(&a.conn.run_dir, Request::Explain(q.clone()))?,
+        None => ask(&a.conn.run_dir, Request::Explain(q.clone()))?,
     };
     if a.conn.json {
         print_json(&info)?;
@@ -284,10 +300,15 @@ pub fn render_explain(q: &ExplainQuery, e: &ExplainInfo, offline: bool) -> Strin
         Some(r) => format!("matches rule {r} (mode {})\n", e.mode),
         None => format!("matches no rule: the default policy ({})\n", e.method),
     };
+    let kept = if e.fail_open {
+        ", kept by fail-open: every uplink fails its probes"
+    } else {
+        ""
+    };
     let cands: Vec<String> = e
         .candidates
         .iter()
-        .map(|c| format!("{} (weight {})", c.uplink, c.weight))
+        .map(|c| format!("{} (weight {}{kept})", c.uplink, c.weight))
         .collect();
     o += &format!(
         "candidates: {}\n",
@@ -384,11 +405,11 @@ pub fn render_watch(ev: &WatchEvent) -> String {
     }
 }
 
-/// `multiwan uplink NAME enable|disable`
+/// `multiwan uplink NAME enable|disable`; an unknown name exits 2 with the known ones.
 #[cold]
 #[inline(never)]
-pub fn uplink(c: &Conn, name: &str, enable: bool) -> Result<()> {
-    let ack: Ack = control::call(
+pub fn uplink(c: &Conn, name: &str, enable: bool) -> Result<(), Failure> {
+    let ack: Ack = ask(
         &c.run_dir,
         Request::Uplink {
             name: name.to_string(),
@@ -396,9 +417,9 @@ pub fn uplink(c: &Conn, name: &str, enable: bool) -> Result<()> {
         },
     )?;
     if c.json {
-        return print_json(&ack);
+        return Ok(print_json(&ack)?);
     }
-    emit(format!("{}: {}\n", ack.uplink, ack.state).as_bytes())
+    Ok(emit(format!("{}: {}\n", ack.uplink, ack.state).as_bytes())?)
 }
 
 /// Writes to stdout; a reader that went away (`multiwan plan | head`) ends the program

@@ -227,6 +227,172 @@ fn explain_works_offline_without_root_or_daemon() {
     );
 }
 
+/// The tester's config: isp1 carries IPv4 only, isp2 IPv6 too; a port rule and a net rule.
+const MIXED: &str = "[lan]\ninterfaces = [\"eth0\"]\n[[uplink]]\nname = \"isp1\"\ninterface = \"eth1\"\ngateway = \"10.0.1.1\"\n[[uplink]]\nname = \"isp2\"\ninterface = \"eth2\"\ngateway = \"10.0.2.1\"\ngateway6 = \"fe80::1\"\n[[rule]]\nname = \"web\"\nproto = \"tcp\"\ndport = [\"80\"]\nuplinks = [\"isp1\"]\n[[rule]]\nname = \"v4net\"\ndst = [\"203.0.113.0/24\"]\n";
+
+/// `explain` with `args`, offline against `cfg` or (None) asking a daemon that is not there:
+/// (exit code, stdout, stderr).
+fn explain(cfg: Option<&std::path::Path>, args: &[&str]) -> (Option<i32>, String, String) {
+    let mut c = bin();
+    c.arg("explain").args(args);
+    match cfg {
+        Some(p) => c.arg("-c").arg(p),
+        None => c.args(["--run-dir", "/nonexistent"]),
+    };
+    let out = c.output().expect("run");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn explain_refuses_a_connection_of_two_families() {
+    let (_d, cfg) = tmp_config(MIXED);
+    for (src, dst, want) in [
+        (
+            "192.168.1.5",
+            "2001:db8::5",
+            "error: --src 192.168.1.5 is IPv4 but --dst 2001:db8::5 is IPv6: a connection has one address family",
+        ),
+        (
+            "fd00::5",
+            "203.0.113.5",
+            "error: --src fd00::5 is IPv6 but --dst 203.0.113.5 is IPv4: a connection has one address family",
+        ),
+    ] {
+        let args = ["--src", src, "--dst", dst, "--proto", "tcp", "--dport", "80"];
+        // Offline, and before asking a daemon (there is none here): the same usage error.
+        for c in [Some(cfg.as_path()), None] {
+            let (code, out, err) = explain(c, &args);
+            assert_eq!(code, Some(2), "{src} -> {dst}: {out}{err}");
+            assert_eq!(err.trim_end(), want);
+            assert!(out.is_empty(), "no answer: {out}");
+        }
+    }
+    // One family each is fine.
+    let (code, out, err) = explain(
+        Some(&cfg),
+        &[
+            "--src",
+            "fd00::5",
+            "--dst",
+            "2001:db8::5",
+            "--proto",
+            "tcp",
+            "--dport",
+            "80",
+        ],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("goes to:    isp2"), "{out}");
+}
+
+#[test]
+fn explain_refuses_ports_without_tcp_or_udp_and_port_zero() {
+    let (_d, cfg) = tmp_config(MIXED);
+    for (args, want) in [
+        (
+            &["--dport", "80"][..],
+            "error: --dport needs --proto tcp or --proto udp (ports are TCP's and UDP's)",
+        ),
+        (
+            &["--proto", "icmp", "--dport", "80"][..],
+            "error: --dport needs --proto tcp or --proto udp: icmp has no ports",
+        ),
+        (
+            &["--proto", "icmp", "--sport", "1024"][..],
+            "error: --sport needs --proto tcp or --proto udp: icmp has no ports",
+        ),
+        (
+            &["--proto", "tcp", "--dport", "0"][..],
+            "error: --dport 0: expected a port in 1..=65535",
+        ),
+        (
+            &["--proto", "udp", "--sport", "0"][..],
+            "error: --sport 0: expected a port in 1..=65535",
+        ),
+        (
+            &["--proto", "sctp"][..],
+            "error: unknown protocol \"sctp\" for --proto: expected one of tcp, udp, icmp",
+        ),
+    ] {
+        let args: Vec<&str> = ["--src", "192.168.1.5"]
+            .iter()
+            .chain(args)
+            .copied()
+            .collect();
+        for c in [Some(cfg.as_path()), None] {
+            let (code, out, err) = explain(c, &args);
+            assert_eq!(code, Some(2), "{args:?}: {out}{err}");
+            assert_eq!(err.trim_end(), want, "{args:?}");
+        }
+    }
+    let (code, out, err) = explain(
+        Some(&cfg),
+        &[
+            "--src",
+            "192.168.1.5",
+            "--proto",
+            "udp",
+            "--sport",
+            "1",
+            "--dport",
+            "65535",
+        ],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("new udp connection 192.168.1.5:1 -> *:65535"),
+        "{out}"
+    );
+}
+
+#[test]
+fn an_unknown_uplink_is_a_usage_error_listing_the_known_ones() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::unix::net::UnixListener;
+    // A stand-in daemon giving the answer the daemon's engine gives an unknown name, with
+    // the daemon's own type (the engine's admin test checks the engine gives it).
+    let d = tempdir::Dir::new();
+    let listener =
+        UnixListener::bind(multiwan::control::socket_path(d.path())).expect("bind the socket");
+    let server = std::thread::spawn(move || {
+        let mut asked = Vec::new();
+        for _ in 0..2 {
+            let (mut s, _) = listener.accept().expect("accept");
+            let mut line = String::new();
+            BufReader::new(&s).read_line(&mut line).expect("request");
+            let env = multiwan::control::parse_request(line.as_bytes()).expect("a request");
+            let multiwan::control::Request::Uplink { name, .. } = env.request else {
+                panic!("not an uplink request: {line}")
+            };
+            let why = format!("no uplink named {name:?} (known: isp1, isp2)");
+            let answer = multiwan::control::RequestError::usage(why).response();
+            let mut text = serde_json::to_string(&answer).expect("json");
+            text.push('\n');
+            s.write_all(text.as_bytes()).expect("answer");
+            asked.push(name);
+        }
+        asked
+    });
+    let rd = d.path().display().to_string();
+    for name in ["", "nosuch"] {
+        let out = bin()
+            .args(["uplink", name, "disable", "--run-dir", &rd])
+            .output()
+            .expect("run");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{name:?}: {err}");
+        assert_eq!(
+            err.trim_end(),
+            format!("error: no uplink named {name:?} (known: isp1, isp2)")
+        );
+    }
+    assert_eq!(server.join().expect("server"), ["", "nosuch"]);
+}
+
 #[test]
 fn status_without_a_daemon_says_so() {
     let out = bin()

@@ -186,6 +186,33 @@ fn explain_agrees_with_where_connections_go() {
         "{u}"
     );
     assert_eq!(lab.udp_from_host(1, 1), vec![Some(1)]);
+    // When isp2's probes fail too, fail-open keeps isp2 in the kernel: explain says so.
+    lab.cut_upstream(1);
+    d.wait_for("fail-open", Duration::from_secs(3), |_| {
+        cli_json(&lab, &["status"])["fail_open"] == true
+    });
+    let s = cli_json(&lab, &["status"]);
+    assert_eq!(
+        (&s["uplinks"][0]["usable"], &s["uplinks"][1]["usable"]),
+        (&Value::Bool(false), &Value::Bool(true)),
+        "{s}"
+    );
+    let h1 = lab.topo.hosts[1].addr.to_string();
+    let u = cli_json(&lab, &["explain", "--src", &h1, "--proto", "udp"]);
+    assert_eq!(
+        (&u["uplink"], &u["fail_open"]),
+        (&"isp2".into(), &true.into()),
+        "{u}"
+    );
+    let out = lab.multiwan(&["explain", "--src", &h1, "--run-dir", &lab.run_dir()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(
+            "candidates: isp2 (weight 1, kept by fail-open: every uplink fails its probes)"
+        ) && text.contains("goes to:    isp2"),
+        "{text}"
+    );
+    lab.restore_upstream(1);
     // Offline, against the config file alone.
     let cfg = lab.dir.join("multiwan.toml").display().to_string();
     let out = lab.multiwan(&[
@@ -327,9 +354,14 @@ fn disabling_an_uplink_drains_it() {
     cli_json(&lab, &["uplink", "isp1", "enable"]);
     let v = lab.tcp_from_host(0, 4);
     assert_eq!((count(&v, 0), count(&v, 1)), (2, 2), "{v:?}");
-    let out = lab.multiwan(&["uplink", "nope", "disable", "--run-dir", &lab.run_dir()]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no uplink named \"nope\""));
+    for name in ["nope", ""] {
+        let out = lab.multiwan(&["uplink", name, "disable", "--run-dir", &lab.run_dir()]);
+        assert_eq!(out.status.code(), Some(2), "a usage error");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr).trim_end(),
+            format!("error: no uplink named {name:?} (known: isp1, isp2)")
+        );
+    }
     drop(held);
 }
 

@@ -228,15 +228,16 @@ impl Validator<'_> {
     /// `Some(None)` when no protocol is given.
     fn proto(&mut self, raw: Option<&Spanned<String>>, key: &str) -> Option<Option<Proto>> {
         let Some(s) = raw else { return Some(None) };
-        match s.get_ref().as_str() {
-            "tcp" => Some(Some(Proto::Tcp)),
-            "udp" => Some(Some(Proto::Udp)),
-            "icmp" => Some(Some(Proto::Icmp)),
-            other => {
+        match Proto::from_name(s.get_ref()) {
+            Some(proto) => Some(Some(proto)),
+            None => {
                 self.push(
                     s.span(),
                     key,
-                    format!("unknown protocol {other:?}: expected \"tcp\", \"udp\" or \"icmp\""),
+                    format!(
+                        "unknown protocol {:?}: expected \"tcp\", \"udp\" or \"icmp\"",
+                        s.get_ref()
+                    ),
                 );
                 None
             }
@@ -251,8 +252,8 @@ impl Validator<'_> {
         p: &dyn Fn(&str) -> String,
     ) -> bool {
         let message = match proto {
-            Some(Proto::Tcp | Proto::Udp) => return true,
-            Some(Proto::Icmp) => "ports need proto = \"tcp\" or \"udp\"",
+            Some(p) if p.has_ports() => return true,
+            Some(_) => "ports need proto = \"tcp\" or \"udp\"",
             None => "ports need proto = \"tcp\" or \"udp\" in the same rule",
         };
         let mut ok = true;

@@ -808,19 +808,20 @@ impl<K: Kernel> Engine<K> {
         }
     }
 
-    /// Administrative drain (`enable = false`) or undrain of an uplink (both families).
+    /// Administrative drain (`enable = false`) or undrain of an uplink (both families); an
+    /// unknown name is the asker's mistake (a usage error listing the known names).
     pub fn admin(
         &mut self,
         name: &str,
         enable: bool,
         now: Instant,
-    ) -> Result<crate::control::Ack, String> {
+    ) -> Result<crate::control::Ack, crate::control::RequestError> {
         let Some(rt) = self.uplinks.get_mut(name) else {
             let known: Vec<&str> = self.cfg.uplinks.iter().map(|u| u.name.as_str()).collect();
-            return Err(format!(
+            return Err(crate::control::RequestError::usage(format!(
                 "no uplink named {name:?} (known: {})",
                 known.join(", ")
-            ));
+            )));
         };
         let mut transitions = Vec::new();
         for family in Family::ALL {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::snapshot::{Snapshot, Subscriber};
-use crate::control::Ack;
+use crate::control::{Ack, RequestError};
 use crate::kernel::events::Change;
 
 /// One finished probe round of one uplink and family.
@@ -48,6 +48,6 @@ pub enum Event {
     Admin {
         name: String,
         enable: bool,
-        reply: Sender<Result<Ack, String>>,
+        reply: Sender<Result<Ack, RequestError>>,
     },
 }

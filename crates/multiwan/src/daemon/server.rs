@@ -28,8 +28,8 @@ use super::listen::{self, Limits, Protocol, Refusal};
 use super::snapshot::WATCH_QUEUE;
 pub use super::snapshot::{Counters, FamSnap, Snapshot, Subscriber, UplinkSnap, RTT_BUCKETS};
 use crate::control::{
-    self, Envelope, FamilyStatus, FlowInfo, Request, Response, RuleStatus, Status, TargetStatus,
-    UplinkStatus, WatchEvent,
+    self, Envelope, FamilyStatus, FlowInfo, Request, RequestError, Response, RuleStatus, Status,
+    TargetStatus, UplinkStatus, WatchEvent,
 };
 use crate::kernel::conntrack::{self, Flow};
 use crate::kernel::netlink::Rtnl;
@@ -290,10 +290,10 @@ fn serve(
         }
         Request::Explain(q) => {
             let snap = snapshot(tx)?;
-            let family = Family::of(&q.src);
-            match control::explain_query(&snap.cfg, &snap.states_of(family), &q) {
+            let health = snap.health_of(Family::of(&q.src));
+            match control::explain_query(&snap.cfg, &health, &q) {
                 Ok(e) => write_line(s, &Response::ok(e)),
-                Err(e) => write_line::<()>(s, &Response::err(e)),
+                Err(e) => write_line(s, &RequestError::usage(e.to_string()).response()),
             }
         }
         Request::Uplink { name, enable } => {
@@ -306,7 +306,7 @@ fn serve(
             .map_err(|_| anyhow::anyhow!("the daemon is stopping"))?;
             match rx.recv_timeout(Duration::from_secs(10))? {
                 Ok(ack) => write_line(s, &Response::ok(ack)),
-                Err(e) => write_line::<()>(s, &Response::err(e)),
+                Err(refusal) => write_line(s, &refusal.response()),
             }
         }
         Request::Watch => match WatchSlot::take(watches) {
@@ -607,7 +607,7 @@ pub fn status(snap: &Snapshot) -> Status {
         config: snap.config_path.clone(),
         method: snap.cfg.balance.method.as_str().into(),
         reconciles: snap.reconciles,
-        fail_open: snap.fail_open,
+        fail_open: snap.fail_open || snap.fail_open6,
         uplinks,
         rules,
     }

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::Arc;
 
+use multiwan_core::explain::Health;
 use multiwan_core::health::{State, WindowStats};
 use multiwan_core::model::Config;
 use multiwan_core::plan::{Family, PolicyPlan};
@@ -73,8 +74,10 @@ pub struct Snapshot {
     pub usable: BTreeSet<String>,
     /// The uplinks taking new IPv6 connections.
     pub usable6: BTreeSet<String>,
-    /// Every uplink is down by probes alone; the last ones stay in use.
+    /// Every uplink is down by IPv4 probes alone; the last ones stay in use for IPv4.
     pub fail_open: bool,
+    /// The same for IPv6.
+    pub fail_open6: bool,
     /// Probe targets suspect (failing on every uplink while they work).
     pub suspect: BTreeSet<multiwan_core::correlate::TargetKey>,
     pub policies: Vec<PolicyPlan>,
@@ -93,6 +96,20 @@ impl Snapshot {
                 Some((n.clone(), s))
             })
             .collect_map()
+    }
+
+    /// The uplinks' health in `family` as the loop planned with it: their states and the
+    /// usable set after fail-open (what `explain` must use to agree with the kernel).
+    pub fn health_of(&self, family: Family) -> Health {
+        let (usable, fail_open) = match family {
+            Family::V4 => (&self.usable, self.fail_open),
+            Family::V6 => (&self.usable6, self.fail_open6),
+        };
+        Health {
+            states: self.states_of(family),
+            usable: usable.clone(),
+            fail_open,
+        }
     }
 
     /// The uplink whose id a connection mark carries (under the mask), if any.

@@ -59,7 +59,8 @@ impl<K: Kernel> Engine<K> {
                 .collect_map(),
             usable: self.families[idx(Family::V4)].usable_now.clone(),
             usable6: self.families[idx(Family::V6)].usable_now.clone(),
-            fail_open: self.failing_open(),
+            fail_open: self.families[idx(Family::V4)].failing_open,
+            fail_open6: self.families[idx(Family::V6)].failing_open,
             suspect: self.suspects(),
             policies: self
                 .last_plan

@@ -298,7 +298,13 @@ fn a_drain_takes_no_new_connections_and_flushes_nothing() {
     assert_eq!(ack.uplink, "isp2");
     assert_eq!(w.default_targets(), ["up_isp1"]);
     assert!(w.e.kernel.flushed.is_empty());
-    assert!(w.e.admin("nope", false, w.t).is_err());
+    let unknown = w.e.admin("nope", false, w.t).expect_err("unknown uplink");
+    assert!(unknown.usage, "the asker's mistake: exit 2");
+    assert_eq!(
+        unknown.message,
+        "no uplink named \"nope\" (known: isp1, isp2)"
+    );
+    assert!(w.e.admin("", true, w.t).expect_err("empty name").usage);
     w.e.admin("isp2", true, w.t).expect("enable");
     assert_eq!(w.default_targets(), ["up_isp1", "up_isp2"]);
 }
