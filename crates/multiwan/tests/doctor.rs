@@ -220,3 +220,148 @@ fn doctor_without_a_config_still_checks_the_system_against_the_defaults() {
     );
     assert!(!missing.exists(), "doctor creates nothing");
 }
+
+fn findings<'a>(report: &'a Value, code: &str) -> Vec<&'a Value> {
+    report["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .filter(|f| f["code"] == code)
+        .collect()
+}
+
+const ONE: &str = r#"[lan]
+interfaces = ["lan0"]
+[[uplink]]
+name = "isp1"
+interface = "wan1"
+gateway = "10.37.1.1"
+[uplink.check]
+targets = ["192.0.2.1"]
+"#;
+
+#[test]
+fn doctor_sees_foreign_rules_that_overwrite_the_mark() {
+    common::require_root();
+    let ns = Netns::create(&unique_stem("mwdocw")).expect("netns");
+    ns.ip_batch("link add wan1 type veth peer name lan0\nlink set wan1 up\nlink set lan0 up\naddr add 10.37.1.2/24 dev wan1\n")
+        .expect("ip");
+    ns.nft("table inet fw {\n chain pre {\n  type filter hook prerouting priority mangle - 5; policy accept;\n  iifname \"lan0\" ct mark set 0x20\n }\n chain late {\n  type filter hook prerouting priority mangle + 5; policy accept;\n  meta mark set 0x10\n }\n}\n")
+        .expect("nft");
+    // The standard wg-quick rule: handled by skipping its mark, not a blocker.
+    ns.ip_batch("rule add not fwmark 0xca6c table 51820 priority 32760\n")
+        .expect("ip");
+    let dir = multiwan_lab::scratch::private_dir("doctorw").expect("dir");
+    let cfg = dir.path().join("multiwan.toml");
+    std::fs::write(&cfg, ONE).expect("write");
+    let (code, r) = doctor(&ns, &cfg.display().to_string());
+    assert_eq!(code, 2, "{r:#}");
+    let overlaps = findings(&r, "mark-overlap");
+    let what: Vec<&str> = overlaps.iter().filter_map(|f| f["what"].as_str()).collect();
+    assert_eq!(overlaps.len(), 2, "{what:#?}");
+    assert!(
+        what.iter()
+            .any(|w| w.contains("chain pre") && w.contains("connection mark to 0x20")),
+        "{what:#?}"
+    );
+    assert!(
+        what.iter()
+            .any(|w| w.contains("chain late") && w.contains("packet mark to 0x10")),
+        "{what:#?}"
+    );
+    assert!(!what.iter().any(|w| w.contains("ip rule")), "{what:#?}");
+    let handled = findings(&r, "mark-rule-handled");
+    assert_eq!(handled.len(), 1, "{r:#}");
+    assert_eq!(handled[0]["severity"], "info");
+    // Without the nft table only the note is left: nothing blocks.
+    ns.nft("delete table inet fw\n").expect("nft");
+    let (code, r) = doctor(&ns, &cfg.display().to_string());
+    assert!(codes(&r, "blocker").is_empty(), "{r:#}");
+    assert!(code < 2);
+}
+
+#[test]
+fn doctor_checks_ipv6_uplinks_and_bypassed_iif_rules() {
+    common::require_root();
+    let ns = Netns::create(&unique_stem("mwdoc6")).expect("netns");
+    ns.ip_batch("link add wan1 type veth peer name wan1p\nlink add wan2 type veth peer name wan2p\nlink add lan0 type veth peer name lan0p\n")
+        .expect("ip");
+    for i in ["wan1", "wan1p", "wan2", "wan2p", "lan0", "lan0p"] {
+        ns.ip(&["link", "set", i, "up"]).expect("up");
+    }
+    ns.ip_batch("addr add 10.37.1.2/24 dev wan1\naddr add 10.37.2.2/24 dev wan2\naddr add 2001:db8:2::2/64 dev wan2 nodad\naddr add 192.168.157.1/24 dev lan0\nrule add priority 1500 iif lan0 lookup 300\n")
+        .expect("ip");
+    let dir = multiwan_lab::scratch::private_dir("doctor6").expect("dir");
+    let cfg = dir.path().join("multiwan.toml");
+    let text = r#"[lan]
+interfaces = ["lan0"]
+[[uplink]]
+name = "isp1"
+interface = "wan1"
+gateway = "10.37.1.1"
+gateway6 = "auto"
+[uplink.check]
+targets = ["192.0.2.1", "2001:db8:ffff::1"]
+[[uplink]]
+name = "isp2"
+interface = "wan2"
+gateway = "10.37.2.1"
+gateway6 = "2001:db8:9::1"
+[uplink.check]
+targets = ["198.51.100.1", "2001:db8:fffe::1"]
+"#;
+    std::fs::write(&cfg, text).expect("write");
+    let (code, r) = doctor(&ns, &cfg.display().to_string());
+    assert_eq!(code, 1, "{r:#}");
+    let warnings = codes(&r, "warning");
+    for w in [
+        "auto-gateway6-missing",
+        "interface-no-address6",
+        "gateway6-off-link",
+        "rule-iif-unseen",
+    ] {
+        assert!(warnings.contains(&w.to_string()), "no {w}: {r:#}");
+    }
+    assert_eq!(
+        findings(&r, "interface-no-address6").len(),
+        1,
+        "wan2 has one: {r:#}"
+    );
+    assert!(
+        codes(&r, "info").contains(&"ipv6-forward-off".into()),
+        "{r:#}"
+    );
+    // Following the iif finding's own fix clears it.
+    let fix = findings(&r, "rule-iif-unseen")[0]["fix"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let suggested = r#"[[rule]] name = "bypass_lan0" src = ["192.168.157.0/24"] mode = "bypass""#;
+    assert!(fix.contains(suggested), "{fix}");
+    let rule =
+        "[[rule]]\nname = \"bypass_lan0\"\nsrc = [\"192.168.157.0/24\"]\nmode = \"bypass\"\n";
+    std::fs::write(&cfg, format!("{text}{rule}")).expect("write");
+    let (_, r) = doctor(&ns, &cfg.display().to_string());
+    assert!(findings(&r, "rule-iif-unseen").is_empty(), "{r:#}");
+}
+
+#[test]
+fn doctor_json_reports_an_invalid_config_as_a_blocker() {
+    common::require_root();
+    let ns = Netns::create(&unique_stem("mwdocx")).expect("netns");
+    let dir = multiwan_lab::scratch::private_dir("doctorx").expect("dir");
+    let cfg = dir.path().join("multiwan.toml");
+    std::fs::write(&cfg, ONE.replace("gateway = ", "weight = 0\ngateway = ")).expect("write");
+    let (code, r) = doctor(&ns, &cfg.display().to_string());
+    assert_eq!(code, 2, "{r:#}");
+    assert_eq!(r["exit_code"], 2);
+    let f = findings(&r, "config-invalid");
+    assert_eq!(f.len(), 1, "{r:#}");
+    assert_eq!(f[0]["severity"], "blocker");
+    let what = f[0]["what"].as_str().unwrap_or_default();
+    assert!(
+        what.contains(&format!("{}:6:", cfg.display())),
+        "file:line:col: {what}"
+    );
+    assert!(what.contains("weight"), "{what}");
+}

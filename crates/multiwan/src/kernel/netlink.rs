@@ -120,13 +120,23 @@ impl Rtnl {
     /// ones that finished duplicate address detection (link-local addresses cannot reach the
     /// internet; a tentative one cannot be used yet).
     pub fn addrs(&mut self, family: Family) -> Result<Vec<(u32, IpAddr)>> {
+        Ok(self
+            .addrs_with_prefix(family)?
+            .into_iter()
+            .map(|(index, ip, _)| (index, ip))
+            .collect())
+    }
+
+    /// [`Rtnl::addrs`] with each address's prefix length (`multiwan doctor`'s on-link and
+    /// subnet checks).
+    pub fn addrs_with_prefix(&mut self, family: Family) -> Result<Vec<(u32, IpAddr, u8)>> {
         let mut req = AddressMessage::default();
         req.header.family = af(family);
         let mut out = Vec::new();
         for m in self.dump(RtRequest::GetAddress(req))? {
             if let RtMsg::NewAddress(a) = m {
                 if let Some(ip) = addr_of(&a, family) {
-                    out.push((a.header.index, ip));
+                    out.push((a.header.index, ip, a.header.prefix_len));
                 }
             }
         }

@@ -10,13 +10,18 @@
 //! `/proc`) and never writes anything; [`analyze`] is pure, turning those observations into
 //! findings, so every rule is unit-tested without a kernel.
 
+mod nftmarks;
+
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
 
 use multiwan_core::order::Collect;
 use multiwan_core::Config;
 use serde::{Deserialize, Serialize};
+
+pub use nftmarks::{marks_in_ruleset, MarkOp, MarkUse, Write};
 
 /// Version of the [`Report`] JSON; bumped on any incompatible change.
 pub const DOCTOR_VERSION: u32 = 1;
@@ -83,8 +88,10 @@ pub struct RuleSeen {
     pub table: u32,
     /// Installed by multiwan (its rtnetlink protocol number).
     pub ours: bool,
-    /// Selects by input interface (`iif`).
-    pub iif: bool,
+    /// The input interface it selects by (`iif`), if any.
+    pub iif: Option<String>,
+    /// An `ip -6 rule`.
+    pub v6: bool,
 }
 
 /// One interface.
@@ -96,6 +103,11 @@ pub struct LinkSeen {
     pub default_gateway: bool,
     /// An IPv6 default route through it that router advertisements installed.
     pub default_gateway6: bool,
+    /// A foreign IPv6 default route through it, of any origin: what `gateway6 = "auto"`
+    /// follows.
+    pub gateway6: bool,
+    /// IPv4 and global IPv6 addresses, each with its prefix length.
+    pub addrs: Vec<(IpAddr, u8)>,
 }
 
 /// Everything [`observe`] read.
@@ -107,8 +119,8 @@ pub struct Observed {
     /// take it (old nft, no conntrack marks or numgen).
     pub nft_check: Option<Result<(), String>>,
     pub rules: Vec<RuleSeen>,
-    /// Mark bits that other nftables tables set or match, by table (`ip mangle`, …).
-    pub nft_marks: BTreeMap<String, u32>,
+    /// What other nftables tables do with the marks, statement by statement.
+    pub nft_marks: Vec<MarkUse>,
     /// Mark bits in iptables(-nft) rules (`MARK`/`CONNMARK`/`-m mark`), by table.
     pub iptables_marks: BTreeMap<String, u32>,
     /// iptables-legacy tables present in this namespace (`/proc/net/ip_tables_names`).
@@ -149,16 +161,38 @@ pub fn analyze(cfg: &Config, o: &Observed) -> Vec<Finding> {
     sysctls(cfg, o, &mut out);
     managers(cfg, o, &mut out);
     interfaces(cfg, o, &mut out);
+    uplinks6(cfg, o, &mut out);
     for n in crate::settings::check_notes(cfg) {
-        out.push(finding(
-            Severity::Warning,
-            "probe-targets",
-            n,
-            "list at least one host beyond the ISP per uplink in [uplink.check] targets",
-        ));
+        out.push(check_note(cfg, n));
     }
     multiwan_core::order::sort_by_key(&mut out, |f| std::cmp::Reverse(f.severity));
     out
+}
+
+/// A note of `multiwan check` as a finding, with the fix for its kind.
+fn check_note(cfg: &Config, note: String) -> Finding {
+    let shared = multiwan_core::correlate::Correlator::shared_by_all(cfg)
+        .iter()
+        .any(|k| {
+            note.starts_with(&format!(
+                "target {} ",
+                multiwan_core::correlate::target_label(k)
+            ))
+        });
+    let (code, fix) = if shared {
+        ("probe-targets", "give each uplink a second target of its own, one the other uplinks do not probe (a different public resolver or host per uplink), in [uplink.check] targets")
+    } else if note.contains("probes only its") {
+        (
+            "probe-targets",
+            "add a host beyond the ISP (on the internet) to that uplink's [uplink.check] targets",
+        )
+    } else {
+        (
+            "config-note",
+            "see `multiwan check -c FILE`; the note says what to change",
+        )
+    };
+    finding(Severity::Warning, code, note, fix)
 }
 
 fn tools(o: &Observed, out: &mut Vec<Finding>) {
@@ -192,8 +226,30 @@ fn tools(o: &Observed, out: &mut Vec<Finding>) {
 
 fn marks(cfg: &Config, o: &Observed, out: &mut Vec<Finding>) {
     let mask = cfg.kernel.mark_mask;
-    let seen = o
-        .nft_marks
+    let fragile = fragile_marks(o, mask);
+    let mut reads: BTreeMap<String, u32> = BTreeMap::new();
+    for u in &o.nft_marks {
+        if let Some(v) = u.only_mark.filter(|v| skipped(&fragile, *v, mask)) {
+            let touches = match u.op {
+                MarkOp::Read { bits } => bits,
+                MarkOp::Write(w) => w.touched(),
+            };
+            if touches & mask != 0 {
+                handled_note(
+                    &format!("nftables table {}, chain {}", u.table, u.chain),
+                    v,
+                    "acts only on packets whose whole mark is",
+                    out,
+                );
+            }
+            continue;
+        }
+        match u.op {
+            MarkOp::Read { bits } => *reads.entry(u.table.clone()).or_default() |= bits,
+            MarkOp::Write(w) => mark_write(u, &w, mask, out),
+        }
+    }
+    let mut seen: Vec<(String, u32)> = reads
         .iter()
         .map(|(t, b)| (format!("nftables table {t}"), *b))
         .chain(
@@ -201,21 +257,32 @@ fn marks(cfg: &Config, o: &Observed, out: &mut Vec<Finding>) {
                 .iter()
                 .map(|(t, b)| (format!("iptables table {t}"), *b)),
         )
-        .chain(o.rules.iter().filter(|r| !r.ours).filter_map(|r| {
-            r.fwmark
-                .map(|(v, m)| (format!("ip rule {}", r.priority), v & m | m))
-        }));
-    for (who, bits) in seen {
-        if bits & mask != 0 {
-            out.push(finding(
-                Severity::Blocker,
-                "mark-overlap",
-                format!(
-                    "{who} uses mark bits {bits:#010x}, which overlap multiwan's mark_mask {mask:#010x}: each would rewrite or misread the other's marks"
-                ),
-                "set [kernel] mark_mask to bits nobody else uses (doctor lists the ones in use)",
-            ));
+        .collect();
+    for r in o.rules.iter().filter(|r| !r.ours) {
+        let Some((v, m)) = r.fwmark.filter(|(_, m)| m & mask != 0) else {
+            continue;
+        };
+        let who = format!("ip rule {}", r.priority);
+        if skipped(&fragile, v & m, mask) {
+            handled_note(
+                &who,
+                v & m,
+                "compares the mark bits under mark_mask with",
+                out,
+            );
+        } else {
+            seen.push((who, v & m | m));
         }
+    }
+    for (who, bits) in seen.into_iter().filter(|(_, b)| b & mask != 0) {
+        out.push(finding(
+            Severity::Blocker,
+            "mark-overlap",
+            format!(
+                "{who} uses mark bits {bits:#010x}, which overlap multiwan's mark_mask {mask:#010x}: each would rewrite or misread the other's marks"
+            ),
+            "set [kernel] mark_mask to bits nobody else uses (doctor lists the ones in use)",
+        ));
     }
     for (who, bits) in KNOWN_MARK_USERS {
         if bits & mask != 0 {
@@ -228,6 +295,125 @@ fn marks(cfg: &Config, o: &Observed, out: &mut Vec<Finding>) {
                 "choose [kernel] mark_mask clear of it if you run it",
             ));
         }
+    }
+}
+
+/// The marks the plan leaves alone (`Facts::fragile_marks`), from the foreign ip rules seen.
+fn fragile_marks(o: &Observed, mask: u32) -> Vec<(u32, u32)> {
+    let facts = multiwan_core::plan::Facts {
+        foreign_marks: o
+            .rules
+            .iter()
+            .filter(|r| !r.ours)
+            .filter_map(|r| r.fwmark)
+            .collect(),
+        ..multiwan_core::plan::Facts::default()
+    };
+    facts.fragile_marks(mask)
+}
+
+/// Whether multiwan leaves packets carrying `value` alone: it has none of multiwan's bits
+/// and one of the fragile marks matches it.
+fn skipped(fragile: &[(u32, u32)], value: u32, mask: u32) -> bool {
+    value & mask == 0 && fragile.iter().any(|(v, m)| value & m == *v)
+}
+
+/// The note for a foreign rule whose full-width mark comparison multiwan works around.
+fn handled_note(who: &str, value: u32, does: &str, out: &mut Vec<Finding>) {
+    out.push(finding(
+        Severity::Info,
+        "mark-rule-handled",
+        format!(
+            "{who} {does} {value:#x} (wg-quick's `not fwmark` rule does this): multiwan leaves packets carrying that mark alone instead of adding its bits, so that rule still sees them; they take the multipath route and still fail over"
+        ),
+        "nothing to do",
+    ));
+}
+
+/// multiwan's hook chains run at this priority (`mangle`).
+const MANGLE: i64 = -150;
+
+/// What a foreign mark write does to multiwan, by where it runs.
+enum Verdict {
+    Breaks(&'static str),
+    Harmless(&'static str),
+}
+
+fn write_verdict(u: &MarkUse, w: &Write, mask: u32) -> Verdict {
+    use Verdict::{Breaks, Harmless};
+    const BEFORE_SETS: &str = "the chain runs before multiwan's prerouting chain and sets bits under mark_mask; multiwan rewrites them only on connections it balances, so other packets are routed by multiwan's per-uplink rules";
+    const BEFORE_CLEARS: &str = "the chain runs before multiwan's prerouting chain, which sets its own bits again afterwards (restore or balance): harmless where it is, but it would break multiwan in prerouting at priority mangle (-150) or later, or in output";
+    const AFTER_ROUTING: &str = "the hook runs after the routing decision, and multiwan's SNAT reads only the connection mark: harmless";
+    if w.ct {
+        return Breaks("multiwan keeps each connection's uplink in the connection mark and reads it back on every later packet (and in its SNAT), so a write there at any hook or priority moves connections off their uplink: their packets leave by another uplink or the multipath route, with the wrong source address");
+    }
+    let Some((hook, prio)) = &u.hook else {
+        return Breaks("no base chain reaches that chain now, so it is judged as if it ran in prerouting after multiwan: packets would be routed with the rewritten mark");
+    };
+    let family = u.table.split(' ').next().unwrap_or_default();
+    let early = hook == "ingress" || (family == "bridge" && hook == "prerouting");
+    let sets = w.set & mask != 0;
+    match hook.as_str() {
+        _ if early && sets => Breaks(BEFORE_SETS),
+        _ if early => Harmless(BEFORE_CLEARS),
+        _ if family == "bridge" || family == "netdev" => Harmless(AFTER_ROUTING),
+        "prerouting" if (w.clear | w.set) & mask == 0 => Harmless("it copies the connection mark into the packet mark: the same bits multiwan's prerouting restores"),
+        "prerouting" if *prio < MANGLE && sets => Breaks(BEFORE_SETS),
+        "prerouting" if *prio < MANGLE => Harmless(BEFORE_CLEARS),
+        "prerouting" => Breaks("the chain runs at or after multiwan's prerouting chain (priority mangle, -150; at the same priority the order is not fixed) and before the routing decision, so LAN packets are routed with the rewritten mark and leave by another uplink (or the multipath route) than their connection's"),
+        "output" if *prio < MANGLE => Breaks("the chain runs before multiwan's output chain (priority mangle, -150): it rewrites the marks multiwan's health probes carry, so probes leave by the wrong uplink, and bits it sets under mark_mask make multiwan take the router's own packets as already routed"),
+        "output" => Breaks("the chain runs at or after multiwan's output chain (priority mangle, -150): the router's own packets are re-routed with the rewritten mark"),
+        _ => Harmless(AFTER_ROUTING),
+    }
+}
+
+/// The finding for one foreign mark write that takes in bits of `mask`.
+fn mark_write(u: &MarkUse, w: &Write, mask: u32, out: &mut Vec<Finding>) {
+    if w.touched() & mask == 0 {
+        return;
+    }
+    let (which, k) = if w.ct {
+        ("connection mark", "ct")
+    } else {
+        ("packet mark", "meta")
+    };
+    let at = match &u.hook {
+        Some((h, p)) => format!("{h} hook, priority {p}"),
+        None => "no base chain reaches it".into(),
+    };
+    let does = match w.absolute {
+        Some(v) => {
+            format!("sets the {which} to {v:#x} (`{k} mark set {v:#x}`), clearing every other bit")
+        }
+        None => format!("changes {which} bits {:#010x}", w.touched()),
+    };
+    let (severity, code, why) = match write_verdict(u, w, mask) {
+        Verdict::Breaks(why) => (Severity::Blocker, "mark-overlap", why),
+        Verdict::Harmless(why) => (Severity::Info, "mark-write-harmless", why),
+    };
+    // Keep multiwan's bits, write the rest.
+    let value = w
+        .absolute
+        .map_or("VALUE".to_string(), |v| format!("{:#x}", v & !mask));
+    let rewrite = format!("`{k} mark set {k} mark and {mask:#010x} or {value}`");
+    let fix = match severity {
+        Severity::Info => {
+            format!("nothing now; if you move that rule, make it write only its own bits: {rewrite}")
+        }
+        _ if w.touched() == u32::MAX => format!("no mark_mask is clear of a write to all 32 bits: change that rule to write only its own bits and keep multiwan's {mask:#010x}, {rewrite} (in general `{k} mark set {k} mark and ~MASK or VALUE`, MASK its own bits)"),
+        _ => format!("set [kernel] mark_mask to contiguous bits that rule leaves alone (it changes {:#010x}), or change the rule to `{k} mark set {k} mark and ~MASK or VALUE` with MASK its own bits, clear of mark_mask {mask:#010x}", w.touched()),
+    };
+    let f = Finding {
+        severity,
+        code: code.into(),
+        what: format!(
+            "nftables table {}, chain {} ({at}) {does}, which takes in multiwan's mark_mask {mask:#010x}: {why}",
+            u.table, u.chain
+        ),
+        fix,
+    };
+    if !out.contains(&f) {
+        out.push(f);
     }
 }
 
@@ -273,20 +459,109 @@ fn rules(cfg: &Config, o: &Observed, out: &mut Vec<Finding>) {
         // connection it routes may still be balanced if its route otherwise leaves by an
         // uplink.
         let special = [0, 253, 254, 255].contains(&r.table);
-        if r.iif && r.priority > k.rule_priority && !special && !tables.contains(&r.table) {
-            out.push(finding(
-                Severity::Warning,
-                "rule-iif-unseen",
-                format!(
-                    "ip rule {} (table {}) selects by input interface after multiwan's marked rules: multiwan cannot see it when it decides which LAN connections leave by an uplink, and the ones it balances are routed by multiwan's rules at {} first",
-                    r.priority,
-                    r.table,
-                    k.rule_priority
-                ),
-                "give that traffic a [[rule]] with mode = \"bypass\" (src = the interface's subnet), or move the rule before [kernel] rule_priority",
-            ));
+        let Some(iif) = r.iif.as_deref() else {
+            continue;
+        };
+        if r.priority > k.rule_priority && !special && !tables.contains(&r.table) {
+            iif_unseen(cfg, o, r, iif, out);
         }
     }
+}
+
+/// The subnets of the addresses on `ifname` (IPv6 ones for `v6`), as written in a config.
+fn subnets(o: &Observed, ifname: &str, v6: bool) -> Vec<multiwan_core::net::IpNet> {
+    use multiwan_core::net::{IpNet, Ipv4Net, Ipv6Net};
+    let addrs = o.links.get(ifname).map(|l| l.addrs.as_slice());
+    addrs
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|(a, p)| match (a, v6) {
+            (IpAddr::V4(a), false) => {
+                let host = 32u32.saturating_sub(u32::from(*p));
+                let net = u32::from(*a).checked_shr(host).unwrap_or(0);
+                let net = net.checked_shl(host).unwrap_or(0);
+                Ipv4Net::new(net.into(), *p).map(IpNet::V4)
+            }
+            (IpAddr::V6(a), true) => {
+                let host = 128u32.saturating_sub(u32::from(*p));
+                let net = u128::from(*a).checked_shr(host).unwrap_or(0);
+                let net = net.checked_shl(host).unwrap_or(0);
+                Ipv6Net::new(net.into(), *p).map(IpNet::V6)
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Whether a `mode = "bypass"` [[rule]] that matches by source only takes in every one of
+/// `nets`, before any other rule that matches by source.
+fn bypassed(cfg: &Config, nets: &[multiwan_core::net::IpNet]) -> bool {
+    use multiwan_core::net::IpNet;
+    let by_source_only = |r: &&multiwan_core::model::Rule| {
+        r.dst.is_empty()
+            && r.dst6.is_empty()
+            && r.proto.is_none()
+            && r.sport.is_empty()
+            && r.dport.is_empty()
+    };
+    let covered = |n: &IpNet| {
+        cfg.rules
+            .iter()
+            .filter(by_source_only)
+            .find(|r| match n {
+                IpNet::V4(n) => {
+                    r.v4 && (r.src.is_empty()
+                        || r.src
+                            .iter()
+                            .any(|s| s.prefix() <= n.prefix() && s.contains(n.addr())))
+                }
+                IpNet::V6(n) => {
+                    r.v6 && (r.src6.is_empty()
+                        || r.src6
+                            .iter()
+                            .any(|s| s.prefix() <= n.prefix() && s.contains(n.addr())))
+                }
+            })
+            .is_some_and(|r| r.mode == multiwan_core::model::Mode::Bypass)
+    };
+    !nets.is_empty() && nets.iter().all(covered)
+}
+
+/// `rule-iif-unseen` for one foreign rule selecting by input interface, unless a bypass
+/// [[rule]] already takes that interface's subnets.
+fn iif_unseen(cfg: &Config, o: &Observed, r: &RuleSeen, iif: &str, out: &mut Vec<Finding>) {
+    let nets = subnets(o, iif, r.v6);
+    if bypassed(cfg, &nets) {
+        return;
+    }
+    let name: String = format!("bypass_{iif}")
+        .chars()
+        .filter(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_' || *c == '-')
+        .take(15)
+        .collect();
+    let list = if nets.is_empty() {
+        format!("\"{iif}'s subnet\"")
+    } else {
+        nets.iter()
+            .map(|n| match n {
+                multiwan_core::net::IpNet::V4(n) => format!("\"{n}\""),
+                multiwan_core::net::IpNet::V6(n) => format!("\"{n}\""),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let src = if r.v6 { "src6" } else { "src" };
+    out.push(finding(
+        Severity::Warning,
+        "rule-iif-unseen",
+        format!(
+            "ip rule {} (iif {iif}, table {}) selects by input interface after multiwan's marked rules: multiwan cannot see it when it decides which LAN connections leave by an uplink, and the ones it balances are routed by multiwan's rules at {} first",
+            r.priority,
+            r.table,
+            cfg.kernel.rule_priority
+        ),
+        &format!("give that traffic a rule before any other that matches its sources: [[rule]] name = \"{name}\" {src} = [{list}] mode = \"bypass\"; or move the ip rule before [kernel] rule_priority"),
+    ));
 }
 
 fn legacy(o: &Observed, out: &mut Vec<Finding>) {
@@ -311,6 +586,14 @@ fn sysctls(cfg: &Config, o: &Observed, out: &mut Vec<Finding>) {
             "ip-forward-off",
             "net.ipv4.ip_forward is 0: the router forwards nothing until multiwan sets it (it does, and restores it on `down`)".into(),
             "nothing to do; set it in /etc/sysctl.d/ if other services need forwarding without multiwan",
+        ));
+    }
+    if multiwan_core::plan::has_ipv6(cfg) && get("net.ipv6.conf.all.forwarding") != Some("1") {
+        out.push(finding(
+            Severity::Info,
+            "ipv6-forward-off",
+            "net.ipv6.conf.all.forwarding is 0: the router forwards no IPv6 until multiwan sets it (it does for a config with gateway6, and restores it on `down`)".into(),
+            "nothing to do; set it in /etc/sysctl.d/ if other services need IPv6 forwarding without multiwan",
         ));
     }
     for scope in ["all", "default"] {
@@ -415,6 +698,88 @@ fn managers(cfg: &Config, o: &Observed, out: &mut Vec<Finding>) {
     }
 }
 
+/// IPv6 on uplinks with `gateway6`: a learned default route for `"auto"`, a global address,
+/// a fixed gateway on-link, and the RA settings multiwan does not change itself (it sets
+/// `accept_ra = 2` on `"auto"` uplinks and turns forwarding on; `accept_ra_defrtr` and
+/// `disable_ipv6` stay as they are).
+fn uplinks6(cfg: &Config, o: &Observed, out: &mut Vec<Finding>) {
+    let get = |k: String| o.sysctls.get(&k).map(String::as_str);
+    for u in &cfg.uplinks {
+        let (Some(v6), Some(l)) = (&u.ipv6, o.links.get(&u.interface)) else {
+            continue;
+        };
+        let i = &u.interface;
+        if get(format!("net.ipv6.conf.{i}.disable_ipv6")) == Some("1") {
+            out.push(finding(
+                Severity::Warning,
+                "ipv6-disabled",
+                format!("uplink {}: net.ipv6.conf.{i}.disable_ipv6 = 1, but it has gateway6: it carries no IPv6 at all", u.name),
+                &format!("sysctl -w net.ipv6.conf.{i}.disable_ipv6=0 (and in /etc/sysctl.d/), or remove gateway6"),
+            ));
+            continue;
+        }
+        if !l.up {
+            continue;
+        }
+        let own: Vec<(std::net::Ipv6Addr, u8)> = l
+            .addrs
+            .iter()
+            .filter_map(|(a, p)| match a {
+                IpAddr::V6(a) => Some((*a, *p)),
+                IpAddr::V4(_) => None,
+            })
+            .collect();
+        if own.is_empty() {
+            out.push(finding(
+                Severity::Warning,
+                "interface-no-address6",
+                format!("uplink {}: gateway6 is set, but {i} has no global IPv6 address: IPv6 connections cannot leave by it (no source address to NAT to or to use)", u.name),
+                "give it one: SLAAC from the ISP's router advertisements, a DHCPv6 client (prefix delegation) or a static address; multiwan follows it",
+            ));
+        }
+        match v6.gateway {
+            None if !l.gateway6 => auto6_missing(u, get(format!("net.ipv6.conf.{i}.accept_ra_defrtr")), out),
+            Some(g) if !own.is_empty() && !on_link6(g, &own) => out.push(finding(
+                Severity::Warning,
+                "gateway6-off-link",
+                format!("uplink {}: gateway6 {g} is not on-link on {i}: no address there has a prefix containing it, so the kernel refuses a route via it", u.name),
+                "use the ISP router's link-local address (fe80::…, `ip -6 neigh show dev IF` or the source of its router advertisements), an address inside the interface's prefix, or gateway6 = \"auto\"",
+            )),
+            _ => {}
+        }
+    }
+}
+
+/// Whether `g` is link-local or inside the prefix of one of `own`.
+fn on_link6(g: std::net::Ipv6Addr, own: &[(std::net::Ipv6Addr, u8)]) -> bool {
+    let within = |(a, p): &(std::net::Ipv6Addr, u8)| {
+        let host = 128u32.saturating_sub(u32::from(*p));
+        let net = |x: std::net::Ipv6Addr| u128::from(x).checked_shr(host).unwrap_or(0);
+        net(*a) == net(g)
+    };
+    (g.segments()[0] & 0xffc0) == 0xfe80 || own.iter().any(within)
+}
+
+/// `auto-gateway6-missing`, with what multiwan fixes itself (`accept_ra`) and what not.
+fn auto6_missing(u: &multiwan_core::model::Uplink, defrtr: Option<&str>, out: &mut Vec<Finding>) {
+    let i = &u.interface;
+    if defrtr == Some("0") {
+        out.push(finding(
+            Severity::Warning,
+            "auto-gateway6-missing",
+            format!("uplink {}: gateway6 = \"auto\", but net.ipv6.conf.{i}.accept_ra_defrtr = 0: the kernel never installs the advertised default route, which multiwan follows (multiwan sets accept_ra = 2, not this)", u.name),
+            &format!("sysctl -w net.ipv6.conf.{i}.accept_ra_defrtr=1 (and in /etc/sysctl.d/), or give the uplink a fixed gateway6"),
+        ));
+        return;
+    }
+    out.push(finding(
+        Severity::Warning,
+        "auto-gateway6-missing",
+        format!("uplink {}: gateway6 = \"auto\", but no IPv6 default route via {i} exists yet (no router advertisement learned)", u.name),
+        "check that the ISP's router sends advertisements on that link (`rdisc6 IF`); multiwan sets accept_ra = 2 on it when it starts (with forwarding on the kernel ignores them otherwise) and takes the uplink into use for IPv6 once the route appears",
+    ));
+}
+
 fn interfaces(cfg: &Config, o: &Observed, out: &mut Vec<Finding>) {
     for u in &cfg.uplinks {
         let i = &u.interface;
@@ -505,56 +870,10 @@ fn check_plan(cfg: &Config) -> Result<(), String> {
     crate::kernel::nft::load(&p.nft, true).map_err(|e| format!("{e:#}"))
 }
 
-/// Mark bits that constants in `v` (an nft JSON expression) name.
-fn constant_bits(v: &serde_json::Value) -> u32 {
-    match v {
-        serde_json::Value::Number(n) => n.as_u64().map(|n| n as u32).unwrap_or(0),
-        serde_json::Value::Array(a) => a.iter().map(constant_bits).fold(0, |x, y| x | y),
-        serde_json::Value::Object(m) => m.values().map(constant_bits).fold(0, |x, y| x | y),
-        _ => 0,
-    }
-}
-
-fn mentions_mark(v: &serde_json::Value) -> bool {
-    v.to_string().contains(r#""key":"mark""#)
-}
-
-/// Bits of `meta mark`/`ct mark` set or matched by each table other than multiwan's.
-pub fn marks_in_ruleset(json: &serde_json::Value) -> BTreeMap<String, u32> {
-    let mut out: BTreeMap<String, u32> = BTreeMap::new();
-    let items = json["nftables"].as_array().cloned().unwrap_or_default();
-    for item in items {
-        let Some(rule) = item.get("rule") else {
-            continue;
-        };
-        let table = format!(
-            "{} {}",
-            rule["family"].as_str().unwrap_or("?"),
-            rule["table"].as_str().unwrap_or("?")
-        );
-        if table == "inet multiwan" {
-            continue;
-        }
-        for stmt in rule["expr"].as_array().into_iter().flatten() {
-            let bits = if let Some(m) = stmt.get("mangle").filter(|m| mentions_mark(&m["key"])) {
-                constant_bits(&m["value"])
-            } else if let Some(m) = stmt.get("match").filter(|m| mentions_mark(&m["left"])) {
-                constant_bits(&m["left"]) | constant_bits(&m["right"])
-            } else {
-                0
-            };
-            if bits != 0 {
-                *out.entry(table.clone()).or_default() |= bits;
-            }
-        }
-    }
-    out
-}
-
-fn nft_marks() -> BTreeMap<String, u32> {
+fn nft_marks() -> Vec<MarkUse> {
     let Ok(out) = crate::kernel::exec::run("nft", &["-j", "list", "ruleset"], b"", TOOL_DEADLINE)
     else {
-        return BTreeMap::new();
+        return Vec::new();
     };
     // Parsed as text, like every other JSON the router reads: one parser in the binary.
     std::str::from_utf8(&out.stdout)
@@ -579,17 +898,12 @@ pub fn marks_in_iptables_save(text: &str) -> BTreeMap<String, u32> {
                 w[0],
                 "--set-xmark" | "--set-mark" | "--mark" | "--or-mark" | "--and-mark" | "--xor-mark"
             ) {
+                // `--set-xmark V/M` clears M and sets V, `--mark V/M` compares M: with
+                // M = 0xffffffff (`--set-mark V`, `--mark V`) that is every bit.
                 let bits = w[1]
                     .split('/')
                     .filter_map(|n| u32::from_str_radix(n.trim_start_matches("0x"), 16).ok())
                     .fold(0, |a, b| a | b);
-                // `--set-xmark V/0xffffffff` clears every bit but V: only V's bits are used.
-                let bits = match w[1].split_once('/') {
-                    Some((v, "0xffffffff")) => {
-                        u32::from_str_radix(v.trim_start_matches("0x"), 16).unwrap_or(0)
-                    }
-                    _ => bits,
-                };
                 if bits != 0 {
                     *out.entry(table.clone()).or_default() |= bits;
                 }
@@ -618,11 +932,11 @@ fn read_sysctls(cfg: &Config, root: &Path) -> BTreeMap<String, String> {
         "net.ipv4.fib_multipath_hash_policy".into(),
         "net.ipv6.conf.all.forwarding".into(),
     ];
-    keys.extend(
-        cfg.uplinks
-            .iter()
-            .map(|u| format!("net.ipv6.conf.{}.accept_ra", u.interface)),
-    );
+    for u in &cfg.uplinks {
+        for k in ["accept_ra", "accept_ra_defrtr", "disable_ipv6"] {
+            keys.push(format!("net.ipv6.conf.{}.{k}", u.interface));
+        }
+    }
     keys.into_iter()
         .filter_map(|k| {
             let v = std::fs::read_to_string(root.join(k.replace('.', "/"))).ok()?;
@@ -666,6 +980,8 @@ fn read_rules(rtnl: &mut crate::kernel::netlink::Rtnl) -> Vec<RuleSeen> {
         .map(|m| {
             let mut r = RuleSeen {
                 table: u32::from(m.header.table),
+                v6: crate::kernel::netlink::family_of(m.header.family)
+                    == Some(multiwan_core::net::Family::V6),
                 ours: crate::kernel::netlink::rule_is_ours(m),
                 ..RuleSeen::default()
             };
@@ -676,7 +992,7 @@ fn read_rules(rtnl: &mut crate::kernel::netlink::Rtnl) -> Vec<RuleSeen> {
                     RuleAttribute::FwMark(v) => r.fwmark = Some((*v, u32::MAX)),
                     RuleAttribute::FwMask(v) => mask = *v,
                     RuleAttribute::Table(t) => r.table = *t,
-                    RuleAttribute::Iifname(_) => r.iif = true,
+                    RuleAttribute::Iifname(n) => r.iif = Some(n.clone()),
                     _ => {}
                 }
             }
@@ -689,7 +1005,7 @@ fn read_rules(rtnl: &mut crate::kernel::netlink::Rtnl) -> Vec<RuleSeen> {
 }
 
 /// Marks the interfaces with an IPv6 default route that router advertisements installed
-/// (routing protocol `ra`, 9).
+/// (routing protocol `ra`, 9), and gives every interface its addresses with their prefixes.
 fn mark_ra_defaults(
     rtnl: &mut crate::kernel::netlink::Rtnl,
     links: &mut BTreeMap<String, LinkSeen>,
@@ -701,6 +1017,13 @@ fn mark_ra_defaults(
         .into_iter()
         .map(|l| (l.index, l.name))
         .collect_map();
+    for family in multiwan_core::net::Family::ALL {
+        for (index, ip, prefix) in rtnl.addrs_with_prefix(family).unwrap_or_default() {
+            if let Some(l) = names.get(&index).and_then(|n| links.get_mut(n)) {
+                l.addrs.push((ip, prefix));
+            }
+        }
+    }
     let routes = rtnl
         .routes(multiwan_core::net::Family::V6, None, Some(RTPROT_RA))
         .unwrap_or_default();
@@ -743,6 +1066,8 @@ fn read_links(cfg: &Config) -> BTreeMap<String, LinkSeen> {
                 has_addr: !l.addrs.is_empty(),
                 default_gateway: l.gateway.is_some(),
                 default_gateway6: false,
+                gateway6: l.gateway6.is_some(),
+                addrs: Vec::new(),
             };
             (name, seen)
         })
@@ -799,18 +1124,33 @@ pub fn main(a: &DoctorArgs) -> std::process::ExitCode {
     }
     let cfg = match crate::settings::load_config(&a.config) {
         Ok(c) => c,
-        Err(crate::settings::Failure::Config(msg)) => {
-            eprintln!("{msg}");
-            return std::process::ExitCode::from(2);
-        }
-        Err(crate::settings::Failure::Runtime(e)) => {
-            eprintln!("error: {e:#}");
-            return std::process::ExitCode::from(2);
+        Err(e) => {
+            let msg = match e {
+                crate::settings::Failure::Config(msg) => msg,
+                crate::settings::Failure::Runtime(e) => format!("error: {e:#}"),
+            };
+            if !a.json {
+                eprintln!("{msg}");
+                return std::process::ExitCode::from(2);
+            }
+            let report = Report::new(a.config.display().to_string(), vec![config_invalid(msg)]);
+            return finish(&report, true);
         }
     };
     let observed = observe(&cfg, Path::new("/proc/sys"));
     let report = Report::new(a.config.display().to_string(), analyze(&cfg, &observed));
     finish(&report, a.json)
+}
+
+/// The blocker for a config file that does not load: `msg` is every error, one per line
+/// (`file:line:col: key: problem`).
+fn config_invalid(msg: String) -> Finding {
+    finding(
+        Severity::Blocker,
+        "config-invalid",
+        msg,
+        "fix each error at its file:line:col (`multiwan check -c FILE` lists the same), then run `multiwan doctor -c FILE` again; nothing else was checked",
+    )
 }
 
 /// The blocker for a config file that does not exist (yet).
@@ -867,6 +1207,8 @@ targets = ["198.51.100.1"]
             has_addr: true,
             default_gateway: true,
             default_gateway6: false,
+            gateway6: false,
+            addrs: Vec::new(),
         };
         Observed {
             nft_version: Some("nftables v1.0.6".into()),
@@ -921,7 +1263,13 @@ targets = ["198.51.100.1"]
     #[test]
     fn foreign_marks_rules_and_tables_are_judged_against_the_config() {
         let mut o = healthy();
-        o.nft_marks.insert("ip mangle".into(), 0x0100_0000);
+        o.nft_marks.push(MarkUse {
+            table: "ip mangle".into(),
+            chain: "c".into(),
+            hook: None,
+            only_mark: None,
+            op: MarkOp::Read { bits: 0x0100_0000 },
+        });
         o.iptables_marks.insert("mangle".into(), 0x4000);
         o.rules = vec![
             RuleSeen {
@@ -932,7 +1280,7 @@ targets = ["198.51.100.1"]
             RuleSeen {
                 priority: 5300,
                 table: 200,
-                iif: true,
+                iif: Some("lan0".into()),
                 ..RuleSeen::default()
             },
             RuleSeen {
@@ -1018,11 +1366,241 @@ targets = ["198.51.100.1"]
         )
         .expect("json");
         let m = marks_in_ruleset(&json);
-        assert_eq!(m.get("ip ts"), Some(&0x00ff_0000));
-        assert_eq!(m.len(), 1, "multiwan's own table is not foreign: {m:?}");
+        assert_eq!(m.len(), 2, "multiwan's own table is not foreign: {m:?}");
+        assert!(m.iter().all(|u| u.table == "ip ts"));
+        assert_eq!(m[0].op, MarkOp::Read { bits: 0x00ff_0000 });
+        assert!(matches!(m[1].op, MarkOp::Write(w) if w.touched() == 0x80000));
         let save = "*mangle\n-A OUTPUT -j MARK --set-xmark 0x40000/0xff0000\n-A X -m mark --mark 0x8000/0xc000 -j ACCEPT\n*nat\n-A P -j MARK --set-xmark 0x2/0xffffffff\n";
         let m = marks_in_iptables_save(save);
         assert_eq!(m.get("mangle"), Some(&(0x00ff_0000 | 0xc000)));
-        assert_eq!(m.get("nat"), Some(&0x2));
+        // `--set-mark 0x2` (as iptables-save prints it) clears every other bit.
+        assert_eq!(m.get("nat"), Some(&u32::MAX));
+    }
+
+    fn write_at(table: &str, hook: Option<(&str, i64)>, ct: bool, value: &str) -> MarkUse {
+        let json: serde_json::Value = serde_json::from_str(&format!(
+            r#"{{"nftables":[{{"rule":{{"family":"inet","table":"t","chain":"c","expr":[
+              {{"mangle":{{"key":{{"{}":{{"key":"mark"}}}},"value":{value}}}}}]}}}}]}}"#,
+            if ct { "ct" } else { "meta" }
+        ))
+        .expect("json");
+        let mut u = marks_in_ruleset(&json).remove(0);
+        u.table = table.into();
+        u.hook = hook.map(|(h, p)| (h.to_string(), p));
+        u
+    }
+
+    fn verdicts(mask: &str, uses: Vec<MarkUse>) -> Vec<(Severity, String)> {
+        let mut o = healthy();
+        o.nft_marks = uses;
+        analyze(&with_mask(mask), &o)
+            .into_iter()
+            .filter(|f| f.code.starts_with("mark-") && f.code != "mark-known-user")
+            .map(|f| (f.severity, f.code))
+            .collect()
+    }
+
+    #[test]
+    fn absolute_mark_writes_are_judged_by_where_they_run() {
+        let pre = |p| Some(("prerouting", p));
+        let blocker = vec![(Severity::Blocker, "mark-overlap".to_string())];
+        let harmless = vec![(Severity::Info, "mark-write-harmless".to_string())];
+        // ct mark set 0x20 at any hook and priority: the connection's uplink is lost.
+        for hook in [pre(-155), pre(0), Some(("postrouting", 100)), None] {
+            let u = write_at("inet fw", hook, true, "32");
+            assert_eq!(verdicts("0xff000000", vec![u]), blocker, "{hook:?}");
+        }
+        // meta mark set 0x10 after multiwan's prerouting (or at its priority), or in output.
+        for hook in [
+            pre(-150),
+            pre(-145),
+            Some(("output", -200)),
+            Some(("output", 0)),
+        ] {
+            let u = write_at("inet fw", hook, false, "16");
+            assert_eq!(verdicts("0xff000000", vec![u]), blocker, "{hook:?}");
+        }
+        // Before multiwan's prerouting it only clears bits multiwan sets again; after the
+        // routing decision it changes nothing multiwan reads.
+        for hook in [pre(-155), Some(("forward", 0)), Some(("postrouting", 0))] {
+            let u = write_at("inet fw", hook, false, "16");
+            assert_eq!(verdicts("0xff000000", vec![u]), harmless, "{hook:?}");
+        }
+        // Setting bits under the mask before multiwan is not harmless.
+        let u = write_at("inet fw", pre(-155), false, "16777216");
+        assert_eq!(verdicts("0xff000000", vec![u]), blocker);
+        // Writes that keep multiwan's bits are no finding at all.
+        let keep = r#"{"|":[{"&":[{"ct":{"key":"mark"}},4278255615]},32]}"#;
+        let u = write_at("inet fw", pre(-145), true, keep);
+        assert!(verdicts("0xff000000", vec![u]).is_empty());
+        // The finding says what breaks and how to rewrite the rule.
+        let mut o = healthy();
+        o.nft_marks = vec![write_at("inet fw", pre(-155), true, "32")];
+        let f = analyze(&with_mask("0xff000000"), &o);
+        let f = f
+            .iter()
+            .find(|f| f.code == "mark-overlap")
+            .expect("finding");
+        assert!(
+            f.what.contains("inet fw") && f.what.contains("connection mark to 0x20"),
+            "{f:?}"
+        );
+        assert!(
+            f.fix.contains("ct mark set ct mark and 0xff000000 or 0x20"),
+            "{f:?}"
+        );
+    }
+
+    fn wg_rule() -> RuleSeen {
+        RuleSeen {
+            priority: 32760,
+            fwmark: Some((0xca6c, u32::MAX)),
+            table: 51820,
+            ..RuleSeen::default()
+        }
+    }
+
+    #[test]
+    fn wg_quicks_full_mask_rule_is_handled_not_a_blocker() {
+        let mut o = healthy();
+        o.rules = vec![wg_rule()];
+        for mask in ["0xff000000", "0x0f000000"] {
+            let f = analyze(&with_mask(mask), &o);
+            assert!(
+                !f.iter().any(|f| f.severity == Severity::Blocker),
+                "{mask}: {f:#?}"
+            );
+            let note = f
+                .iter()
+                .find(|f| f.code == "mark-rule-handled")
+                .expect("note");
+            assert_eq!(note.severity, Severity::Info);
+            assert!(note.what.contains("ip rule 32760") && note.what.contains("0xca6c"));
+        }
+        // wg-quick's nft table acts only on packets with that whole mark: handled as well.
+        let json: serde_json::Value = serde_json::from_str(
+            r#"{"nftables":[{"chain":{"family":"ip","table":"wgq","name":"post","hook":"postrouting","prio":-150}},
+              {"rule":{"family":"ip","table":"wgq","chain":"post","expr":[
+              {"match":{"op":"==","left":{"meta":{"key":"mark"}},"right":51820}},
+              {"mangle":{"key":{"ct":{"key":"mark"}},"value":{"meta":{"key":"mark"}}}}]}}]}"#,
+        )
+        .expect("json");
+        o.nft_marks = marks_in_ruleset(&json);
+        let f = analyze(&with_mask("0xff000000"), &o);
+        assert!(!f.iter().any(|f| f.severity == Severity::Blocker), "{f:#?}");
+        // A mask that takes in one of 0xca6c's bits does collide (wg's packets carry it).
+        let f = analyze(&with_mask("0x00000700"), &o);
+        assert!(
+            f.iter()
+                .any(|f| f.code == "mark-overlap" && f.what.contains("ip rule 32760")),
+            "{f:#?}"
+        );
+    }
+
+    #[test]
+    fn an_iif_rule_is_quiet_once_its_subnet_is_bypassed() {
+        let mut o = healthy();
+        o.rules = vec![RuleSeen {
+            priority: 1500,
+            table: 300,
+            iif: Some("lan0".into()),
+            ..RuleSeen::default()
+        }];
+        if let Some(l) = o.links.get_mut("lan0") {
+            l.addrs = vec![("192.168.157.1".parse().expect("ip"), 24)];
+        }
+        let f = analyze(&with_mask("0x0f000000"), &o);
+        let w = f
+            .iter()
+            .find(|f| f.code == "rule-iif-unseen")
+            .expect("warning");
+        let want = r#"name = "bypass_lan0" src = ["192.168.157.0/24"] mode = "bypass""#;
+        assert!(w.fix.contains(want), "{w:?}");
+        let rule =
+            "[[rule]]\nname = \"bypass_lan0\"\nsrc = [\"192.168.157.0/24\"]\nmode = \"bypass\"\n";
+        let c = cfg(&format!("[kernel]\nmark_mask = 0x0f000000\n{TWO}{rule}"));
+        assert!(codes(&analyze(&c, &o)).is_empty(), "{:#?}", analyze(&c, &o));
+        // A bypass rule for another subnet, or one that only bypasses some ports, is not it.
+        let other = rule.replace("192.168.157.0/24", "192.168.158.0/24");
+        let c = cfg(&format!("[kernel]\nmark_mask = 0x0f000000\n{TWO}{other}"));
+        assert!(codes(&analyze(&c, &o)).contains(&"rule-iif-unseen"));
+    }
+
+    const SIX: &str = r#"
+[lan]
+interfaces = ["lan0"]
+[[uplink]]
+name = "isp1"
+interface = "wan1"
+gateway = "10.0.1.1"
+gateway6 = "auto"
+[uplink.check]
+targets = ["192.0.2.1", "2001:db8:ffff::1"]
+[[uplink]]
+name = "isp2"
+interface = "wan2"
+gateway = "10.0.2.1"
+gateway6 = "2001:db8:9::1"
+[uplink.check]
+targets = ["198.51.100.1", "2001:db8:fffe::1"]
+"#;
+
+    #[test]
+    fn ipv6_uplinks_are_checked_like_ipv4_ones() {
+        let c = cfg(&format!("[kernel]\nmark_mask = 0x0f000000\n{SIX}"));
+        let mut o = healthy();
+        let f = analyze(&c, &o);
+        let c6 = codes(&f);
+        assert!(c6.contains(&"auto-gateway6-missing"), "{f:#?}");
+        assert_eq!(
+            c6.iter().filter(|c| **c == "interface-no-address6").count(),
+            2,
+            "{f:#?}"
+        );
+        assert!(f.iter().any(|f| f.code == "ipv6-forward-off"), "{f:#?}");
+        // With a learned route and addresses, only the off-link fixed gateway is left.
+        o.sysctls
+            .insert("net.ipv6.conf.all.forwarding".into(), "1".into());
+        for (i, a) in [("wan1", "2001:db8:1::2"), ("wan2", "2001:db8:2::2")] {
+            if let Some(l) = o.links.get_mut(i) {
+                l.gateway6 = true;
+                l.addrs = vec![(a.parse().expect("ip"), 64)];
+            }
+        }
+        let f = analyze(&c, &o);
+        assert_eq!(codes(&f), ["gateway6-off-link"], "{f:#?}");
+        assert!(!f.iter().any(|f| f.code == "ipv6-forward-off"));
+        // On-link (inside the prefix, or link-local) is fine.
+        for gw in ["2001:db8:2::1", "fe80::1"] {
+            let c = cfg(&format!(
+                "[kernel]\nmark_mask = 0x0f000000\n{}",
+                SIX.replace("2001:db8:9::1", gw)
+            ));
+            assert!(codes(&analyze(&c, &o)).is_empty(), "{gw}");
+        }
+        // accept_ra_defrtr = 0 is what multiwan does not change for an "auto" uplink.
+        o.sysctls
+            .insert("net.ipv6.conf.wan1.accept_ra_defrtr".into(), "0".into());
+        if let Some(l) = o.links.get_mut("wan1") {
+            l.gateway6 = false;
+        }
+        let f = analyze(&c, &o);
+        let w = f
+            .iter()
+            .find(|f| f.code == "auto-gateway6-missing")
+            .expect("warning");
+        assert!(w.what.contains("accept_ra_defrtr = 0"), "{w:?}");
+    }
+
+    #[test]
+    fn a_target_every_uplink_shares_asks_for_a_second_target() {
+        let shared = TWO.replace("198.51.100.1", "192.0.2.1");
+        let f = analyze(
+            &cfg(&format!("[kernel]\nmark_mask = 0x0f000000\n{shared}")),
+            &healthy(),
+        );
+        let p = f.iter().find(|f| f.code == "probe-targets").expect("note");
+        assert!(p.fix.contains("second target"), "{p:?}");
+        assert!(!p.fix.contains("beyond the ISP"), "{p:?}");
     }
 }
