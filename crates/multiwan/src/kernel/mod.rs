@@ -565,15 +565,16 @@ impl Kernel for System {
             );
         }
         for family in Family::ALL {
-            for (index, ip, (net, len)) in self.rt.addrs(family)? {
-                if let Some(l) = by_index.get(&index).and_then(|n| out.get_mut(*n)) {
-                    match (ip, net) {
-                        (IpAddr::V4(a), _) => l.addrs.push(a),
-                        (IpAddr::V6(a), IpAddr::V6(n)) => {
-                            l.addrs6.push(a);
-                            l.onlink6.extend(Ipv6Net::holding(n, len));
+            for a in self.rt.addrs(family)? {
+                if let Some(l) = by_index.get(&a.index).and_then(|n| out.get_mut(*n)) {
+                    match (a.ip, a.net) {
+                        (IpAddr::V4(ip), _) => l.addrs.push(ip),
+                        (IpAddr::V6(ip), net) => {
+                            l.addrs6.push(ip);
+                            if let IpAddr::V6(n) = net {
+                                l.onlink6.extend(Ipv6Net::holding(n, a.prefix_len));
+                            }
                         }
-                        (IpAddr::V6(a), IpAddr::V4(_)) => l.addrs6.push(a),
                     }
                 }
             }

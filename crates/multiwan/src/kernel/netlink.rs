@@ -41,6 +41,19 @@ pub struct LinkInfo {
     pub up: bool,
 }
 
+/// One address of an interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddrInfo {
+    /// The interface's index.
+    pub index: u32,
+    /// The address (the local one on a point-to-point address).
+    pub ip: IpAddr,
+    /// With `prefix_len`, the network the address makes on the link (the peer's on a
+    /// point-to-point address).
+    pub net: IpAddr,
+    pub prefix_len: u8,
+}
+
 /// A rule or route with multiwan's protocol that the planner cannot express: kept as the
 /// kernel sent it, so it can be deleted exactly.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,15 +144,19 @@ impl Rtnl {
     /// link it makes (its prefix: the peer's on a point-to-point address). For IPv6 only
     /// global ones that finished duplicate address detection (link-local addresses cannot
     /// reach the internet; a tentative one cannot be used yet).
-    pub fn addrs(&mut self, family: Family) -> Result<Vec<(u32, IpAddr, (IpAddr, u8))>> {
+    pub fn addrs(&mut self, family: Family) -> Result<Vec<AddrInfo>> {
         let mut req = AddressMessage::default();
         req.header.family = af(family);
         let mut out = Vec::new();
         for m in self.dump(RtRequest::GetAddress(req))? {
             if let RtMsg::NewAddress(a) = m {
                 if let Some(ip) = addr_of(&a, family) {
-                    let net = prefix_address(&a, family).unwrap_or(ip);
-                    out.push((a.header.index, ip, (net, a.header.prefix_len)));
+                    out.push(AddrInfo {
+                        index: a.header.index,
+                        ip,
+                        net: prefix_address(&a, family).unwrap_or(ip),
+                        prefix_len: a.header.prefix_len,
+                    });
                 }
             }
         }
