@@ -40,7 +40,7 @@ pub const PUBLISH_EVERY: Duration = Duration::from_secs(1);
 /// netlink when a neighbour fails (see `System::learned_gateway`).
 pub const GATEWAY_RECHECK: Duration = Duration::from_secs(5);
 
-/// The first wait before the same plan is tried again after the kernel refused it; doubled
+/// The first wait before the same plan is tried again after an update failed; doubled
 /// per failure up to [`RETRY_MAX`], back to this on success or when the plan changes.
 pub const RETRY_FIRST: Duration = Duration::from_millis(100);
 /// The longest wait between two tries of the same failed plan.
@@ -869,6 +869,11 @@ impl<K: Kernel> Engine<K> {
         self.uplinks = uplinks;
         self.probers_stale = true;
         self.dirty = true;
+        // A new config may route differently (a corrected gateway): try what was refused.
+        if !self.facts.refused.is_empty() {
+            self.facts.refused.clear();
+            self.judge_links(now);
+        }
         if gateways_changed {
             self.on_kernel_changed(Change::ALL, now);
         }

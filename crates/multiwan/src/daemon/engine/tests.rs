@@ -688,6 +688,14 @@ fn a_refused_route_takes_only_its_uplink_family_out_and_the_rest_is_installed() 
     }
     assert_eq!(targets_of(&w, Family::V6), ["up_isp2"]);
     assert_eq!(w.e.kernel.failures.len(), 1);
+    // A reload (say a corrected gateway) tries it again: refused again, once.
+    w.e.reload(Some(cfg(DUAL)), w.t);
+    w.e.tick(w.t);
+    assert_eq!(w.e.kernel.failures.len(), 2);
+    assert_eq!(
+        fam_state(&w, "isp2", Family::V4),
+        "down (the kernel refused its route)"
+    );
     // The interfaces change (the kernel would take it now): tried again, and installed.
     w.e.kernel.refuse_routes.clear();
     w.fake_link("wan2")
