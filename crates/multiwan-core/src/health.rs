@@ -20,6 +20,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use crate::model::{Check, Config, Quality};
@@ -38,6 +39,15 @@ pub enum Reason {
     NoAddress,
     /// `gateway = "auto"` (or `gateway6`) and no default route through the interface yet.
     NoGateway,
+    /// The fixed gateway is not on the interface's link (no prefix of it holds the address):
+    /// the kernel cannot route via it.
+    GatewayOffLink {
+        /// The configured gateway.
+        gateway: IpAddr,
+    },
+    /// The kernel refused the uplink's route for a reason the facts did not show (the
+    /// daemon's log has its answer); tried again when the interfaces change.
+    RouteRefused,
     /// `rounds` probe rounds in a row failed.
     ProbesFailing {
         /// Bad rounds in a row so far.
@@ -75,6 +85,10 @@ impl fmt::Display for Reason {
             Reason::LinkDown => write!(f, "link down"),
             Reason::NoAddress => write!(f, "no address"),
             Reason::NoGateway => write!(f, "no gateway learned yet"),
+            Reason::GatewayOffLink { gateway } => {
+                write!(f, "gateway {gateway} is not on the interface's link")
+            }
+            Reason::RouteRefused => write!(f, "the kernel refused its route"),
             Reason::ProbesFailing { rounds } => write!(f, "probes failing ({rounds} rounds)"),
             Reason::Recovering { good, need } => {
                 write!(f, "recovering ({good}/{need} good rounds)")
@@ -98,6 +112,8 @@ impl Reason {
             Reason::LinkDown => "link_down",
             Reason::NoAddress => "no_address",
             Reason::NoGateway => "no_gateway",
+            Reason::GatewayOffLink { .. } => "gateway_off_link",
+            Reason::RouteRefused => "route_refused",
             Reason::ProbesFailing { .. } => "probes_failing",
             Reason::Recovering { .. } => "recovering",
             Reason::HighLoss { .. } => "high_loss",
@@ -162,6 +178,10 @@ pub enum LinkStatus {
     NoAddress,
     /// The family's gateway is `auto` and no default route through the interface is known.
     NoGateway,
+    /// The family's fixed gateway is not on the interface's link.
+    GatewayOffLink(IpAddr),
+    /// The kernel refused the family's route.
+    RouteRefused,
     /// The interface can carry the family's traffic; the probes decide.
     Ok,
 }
@@ -594,6 +614,8 @@ fn link_reason(l: LinkStatus) -> Option<Reason> {
         LinkStatus::Down => Some(Reason::LinkDown),
         LinkStatus::NoAddress => Some(Reason::NoAddress),
         LinkStatus::NoGateway => Some(Reason::NoGateway),
+        LinkStatus::GatewayOffLink(gateway) => Some(Reason::GatewayOffLink { gateway }),
+        LinkStatus::RouteRefused => Some(Reason::RouteRefused),
         LinkStatus::Ok => None,
     }
 }

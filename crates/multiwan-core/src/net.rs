@@ -58,6 +58,14 @@ impl Ipv6Net {
         (u128::from(addr) & !net.mask() == 0).then_some(net)
     }
 
+    /// The prefix of length `prefix` that holds `addr` (its host bits cleared): the network
+    /// of an interface address such as `2001:db8:2::253/64`.
+    pub fn holding(addr: Ipv6Addr, prefix: u8) -> Option<Self> {
+        let prefix = prefix.min(128);
+        let bits = Self { addr, prefix }.mask();
+        Self::new(Ipv6Addr::from(u128::from(addr) & bits), prefix)
+    }
+
     /// The network address.
     pub fn addr(&self) -> Ipv6Addr {
         self.addr
@@ -309,6 +317,25 @@ mod tests {
         assert!("10.0.0.0/33".parse::<Ipv4Net>().is_err());
         let all: Ipv4Net = "0.0.0.0/0".parse().unwrap();
         assert!(all.contains("8.8.8.8".parse().unwrap()));
+    }
+
+    #[test]
+    fn the_prefix_holding_an_interface_address() {
+        let a: Ipv6Addr = "2001:db8:2::253".parse().unwrap();
+        let n = Ipv6Net::holding(a, 64).unwrap();
+        assert_eq!(n.to_string(), "2001:db8:2::/64");
+        assert!(n.contains("2001:db8:2::1".parse().unwrap()));
+        assert!(!n.contains("2001:db8:99::1".parse().unwrap()));
+        let host = Ipv6Net::holding(a, 128).unwrap();
+        assert!(host.contains(a) && !host.contains("2001:db8:2::1".parse().unwrap()));
+        assert!(Ipv6Net::holding(a, 0)
+            .unwrap()
+            .contains("::1".parse().unwrap()));
+        assert_eq!(
+            Ipv6Net::holding(a, 200),
+            Some(host),
+            "beyond 128: the host itself"
+        );
     }
 
     #[test]

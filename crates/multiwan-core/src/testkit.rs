@@ -96,7 +96,8 @@ fn ids_always_fit(cfg: &Config) -> BTreeMap<String, u32> {
     fresh
 }
 
-/// Facts with every interface up with an address, and a learned gateway for `auto`.
+/// Facts with every interface up with an address, a learned gateway for `auto`, and every
+/// fixed gateway on the link (as with a default route through it).
 fn present(cfg: &Config) -> Facts {
     let mut links = BTreeMap::new();
     let names = cfg
@@ -116,12 +117,16 @@ fn present(cfg: &Config) -> Facts {
                     0x2001_0db8_0000_0000_0000_0000_0000_0002u128 + (u128::from(i) << 80),
                 )],
                 gateway6: Some("fe80::1".parse().expect("ip")),
+                onlink6: Vec::from_iter(crate::net::Ipv6Net::new(
+                    std::net::Ipv6Addr::UNSPECIFIED,
+                    0,
+                )),
             },
         );
     }
     Facts {
         links: Some(links),
-        foreign_marks: Vec::new(),
+        ..Facts::default()
     }
 }
 
@@ -171,7 +176,7 @@ fn check_names_quoted(
                 .map(|(k, v)| (rename.get(k).unwrap_or(k).clone(), v.clone()))
                 .collect()
         }),
-        foreign_marks: facts.foreign_marks.clone(),
+        ..facts.clone()
     };
     let q = plan(&other, ids, usable, &facts);
     assert_eq!(

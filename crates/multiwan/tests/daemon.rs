@@ -1009,3 +1009,30 @@ fn hooks_run_in_order_alone_with_a_clean_environment() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(std::fs::read_to_string(&record).expect("record"), got);
 }
+
+#[test]
+fn a_route_the_kernel_refuses_leaves_out_only_its_uplink() {
+    // isp2's IPv4 gateway is on no link of wan2 (IPv4 gateways are not tested against
+    // prefixes): the kernel refuses its route. The daemon takes isp2 down with the reason,
+    // installs everything else in the same update, and does not retry in a loop.
+    let lab = Lab::new(2, 1);
+    let text = two_uplinks_checked("round-robin").replace("10.37.2.1", "10.99.0.1");
+    let d = lab.start_daemon(&text);
+    d.wait_for("isp1 up", Duration::from_secs(5), |d| {
+        d.uplink_state("isp1").as_deref() == Some("up")
+    });
+    let s = d.state().expect("state");
+    assert_eq!(s["uplinks"][1]["state"], "down", "{s}");
+    assert_eq!(s["uplinks"][1]["reason"], "route_refused", "{s}");
+    assert!(lab.topo.router.nft("list table inet multiwan").is_ok());
+    let v = lab.tcp_from_host(0, 4);
+    assert_eq!(count(&v, 0), 4, "isp1 carries every connection: {v:?}");
+    std::thread::sleep(Duration::from_secs(2));
+    let log = lab.daemon_log();
+    assert_eq!(
+        log.matches("the kernel refused the uplink's route").count(),
+        1,
+        "{log}"
+    );
+    assert!(!log.contains("cannot update the kernel"), "{log}");
+}

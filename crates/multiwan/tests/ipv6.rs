@@ -839,3 +839,112 @@ fn an_icmp_flood_reaches_no_probe_socket() {
         }
     }
 }
+
+/// State and reason of uplink `i`'s IPv4 and IPv6, from state.json.
+fn families(d: &Daemon, i: usize) -> Option<(String, String, String)> {
+    let s = d.state()?;
+    let u = &s["uplinks"][i];
+    Some((
+        u["state"].as_str()?.to_string(),
+        u["ipv6"]["state"].as_str()?.to_string(),
+        u["ipv6"]["reason"].as_str().unwrap_or("").to_string(),
+    ))
+}
+
+#[test]
+fn an_off_link_gateway6_leaves_out_only_that_uplinks_ipv6() {
+    // isp2's gateway6 is a global address in no prefix of wan2: the kernel would refuse a
+    // route via it (EHOSTUNREACH). Everything else is installed and fails over.
+    let lab = Lab::new(2, 1);
+    let text = dual("round-robin").replace("2001:db8:2::1", "2001:db8:99::1");
+    let d = lab.start_daemon(&text);
+    d.wait_for("isp1 up in both families", Duration::from_secs(5), |d| {
+        families(d, 0).is_some_and(|(v4, v6, _)| v4 == "up" && v6 == "up")
+    });
+    let (v4, v6, reason) = families(&d, 1).expect("isp2");
+    assert_eq!(
+        (v4.as_str(), v6.as_str(), reason.as_str()),
+        ("up", "down", "gateway_off_link")
+    );
+    let r = &lab.topo.router;
+    assert!(
+        r.nft("list table inet multiwan").is_ok(),
+        "the table is installed"
+    );
+    assert_eq!(
+        r.read_sysctl("net.ipv4.ip_forward").expect("sysctl").trim(),
+        "1"
+    );
+    let routes6 = r
+        .ip(&["-6", "route", "show", "table", "all", "proto", "77"])
+        .expect("routes");
+    assert!(!routes6.contains("2001:db8:99::1"), "{routes6}");
+    let v = lab.tcp_from_host(0, 4);
+    assert_eq!(
+        (count(&v, 0), count(&v, 1)),
+        (2, 2),
+        "IPv4 over both: {v:?}"
+    );
+    let v = lab.tcp6_from_host(0, 4);
+    assert_eq!(count(&v, 0), 4, "IPv6 over isp1: {v:?}");
+    let log = lab.daemon_log();
+    assert!(!log.contains("cannot update the kernel"), "{log}");
+    let text = String::from_utf8_lossy(
+        &lab.multiwan(&["status", "--run-dir", &lab.run_dir()])
+            .stdout,
+    )
+    .into_owned();
+    assert!(
+        text.contains("gateway 2001:db8:99::1 is not on the interface's link"),
+        "{text}"
+    );
+    // IPv4 failover still works: isp1's upstream cut.
+    lab.cut_upstream4(0);
+    d.wait_for("isp1 IPv4 down", Duration::from_secs(3), |d| {
+        d.uplink_state("isp1").as_deref() == Some("down")
+    });
+    let v = lab.tcp_from_host(0, 4);
+    assert_eq!(count(&v, 1), 4, "IPv4 leaves over isp2: {v:?}");
+}
+
+#[test]
+fn a_gateway6_renumbered_off_the_link_takes_only_its_ipv6_down() {
+    // wan2's /64 becomes a /128 (a lost lease): isp2's IPv6 goes down with its reason, and
+    // a later IPv4 cut of isp1 still fails over.
+    let lab = Lab::new(2, 1);
+    let d = lab.start_daemon(&dual("round-robin"));
+    d.wait_for("both uplinks' IPv6 up", Duration::from_secs(5), |d| {
+        (0..2).all(|i| families(d, i).is_some_and(|(_, v6, _)| v6 == "up"))
+    });
+    let r = &lab.topo.router;
+    let addr = router_addr6(2);
+    r.ip(&["-6", "addr", "del", &format!("{addr}/64"), "dev", "wan2"])
+        .expect("old address gone");
+    r.ip(&[
+        "-6",
+        "addr",
+        "add",
+        &format!("{addr}/128"),
+        "dev",
+        "wan2",
+        "nodad",
+    ])
+    .expect("a /128");
+    d.wait_for("isp2's IPv6 off the link", Duration::from_secs(5), |d| {
+        families(d, 1)
+            .is_some_and(|(v4, v6, why)| v4 == "up" && v6 == "down" && why == "gateway_off_link")
+    });
+    lab.cut_upstream4(0);
+    d.wait_for("isp1 IPv4 down", Duration::from_secs(3), |d| {
+        d.uplink_state("isp1").as_deref() == Some("down")
+    });
+    let v = lab.tcp_from_host(0, 4);
+    assert_eq!(count(&v, 1), 4, "IPv4 leaves over isp2: {v:?}");
+    let v = lab.tcp6_from_host(0, 4);
+    assert_eq!(count(&v, 0), 4, "IPv6 over isp1: {v:?}");
+    let log = lab.daemon_log();
+    assert!(
+        log.matches("cannot update the kernel").count() <= 1,
+        "{log}"
+    );
+}

@@ -27,10 +27,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::model::{Config, KernelOpts};
 pub use crate::net::Family;
+use crate::net::Ipv6Net;
 
 pub use marks::{assign_ids, PlanError};
 pub use policies::{hash_buckets, smooth_rotation, Decision, PolicyPlan};
-pub use routing::{next_hop, next_hop6, sysctl_path};
+pub use routing::{next_hop, next_hop6, off_link_gateway6, sysctl_path};
 
 /// Routing protocol number stamped on every route and rule multiwan installs, so it can
 /// recognise (and only ever remove) its own.
@@ -54,6 +55,10 @@ pub struct Facts {
     pub links: Option<BTreeMap<String, Link>>,
     /// The `fwmark value/mask` selectors of other users' `ip rule`s (both families).
     pub foreign_marks: Vec<(u32, u32)>,
+    /// Uplink families (uplink name, family) whose route the kernel refused although these
+    /// facts said it could be installed: the daemon's record of what the kernel answered,
+    /// cleared when the facts change. Not installable until then (empty outside the daemon).
+    pub refused: BTreeSet<(String, Family)>,
 }
 
 /// One interface as the kernel reports it.
@@ -68,9 +73,23 @@ pub struct Link {
     pub gateway: Option<Ipv4Addr>,
     /// Global IPv6 addresses on the interface (not link-local, not tentative).
     pub addrs6: Vec<Ipv6Addr>,
+    /// The IPv6 networks on the interface's link: the prefix of each global address (its
+    /// prefix length as the kernel holds it) and of each route without a gateway through the
+    /// interface in the main table (an advertised on-link prefix beside /128 addresses). A
+    /// fixed global `gateway6` outside all of them cannot be routed: the kernel refuses the
+    /// route (`EHOSTUNREACH`).
+    pub onlink6: Vec<Ipv6Net>,
     /// The gateway of a foreign IPv6 default route through this interface (what router
     /// advertisements install), for `gateway6 = "auto"`.
     pub gateway6: Option<Ipv6Addr>,
+}
+
+impl Link {
+    /// Whether the kernel can send to `gateway` directly on this link: a link-local address
+    /// always is, a global one when one of [`Link::onlink6`] holds it.
+    pub fn on_link6(&self, gateway: Ipv6Addr) -> bool {
+        gateway.is_unicast_link_local() || self.onlink6.iter().any(|n| n.contains(gateway))
+    }
 }
 
 impl Facts {
@@ -101,6 +120,13 @@ impl Facts {
                 .get(ifname)
                 .is_some_and(|l| l.up && (!needs_addr || !l.addrs.is_empty())),
         }
+    }
+
+    /// Whether the kernel refused the route of `uplink`'s `family`.
+    pub fn is_refused(&self, uplink: &str, family: Family) -> bool {
+        self.refused
+            .iter()
+            .any(|(u, f)| u.as_str() == uplink && *f == family)
     }
 
     fn link(&self, ifname: &str) -> Option<&Link> {

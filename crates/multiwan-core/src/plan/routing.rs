@@ -19,9 +19,15 @@ use crate::order::Collect;
 
 /// The next hop of an uplink's route if it can be installed now: `Some(None)` for a device
 /// route (point-to-point), `Some(Some(g))` for a route via `g`, `None` when not installable
-/// (interface missing, down or without an address, or an `auto` gateway not learned yet —
-/// always the case offline).
+/// (interface missing, down or without an address, an `auto` gateway not learned yet —
+/// always the case offline — or a route the kernel refused, [`Facts::refused`]). A fixed
+/// IPv4 gateway is not tested against the interface's prefixes: a /32 or point-to-point
+/// address routinely comes with an explicit on-link route to its gateway (DHCP classless
+/// routes, PPP), which the facts do not hold; the daemon learns a refusal from the kernel.
 pub fn next_hop(u: &Uplink, facts: &Facts) -> Option<Option<Ipv4Addr>> {
+    if facts.is_refused(&u.name, Family::V4) {
+        return None;
+    }
     if u.gateway_auto {
         let link = facts.links.as_ref()?.get(&u.interface)?;
         if !link.up || link.addrs.is_empty() {
@@ -35,18 +41,32 @@ pub fn next_hop(u: &Uplink, facts: &Facts) -> Option<Option<Ipv4Addr>> {
 }
 
 /// The IPv6 next hop of an uplink's route if it can be installed now: the interface is up
-/// with a global IPv6 address, and the gateway is fixed or has been learned (`auto`).
+/// with a global IPv6 address, and the gateway is fixed or has been learned (`auto`). A
+/// fixed global gateway must be on the interface's link ([`Link::on_link6`](super::Link::on_link6)): the kernel
+/// refuses a route via one that is not, and such a route must not hold up the rest of the
+/// plan. A link-local gateway always is.
 pub fn next_hop6(u: &Uplink, facts: &Facts) -> Option<Ipv6Addr> {
     let v6 = u.ipv6.as_ref()?;
+    if facts.is_refused(&u.name, Family::V6) {
+        return None;
+    }
     let link = facts.links.as_ref().and_then(|l| l.get(&u.interface));
     match (v6.gateway, link) {
         // Offline: a fixed gateway is assumed routable, an auto one unknown.
         (Some(g), None) if facts.links.is_none() => Some(g),
         (_, None) => None,
         (_, Some(l)) if !l.up || l.addrs6.is_empty() => None,
-        (Some(g), Some(_)) => Some(g),
+        (Some(g), Some(l)) => l.on_link6(g).then_some(g),
         (None, Some(l)) => l.gateway6,
     }
+}
+
+/// The fixed IPv6 gateway of `u` when it is not on its interface's link (the interface is
+/// up with a global address, so nothing else keeps the route out): what `status` names.
+pub fn off_link_gateway6(u: &Uplink, facts: &Facts) -> Option<Ipv6Addr> {
+    let g = u.ipv6.as_ref()?.gateway?;
+    let l = facts.links.as_ref()?.get(&u.interface)?;
+    (l.up && !l.addrs6.is_empty() && !l.on_link6(g)).then_some(g)
 }
 
 /// The next hop of `family` as the route wants it.

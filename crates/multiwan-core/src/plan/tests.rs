@@ -455,3 +455,128 @@ fn auto_gateway_follows_the_learned_default_route() {
         "{e}"
     );
 }
+
+/// Two dual-stack uplinks; isp2's fixed `gateway6` is `GW6`.
+fn dual(gw6: &str) -> Config {
+    cfg(&format!(
+        "[lan]\ninterfaces=[\"lan0\"]\n[[uplink]]\nname=\"isp1\"\ninterface=\"wan1\"\ngateway=\"10.37.1.1\"\ngateway6=\"fe80::c0c\"\n[[uplink]]\nname=\"isp2\"\ninterface=\"wan2\"\ngateway=\"10.37.2.1\"\ngateway6=\"{gw6}\"\n"
+    ))
+}
+
+/// Both wan links up; wan2 holds `addr6` with prefix length `len`.
+fn dual_facts(addr6: &str, len: u8) -> Facts {
+    let link = |n: u8, a6: &str, len: u8| {
+        let a6: Ipv6Addr = a6.parse().expect("ip");
+        Link {
+            up: true,
+            addrs: vec![format!("10.37.{n}.253").parse().expect("ip")],
+            addrs6: vec![a6],
+            onlink6: Vec::from_iter(Ipv6Net::holding(a6, len)),
+            ..Link::default()
+        }
+    };
+    Facts {
+        links: Some(BTreeMap::from([
+            ("wan1".to_string(), link(1, "2001:db8:1::253", 64)),
+            ("wan2".to_string(), link(2, addr6, len)),
+        ])),
+        ..Facts::default()
+    }
+}
+
+fn v6_routes(p: &Plan) -> Vec<String> {
+    p.routes
+        .iter()
+        .filter(|r| r.family == Family::V6)
+        .map(|r| r.args().join(" "))
+        .collect()
+}
+
+#[test]
+fn an_off_link_gateway6_gets_no_route_and_holds_up_nothing_else() {
+    let c = dual("2001:db8:99::1");
+    let (isp1, isp2) = (&c.uplinks[0], &c.uplinks[1]);
+    let facts = dual_facts("2001:db8:2::253", 64);
+    // Link-local is on-link by definition; the global one is in no prefix of wan2.
+    assert_eq!(
+        next_hop6(isp1, &facts),
+        Some("fe80::c0c".parse().expect("ip"))
+    );
+    assert_eq!(next_hop6(isp2, &facts), None);
+    assert_eq!(
+        off_link_gateway6(isp2, &facts),
+        Some("2001:db8:99::1".parse().expect("ip"))
+    );
+    assert_eq!(off_link_gateway6(isp1, &facts), None);
+    // IPv4 is untouched: a fixed IPv4 gateway is not tested against prefixes.
+    assert_eq!(
+        next_hop(isp2, &facts),
+        Some(Some("10.37.2.1".parse().expect("ip")))
+    );
+    let p = plan(&c, &ids(&c), &all_usable(&c), &facts);
+    assert_eq!(
+        v6_routes(&p),
+        [
+            "default via fe80::c0c dev wan1 table 1000 proto 77",
+            "default via fe80::c0c dev wan1 table 1001 proto 77",
+        ],
+        "the multipath route has only isp1's next hop, isp2's table none"
+    );
+    assert_eq!(
+        p.routes.iter().filter(|r| r.family == Family::V4).count(),
+        3,
+        "IPv4: both tables and the multipath route"
+    );
+    // Offline (`plan` without --live) a fixed gateway is still assumed routable.
+    assert!(next_hop6(isp2, &Facts::default()).is_some());
+    assert_eq!(off_link_gateway6(isp2, &Facts::default()), None);
+}
+
+#[test]
+fn a_gateway6_is_on_link_only_while_a_prefix_of_the_interface_holds_it() {
+    let c = dual("2001:db8:2::1");
+    let isp2 = &c.uplinks[1];
+    let gw: Ipv6Addr = "2001:db8:2::1".parse().expect("ip");
+    assert_eq!(
+        next_hop6(isp2, &dual_facts("2001:db8:2::253", 64)),
+        Some(gw)
+    );
+    // Renumbered to a /128 (a lost lease): the gateway is off the link now.
+    let mut facts = dual_facts("2001:db8:2::253", 128);
+    assert_eq!(next_hop6(isp2, &facts), None);
+    let p = plan(&c, &ids(&c), &all_usable(&c), &facts);
+    assert!(v6_routes(&p).iter().all(|r| !r.contains("wan2")), "{p}");
+    // A /128 address with an advertised on-link /64 route: routable again.
+    let wan2 = facts
+        .links
+        .as_mut()
+        .and_then(|l| l.get_mut("wan2"))
+        .expect("wan2");
+    wan2.onlink6
+        .extend(Ipv6Net::new("2001:db8:2::".parse().expect("ip"), 64));
+    assert_eq!(next_hop6(isp2, &facts), Some(gw));
+    // A /48 holds it too.
+    assert_eq!(
+        next_hop6(isp2, &dual_facts("2001:db8:2:ff::253", 48)),
+        Some(gw)
+    );
+}
+
+#[test]
+fn a_refused_uplink_family_is_not_installable() {
+    let c = dual("fe80::1");
+    let isp2 = &c.uplinks[1];
+    let mut facts = dual_facts("2001:db8:2::253", 64);
+    facts.refused.insert(("isp2".into(), Family::V4));
+    assert_eq!(next_hop(isp2, &facts), None);
+    assert!(next_hop6(isp2, &facts).is_some(), "the other family stays");
+    facts.refused.insert(("isp2".into(), Family::V6));
+    assert_eq!(next_hop6(isp2, &facts), None);
+    let p = plan(&c, &ids(&c), &all_usable(&c), &facts);
+    assert!(
+        p.routes
+            .iter()
+            .all(|r| r.nexthops.iter().all(|n| n.dev != "wan2")),
+        "{p}"
+    );
+}

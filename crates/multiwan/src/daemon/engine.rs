@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use multiwan_core::correlate::{target_label, Correlator};
 use multiwan_core::health::{self, LinkStatus, Monitor, Reason, State, Transition};
 use multiwan_core::model::{CheckMethod, OnUplinkDown, Uplink};
-use multiwan_core::plan::{assign_ids, plan_dual, Family};
+use multiwan_core::plan::{assign_ids, off_link_gateway6, plan_dual, Family};
 use multiwan_core::{Config, Facts, Plan};
 
 use super::hooks::HookCall;
@@ -24,7 +24,7 @@ use super::snapshot;
 use super::RoundReport;
 use crate::control::WatchEvent;
 use crate::kernel::events::Change;
-use crate::kernel::Kernel;
+use crate::kernel::{Kernel, RouteRefused};
 use multiwan_core::order::Collect;
 
 mod state;
@@ -39,6 +39,25 @@ pub const PUBLISH_EVERY: Duration = Duration::from_secs(1);
 /// while another router's default route stands beside it, and nothing is announced over
 /// netlink when a neighbour fails (see `System::learned_gateway`).
 pub const GATEWAY_RECHECK: Duration = Duration::from_secs(5);
+
+/// The first wait before the same plan is tried again after an update failed; doubled
+/// per failure up to [`RETRY_MAX`], back to this on success or when the plan changes.
+pub const RETRY_FIRST: Duration = Duration::from_millis(100);
+/// The longest wait between two tries of the same failed plan.
+pub const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// A kernel update that failed: what is retried when, and how often its error repeated.
+struct Failing {
+    /// The plan that failed; a different one is tried at once (something changed).
+    plan: Plan,
+    /// The error, as logged.
+    error: String,
+    /// Failures in a row with this error (logged at 1, 2, 4, 8, …).
+    repeats: u64,
+    /// The wait before the next try of `plan`.
+    delay: Duration,
+    retry_at: Instant,
+}
 
 /// One family of one uplink: its monitor and what the daemon keeps about it.
 pub struct FamRt {
@@ -88,7 +107,9 @@ impl UplinkRt {
     }
 }
 
-/// What the kernel says about an uplink's interface for `family` (and its learned gateway).
+/// What the kernel says about an uplink's interface for `family` (and its learned gateway),
+/// and whether the family's route can be installed: a fixed gateway off the link, or a route
+/// the kernel refused, keeps the family down while the rest of the plan is installed.
 pub fn link_status(facts: &Facts, u: &Uplink, family: Family) -> LinkStatus {
     let Some(l) = facts.links.as_ref().and_then(|l| l.get(&u.interface)) else {
         return LinkStatus::Missing;
@@ -96,7 +117,7 @@ pub fn link_status(facts: &Facts, u: &Uplink, family: Family) -> LinkStatus {
     if !l.up {
         return LinkStatus::Down;
     }
-    match family {
+    let status = match family {
         Family::V4 if l.addrs.is_empty() => LinkStatus::NoAddress,
         Family::V4 if u.gateway_auto && l.gateway.is_none() => LinkStatus::NoGateway,
         Family::V6 if l.addrs6.is_empty() => LinkStatus::NoAddress,
@@ -106,6 +127,16 @@ pub fn link_status(facts: &Facts, u: &Uplink, family: Family) -> LinkStatus {
             LinkStatus::NoGateway
         }
         _ => LinkStatus::Ok,
+    };
+    let off_link = match family {
+        Family::V4 => None,
+        Family::V6 => off_link_gateway6(u, facts),
+    };
+    match off_link {
+        _ if status != LinkStatus::Ok => status,
+        Some(g) => LinkStatus::GatewayOffLink(IpAddr::V6(g)),
+        None if facts.is_refused(&u.name, family) => LinkStatus::RouteRefused,
+        None => LinkStatus::Ok,
     }
 }
 
@@ -188,6 +219,8 @@ pub struct Engine<K: Kernel> {
     /// The probers' configuration changed: restart them.
     pub probers_stale: bool,
     families: [FamilyState; 2],
+    /// The last kernel update failed: backing off.
+    failing: Option<Failing>,
 }
 
 fn family_states(cfg: &Config) -> [FamilyState; 2] {
@@ -276,6 +309,7 @@ impl<K: Kernel> Engine<K> {
             last_gateway_check: now,
             probers_stale: true,
             families,
+            failing: None,
         })
     }
 
@@ -417,7 +451,10 @@ impl<K: Kernel> Engine<K> {
                 return false;
             }
         };
+        // What the kernel refused is tried again once anything here changes.
+        let refused = std::mem::take(&mut self.facts.refused);
         if facts == self.facts {
+            self.facts.refused = refused;
             return true;
         }
         self.on_new_facts(facts, now);
@@ -461,6 +498,11 @@ impl<K: Kernel> Engine<K> {
         }
         // Addresses feed source rules and routes even when no state changes.
         self.dirty = true;
+        self.judge_links(now);
+    }
+
+    /// Tells every monitor what the facts say about its link, and acts on the transitions.
+    fn judge_links(&mut self, now: Instant) {
         let mut transitions = Vec::new();
         for u in &self.cfg.uplinks {
             let Some(rt) = self.uplinks.get_mut(&u.name) else {
@@ -614,17 +656,29 @@ impl<K: Kernel> Engine<K> {
     }
 
     /// Makes the kernel match the current health and facts: plan, apply the difference, then
-    /// delete the conntrack entries of uplinks that just went down. A failure keeps `dirty`,
-    /// so the next event or tick retries.
+    /// delete the conntrack entries of uplinks that just went down. A route the kernel refuses
+    /// takes its uplink family out of the plan (down, `route_refused`) and the rest is applied
+    /// at once. Any other failure keeps `dirty`: the same plan is tried again after
+    /// [`RETRY_FIRST`], doubling to [`RETRY_MAX`]; a changed plan at once.
     pub fn reconcile(&mut self, now: Instant) {
-        let usable4 = self.compute_usable(Family::V4);
-        let usable6 = self.compute_usable(Family::V6);
-        let p = plan_dual(&self.cfg, &self.ids, &usable4, &usable6, &self.facts);
-        if self.last_plan.as_ref() != Some(&p) {
+        // Each pass ends, or leaves out one more uplink family (of finitely many).
+        loop {
+            let usable4 = self.compute_usable(Family::V4);
+            let usable6 = self.compute_usable(Family::V6);
+            let p = plan_dual(&self.cfg, &self.ids, &usable4, &usable6, &self.facts);
+            if self.last_plan.as_ref() == Some(&p) {
+                break;
+            }
+            if self
+                .failing
+                .as_ref()
+                .is_some_and(|f| f.plan == p && now < f.retry_at)
+            {
+                return;
+            }
             let started = Instant::now();
             match self.kernel.apply(&p) {
                 Ok(r) => {
-                    self.reconciles += 1;
                     tracing::info!(
                         took_ms = ms(started.elapsed()),
                         usable = ?usable4,
@@ -635,21 +689,12 @@ impl<K: Kernel> Engine<K> {
                         routes = r.routes_changed + r.routes_removed,
                         "kernel updated"
                     );
-                    self.last_plan = Some(p);
-                    for f in self
-                        .uplinks
-                        .values_mut()
-                        .flat_map(|u| std::iter::once(&mut u.v4).chain(u.v6.as_mut()))
-                    {
-                        if let Some(from) = f.failover_from.take() {
-                            f.counters.last_failover_s =
-                                Some(now.saturating_duration_since(from).as_secs_f64());
-                        }
-                    }
+                    self.applied(p, now);
+                    break;
                 }
+                Err(e) if self.refused(&e, now) => {}
                 Err(e) => {
-                    tracing::error!(error = %format!("{e:#}"), "cannot update the kernel; will retry");
-                    self.write_state();
+                    self.failed(p, &e, now);
                     return;
                 }
             }
@@ -658,6 +703,108 @@ impl<K: Kernel> Engine<K> {
         self.dirty = false;
         self.last_publish = now;
         self.write_state();
+    }
+
+    /// `p` is in the kernel.
+    fn applied(&mut self, p: Plan, now: Instant) {
+        self.reconciles += 1;
+        if let Some(f) = self.failing.take() {
+            tracing::info!(failures = f.repeats, error = %f.error, "the kernel took the update after failing");
+        }
+        self.last_plan = Some(p);
+        for f in self
+            .uplinks
+            .values_mut()
+            .flat_map(|u| std::iter::once(&mut u.v4).chain(u.v6.as_mut()))
+        {
+            if let Some(from) = f.failover_from.take() {
+                f.counters.last_failover_s =
+                    Some(now.saturating_duration_since(from).as_secs_f64());
+            }
+        }
+    }
+
+    /// Whether `e` is the kernel refusing the route of one uplink family not refused before:
+    /// it is then recorded in the facts (until they change), and its monitor told.
+    fn refused(&mut self, e: &anyhow::Error, now: Instant) -> bool {
+        let Some(RouteRefused(route)) = e.downcast_ref::<RouteRefused>() else {
+            return false;
+        };
+        let [hop] = route.nexthops.as_slice() else {
+            return false;
+        };
+        let k = self.cfg.kernel;
+        let by_table =
+            |u: &&Uplink| self.ids.get(&u.name).map(|id| k.table_of(*id)) == Some(route.table);
+        let uplinks = || {
+            self.cfg
+                .uplinks
+                .iter()
+                .filter(|u| u.interface == hop.dev && u.has(route.family))
+        };
+        let Some(name) = uplinks()
+            .find(by_table)
+            .or_else(|| uplinks().find(|u| !self.facts.is_refused(&u.name, route.family)))
+            .map(|u| u.name.clone())
+        else {
+            return false;
+        };
+        if !self.facts.refused.insert((name.clone(), route.family)) {
+            return false;
+        }
+        tracing::warn!(
+            uplink = %name,
+            family = %route.family,
+            error = %format!("{e:#}"),
+            "the kernel refused the uplink's route: it is left out (down) until its interfaces change; the rest is installed"
+        );
+        self.judge_links(now);
+        true
+    }
+
+    /// An update failed for a reason no uplink family explains: wait before trying `p` again,
+    /// and log an error once, then again at 2, 4, 8, … repeats.
+    fn failed(&mut self, p: Plan, e: &anyhow::Error, now: Instant) {
+        let error = format!("{e:#}");
+        let f = match self.failing.take() {
+            Some(mut f) if f.error == error => {
+                f.repeats += 1;
+                f.delay = if f.plan == p {
+                    (f.delay * 2).min(RETRY_MAX)
+                } else {
+                    RETRY_FIRST
+                };
+                f.plan = p;
+                f
+            }
+            previous => {
+                if let Some(old) = previous {
+                    tracing::info!(failures = old.repeats, error = %old.error, "the previous kernel update error ended");
+                }
+                Failing {
+                    plan: p,
+                    error,
+                    repeats: 1,
+                    delay: RETRY_FIRST,
+                    retry_at: now,
+                }
+            }
+        };
+        if f.repeats.is_power_of_two() {
+            tracing::error!(
+                error = %f.error,
+                failures = f.repeats,
+                retry_in_ms = f.delay.as_millis() as u64,
+                "cannot update the kernel; will retry"
+            );
+        }
+        if f.repeats == 1 {
+            self.write_state();
+        }
+        self.failing = Some(Failing {
+            retry_at: now + f.delay,
+            ..f
+        });
     }
 
     /// Deletes the connections of the uplinks (and families) that just went down, except
@@ -702,7 +849,9 @@ impl<K: Kernel> Engine<K> {
         }
         if self.dirty {
             self.reconcile(now);
-        } else if now.saturating_duration_since(self.last_publish) >= PUBLISH_EVERY {
+        }
+        // Published while an update keeps failing too.
+        if now.saturating_duration_since(self.last_publish) >= PUBLISH_EVERY {
             self.write_state();
             self.broadcast_probes();
             self.last_publish = now;
@@ -755,6 +904,11 @@ impl<K: Kernel> Engine<K> {
         self.uplinks = uplinks;
         self.probers_stale = true;
         self.dirty = true;
+        // A new config may route differently (a corrected gateway): try what was refused.
+        if !self.facts.refused.is_empty() {
+            self.facts.refused.clear();
+            self.judge_links(now);
+        }
         if gateways_changed {
             self.on_kernel_changed(Change::ALL, now);
         }

@@ -4,10 +4,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{bail, Result};
-use multiwan_core::plan::Family;
+use multiwan_core::plan::{Family, Route};
 use multiwan_core::{Facts, Plan};
 
-use super::{ApplyReport, DownReport, Kernel};
+use super::{ApplyReport, DownReport, Kernel, RouteRefused};
 
 /// The fake kernel's state; tests read and change it between events.
 #[derive(Debug, Default)]
@@ -20,6 +20,12 @@ pub struct FakeKernel {
     pub applies: Vec<ApplyReport>,
     /// The next this many applies fail (and change nothing).
     pub fail_applies: usize,
+    /// (family, interface) whose routes the kernel refuses, as it refuses a gateway it
+    /// cannot reach: the apply fails (changing nothing) with [`RouteRefused`] on the first
+    /// such route, an uplink's own before a multipath one as `System` orders them.
+    pub refuse_routes: BTreeSet<(Family, String)>,
+    /// Every failed apply, in order (its error).
+    pub failures: Vec<String>,
     /// (mark, mask, family) of every flush.
     pub flushed: Vec<(u32, u32, Family)>,
     pub downs: usize,
@@ -52,7 +58,21 @@ impl Kernel for FakeKernel {
     fn apply(&mut self, plan: &Plan) -> Result<ApplyReport> {
         if self.fail_applies > 0 {
             self.fail_applies -= 1;
+            self.failures.push("injected apply failure".into());
             bail!("injected apply failure");
+        }
+        let refused = |r: &&Route| {
+            r.nexthops
+                .iter()
+                .any(|n| self.refuse_routes.contains(&(r.family, n.dev.clone())))
+        };
+        let mut routes: Vec<&Route> = plan.routes.iter().collect();
+        multiwan_core::order::sort_by_key(&mut routes, |r| r.nexthops.len() > 1);
+        if let Some(r) = routes.into_iter().find(refused) {
+            let e = anyhow::Error::new(std::io::Error::from_raw_os_error(113))
+                .context(RouteRefused(r.clone()));
+            self.failures.push(format!("{e:#}"));
+            return Err(e.context("apply failed; every change was rolled back"));
         }
         let mut r = ApplyReport::default();
         match &self.installed {

@@ -28,10 +28,12 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
+use multiwan_core::net::Ipv6Net;
 use multiwan_core::plan::{Family, IpRule, Link, Plan, PolicyMap, Route, RTPROT_MULTIWAN};
 use multiwan_core::Facts;
 
 use multiwan_core::order::Collect;
+pub use netlink::RouteRefused;
 use netlink::{Rtnl, Unknown};
 use nft::{Nft, PolicyState};
 
@@ -164,6 +166,33 @@ impl System {
         }
         let states = self.rt.neighbours(family, index)?;
         Ok(pick_reachable(&tied, &states))
+    }
+
+    /// Adds to each interface that is up with a global IPv6 address the networks of the
+    /// routes without a gateway through it in the main table (an advertised on-link prefix
+    /// beside /128 addresses, a host route to the gateway): the kernel routes a gateway in
+    /// them too. One dump per such interface, filtered by the kernel.
+    fn onlink_routes6(
+        &mut self,
+        links: &[netlink::LinkInfo],
+        out: &mut BTreeMap<String, Link>,
+    ) -> Result<()> {
+        for l in links {
+            let Some(link) = out
+                .get_mut(&l.name)
+                .filter(|k| k.up && !k.addrs6.is_empty())
+            else {
+                continue;
+            };
+            for m in self.rt.routes_via(Family::V6, l.index)? {
+                if let Some((IpAddr::V6(d), len)) = netlink::onlink_destination(&m) {
+                    link.onlink6.extend(Ipv6Net::holding(d, len));
+                }
+            }
+            multiwan_core::order::sort(&mut link.onlink6);
+            link.onlink6.dedup();
+        }
+        Ok(())
     }
 
     fn links(&mut self) -> Result<(BTreeMap<String, u32>, BTreeMap<u32, String>)> {
@@ -328,7 +357,11 @@ impl System {
             .iter()
             .map(|r| ((r.family, r.table), r))
             .collect_map();
-        for r in &plan.routes {
+        // An uplink's own route before the multipath route holding the same next hop: a next
+        // hop the kernel refuses is then refused in a route of one uplink, which names it.
+        let mut routes: Vec<&Route> = plan.routes.iter().collect();
+        multiwan_core::order::sort_by_key(&mut routes, |r| r.nexthops.len() > 1);
+        for r in routes {
             if !before.routes.contains(r) {
                 self.rt.replace_route(r, index)?;
                 steps.push(Step::RouteReplaced {
@@ -532,15 +565,21 @@ impl Kernel for System {
             );
         }
         for family in Family::ALL {
-            for (index, ip) in self.rt.addrs(family)? {
-                if let Some(l) = by_index.get(&index).and_then(|n| out.get_mut(*n)) {
-                    match ip {
-                        IpAddr::V4(a) => l.addrs.push(a),
-                        IpAddr::V6(a) => l.addrs6.push(a),
+            for a in self.rt.addrs(family)? {
+                if let Some(l) = by_index.get(&a.index).and_then(|n| out.get_mut(*n)) {
+                    match (a.ip, a.net) {
+                        (IpAddr::V4(ip), _) => l.addrs.push(ip),
+                        (IpAddr::V6(ip), net) => {
+                            l.addrs6.push(ip);
+                            if let IpAddr::V6(n) = net {
+                                l.onlink6.extend(Ipv6Net::holding(n, a.prefix_len));
+                            }
+                        }
                     }
                 }
             }
         }
+        self.onlink_routes6(&links, &mut out)?;
         for (family, wanted) in [(Family::V4, auto), (Family::V6, auto6)] {
             for l in links.iter().filter(|l| wanted.contains(&l.name)) {
                 let gw = self.learned_gateway(family, l.index)?;
@@ -566,6 +605,7 @@ impl Kernel for System {
         Ok(Facts {
             links: Some(out),
             foreign_marks,
+            ..Facts::default()
         })
     }
 

@@ -41,12 +41,36 @@ pub struct LinkInfo {
     pub up: bool,
 }
 
+/// One address of an interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddrInfo {
+    /// The interface's index.
+    pub index: u32,
+    /// The address (the local one on a point-to-point address).
+    pub ip: IpAddr,
+    /// With `prefix_len`, the network the address makes on the link (the peer's on a
+    /// point-to-point address).
+    pub net: IpAddr,
+    pub prefix_len: u8,
+}
+
 /// A rule or route with multiwan's protocol that the planner cannot express: kept as the
 /// kernel sent it, so it can be deleted exactly.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Unknown {
     Rule(RuleMessage),
     Route(RouteMessage),
+}
+
+/// The kernel refused to install this route (the context of its answer, so the daemon can
+/// tell which uplink family the plan could not install). Shown as `installing route …`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteRefused(pub Route);
+
+impl std::fmt::Display for RouteRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "installing route {}", self.0.args().join(" "))
+    }
 }
 
 /// An rtnetlink socket.
@@ -116,31 +140,37 @@ impl Rtnl {
         Ok(out)
     }
 
-    /// Every usable address of `family`: (interface index, address). For IPv6 only global
-    /// ones that finished duplicate address detection (link-local addresses cannot reach the
-    /// internet; a tentative one cannot be used yet).
-    pub fn addrs(&mut self, family: Family) -> Result<Vec<(u32, IpAddr)>> {
-        Ok(self
-            .addrs_with_prefix(family)?
-            .into_iter()
-            .map(|(index, ip, _)| (index, ip))
-            .collect())
-    }
-
-    /// [`Rtnl::addrs`] with each address's prefix length (`multiwan doctor`'s on-link and
-    /// subnet checks).
-    pub fn addrs_with_prefix(&mut self, family: Family) -> Result<Vec<(u32, IpAddr, u8)>> {
+    /// Every usable address of `family`: interface index, address and the network on the
+    /// link it makes (its prefix: the peer's on a point-to-point address). For IPv6 only
+    /// global ones that finished duplicate address detection (link-local addresses cannot
+    /// reach the internet; a tentative one cannot be used yet).
+    pub fn addrs(&mut self, family: Family) -> Result<Vec<AddrInfo>> {
         let mut req = AddressMessage::default();
         req.header.family = af(family);
         let mut out = Vec::new();
         for m in self.dump(RtRequest::GetAddress(req))? {
             if let RtMsg::NewAddress(a) = m {
                 if let Some(ip) = addr_of(&a, family) {
-                    out.push((a.header.index, ip, a.header.prefix_len));
+                    out.push(AddrInfo {
+                        index: a.header.index,
+                        ip,
+                        net: prefix_address(&a, family).unwrap_or(ip),
+                        prefix_len: a.header.prefix_len,
+                    });
                 }
             }
         }
         Ok(out)
+    }
+
+    /// [`Rtnl::addrs`] as (interface index, address, prefix length), for `multiwan doctor`'s
+    /// on-link and subnet checks.
+    pub fn addrs_with_prefix(&mut self, family: Family) -> Result<Vec<(u32, IpAddr, u8)>> {
+        Ok(self
+            .addrs(family)?
+            .into_iter()
+            .map(|a| (a.index, a.ip, a.prefix_len))
+            .collect())
     }
 
     /// Routes of `family` in `table`, or in every table when `None`, with routing protocol
@@ -228,10 +258,16 @@ impl Rtnl {
     }
 
     /// `ip route replace` of one of multiwan's routes.
+    /// The kernel's refusal carries [`RouteRefused`] as its context.
     pub fn replace_route(&mut self, r: &Route, index: &BTreeMap<String, u32>) -> Result<()> {
         let msg = route_message(r, index)?;
-        self.change(RtRequest::NewRoute(msg), NLM_F_CREATE | NLM_F_REPLACE)
-            .with_context(|| format!("installing route {}", r.args().join(" ")))
+        let answer = self
+            .0
+            .try_ask::<_, RtMsg>(RtRequest::NewRoute(msg), NLM_F_CREATE | NLM_F_REPLACE)
+            .with_context(|| RouteRefused(r.clone()).to_string())?;
+        answer
+            .map(|_| ())
+            .map_err(|refusal| refusal.into_error().context(RouteRefused(r.clone())))
     }
 
     /// Deletes multiwan's default route of `family` in `table`.
@@ -292,6 +328,15 @@ fn addr_of(a: &AddressMessage, family: Family) -> Option<IpAddr> {
         })
     };
     pick(true).or_else(|| pick(false))
+}
+
+/// The address the prefix length belongs to (`IFA_ADDRESS`: the peer's on a point-to-point
+/// address, else the address itself).
+fn prefix_address(a: &AddressMessage, family: Family) -> Option<IpAddr> {
+    a.attributes.iter().find_map(|x| match x {
+        AddressAttribute::Address(ip) if Family::of(ip) == family => Some(*ip),
+        _ => None,
+    })
 }
 
 fn compat_table(t: u32) -> u8 {
@@ -474,6 +519,39 @@ fn realm_attribute(realm: u32) -> RouteAttribute {
     })
 }
 
+/// The destination of a route without a gateway in the main table (an interface's prefix
+/// route, an advertised on-link prefix, a host route to a gateway): a network the kernel
+/// reaches directly on the route's interface.
+pub fn onlink_destination(m: &RouteMessage) -> Option<(IpAddr, u8)> {
+    let direct = m.header.kind == RouteType::Unicast
+        && table_of(m) == MAIN_TABLE
+        && !is_ours(m)
+        && gateway(&m.attributes).is_none()
+        && !m
+            .attributes
+            .iter()
+            .any(|a| matches!(a, RouteAttribute::MultiPath(_)));
+    if !direct {
+        return None;
+    }
+    let family = family_of(m.header.address_family)?;
+    let len = m.header.destination_prefix_length;
+    // A default route without a gateway (a point-to-point link) has no destination: all of
+    // its family is on the link.
+    let everything = || {
+        (len == 0).then_some(match family {
+            Family::V4 => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            Family::V6 => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+        })
+    };
+    let dst = m.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Destination(RouteAddress::Inet(d)) => Some(IpAddr::V4(*d)),
+        RouteAttribute::Destination(RouteAddress::Inet6(d)) => Some(IpAddr::V6(*d)),
+        _ => None,
+    });
+    Some((dst.or_else(everything)?, len))
+}
+
 /// The gateway, metric and table of a foreign default route (for `gateway = "auto"`).
 pub fn default_gateway(m: &RouteMessage) -> Option<(IpAddr, u32, u32)> {
     if m.header.destination_prefix_length != 0 || is_ours(m) {
@@ -646,6 +724,53 @@ mod tests {
         });
         m.attributes.push(RuleAttribute::Iifname("eth0".into()));
         assert_eq!(parse_rule(&m), None);
+    }
+
+    #[test]
+    fn onlink_destinations_are_gatewayless_main_routes() {
+        let route = |dst: Option<&str>, len: u8, gw: Option<&str>, table: u8| {
+            let mut m = RouteMessage::default();
+            m.header.address_family = AddressFamily::Inet6;
+            m.header.kind = RouteType::Unicast;
+            m.header.table = table;
+            m.header.destination_prefix_length = len;
+            m.header.protocol = RouteProtocol::Ra;
+            if let Some(d) = dst {
+                m.attributes
+                    .push(RouteAttribute::Destination(RouteAddress::Inet6(
+                        d.parse().expect("ip"),
+                    )));
+            }
+            if let Some(g) = gw {
+                m.attributes
+                    .push(RouteAttribute::Gateway(RouteAddress::Inet6(
+                        g.parse().expect("ip"),
+                    )));
+            }
+            m
+        };
+        let prefix = route(Some("2001:db8:2::"), 64, None, 254);
+        assert_eq!(
+            onlink_destination(&prefix),
+            Some(("2001:db8:2::".parse().expect("ip"), 64))
+        );
+        assert_eq!(
+            onlink_destination(&route(None, 0, None, 254)),
+            Some(("::".parse().expect("ip"), 0)),
+            "a default route without a gateway: everything is on the link"
+        );
+        assert_eq!(
+            onlink_destination(&route(None, 0, Some("fe80::1"), 254)),
+            None
+        );
+        assert_eq!(
+            onlink_destination(&route(Some("2001:db8:2::"), 64, None, 100)),
+            None,
+            "only the main table"
+        );
+        let mut ours = prefix.clone();
+        ours.header.protocol = proto();
+        assert_eq!(onlink_destination(&ours), None);
     }
 
     #[test]

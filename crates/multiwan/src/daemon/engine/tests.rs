@@ -47,6 +47,7 @@ fn facts(up: &[(&str, bool)]) -> Facts {
                     gateway: None,
                     addrs6: vec![format!("2001:db8:{}::253", i + 1).parse().expect("ip")],
                     gateway6: None,
+                    onlink6: vec![format!("2001:db8:{}::/64", i + 1).parse().expect("net")],
                 },
             )
         })
@@ -229,8 +230,13 @@ fn a_failed_update_is_retried_and_nothing_is_lost() {
     // The update failed: still dirty, the kernel holds the old plan, nothing flushed yet.
     assert!(w.e.is_dirty());
     assert!(w.e.kernel.flushed.is_empty());
+    // Tried again after RETRY_FIRST (one round), then after twice that.
     w.round(&["isp2"]);
     assert!(w.e.is_dirty(), "second injected failure");
+    assert_eq!(w.e.kernel.failures.len(), 2);
+    w.round(&["isp2"]);
+    assert_eq!(w.e.kernel.failures.len(), 2, "backing off: 200 ms now");
+    assert!(w.e.is_dirty());
     w.round(&["isp2"]);
     assert!(!w.e.is_dirty());
     assert_eq!(w.default_targets(), ["up_isp2"]);
@@ -689,4 +695,184 @@ fn a_reload_that_changes_only_ipv6_keeps_the_ipv4_health() {
         "up",
         "a new check starts from the link state"
     );
+}
+
+/// The state and reason of `uplink`'s `family`.
+fn fam_state(w: &World, uplink: &str, family: Family) -> String {
+    let f = w.e.uplinks[uplink].fam(family).expect("family");
+    f.monitor.state().to_string()
+}
+
+#[test]
+fn an_off_link_gateway6_leaves_out_only_that_uplinks_ipv6() {
+    // isp2's fixed gateway6 is in no prefix of wan2: everything else is installed at once,
+    // with no failed update at all.
+    let text = DUAL.replace("2001:db8:2::1", "2001:db8:99::1");
+    let mut w = World::new(&text);
+    assert!(w.e.kernel.failures.is_empty());
+    assert!(!w.e.is_dirty());
+    assert_eq!(targets_of(&w, Family::V4), ["up_isp1", "up_isp2"]);
+    assert_eq!(targets_of(&w, Family::V6), ["up_isp1"]);
+    assert_eq!(
+        fam_state(&w, "isp2", Family::V6),
+        "down (gateway 2001:db8:99::1 is not on the interface's link)"
+    );
+    let plan = w.e.last_plan.as_ref().expect("planned");
+    assert!(
+        plan.routes
+            .iter()
+            .all(|r| r.family == Family::V4 || r.nexthops.iter().all(|n| n.dev == "wan1")),
+        "{:?}",
+        plan.routes
+    );
+    // IPv4 still fails over: isp1 cut.
+    let ok = [("isp2", Family::V4), ("isp1", Family::V6)];
+    for _ in 0..6 {
+        dual_round(&mut w, &ok);
+    }
+    assert_eq!(targets_of(&w, Family::V4), ["up_isp2"]);
+    assert!(w.e.kernel.failures.is_empty());
+}
+
+#[test]
+fn a_gateway6_that_falls_off_the_link_takes_only_its_ipv6_down() {
+    // Renumbered to a /128 at run time: isp2's IPv6 goes down with the reason, the next
+    // update goes through, and IPv4 failover keeps working.
+    let mut w = World::new(DUAL);
+    assert_eq!(targets_of(&w, Family::V6), ["up_isp1", "up_isp2"]);
+    w.fake_link("wan2").onlink6 = vec!["2001:db8:2::253/128".parse().expect("net")];
+    w.e.on_kernel_changed(Change::ALL, w.t);
+    w.e.tick(w.t);
+    assert!(!w.e.is_dirty());
+    assert_eq!(targets_of(&w, Family::V6), ["up_isp1"]);
+    assert_eq!(fam_state(&w, "isp2", Family::V4), "up");
+    assert!(fam_state(&w, "isp2", Family::V6).contains("is not on the interface's link"));
+    let ok = [("isp2", Family::V4), ("isp1", Family::V6)];
+    for _ in 0..6 {
+        dual_round(&mut w, &ok);
+    }
+    assert_eq!(targets_of(&w, Family::V4), ["up_isp2"]);
+    assert!(w.e.kernel.failures.is_empty());
+    // The prefix comes back: IPv6 of isp2 recovers through its probes.
+    w.fake_link("wan2").onlink6 = vec!["2001:db8:2::/64".parse().expect("net")];
+    w.e.on_kernel_changed(Change::ALL, w.t);
+    w.e.tick(w.t);
+    assert!(fam_state(&w, "isp2", Family::V6).starts_with("down (recovering"));
+}
+
+#[test]
+fn a_refused_route_takes_only_its_uplink_family_out_and_the_rest_is_installed() {
+    // The kernel refuses isp2's IPv4 route for a reason the facts do not show (an off-link
+    // IPv4 gateway): the same reconcile leaves it out and installs everything else.
+    let dir = tempfile_dir::Dir::new();
+    let kernel = FakeKernel {
+        facts: facts(&[("wan1", true), ("wan2", true), ("lan0", true)]),
+        refuse_routes: [(Family::V4, "wan2".to_string())].into(),
+        ..FakeKernel::default()
+    };
+    let t = Instant::now();
+    let e = Engine::new(kernel, cfg(DUAL), "t.toml".into(), dir.0.clone(), t).expect("engine");
+    let mut w = World { e, t, _dir: dir };
+    w.e.reconcile(t);
+    assert_eq!(w.e.kernel.failures.len(), 1, "{:?}", w.e.kernel.failures);
+    assert!(
+        w.e.kernel.failures[0].contains("dev wan2")
+            && w.e.kernel.failures[0].contains("os error 113"),
+        "{:?}",
+        w.e.kernel.failures
+    );
+    assert!(!w.e.is_dirty());
+    assert_eq!(targets_of(&w, Family::V4), ["up_isp1"]);
+    assert_eq!(targets_of(&w, Family::V6), ["up_isp1", "up_isp2"]);
+    assert_eq!(
+        fam_state(&w, "isp2", Family::V4),
+        "down (the kernel refused its route)"
+    );
+    assert_eq!(
+        w.e.uplinks["isp2"]
+            .monitor()
+            .state()
+            .reason()
+            .map(|r| r.code()),
+        Some("route_refused")
+    );
+    // Failover of the others still works, without trying the refused route again.
+    let ok = [("isp2", Family::V6), ("isp1", Family::V4)];
+    for _ in 0..6 {
+        dual_round(&mut w, &ok);
+    }
+    assert_eq!(targets_of(&w, Family::V6), ["up_isp2"]);
+    assert_eq!(w.e.kernel.failures.len(), 1);
+    // A reload (say a corrected gateway) tries it again: refused again, once.
+    w.e.reload(Some(cfg(DUAL)), w.t);
+    w.e.tick(w.t);
+    assert_eq!(w.e.kernel.failures.len(), 2);
+    assert_eq!(
+        fam_state(&w, "isp2", Family::V4),
+        "down (the kernel refused its route)"
+    );
+    // The interfaces change (the kernel would take it now): tried again, and installed.
+    w.e.kernel.refuse_routes.clear();
+    w.fake_link("wan2")
+        .addrs
+        .push("10.37.2.254".parse().expect("ip"));
+    w.e.on_kernel_changed(Change::ALL, w.t);
+    w.e.tick(w.t);
+    assert!(w.e.facts.refused.is_empty());
+    assert!(fam_state(&w, "isp2", Family::V4).starts_with("down (recovering"));
+    let plan = w.e.last_plan.as_ref().expect("planned");
+    assert!(
+        plan.routes
+            .iter()
+            .any(|r| r.family == Family::V4 && r.nexthops.iter().any(|n| n.dev == "wan2")),
+        "{:?}",
+        plan.routes
+    );
+}
+
+#[test]
+fn a_failing_update_backs_off_doubling_and_resets_on_success() {
+    // Every update fails for a reason no uplink explains: tries at 0, 100, 300, 700 ms, …
+    // (the wait doubling to RETRY_MAX), not on every event; a changed plan is tried at once.
+    let mut w = World::new(CFG);
+    w.e.kernel.fail_applies = usize::MAX;
+    w.e.kernel.installed = None;
+    w.e.last_plan = None;
+    w.e.dirty = true;
+    let start = w.t;
+    let mut tries = Vec::new();
+    for ms in (0..=20_000).step_by(20) {
+        let t = start + Duration::from_millis(ms);
+        w.e.tick(t);
+        if w.e.kernel.failures.len() > tries.len() {
+            tries.push(ms);
+        }
+    }
+    assert_eq!(&tries[..7], [0, 100, 300, 700, 1500, 3100, 6300]);
+    assert!(
+        tries
+            .windows(2)
+            .all(|p| p[1] - p[0] <= RETRY_MAX.as_millis() as u64 + 20),
+        "{tries:?}"
+    );
+    assert!(tries.len() < 12, "{} tries in 20 s: {tries:?}", tries.len());
+    assert!(w.e.is_dirty());
+    // A transition changes the plan: tried at once.
+    let n = w.e.kernel.failures.len();
+    w.t = start + Duration::from_millis(20_010);
+    for _ in 0..6 {
+        w.round(&["isp2"]);
+        if w.state("isp1") == "down" {
+            break;
+        }
+    }
+    assert_eq!(w.state("isp1"), "down");
+    assert_eq!(w.e.kernel.failures.len(), n + 1, "the new plan, once");
+    // The kernel takes it again: applied on the next try, the backoff forgotten.
+    w.e.kernel.fail_applies = 0;
+    w.t += RETRY_FIRST;
+    w.e.tick(w.t);
+    assert!(!w.e.is_dirty());
+    assert!(w.e.failing.is_none());
+    assert_eq!(w.default_targets(), ["up_isp2"]);
 }
