@@ -45,16 +45,95 @@ fn main() {
         clap_complete::generate(generator, &mut cmd, "multiwan", &mut text);
         write(&out.join(shell.file_name()), text.as_slice());
     }
-    let mut man = Vec::new();
-    clap_mangen::Man::new(args::Cli::command())
-        .section("8")
-        .render(&mut man)
-        .expect("rendering the man page into memory");
-    write(&out.join("multiwan.8"), man.as_slice());
+    write(&out.join("multiwan.8"), man_page().as_bytes());
     write(&out.join("cmdline_spec.rs"), spec().as_bytes());
     write(&out.join("cmdline_samples.rs"), samples().as_bytes());
     pack_relative_relocs();
     link_order();
+}
+
+/// The man page: clap_mangen's sections for the program, then one COMMANDS section with every
+/// command's usage, description and options (clap_mangen's SUBCOMMANDS section only names
+/// per-command pages, `multiwan-check(8)` and so on, which nobody ships).
+fn man_page() -> String {
+    let cmd = args::Cli::command();
+    let man = clap_mangen::Man::new(cmd.clone()).section("8");
+    let mut w = Vec::new();
+    let rendered = man
+        .render_title(&mut w)
+        .and_then(|()| man.render_name_section(&mut w))
+        .and_then(|()| man.render_synopsis_section(&mut w))
+        .and_then(|()| man.render_description_section(&mut w))
+        .and_then(|()| man.render_options_section(&mut w));
+    rendered.expect("rendering the man page into memory");
+    let mut page = String::from_utf8(w).expect("clap_mangen writes UTF-8");
+    page.push_str(".SH COMMANDS\n");
+    for sub in cmd
+        .get_subcommands()
+        .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+    {
+        let usage = sub
+            .clone()
+            .bin_name(format!("multiwan {}", sub.get_name()))
+            .render_usage()
+            .to_string();
+        let usage = usage.trim_start_matches("Usage:").trim();
+        let _ = writeln!(page, ".SS \"{}\"", roff(usage));
+        if let Some(about) = sub.get_long_about().or(sub.get_about()) {
+            let _ = writeln!(page, "{}", roff(&about.to_string()));
+        }
+        for arg in sub.get_arguments().filter(|a| !a.is_hide_set()) {
+            let mut names = Vec::new();
+            if let Some(c) = arg.get_short() {
+                names.push(format!("\\fB\\-{c}\\fR"));
+            }
+            if let Some(l) = arg.get_long() {
+                names.push(format!("\\fB\\-\\-{}\\fR", roff(l)));
+            }
+            let value = match arg.get_value_names() {
+                Some(v) if arg.get_action().takes_values() => v
+                    .iter()
+                    .map(|n| format!(" \\fI{}\\fR", roff(n)))
+                    .collect::<String>(),
+                _ => String::new(),
+            };
+            let item = if names.is_empty() {
+                value.trim_start().to_string()
+            } else {
+                format!("{}{value}", names.join(", "))
+            };
+            let help = arg
+                .get_long_help()
+                .or(arg.get_help())
+                .map(|h| roff(&h.to_string()))
+                .unwrap_or_default();
+            let _ = writeln!(page, ".TP\n{item}\n{help}");
+        }
+    }
+    let mut w = Vec::new();
+    man.render_version_section(&mut w)
+        .expect("rendering the man page into memory");
+    page.push_str(&String::from_utf8(w).expect("clap_mangen writes UTF-8"));
+    page
+}
+
+/// `text` for roff: backslashes and dashes escaped, and no line starting with a control
+/// character (`.` or `'`).
+fn roff(text: &str) -> String {
+    text.replace('\\', "\\e")
+        .replace('-', "\\-")
+        .lines()
+        .map(|l| {
+            if l.starts_with('.') || l.starts_with('\'') {
+                format!("\\&{l}")
+            } else if l.trim().is_empty() {
+                ".PP".to_string()
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// The toolchain's sysroot (`rustc --print sysroot`), if rustc can be asked.

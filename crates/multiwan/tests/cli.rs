@@ -185,6 +185,22 @@ fn completions_and_man_page_come_from_the_cli_definition() {
         &man[..man.len().min(200)]
     );
     assert!(man.contains("explain"));
+    // One page holds every command with its options, and names no page that is not shipped.
+    for section in [
+        ".SS \"multiwan check",
+        ".SS \"multiwan explain",
+        ".SS \"multiwan doctor",
+    ] {
+        assert!(man.contains(section), "no {section} in the man page");
+    }
+    assert!(
+        man.contains("\\fB\\-\\-src\\fR \\fISRC\\fR"),
+        "explain's --src"
+    );
+    assert!(
+        !man.contains("multiwan\\-check(8)"),
+        "a reference to an unshipped page"
+    );
 }
 
 #[test]

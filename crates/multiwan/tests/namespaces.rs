@@ -583,3 +583,34 @@ fn an_uplinks_own_subnet_is_not_balanced() {
     let v = lab.tcp_from_host(0, 4);
     assert_eq!((count(&v, 0), count(&v, 1)), (2, 2), "{v:?}");
 }
+
+/// A config change that replaces the nft table (here a new balance method) keeps every
+/// uplink's count of new connections: `status` and the Prometheus counters never go back.
+#[test]
+fn a_replaced_table_keeps_the_connection_counts() {
+    let lab = Lab::new(2, 1);
+    lab.apply(&two_uplinks("round-robin", 1, 1));
+    let v = lab.tcp_from_host(0, 4);
+    assert_eq!((count(&v, 0), count(&v, 1)), (2, 2), "{v:?}");
+    let packets = |name: &str| -> u64 {
+        let text = lab
+            .topo
+            .router
+            .exec("nft", &["list", "counter", "inet", "multiwan", name])
+            .expect("nft");
+        text.split_whitespace()
+            .skip_while(|w| *w != "packets")
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no packets in {text}"))
+    };
+    let before = (packets("conns_isp1"), packets("conns_isp2"));
+    assert!(before.0 >= 2 && before.1 >= 2, "{before:?}");
+    let out = lab.apply(&two_uplinks("random", 1, 1));
+    assert!(out.contains("nft table replaced"), "{out}");
+    let after = (packets("conns_isp1"), packets("conns_isp2"));
+    assert!(
+        after.0 >= before.0 && after.1 >= before.1,
+        "{before:?} -> {after:?}"
+    );
+}

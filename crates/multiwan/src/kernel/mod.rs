@@ -379,7 +379,13 @@ impl System {
             }
         }
         if replace_table {
-            nft::load(&plan.nft_transaction(), false)?;
+            // The uplinks' connection counts go on in the new table: a reload that adds an
+            // uplink must not reset the others' (Prometheus would see counters go backwards).
+            let counts = match before.digest {
+                Some(_) => self.nft.named_counters().unwrap_or_default(),
+                None => BTreeMap::new(),
+            };
+            nft::load(&nft::with_counters(&plan.nft_transaction(), &counts), false)?;
             steps.push(Step::TableLoaded {
                 existed: before.digest.is_some(),
             });
