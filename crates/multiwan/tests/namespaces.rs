@@ -151,6 +151,16 @@ fn src_hash_keeps_hosts_on_one_uplink() {
     per_host.sort();
     per_host.dedup();
     assert_eq!(per_host, vec![0, 1], "six hosts should use both uplinks");
+    // The operator's view of the ruleset works with hash maps too: Debian 12's nft 1.0.6
+    // segfaulted listing a map declared `typeof jhash …`.
+    for method in ["src-hash", "src-dst-hash"] {
+        lab.apply(&two_uplinks(method, 1, 1));
+        let listing = lab.topo.router.exec("nft", &["list", "ruleset"]);
+        assert!(
+            listing.as_ref().is_ok_and(|l| l.contains("jhash")),
+            "{method}: nft list ruleset: {listing:?}"
+        );
+    }
 }
 
 /// Once in many runs an alternation of the round-robin split skipped a step (not

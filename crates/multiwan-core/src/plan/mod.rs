@@ -356,12 +356,12 @@ impl Selector {
         }
     }
 
-    /// The `typeof` of its map's key (independent of health).
+    /// The `typeof` of its map's key (independent of health): a 32-bit integer for both.
+    /// Not `jhash …` for a hash policy's map: nft 1.0.6 (Debian 12) segfaults listing a map
+    /// declared `typeof jhash` (`nft list ruleset` crashed on a router with src-hash), and
+    /// the kernel sees the same 32-bit key either way.
     fn key_typeof(&self) -> &'static str {
-        match self {
-            Selector::Numgen { .. } => "numgen inc mod 1",
-            Selector::Jhash { .. } => "jhash ip saddr mod 256",
-        }
+        "numgen inc mod 1"
     }
 }
 
@@ -483,9 +483,24 @@ impl fmt::Display for Plan {
         writeln!(f)?;
         writeln!(f, "# sysctls")?;
         for s in &self.sysctls {
-            writeln!(f, "{} = {}", s.key, s.value)?;
+            writeln!(f, "{} = {}", s.sysctl_name(), s.value)?;
         }
         Ok(())
+    }
+}
+
+impl Sysctl {
+    /// The key as `sysctl(8)` names it: a dot inside an interface name is written `/`
+    /// (`net.ipv4.conf.eth0/100.rp_filter`), since dots separate the path's parts.
+    pub fn sysctl_name(&self) -> String {
+        for family in ["net.ipv4.conf.", "net.ipv6.conf."] {
+            if let Some(rest) = self.key.strip_prefix(family) {
+                if let Some((iface, leaf)) = rest.rsplit_once('.') {
+                    return format!("{family}{}.{leaf}", iface.replace('.', "/"));
+                }
+            }
+        }
+        self.key.clone()
     }
 }
 

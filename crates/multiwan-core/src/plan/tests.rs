@@ -580,3 +580,24 @@ fn a_refused_uplink_family_is_not_installable() {
         "{p}"
     );
 }
+
+/// `plan` prints sysctls as sysctl(8) names them: an interface's dots become slashes.
+#[test]
+fn sysctl_names_write_an_interfaces_dots_as_slashes() {
+    let s = |key: &str| Sysctl {
+        key: key.into(),
+        value: "2".into(),
+    };
+    assert_eq!(
+        s("net.ipv4.conf.eth0.100.rp_filter").sysctl_name(),
+        "net.ipv4.conf.eth0/100.rp_filter"
+    );
+    assert_eq!(
+        s("net.ipv6.conf.wan1.accept_ra").sysctl_name(),
+        "net.ipv6.conf.wan1.accept_ra"
+    );
+    assert_eq!(
+        s("net.ipv4.ip_forward").sysctl_name(),
+        "net.ipv4.ip_forward"
+    );
+}
