@@ -344,6 +344,11 @@ pub fn explain(cfg: &Config, health: &Health, q: &Query) -> Result<Explanation, 
     {
         verdict = Verdict::Main;
     }
+    // A config where no uplink carries IPv6 leaves IPv6 alone: the plan has no IPv6
+    // balancing, and the main table routes it as it would without multiwan.
+    if family == Family::V6 && !cfg.uplinks.iter().any(|u| u.has(Family::V6)) {
+        verdict = Verdict::Main;
+    }
     Ok(Explanation {
         rule: rule.map(|r| r.name.clone()),
         mode,
@@ -562,6 +567,20 @@ mode = "bypass"
             .excluded
             .contains(&("c".into(), Exclusion::NoFamily(Family::V6))));
         assert!(matches!(&e.verdict, Verdict::Uplink(u) if u == "a" || u == "b"));
+    }
+
+    /// A config without IPv6 leaves IPv6 to the main table (the plan balances none of it):
+    /// not "refused".
+    #[test]
+    fn ipv6_on_an_ipv4_only_config_stays_on_main() {
+        let cfg = load("t", CFG).expect("cfg");
+        let mut v6 = q("fd00::20");
+        v6.dst = Some("2001:db8::1".parse().expect("ip"));
+        let e = run(&cfg, &BTreeMap::new(), &v6);
+        assert_eq!(e.verdict, Verdict::Main);
+        assert!(e
+            .excluded
+            .contains(&("a".into(), Exclusion::NoFamily(Family::V6))));
     }
 
     #[test]

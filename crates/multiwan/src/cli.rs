@@ -159,6 +159,12 @@ fn apply(config: &Path, run_dir: &Path) -> Result<(), Failure> {
 #[inline(never)]
 fn down(run_dir: &Path) -> Result<(), Failure> {
     require_root("down")?;
+    // The daemon would see its data plane gone and put it back within a second.
+    if let Some(pid) = daemon_in_this_namespace(run_dir) {
+        return Err(Failure::Runtime(anyhow::anyhow!(
+            "a multiwan daemon (pid {pid}) manages this network namespace and would restore what down removes; stop it first (`systemctl stop multiwan`), then run `multiwan down` (a daemon started with --cleanup removes everything itself when it stops); nothing was changed"
+        )));
+    }
     let r = System::open(run_dir)?.down()?;
     println!(
         "down: nft table {}, {} rules and {} routes removed, {} sysctls restored",

@@ -191,6 +191,16 @@ fn doctor_on_a_working_router_finds_no_blocker_even_with_multiwan_applied() {
         "multiwan's own rules, tables and marks are not conflicts: {after:#}"
     );
     assert_eq!(codes(&after, "warning"), ["probe-targets"], "{after:#}");
+    // The config edited since (other weights: other map elements than the installed ones)
+    // loads as well: `nft -c` of the plan must not clash with the installed table.
+    let edited = lab.write_config(&two_uplinks_checked("round-robin").replacen(
+        "name = \"isp1\"",
+        "name = \"isp1\"\nweight = 3",
+        1,
+    ));
+    let (code, edited) = doctor(&lab.topo.router, &edited);
+    assert!(codes(&edited, "blocker").is_empty(), "{edited:#}");
+    assert_eq!(code, 1, "{edited:#}");
     lab.down();
 }
 

@@ -795,6 +795,19 @@ fn run_directory_is_checked_and_locked() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // `down` under a running daemon is refused: the daemon would put everything back.
+    let out = lab.multiwan(&["down", "--run-dir", &lab.run_dir()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("daemon (pid {})", d.pid())) && err.contains("nothing was changed"),
+        "{err}"
+    );
+    assert!(lab
+        .topo
+        .router
+        .exec("nft", &["list", "table", "inet", "multiwan"])
+        .is_ok());
     let mode = std::os::unix::fs::PermissionsExt::mode(
         &std::fs::metadata(lab.run_dir())
             .expect("run dir")
@@ -816,4 +829,24 @@ fn run_directory_is_checked_and_locked() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A metrics address this machine does not have is a config error (exit 2: under systemd a
+/// restart would fail the same way), found before anything is installed.
+#[test]
+fn a_metrics_address_not_on_this_machine_is_a_config_error() {
+    let lab = Lab::new(2, 1);
+    let before = lab.kernel_snapshot();
+    let cfg = lab.write_config(&format!(
+        "[daemon]\nmetrics = \"192.0.2.77:9797\"\n\n{}",
+        two_uplinks_checked("round-robin")
+    ));
+    let out = lab.multiwan(&["run", "-c", &cfg, "--run-dir", &lab.run_dir()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("daemon.metrics: cannot listen on 192.0.2.77:9797: no such address"),
+        "{err}"
+    );
+    assert_eq!(before, lab.kernel_snapshot(), "nothing installed");
 }

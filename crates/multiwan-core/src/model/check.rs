@@ -493,6 +493,17 @@ fn listed_twice(
 /// One probe target as written for `method`: an address for icmp, `ip:port` for tcp
 /// (`[v6]:port` for IPv6), an address or `ip:port` for dns.
 fn target(s: &str, method: CheckMethod) -> Result<SocketAddr, String> {
+    let a = target_syntax(s, method)?;
+    match super::uplink::unprobeable(a.ip()) {
+        Some(why) => Err(format!(
+            "{s:?} cannot be probed over an uplink (it is {why})"
+        )),
+        None => Ok(a),
+    }
+}
+
+/// [`target`]'s syntax: the address and port as written for `method`.
+fn target_syntax(s: &str, method: CheckMethod) -> Result<SocketAddr, String> {
     match method {
         CheckMethod::Icmp => s
             .parse::<IpAddr>()

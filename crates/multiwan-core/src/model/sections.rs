@@ -51,7 +51,7 @@ impl Validator<'_> {
                         m.span(),
                         "daemon.metrics",
                         format!(
-                            "invalid listen address {:?}: expected \"127.0.0.1:9797\" or a port 1..=65535",
+                            "invalid listen address {:?}: expected a local address and port such as \"127.0.0.1:9797\" (not multicast or broadcast), or a port 1..=65535",
                             m.get_ref().to_text()
                         ),
                     );
@@ -358,4 +358,10 @@ fn listen_address(text: &str) -> Option<SocketAddr> {
                 .map(|p| SocketAddr::from(([127, 0, 0, 1], p)))
         })
         .filter(|a| a.port() > 0)
+        // Nothing can connect to a multicast or broadcast address (0.0.0.0 and :: mean every
+        // local address, and are fine).
+        .filter(|a| match a.ip() {
+            std::net::IpAddr::V4(v4) => !v4.is_multicast() && !v4.is_broadcast(),
+            std::net::IpAddr::V6(v6) => !v6.is_multicast() && v6.to_ipv4_mapped().is_none(),
+        })
 }

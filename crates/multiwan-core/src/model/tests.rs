@@ -642,7 +642,7 @@ fn snat_addresses_must_be_usable_sources() {
         let e = errs(&format!("{six}snat6 = {bad:?}\n"));
         assert_eq!(
             e,
-            [format!("t.toml:8:9: uplink[0].snat6: {bad} cannot be a source address (it is unspecified, loopback or multicast)")],
+            [format!("t.toml:8:9: uplink[0].snat6: {bad} cannot be a source address (it is unspecified, loopback, multicast or IPv4-mapped)")],
             "{bad}"
         );
     }
@@ -656,12 +656,20 @@ fn snat_addresses_must_be_usable_sources() {
 
 #[test]
 fn metrics_port_zero_is_refused_in_both_forms() {
-    for bad in ["0", "\"0\"", "\"0.0.0.0:0\"", "\"[::1]:0\""] {
+    for bad in [
+        "0",
+        "\"0\"",
+        "\"0.0.0.0:0\"",
+        "\"[::1]:0\"",
+        "\"224.0.0.1:9797\"",
+        "\"255.255.255.255:80\"",
+        "\"[ff02::1]:80\"",
+    ] {
         let e = errs(&format!("[daemon]\nmetrics = {bad}\n{BASE}"));
         let text = bad.trim_matches('"');
         assert_eq!(
             e,
-            [format!("t.toml:2:11: daemon.metrics: invalid listen address {text:?}: expected \"127.0.0.1:9797\" or a port 1..=65535")],
+            [format!("t.toml:2:11: daemon.metrics: invalid listen address {text:?}: expected a local address and port such as \"127.0.0.1:9797\" (not multicast or broadcast), or a port 1..=65535")],
             "{bad}"
         );
     }
@@ -868,7 +876,7 @@ fn integers_beyond_64_bits_are_out_of_range_at_their_key() {
             "t.toml:15:14: rule[0].dport[1]: invalid port \"99999999999999999999\": expected 1..=65535 or a range such as \"8000-8080\"",
             "t.toml:17:13: kernel.mark_mask: invalid mask \"99999999999999999999\": expected a 32-bit number such as \"0xff000000\"",
             "t.toml:18:14: kernel.table_base: 9_223_372_036_854_775_808 is out of range (expected 1..=2147418112)",
-            "t.toml:20:11: daemon.metrics: invalid listen address \"99999999999999999999\": expected \"127.0.0.1:9797\" or a port 1..=65535",
+            "t.toml:20:11: daemon.metrics: invalid listen address \"99999999999999999999\": expected a local address and port such as \"127.0.0.1:9797\" (not multicast or broadcast), or a port 1..=65535",
         ]
     );
     // Where a string is expected it is a wrong type, as any integer would be.
@@ -876,5 +884,41 @@ fn integers_beyond_64_bits_are_out_of_range_at_their_key() {
     assert_eq!(
         e,
         ["t.toml:4:8: uplink[0].name: expected a string, found an integer"]
+    );
+}
+
+/// A probe target that can never answer over an uplink is refused like such a gateway, and an
+/// IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) anywhere IPv6 is meant: the kernel sends it as
+/// IPv4, so an "IPv6" probe of it never saw IPv6 fail.
+#[test]
+fn unprobeable_targets_and_ipv4_mapped_addresses_are_refused() {
+    for (t, why) in [
+        ("127.0.0.1", "unspecified, loopback, multicast or broadcast"),
+        ("0.0.0.0", "unspecified, loopback, multicast or broadcast"),
+        ("224.0.0.1", "unspecified, loopback, multicast or broadcast"),
+        ("ff02::1", "unspecified, loopback, multicast or IPv4-mapped"),
+        (
+            "::ffff:10.1.1.1",
+            "unspecified, loopback, multicast or IPv4-mapped",
+        ),
+    ] {
+        let text = format!(
+            "[lan]\ninterfaces = [\"eth0\"]\n[[uplink]]\nname = \"a\"\ninterface = \"eth1\"\ngateway = \"10.0.0.1\"\ngateway6 = \"fe80::1\"\n[uplink.check]\ntargets = [\"{t}\"]\n"
+        );
+        let errs = load("t.toml", text.as_bytes()).expect_err(t).to_string();
+        assert!(
+            errs.contains(&format!(
+                "uplink[0].check.targets[0]: \"{t}\" cannot be probed over an uplink (it is {why})"
+            )),
+            "{t}: {errs}"
+        );
+    }
+    let mapped = "[lan]\ninterfaces = [\"eth0\"]\n[[uplink]]\nname = \"a\"\ninterface = \"eth1\"\ngateway = \"10.0.0.1\"\ngateway6 = \"::ffff:10.0.0.1\"\n";
+    let errs = load("t.toml", mapped.as_bytes())
+        .expect_err("mapped")
+        .to_string();
+    assert!(
+        errs.contains("uplink[0].gateway6: ::ffff:10.0.0.1 cannot be a gateway"),
+        "{errs}"
     );
 }

@@ -309,7 +309,7 @@ impl Validator<'_> {
 /// Why [`unusable_v4`] refuses an address.
 const WHY_V4: &str = "unspecified, loopback, multicast or broadcast";
 /// Why [`unusable_v6`] refuses an address.
-const WHY_V6: &str = "unspecified, loopback or multicast";
+const WHY_V6: &str = "unspecified, loopback, multicast or IPv4-mapped";
 
 /// Whether `a` can be neither a next hop nor a source address on an uplink: `0.0.0.0`,
 /// `127.0.0.0/8`, `224.0.0.0/4` and `255.255.255.255` (the kernel refuses such a gateway, and
@@ -318,7 +318,18 @@ fn unusable_v4(a: Ipv4Addr) -> bool {
     a.is_unspecified() || a.is_loopback() || a.is_multicast() || a.is_broadcast()
 }
 
-/// Whether `a` can be neither a next hop nor a source address: `::`, `::1`, `ff00::/8`.
+/// Whether `a` can be neither a next hop nor a source address: `::`, `::1`, `ff00::/8`, and
+/// an IPv4-mapped `::ffff:a.b.c.d`, which the kernel treats as the IPv4 address (an IPv6
+/// probe of one is an IPv4 probe, and never sees IPv6 fail).
 fn unusable_v6(a: Ipv6Addr) -> bool {
-    a.is_unspecified() || a.is_loopback() || a.is_multicast()
+    a.is_unspecified() || a.is_loopback() || a.is_multicast() || a.to_ipv4_mapped().is_some()
+}
+
+/// Why `ip` cannot be probed over an uplink, or `None` when it can: the addresses that can be
+/// neither a gateway nor a source either.
+pub(super) fn unprobeable(ip: std::net::IpAddr) -> Option<&'static str> {
+    match ip {
+        std::net::IpAddr::V4(a) => unusable_v4(a).then_some(WHY_V4),
+        std::net::IpAddr::V6(a) => unusable_v6(a).then_some(WHY_V6),
+    }
 }

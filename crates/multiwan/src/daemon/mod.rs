@@ -74,7 +74,20 @@ pub fn run(args: RunArgs) -> Result<(), Failure> {
     )?;
     sup.essential("control socket", control);
     if let Some(addr) = metrics {
-        sup.essential("metrics", metrics::start(addr, tx)?);
+        let listener = metrics::start(addr, tx).map_err(|e| {
+            // An address this machine does not have is the config's mistake (exit 2: a
+            // restart would fail the same way), unlike a port in use for now.
+            let kind = e.downcast_ref::<std::io::Error>().map(std::io::Error::kind);
+            if kind == Some(std::io::ErrorKind::AddrNotAvailable) {
+                Failure::Config(format!(
+                    "{}: daemon.metrics: cannot listen on {addr}: no such address on this machine",
+                    args.config.display()
+                ))
+            } else {
+                Failure::Runtime(e)
+            }
+        })?;
+        sup.essential("metrics", listener);
         tracing::info!(%addr, "serving Prometheus metrics at /metrics");
     }
     engine.reconcile(Instant::now());

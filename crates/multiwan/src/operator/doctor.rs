@@ -867,7 +867,9 @@ fn nft_version() -> Option<String> {
 
 fn check_plan(cfg: &Config) -> Result<(), String> {
     let (p, _) = crate::live::live_plan(cfg).map_err(|e| format!("{e:#}"))?;
-    crate::kernel::nft::load(&p.nft, true).map_err(|e| format!("{e:#}"))
+    // The whole transaction, as apply loads it: the table alone clashes with an installed
+    // one whose map elements differ ("File exists"), a false blocker on a running router.
+    crate::kernel::nft::load(&p.nft_transaction(), true).map_err(|e| format!("{e:#}"))
 }
 
 fn nft_marks() -> Vec<MarkUse> {
