@@ -493,11 +493,12 @@ fn subnets(o: &Observed, ifname: &str, v6: bool) -> Vec<multiwan_core::net::IpNe
         .collect()
 }
 
-/// Whether a `mode = "bypass"` [[rule]] that matches by source only takes in every one of
-/// `nets`, before any other rule that matches by source.
+/// Whether every one of `nets` is taken in first by a `mode = "bypass"` [[rule]] that
+/// matches by source only: the first rule that can match traffic from it (any rule whose
+/// sources take it in, whatever else it matches) must be that bypass.
 fn bypassed(cfg: &Config, nets: &[multiwan_core::net::IpNet]) -> bool {
     use multiwan_core::net::IpNet;
-    let by_source_only = |r: &&multiwan_core::model::Rule| {
+    let by_source_only = |r: &multiwan_core::model::Rule| {
         r.dst.is_empty()
             && r.dst6.is_empty()
             && r.proto.is_none()
@@ -507,7 +508,6 @@ fn bypassed(cfg: &Config, nets: &[multiwan_core::net::IpNet]) -> bool {
     let covered = |n: &IpNet| {
         cfg.rules
             .iter()
-            .filter(by_source_only)
             .find(|r| match n {
                 IpNet::V4(n) => {
                     r.v4 && (r.src.is_empty()
@@ -522,7 +522,7 @@ fn bypassed(cfg: &Config, nets: &[multiwan_core::net::IpNet]) -> bool {
                             .any(|s| s.prefix() <= n.prefix() && s.contains(n.addr())))
                 }
             })
-            .is_some_and(|r| r.mode == multiwan_core::model::Mode::Bypass)
+            .is_some_and(|r| by_source_only(r) && r.mode == multiwan_core::model::Mode::Bypass)
     };
     !nets.is_empty() && nets.iter().all(covered)
 }
@@ -530,9 +530,20 @@ fn bypassed(cfg: &Config, nets: &[multiwan_core::net::IpNet]) -> bool {
 /// `rule-iif-unseen` for one foreign rule selecting by input interface, unless a bypass
 /// [[rule]] already takes that interface's subnets.
 fn iif_unseen(cfg: &Config, o: &Observed, r: &RuleSeen, iif: &str, out: &mut Vec<Finding>) {
-    let nets = subnets(o, iif, r.v6);
-    if bypassed(cfg, &nets) {
+    // multiwan balances only what arrives on a LAN interface, and IPv6 only with an IPv6
+    // uplink: another interface's (or family's) traffic never carries its marks.
+    let v6_balanced = cfg.uplinks.iter().any(|u| u.ipv6.is_some());
+    if !cfg.lan.interfaces.iter().any(|i| i == iif) || (r.v6 && !v6_balanced) {
         return;
+    }
+    if bypassed(cfg, &subnets(o, iif, r.v6)) {
+        return;
+    }
+    // One rule for both families (`src` takes IPv4 and IPv6 prefixes), so the fix for the
+    // `ip -6` rule is the same rule as the one for `ip -4`.
+    let mut nets = subnets(o, iif, false);
+    if v6_balanced {
+        nets.extend(subnets(o, iif, true));
     }
     let name: String = format!("bypass_{iif}")
         .chars()
@@ -550,7 +561,6 @@ fn iif_unseen(cfg: &Config, o: &Observed, r: &RuleSeen, iif: &str, out: &mut Vec
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let src = if r.v6 { "src6" } else { "src" };
     out.push(finding(
         Severity::Warning,
         "rule-iif-unseen",
@@ -560,7 +570,7 @@ fn iif_unseen(cfg: &Config, o: &Observed, r: &RuleSeen, iif: &str, out: &mut Vec
             r.table,
             cfg.kernel.rule_priority
         ),
-        &format!("give that traffic a rule before any other that matches its sources: [[rule]] name = \"{name}\" {src} = [{list}] mode = \"bypass\"; or move the ip rule before [kernel] rule_priority"),
+        &format!("give that traffic a rule before any other that matches its sources: [[rule]] name = \"{name}\" src = [{list}] mode = \"bypass\"; or move the ip rule before [kernel] rule_priority"),
     ));
 }
 
@@ -1526,6 +1536,16 @@ targets = ["198.51.100.1"]
         let other = rule.replace("192.168.157.0/24", "192.168.158.0/24");
         let c = cfg(&format!("[kernel]\nmark_mask = 0x0f000000\n{TWO}{other}"));
         assert!(codes(&analyze(&c, &o)).contains(&"rule-iif-unseen"));
+        // A rule before it that catches some of that traffic (tcp/80) balances it first.
+        let web =
+            "[[rule]]\nname = \"web\"\nproto = \"tcp\"\ndport = [\"80\"]\nuplinks = [\"isp1\"]\n";
+        let c = cfg(&format!(
+            "[kernel]\nmark_mask = 0x0f000000\n{TWO}{web}{rule}"
+        ));
+        assert!(codes(&analyze(&c, &o)).contains(&"rule-iif-unseen"));
+        // An interface that is not the LAN's carries nothing multiwan marks.
+        o.rules[0].iif = Some("guest0".into());
+        assert!(!codes(&analyze(&with_mask("0x0f000000"), &o)).contains(&"rule-iif-unseen"));
     }
 
     const SIX: &str = r#"
