@@ -224,6 +224,24 @@ fn tools(o: &Observed, out: &mut Vec<Finding>) {
     }
 }
 
+/// The fix for a `mark-overlap` of `who` using `bits`. Another mark_mask helps only where
+/// `who` leaves some bits alone; a rule on all 32 bits has to keep to its own instead.
+fn overlap_fix(who: &str, bits: u32, mask: u32) -> String {
+    let keep = !mask;
+    if bits != u32::MAX {
+        return "set [kernel] mark_mask to bits nobody else uses (doctor lists the ones in use)"
+            .into();
+    }
+    if who.starts_with("ip rule") {
+        return format!(
+            "no mark_mask is clear of a rule on all 32 bits: give the rule a mask that leaves multiwan's bits out (`fwmark VALUE/{keep:#010x}`), or, for a rule on one value (wg-quick's `not fwmark 0xca6c`), choose a mark_mask clear of that value's bits, as the default 0xff000000 is, and multiwan skips the packets it tells apart"
+        );
+    }
+    format!(
+        "no mark_mask is clear of a rule that sets or compares the whole mark: make it keep multiwan's bits {mask:#010x} — iptables `-j MARK --set-xmark VALUE/{keep:#010x}` (not `--set-mark VALUE`), `-j CONNMARK --set-xmark VALUE/{keep:#010x}`, `-m mark --mark VALUE/{keep:#010x}`; nft `meta mark set meta mark and {mask:#010x} or VALUE`"
+    )
+}
+
 fn marks(cfg: &Config, o: &Observed, out: &mut Vec<Finding>) {
     let mask = cfg.kernel.mark_mask;
     let fragile = fragile_marks(o, mask);
@@ -281,7 +299,7 @@ fn marks(cfg: &Config, o: &Observed, out: &mut Vec<Finding>) {
             format!(
                 "{who} uses mark bits {bits:#010x}, which overlap multiwan's mark_mask {mask:#010x}: each would rewrite or misread the other's marks"
             ),
-            "set [kernel] mark_mask to bits nobody else uses (doctor lists the ones in use)",
+            &overlap_fix(&who, bits, mask),
         ));
     }
     for (who, bits) in KNOWN_MARK_USERS {
@@ -1507,6 +1525,20 @@ targets = ["198.51.100.1"]
                 .any(|f| f.code == "mark-overlap" && f.what.contains("ip rule 32760")),
             "{f:#?}"
         );
+    }
+
+    #[test]
+    fn a_whole_mark_overlap_is_fixed_in_the_other_rule_not_by_a_mask() {
+        let mask = 0xff00_0000;
+        let ipt = overlap_fix("iptables table mangle", u32::MAX, mask);
+        assert!(ipt.contains("--set-xmark VALUE/0x00ffffff"), "{ipt}");
+        let rule = overlap_fix("ip rule 32760", u32::MAX, mask);
+        assert!(
+            rule.contains("fwmark VALUE/0x00ffffff") && rule.contains("clear of that value"),
+            "{rule}"
+        );
+        let part = overlap_fix("iptables table mangle", 0x0f00_0000, mask);
+        assert!(part.starts_with("set [kernel] mark_mask"), "{part}");
     }
 
     #[test]
