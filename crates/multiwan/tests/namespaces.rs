@@ -624,3 +624,31 @@ fn a_replaced_table_keeps_the_connection_counts() {
         "{before:?} -> {after:?}"
     );
 }
+
+/// An uplink removed from the config gives its interface back as it was: a re-apply without
+/// it restores the `rp_filter` multiwan had set there, and `down` still restores the rest.
+#[test]
+fn a_removed_uplinks_interface_gets_its_sysctls_back() {
+    let lab = Lab::new(2, 1);
+    let r = &lab.topo.router;
+    let before = lab.kernel_snapshot();
+    let original = r
+        .read_sysctl("net.ipv4.conf.wan2.rp_filter")
+        .expect("sysctl");
+    lab.apply(&two_uplinks("round-robin", 1, 1));
+    assert_eq!(
+        r.read_sysctl("net.ipv4.conf.wan2.rp_filter")
+            .expect("sysctl"),
+        "2"
+    );
+    let one = "[lan]\ninterfaces = [\"lan0\"]\n[[uplink]]\nname = \"isp1\"\ninterface = \"wan1\"\ngateway = \"10.37.1.1\"\n";
+    lab.apply(one);
+    assert_eq!(
+        r.read_sysctl("net.ipv4.conf.wan2.rp_filter")
+            .expect("sysctl"),
+        original,
+        "wan2 is no uplink any more"
+    );
+    lab.down();
+    assert_eq!(before, lab.kernel_snapshot(), "down restores the rest");
+}

@@ -651,6 +651,14 @@ impl Kernel for System {
         match result {
             Ok(report) => {
                 self.tables = Some(plan.routes.iter().map(|r| r.table).collect_set());
+                // What the plan no longer sets goes back to what it was before multiwan.
+                match sysctl::restore_unplanned(&self.run_dir, &plan.sysctls) {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(restored = n, "sysctls no longer planned restored"),
+                    Err(e) => {
+                        tracing::warn!(error = %format!("{e:#}"), "cannot restore the sysctls no longer planned")
+                    }
+                }
                 Ok(report)
             }
             Err(e) => {

@@ -123,6 +123,45 @@ pub fn save(run_dir: &Path, changed: &[(String, String)]) -> Result<()> {
     .with_context(|| format!("saving the replaced sysctls in {}", run_dir.display()))
 }
 
+/// Puts back the saved value of every key `planned` no longer sets — the interface of an
+/// uplink a reload removed keeps its `rp_filter` no longer — and forgets it; returns how many
+/// were written (a key whose interface is gone went with it).
+pub fn restore_unplanned(run_dir: &Path, planned: &[Sysctl]) -> Result<usize> {
+    let name = state_name()?;
+    let mut saved = load(run_dir, &name)?;
+    let gone: Vec<String> = saved
+        .keys()
+        .filter(|k| !planned.iter().any(|s| &s.key == *k))
+        .cloned()
+        .collect();
+    if gone.is_empty() {
+        return Ok(0);
+    }
+    let mut n = 0;
+    for key in &gone {
+        let Some(value) = saved.remove(key) else {
+            continue;
+        };
+        path_of(key)?;
+        if exists(key) {
+            write(key, &value)?;
+            n += 1;
+        }
+    }
+    if saved.is_empty() {
+        let path = run_dir.join(&name);
+        std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+    } else {
+        crate::rundir::write_file_atomic(
+            run_dir,
+            &name,
+            serde_json::to_string_pretty(&saved)?.as_bytes(),
+        )
+        .with_context(|| format!("saving the replaced sysctls in {}", run_dir.display()))?;
+    }
+    Ok(n)
+}
+
 /// Restores every saved value whose key still exists and forgets them; returns how many.
 pub fn restore_saved(run_dir: &Path) -> Result<usize> {
     let name = state_name()?;
