@@ -82,11 +82,13 @@ fn check(config: &Path) -> Result<(), Failure> {
     for n in check_notes(&cfg) {
         eprintln!("note: {n}");
     }
+    let n =
+        |count: usize, what: &str| format!("{count} {what}{}", if count == 1 { "" } else { "s" });
     println!(
-        "{}: ok ({} uplinks, {} rules, balance {})",
+        "{}: ok ({}, {}, balance {})",
         config.display(),
-        cfg.uplinks.len(),
-        cfg.rules.len(),
+        n(cfg.uplinks.len(), "uplink"),
+        n(cfg.rules.len(), "rule"),
         cfg.balance.method.as_str()
     );
     Ok(())
