@@ -189,15 +189,19 @@ fn reload(config: Option<&Path>, run_dir: &Path) -> Result<(), Failure> {
     let pid = crate::rundir::locked_pid(run_dir).ok_or_else(|| {
         anyhow::anyhow!("no daemon runs with run directory {}", run_dir.display())
     })?;
-    if let (Some(c), Some(theirs)) = (config, daemon_config(run_dir)) {
-        let ours = std::fs::canonicalize(c).unwrap_or_else(|_| c.to_path_buf());
-        if ours != Path::new(&theirs) {
+    match (config, daemon_config(run_dir)) {
+        (Some(c), Some(theirs)) if !same_file(c, Path::new(&theirs)) => {
             return Err(Failure::Config(format!(
                 "the daemon (pid {pid}) reads {theirs}, not {}: a reload re-reads its own file; edit that one (or restart the daemon with -c {}); nothing was signalled",
                 c.display(),
                 c.display()
             )));
         }
+        // Without -c: the file the daemon will read is the one to validate.
+        (None, Some(theirs)) => {
+            crate::settings::load_config_for_run(Path::new(&theirs))?;
+        }
+        _ => {}
     }
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid as i32),
@@ -206,6 +210,20 @@ fn reload(config: Option<&Path>, run_dir: &Path) -> Result<(), Failure> {
     .map_err(|e| anyhow::anyhow!("signalling multiwan (pid {pid}): {e}"))?;
     println!("reload requested (pid {pid}); the daemon logs the outcome");
     Ok(())
+}
+
+/// Whether `ours` names the file the daemon reads as `theirs` (its path made absolute, as
+/// given: a symlink is read anew on every reload): the same absolute path, or the same file
+/// now.
+fn same_file(ours: &Path, theirs: &Path) -> bool {
+    let absolute = std::path::absolute(ours).unwrap_or_else(|_| ours.to_path_buf());
+    if absolute == theirs {
+        return true;
+    }
+    match (std::fs::canonicalize(ours), std::fs::canonicalize(theirs)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
 }
 
 /// The config file the daemon of `run_dir` reads, from its `state.json` (absolute), if it

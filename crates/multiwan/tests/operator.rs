@@ -795,6 +795,14 @@ fn run_directory_is_checked_and_locked() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Without -c the daemon's own file is validated: a broken one is refused, unsignalled.
+    let good = std::fs::read_to_string(&cfg).expect("config");
+    std::fs::write(&cfg, format!("{good}\nbogus = 1\n")).expect("write");
+    let out = lab.multiwan(&["reload", "--run-dir", &lab.run_dir()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("bogus"), "{err}");
+    std::fs::write(&cfg, good).expect("restore");
     // `down` under a running daemon is refused: the daemon would put everything back.
     let out = lab.multiwan(&["down", "--run-dir", &lab.run_dir()]);
     let err = String::from_utf8_lossy(&out.stderr);

@@ -56,8 +56,9 @@ pub fn run(args: RunArgs) -> Result<(), Failure> {
     let mut engine = Engine::new(
         kernel,
         cfg,
-        // Absolute, so `reload -c FILE` from any directory can tell whether FILE is it.
-        std::fs::canonicalize(&args.config)
+        // Absolute, so `reload -c FILE` from any directory can tell whether FILE is it; not
+        // resolved, since a symlinked config is read anew (its new target) on each reload.
+        std::path::absolute(&args.config)
             .unwrap_or_else(|_| args.config.clone())
             .display()
             .to_string(),
