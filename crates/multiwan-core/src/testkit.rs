@@ -251,7 +251,9 @@ fn check_routing(cfg: &Config, p: &Plan) {
     }
     for r in &p.rules {
         let late = LATE_RULE_PRIORITY..=32765;
-        if r.fwmark.is_some() {
+        // Marked rules and the bound-interface ones (only the router's sockets bound to an
+        // uplink's interface) sit at rule_priority; the rest only after everyone else's.
+        if r.fwmark.is_some() || r.oif.is_some() {
             assert!(
                 prio.contains(&r.priority),
                 "marked rule priority {}",

@@ -652,3 +652,88 @@ fn a_removed_uplinks_interface_gets_its_sysctls_back() {
     lab.down();
     assert_eq!(before, lab.kernel_snapshot(), "down restores the rest");
 }
+
+/// The router's packets to an on-link host of an uplink's subnet leave directly: a reply to
+/// a neighbour or modem connecting in (it is resolved with ARP, not sent to the gateway),
+/// and a socket bound to an uplink's interface (`ping -I wan2`, SO_BINDTODEVICE) works
+/// whatever uplink the balancing picks for it (routed by its interface's table).
+#[test]
+fn on_link_replies_and_interface_bound_sockets_stay_on_their_uplink() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::{IpAddr, SocketAddr};
+    let lab = Lab::new(2, 1);
+    lab.apply(&two_uplinks("round-robin", 1, 1));
+    let isp2 = &lab.topo.isps[1].ns;
+    isp2.ip(&["addr", "add", "10.37.2.77/24", "dev", "cpe"])
+        .expect("a neighbour on wan2's link");
+    let ep: SocketAddr = ([10, 37, 2, 253], 7300).into();
+    let _server = traffic::Server::start(&lab.topo.router, ep).expect("server");
+    // Which next hop the router's packets to the neighbour take, counted after routing.
+    let probe = lab.dir.join("nexthop.nft");
+    std::fs::write(
+        &probe,
+        "table ip nexthop_probe {\n chain post {\n  type filter hook postrouting priority 0; policy accept;\n  ip daddr 10.37.2.77 rt ip nexthop 10.37.2.1 counter\n  ip daddr 10.37.2.77 rt ip nexthop 10.37.2.77 counter\n }\n}\n",
+    )
+    .expect("write");
+    lab.topo
+        .router
+        .exec("nft", &["-f", &probe.display().to_string()])
+        .expect("probe table");
+    let neighbour: IpAddr = [10, 37, 2, 77].into();
+    let seen = isp2
+        .spawn(move || traffic::tcp_hello_from_ip(neighbour, ep, Duration::from_secs(2)).ok())
+        .expect("spawn")
+        .join()
+        .expect("join");
+    assert_eq!(
+        seen,
+        Some(neighbour),
+        "the neighbour's connection is answered"
+    );
+    let chain = lab
+        .topo
+        .router
+        .exec("nft", &["list", "chain", "ip", "nexthop_probe", "post"])
+        .expect("nft");
+    let counts: Vec<u64> = chain
+        .lines()
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            let i = w.iter().position(|x| *x == "packets")?;
+            w.get(i + 1)?.parse().ok()
+        })
+        .collect();
+    assert!(
+        counts.len() == 2 && counts[0] == 0 && counts[1] > 0,
+        "replies to the neighbour go to it, not by the gateway: {chain}"
+    );
+    let server = lab.topo.server_endpoint();
+    let bound: Vec<Option<String>> = lab
+        .topo
+        .router
+        .spawn(move || {
+            (0..6)
+                .map(|_| {
+                    let s =
+                        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+                            .ok()?;
+                    s.bind_device(Some(b"wan2")).ok()?;
+                    s.connect_timeout(&SocketAddr::from(server).into(), Duration::from_secs(2))
+                        .ok()?;
+                    let mut s = std::net::TcpStream::from(s);
+                    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+                    s.write_all(b"HELLO\n").ok()?;
+                    let mut line = String::new();
+                    BufReader::new(s).read_line(&mut line).ok()?;
+                    Some(line.trim().to_string())
+                })
+                .collect()
+        })
+        .expect("spawn")
+        .join()
+        .expect("join");
+    assert!(
+        bound.iter().all(|a| a.as_deref() == Some("10.37.2.253")),
+        "bound to wan2, every connection leaves by it: {bound:?}"
+    );
+}

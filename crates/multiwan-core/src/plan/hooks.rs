@@ -138,6 +138,17 @@ pub(super) fn output(ctx: &Ctx, facts: &Facts) -> String {
     // Only what its own route sends out an uplink is multiwan's: a reply or ICMP error to
     // the LAN, a tunnel's or a tailnet's packet keeps its route even on a marked connection.
     let _ = writeln!(w, "\t\toifname != {} return", uplink_ifs(ctx, false));
+    // An unmarked IPv4 packet is multiwan's only if its route is one of multiwan's (their
+    // realm), not one main has for it (an uplink's connected subnet): a new connection there
+    // is not balanced, and a reply to an on-link host (a modem connecting in) leaves
+    // directly instead of by the uplink's gateway. A packet another program marked may have
+    // been sent to main by that program's rule (tailscaled's 0x80000), whose default route
+    // is no better than multiwan's: it is balanced and restored as before.
+    let _ = writeln!(
+        w,
+        "\t\tmeta nfproto ipv4 meta mark 0 meta rtclassid != {} return",
+        super::DEFAULT_ROUTE_REALM
+    );
     let _ = writeln!(w, "\t\tct mark and {mask} vmap @{RESTORE_MAP}");
     // Without local balancing the router's own connections keep the main table, as they
     // would without multiwan (the multipath table is there for everyone's lookups).
@@ -146,15 +157,6 @@ pub(super) fn output(ctx: &Ctx, facts: &Facts) -> String {
     } else {
         ("to_main", "to_main")
     };
-    // An unmarked new IPv4 connection is balanced only if its route is one of multiwan's
-    // (their realm), not one main has for it (an uplink's connected subnet). A packet
-    // another program marked may have been sent to main by that program's rule (tailscaled's
-    // 0x80000), whose default route is no better than multiwan's: balanced.
-    let _ = writeln!(
-        w,
-        "\t\tct state new meta nfproto ipv4 meta mark 0 meta rtclassid != {} return",
-        super::DEFAULT_ROUTE_REALM
-    );
     let _ = writeln!(w, "\t\t{NEW4} goto {to4}");
     if has_ipv6(ctx.cfg) {
         let _ = writeln!(w, "\t\t{NEW6} oifname {} goto {to6}", uplink_ifs(ctx, true));

@@ -168,6 +168,8 @@ pub struct IpRule {
     pub fwmark: Option<(u32, u32)>,
     /// A source address of `family`.
     pub from: Option<IpAddr>,
+    /// The interface a socket is bound to (`oif`: the router's own traffic only).
+    pub oif: Option<String>,
     /// What a matching packet gets.
     pub action: RuleAction,
 }
@@ -191,6 +193,10 @@ impl IpRule {
         if let Some((mark, mask)) = self.fwmark {
             a.push("fwmark".into());
             a.push(format!("{mark:#x}/{mask:#x}"));
+        }
+        if let Some(oif) = &self.oif {
+            a.push("oif".into());
+            a.push(oif.clone());
         }
         match self.action {
             RuleAction::MainNoDefault => {

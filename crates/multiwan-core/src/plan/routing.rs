@@ -100,6 +100,7 @@ pub(super) fn build(
         priority: late,
         fwmark: None,
         from: None,
+        oif: None,
         action: RuleAction::MainNoDefault,
     }];
     let mut routes = Vec::new();
@@ -113,6 +114,7 @@ pub(super) fn build(
             priority: p,
             fwmark: fw,
             from: None,
+            oif: None,
             action: RuleAction::Lookup(table),
         });
         rules.push(IpRule {
@@ -120,6 +122,7 @@ pub(super) fn build(
             priority: p + 1,
             fwmark: fw,
             from: None,
+            oif: None,
             action: RuleAction::Unreachable,
         });
         if !u.has(family) {
@@ -141,12 +144,25 @@ pub(super) fn build(
         // The router's own addresses on this uplink answer over it (seed 004 §4.2.2).
         let owner = cfg.uplinks.iter().position(|o| o.interface == u.interface) == Some(i);
         if owner {
+            // A socket bound to the interface (`ping -I wan1`, SO_BINDTODEVICE) is routed by
+            // the uplink's table whatever mark the balancing gives it: the marked table's
+            // route leaves by another interface, the lookup misses, and the kernel would take
+            // the destination as on-link there and lose the packet.
+            rules.push(IpRule {
+                family,
+                priority: p,
+                fwmark: None,
+                from: None,
+                oif: Some(u.interface.clone()),
+                action: RuleAction::Lookup(table),
+            });
             for a in facts.addrs_of(&u.interface, family) {
                 rules.push(IpRule {
                     family,
                     priority: late + 1,
                     fwmark: None,
                     from: Some(a),
+                    oif: None,
                     action: RuleAction::Lookup(table),
                 });
             }
@@ -157,6 +173,7 @@ pub(super) fn build(
         priority: p,
         fwmark: Some((k.mark_main(), k.mark_mask)),
         from: None,
+        oif: None,
         action: RuleAction::Lookup(254),
     });
     // The `egress` chain asks with the none mark whether main routes a LAN connection out of
@@ -167,6 +184,7 @@ pub(super) fn build(
         priority: p,
         fwmark: Some((k.mark_none(), k.mark_mask)),
         from: None,
+        oif: None,
         action: RuleAction::MainNoDefault,
     });
     rules.push(IpRule {
@@ -174,6 +192,7 @@ pub(super) fn build(
         priority: p + 1,
         fwmark: Some((k.mark_none(), k.mark_mask)),
         from: None,
+        oif: None,
         action: if cfg.balance.when_all_down == WhenAllDown::Blackhole {
             RuleAction::Blackhole
         } else {
@@ -224,6 +243,7 @@ fn catch_all(
         priority: LATE_RULE_PRIORITY + 2,
         fwmark: None,
         from: None,
+        oif: None,
         action: RuleAction::Lookup(table),
     };
     (rule, route)

@@ -214,6 +214,9 @@ fn policy_routing_layout() {
     assert_eq!(
         lines,
         vec![
+            "priority 1000 oif eth1 lookup 1001 protocol 77",
+            "priority 1000 oif eth2 lookup 1002 protocol 77",
+            "priority 1000 oif wwan0 lookup 1003 protocol 77",
             "priority 1000 fwmark 0x1000000/0xff000000 lookup 1001 protocol 77",
             "priority 1000 fwmark 0x2000000/0xff000000 lookup 1002 protocol 77",
             "priority 1000 fwmark 0x3000000/0xff000000 lookup 1003 protocol 77",

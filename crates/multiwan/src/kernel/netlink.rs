@@ -581,6 +581,9 @@ fn rule_message(r: &IpRule) -> RuleMessage {
         m.attributes.push(RuleAttribute::FwMark(mark));
         m.attributes.push(RuleAttribute::FwMask(mask));
     }
+    if let Some(oif) = &r.oif {
+        m.attributes.push(RuleAttribute::Oifname(oif.clone()));
+    }
     match r.action {
         RuleAction::MainNoDefault => {
             m.header.action = NlRuleAction::ToTable;
@@ -629,8 +632,10 @@ pub fn parse_rule(m: &RuleMessage) -> Option<IpRule> {
     let mut from = None;
     let mut table = u32::from(m.header.table);
     let mut suppress = None;
+    let mut oif = None;
     for a in &m.attributes {
         match a {
+            RuleAttribute::Oifname(name) => oif = Some(name.clone()),
             RuleAttribute::Priority(p) => priority = *p,
             RuleAttribute::FwMark(v) => fwmark = Some(*v),
             RuleAttribute::FwMask(v) => fwmask = *v,
@@ -663,6 +668,7 @@ pub fn parse_rule(m: &RuleMessage) -> Option<IpRule> {
         priority,
         fwmark: fwmark.map(|v| (v, fwmask)),
         from,
+        oif,
         action,
     })
 }
@@ -679,6 +685,15 @@ mod tests {
                 priority: 1000,
                 fwmark: None,
                 from: None,
+                oif: Some("wan1".into()),
+                action: RuleAction::Lookup(1001),
+            },
+            IpRule {
+                family: Family::V4,
+                priority: 1000,
+                fwmark: None,
+                from: None,
+                oif: None,
                 action: RuleAction::MainNoDefault,
             },
             IpRule {
@@ -686,6 +701,7 @@ mod tests {
                 priority: 1001,
                 fwmark: Some((0x10000, 0xff0000)),
                 from: None,
+                oif: None,
                 action: RuleAction::Lookup(1001),
             },
             IpRule {
@@ -693,6 +709,7 @@ mod tests {
                 priority: 1002,
                 fwmark: Some((0xff0000, 0xff0000)),
                 from: None,
+                oif: None,
                 action: RuleAction::Blackhole,
             },
             IpRule {
@@ -700,6 +717,7 @@ mod tests {
                 priority: 1003,
                 fwmark: None,
                 from: Some("10.0.0.1".parse().expect("ip")),
+                oif: None,
                 action: RuleAction::Lookup(1001),
             },
             IpRule {
@@ -707,6 +725,7 @@ mod tests {
                 priority: 1003,
                 fwmark: None,
                 from: Some("2001:db8:1::253".parse().expect("ip")),
+                oif: None,
                 action: RuleAction::Lookup(1001),
             },
         ] {
@@ -720,6 +739,7 @@ mod tests {
             priority: 1001,
             fwmark: None,
             from: None,
+            oif: None,
             action: RuleAction::Lookup(5),
         });
         m.attributes.push(RuleAttribute::Iifname("eth0".into()));
