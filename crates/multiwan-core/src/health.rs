@@ -284,6 +284,23 @@ impl Monitor {
         m
     }
 
+    /// A monitor for a changed `check` (a reload) that keeps this one's verdict on the
+    /// probes: an uplink down on its probes (or degraded) stays so, since `since`, until the
+    /// new check's `up_after` good rounds; the link's own state is judged afresh from `link`.
+    /// Counts and the statistics window start anew (they were of the old check's rounds).
+    pub fn rechecked(&self, check: &Check, link: LinkStatus, now: Instant) -> Self {
+        let mut m = Self::new(check, link, now);
+        let probes_verdict = matches!(
+            self.state,
+            State::Down(Reason::ProbesFailing { .. }) | State::Degraded(_)
+        );
+        if link_reason(link).is_none() && probes_verdict {
+            m.state = self.state.clone();
+            m.since = self.since;
+        }
+        m
+    }
+
     /// Whether the kernel reports the link as working.
     pub fn link_ok(&self) -> bool {
         self.link == LinkStatus::Ok

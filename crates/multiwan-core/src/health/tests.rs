@@ -401,3 +401,31 @@ fn the_window_slides_and_forgets_what_it_pushed_out() {
     assert_eq!(per.len(), 2);
     assert!(per.iter().all(|p| p.sent == 10 && p.lost == 0), "{per:?}");
 }
+
+/// A reload's new check keeps the probes' verdict: down on probes (or degraded) stays so
+/// until the new check's up_after rounds, while the link is judged afresh.
+#[test]
+fn a_new_check_keeps_the_probes_verdict_and_rejudges_the_link() {
+    let (_, c) = check("");
+    let (_, slower) = check("interval = \"150ms\"\nup_after = 2");
+    let mut t = Instant::now();
+    let mut m = Monitor::new(&c, LinkStatus::Ok, t);
+    feed(&mut m, &mut t, c.interval, c.down_after as usize, &LOST);
+    assert_eq!(m.state().name(), "down");
+    let mut r = m.rechecked(&slower, LinkStatus::Ok, t);
+    assert_eq!(r.state(), m.state(), "still down on probes");
+    assert_eq!(r.since(), m.since());
+    assert!(feed(&mut r, &mut t, slower.interval, 1, &OK).is_empty());
+    assert_eq!(feed(&mut r, &mut t, slower.interval, 1, &OK).len(), 1);
+    assert_eq!(r.state(), &State::Up, "after the new check's up_after");
+    // The link is the kernel's to say: a lost carrier wins, and an up uplink stays up.
+    assert_eq!(
+        m.rechecked(&slower, LinkStatus::Down, t).state(),
+        &State::Down(Reason::LinkDown)
+    );
+    let fresh = Monitor::new(&c, LinkStatus::Ok, t);
+    assert_eq!(
+        fresh.rechecked(&slower, LinkStatus::Ok, t).state(),
+        &State::Up
+    );
+}

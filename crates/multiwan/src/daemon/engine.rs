@@ -872,6 +872,7 @@ impl<K: Kernel> Engine<K> {
             }
         };
         let mut uplinks = BTreeMap::new();
+        let mut changed = Vec::new();
         for u in &cfg.uplinks {
             let old = self
                 .cfg
@@ -883,15 +884,43 @@ impl<K: Kernel> Engine<K> {
                 (Some(_), Some(rt)) => (Some(rt.v4), rt.v6),
                 _ => (None, None),
             };
-            // Each family's monitor is kept when nothing it judges by changed: adding IPv6
-            // to an uplink that is down keeps its IPv4 down.
-            let v4 = match prev4 {
-                Some(f) if old.is_some_and(|o| o.check == u.check) => f,
-                _ => new_fam(u, Family::V4, &u.check, &self.facts, disabled, now),
-            };
-            let v6 = u.ipv6.as_ref().map(|c| match prev6 {
-                Some(f) if old.and_then(|o| o.ipv6.as_ref()) == Some(c) => f,
-                _ => new_fam(u, Family::V6, &c.check, &self.facts, disabled, now),
+            // Each family's monitor is kept when nothing it judges by changed (adding IPv6
+            // to an uplink that is down keeps its IPv4 down), and otherwise continues the old
+            // one's verdict under the new check; a state that changes with it (a gateway6
+            // now off the link) is a transition like any other: logged, hooked, watched.
+            let mut refam =
+                |prev: Option<FamRt>, same: bool, family, check: &multiwan_core::model::Check| {
+                    match prev {
+                        Some(f) if same => f,
+                        Some(mut f) => {
+                            let link = link_status(&self.facts, u, family);
+                            let from = f.monitor.state().clone();
+                            f.monitor = f.monitor.rechecked(check, link, now);
+                            if disabled {
+                                f.monitor.set_disabled(true, now);
+                            }
+                            let to = f.monitor.state().clone();
+                            if to.name() != from.name() {
+                                changed.push((
+                                    u.name.clone(),
+                                    family,
+                                    Transition { from, to, at: now },
+                                ));
+                            }
+                            f
+                        }
+                        None => new_fam(u, family, check, &self.facts, disabled, now),
+                    }
+                };
+            let v4 = refam(
+                prev4,
+                old.is_some_and(|o| o.check == u.check),
+                Family::V4,
+                &u.check,
+            );
+            let v6 = u.ipv6.as_ref().map(|c| {
+                let same = old.and_then(|o| o.ipv6.as_ref()) == Some(c);
+                refam(prev6, same, Family::V6, &c.check)
             });
             uplinks.insert(u.name.clone(), UplinkRt { v4, v6 });
         }
@@ -902,6 +931,9 @@ impl<K: Kernel> Engine<K> {
         self.cfg = cfg;
         self.ids = ids;
         self.uplinks = uplinks;
+        for (name, family, t) in changed {
+            self.on_transition(&name, family, t);
+        }
         self.probers_stale = true;
         self.dirty = true;
         // A new config may route differently (a corrected gateway): try what was refused.

@@ -682,19 +682,28 @@ fn a_reload_that_changes_only_ipv6_keeps_the_ipv4_health() {
     w.e.tick(w.t);
     assert_eq!(w.state("isp1"), "down", "IPv4 health survives the reload");
     assert_eq!(targets_of(&w, Family::V4), ["up_isp2"]);
-    // A changed IPv4 check starts IPv4 afresh, as before.
+    // A changed IPv4 check (here an interval) keeps the verdict too, silently: no
+    // transition, so no hook; the new check's up_after good rounds bring it back.
+    let calls = w.e.hook_calls.len();
     let rechecked = changed.replacen(
-        "targets = [\"172.16.0.100\"",
-        "targets = [\"172.16.0.101\"",
+        "[uplink.check]\n",
+        "[uplink.check]\ninterval = \"150ms\"\n",
         1,
     );
     w.e.reload(Some(cfg(&rechecked)), w.t);
     w.e.tick(w.t);
     assert_eq!(
         w.state("isp1"),
-        "up",
-        "a new check starts from the link state"
+        "down",
+        "the probes' verdict survives a new check"
     );
+    assert_eq!(w.e.hook_calls.len(), calls, "nothing changed: no hook");
+    for _ in 0..9 {
+        w.round(&["isp1", "isp2"]);
+    }
+    assert_eq!(w.state("isp1"), "down");
+    w.round(&["isp1", "isp2"]);
+    assert_eq!(w.state("isp1"), "up");
 }
 
 /// The state and reason of `uplink`'s `family`.
