@@ -99,10 +99,22 @@ pub fn check_notes(cfg: &Config) -> Vec<String> {
             ));
         }
     }
-    for k in multiwan_core::correlate::Correlator::shared_by_all(cfg) {
+    let shared = multiwan_core::correlate::Correlator::shared_by_all(cfg);
+    // An uplink with a target of its own beside the shared ones is still judged when they
+    // are dead: the note is for the uplinks that have none.
+    let alone = |family| {
+        cfg.uplinks.iter().any(|u| {
+            u.check_of(family)
+                .is_some_and(|c| c.targets.iter().all(|t| shared.contains(&(c.method, *t))))
+        })
+    };
+    for k in shared
+        .iter()
+        .filter(|(_, a)| alone(multiwan_core::plan::Family::of(&a.ip())))
+    {
         notes.push(format!(
             "target {} is probed by every uplink: if it stops answering, multiwan reports it suspect and keeps the uplinks (judged by their gateways), but while it is dead an outage of one uplink beyond its gateway goes unnoticed; give each uplink a second target",
-            multiwan_core::correlate::target_label(&k)
+            multiwan_core::correlate::target_label(k)
         ));
     }
     notes

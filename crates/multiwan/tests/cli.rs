@@ -503,6 +503,15 @@ fn check_notes_a_target_shared_by_every_uplink() {
     let (_d2, p2) = tmp_config(&shared.replacen("\"1.1.1.1\"", "\"9.9.9.9\"", 1));
     let out = bin().arg("check").arg("-c").arg(&p2).output().expect("run");
     assert!(!String::from_utf8_lossy(&out.stderr).contains("probed by every uplink"));
+    // Each uplink with a target of its own beside the shared one: judged without it.
+    let own = shared
+        .replacen("[\"1.1.1.1\"]", "[\"1.1.1.1\", \"9.9.9.9\"]", 1)
+        .replacen("[\"1.1.1.1\"]", "[\"1.1.1.1\", \"8.8.8.8\"]", 1);
+    let (_d3, p3) = tmp_config(&own);
+    let out = bin().arg("check").arg("-c").arg(&p3).output().expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains("probed by every uplink"), "{err}");
 }
 
 #[test]
