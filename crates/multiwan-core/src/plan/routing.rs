@@ -143,7 +143,11 @@ pub(super) fn build(
         }
         // The router's own addresses on this uplink answer over it (seed 004 §4.2.2).
         let owner = cfg.uplinks.iter().position(|o| o.interface == u.interface) == Some(i);
-        if owner {
+        // IPv4 only: IPv6 checks a new route's gateway with a lookup that has the route's
+        // interface as its oif, which such a rule would answer with the uplink's default
+        // route (a gateway behind a gateway): the kernel then refuses every IPv6 route via a
+        // global gateway (EHOSTUNREACH).
+        if owner && family == Family::V4 {
             // A socket bound to the interface (`ping -I wan1`, SO_BINDTODEVICE) is routed by
             // the uplink's table whatever mark the balancing gives it: the marked table's
             // route leaves by another interface, the lookup misses, and the kernel would take
@@ -156,6 +160,8 @@ pub(super) fn build(
                 oif: Some(u.interface.clone()),
                 action: RuleAction::Lookup(table),
             });
+        }
+        if owner {
             for a in facts.addrs_of(&u.interface, family) {
                 rules.push(IpRule {
                     family,
