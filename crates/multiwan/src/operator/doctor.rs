@@ -778,14 +778,13 @@ fn uplinks6(cfg: &Config, o: &Observed, out: &mut Vec<Finding>) {
     }
 }
 
-/// Whether `g` is link-local or inside the prefix of one of `own`.
+/// Whether `g` is link-local or inside the prefix of one of `own` (the core's prefix
+/// arithmetic, as the daemon's on-link test uses it).
 fn on_link6(g: std::net::Ipv6Addr, own: &[(std::net::Ipv6Addr, u8)]) -> bool {
-    let within = |(a, p): &(std::net::Ipv6Addr, u8)| {
-        let host = 128u32.saturating_sub(u32::from(*p));
-        let net = |x: std::net::Ipv6Addr| u128::from(x).checked_shr(host).unwrap_or(0);
-        net(*a) == net(g)
-    };
-    (g.segments()[0] & 0xffc0) == 0xfe80 || own.iter().any(within)
+    g.is_unicast_link_local()
+        || own.iter().any(|(a, p)| {
+            multiwan_core::net::Ipv6Net::holding(*a, *p).is_some_and(|n| n.contains(g))
+        })
 }
 
 /// `auto-gateway6-missing`, with what multiwan fixes itself (`accept_ra`) and what not.
