@@ -141,37 +141,10 @@ pub(super) fn build(
                 realm: (family == Family::V4).then_some(super::DEFAULT_ROUTE_REALM),
             });
         }
-        // The router's own addresses on this uplink answer over it (seed 004 §4.2.2).
-        let owner = cfg.uplinks.iter().position(|o| o.interface == u.interface) == Some(i);
-        // IPv4 only: IPv6 checks a new route's gateway with a lookup that has the route's
-        // interface as its oif, which such a rule would answer with the uplink's default
-        // route (a gateway behind a gateway): the kernel then refuses every IPv6 route via a
-        // global gateway (EHOSTUNREACH).
-        if owner && family == Family::V4 {
-            // A socket bound to the interface (`ping -I wan1`, SO_BINDTODEVICE) is routed by
-            // the uplink's table whatever mark the balancing gives it: the marked table's
-            // route leaves by another interface, the lookup misses, and the kernel would take
-            // the destination as on-link there and lose the packet.
-            rules.push(IpRule {
-                family,
-                priority: p,
-                fwmark: None,
-                from: None,
-                oif: Some(u.interface.clone()),
-                action: RuleAction::Lookup(table),
-            });
-        }
-        if owner {
-            for a in facts.addrs_of(&u.interface, family) {
-                rules.push(IpRule {
-                    family,
-                    priority: late + 1,
-                    fwmark: None,
-                    from: Some(a),
-                    oif: None,
-                    action: RuleAction::Lookup(table),
-                });
-            }
+        // The interface's first uplink owns its rules: one table per bound socket and
+        // router address.
+        if cfg.uplinks.iter().position(|o| o.interface == u.interface) == Some(i) {
+            rules.extend(interface_rules(u, table, p, facts, family));
         }
     }
     rules.push(IpRule {
@@ -218,6 +191,48 @@ pub(super) fn build(
         routes,
         tables,
     }
+}
+
+/// The rules of an uplink's interface, for the uplink that owns it: the router's own
+/// addresses on it answer over it (seed 004 §4.2.2), and, for IPv4, a socket bound to it is
+/// routed by its table.
+fn interface_rules(
+    u: &Uplink,
+    table: u32,
+    priority: u32,
+    facts: &Facts,
+    family: Family,
+) -> Vec<IpRule> {
+    let mut rules = Vec::new();
+    // IPv4 only: IPv6 checks a new route's gateway with a lookup that has the route's
+    // interface as its oif, which such a rule would answer with the uplink's default route
+    // (a gateway behind a gateway): the kernel then refuses every IPv6 route via a global
+    // gateway (EHOSTUNREACH).
+    if family == Family::V4 {
+        // A socket bound to the interface (`ping -I wan1`, SO_BINDTODEVICE) is routed by the
+        // uplink's table whatever mark the balancing gives it: the marked table's route
+        // leaves by another interface, the lookup misses, and the kernel would take the
+        // destination as on-link there and lose the packet.
+        rules.push(IpRule {
+            family,
+            priority,
+            fwmark: None,
+            from: None,
+            oif: Some(u.interface.clone()),
+            action: RuleAction::Lookup(table),
+        });
+    }
+    for a in facts.addrs_of(&u.interface, family) {
+        rules.push(IpRule {
+            family,
+            priority: LATE_RULE_PRIORITY + 1,
+            fwmark: None,
+            from: Some(a),
+            oif: None,
+            action: RuleAction::Lookup(table),
+        });
+    }
+    rules
 }
 
 /// The default for everyone's unmarked lookups: the router's own traffic, and the `egress`
