@@ -1,7 +1,7 @@
 //! IPv6 dual stack against the real kernel (issue 12): every balance method splits new IPv6
 //! connections like IPv4, each answered from the uplink's IPv6 address (the ISPs drop foreign
 //! IPv6 sources, see `ipv6_network.rs`); rules with IPv6 prefixes pin; inbound IPv6 is answered
-//! over its uplink; the router's own IPv6 is balanced; each family has its own health, and a
+//! over its uplink; the router's own IPv6 is balanced (but not to an uplink's own subnet); each family has its own health, and a
 //! failure flushes only that family's connections; `down` restores everything IPv6.
 
 mod common;
@@ -188,6 +188,46 @@ fn inbound_ipv6_is_answered_over_its_uplink_and_the_router_balances_its_own() {
         .map(|s| s.and_then(|a| lab.topo.isp_of(a)))
         .collect();
     assert_eq!((count(&by, 0), count(&by, 1)), (3, 3), "{seen:?}");
+}
+
+/// The router's own IPv6 to an uplink's connected subnet — the ISP's gateway, or another
+/// host on that link (a modem, the ISP's DHCPv6 server) — leaves by that uplink, by main's
+/// route: balanced, every other connection left by the other uplink and was lost. IPv6
+/// routes have no realm, so the `output` chain tells multiwan's routes by their next hop (the
+/// uplinks' gateways). Its internet connections are still balanced (the test above).
+#[test]
+fn the_routers_own_ipv6_to_an_uplinks_subnet_is_not_balanced() {
+    let lab = Lab::new(2, 1);
+    lab.apply(&dual("round-robin"));
+    let isp2 = &lab.topo.isps[1].ns;
+    isp2.ip(&[
+        "-6",
+        "addr",
+        "add",
+        "2001:db8:2::77/64",
+        "dev",
+        "cpe",
+        "nodad",
+    ])
+    .expect("a host on wan2's link");
+    let gateway: SocketAddr = "[2001:db8:2::1]:7200".parse().expect("addr");
+    let neighbour: SocketAddr = "[2001:db8:2::77]:7201".parse().expect("addr");
+    let _servers = [gateway, neighbour].map(|ep| traffic::Server::start(isp2, ep).expect("server"));
+    let wan2 = Some(IpAddr::from(router_addr6(2)));
+    for ep in [gateway, neighbour] {
+        let seen: Vec<Option<IpAddr>> = lab
+            .topo
+            .router
+            .spawn(move || {
+                (0..6)
+                    .map(|_| traffic::tcp_hello_ip(ep, Duration::from_secs(2)).ok())
+                    .collect()
+            })
+            .expect("spawn")
+            .join()
+            .expect("join");
+        assert!(seen.iter().all(|s| *s == wan2), "to {ep}: {seen:?}");
+    }
 }
 
 #[test]

@@ -149,6 +149,9 @@ pub(super) fn output(ctx: &Ctx, facts: &Facts) -> String {
         "\t\tmeta nfproto ipv4 meta mark 0 meta rtclassid != {} return",
         super::DEFAULT_ROUTE_REALM
     );
+    if has_ipv6(ctx.cfg) {
+        w.push_str(&own_routes6(ctx, facts));
+    }
     let _ = writeln!(w, "\t\tct mark and {mask} vmap @{RESTORE_MAP}");
     // Without local balancing the router's own connections keep the main table, as they
     // would without multiwan (the multipath table is there for everyone's lookups).
@@ -163,6 +166,37 @@ pub(super) fn output(ctx: &Ctx, facts: &Facts) -> String {
     }
     let _ = writeln!(w, "\t}}\n");
     w
+}
+
+/// The IPv6 counterpart of the realm test (IPv6 routes carry no realm): an unmarked packet
+/// is multiwan's only if its next hop is one of the uplinks' IPv6 gateways, the next hops of
+/// every IPv6 route multiwan installs. Main's own route out of an uplink — its connected
+/// subnet, whose next hop is the destination itself, or a static route via another router —
+/// keeps it: the ISP's on-link servers and modem are reached directly, not by a balanced
+/// uplink. A connection to a gateway itself is on its link and not balanced either. The
+/// gateways are the configured ones and the learned ones, whatever the uplinks' health, so a
+/// failover does not change this chain.
+fn own_routes6(ctx: &Ctx, facts: &Facts) -> String {
+    let mut gateways: Vec<String> = ctx
+        .cfg
+        .uplinks
+        .iter()
+        .filter_map(|u| {
+            let v6 = u.ipv6.as_ref()?;
+            v6.gateway
+                .or_else(|| facts.links.as_ref()?.get(&u.interface)?.gateway6)
+        })
+        .map(|g| g.to_string())
+        .collect();
+    crate::order::sort(&mut gateways);
+    gateways.dedup();
+    if gateways.is_empty() {
+        return "\t\tmeta nfproto ipv6 meta mark 0 return\n".into();
+    }
+    let set = format!("{{ {} }}", gateways.join(", "));
+    format!(
+        "\t\tmeta nfproto ipv6 meta mark 0 ip6 daddr {set} return\n\t\tmeta nfproto ipv6 meta mark 0 rt ip6 nexthop != {set} return\n"
+    )
 }
 
 #[cfg(test)]

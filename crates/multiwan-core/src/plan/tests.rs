@@ -604,3 +604,58 @@ fn sysctl_names_write_an_interfaces_dots_as_slashes() {
         "net.ipv4.ip_forward"
     );
 }
+
+/// The router's own unmarked IPv6 is multiwan's only by a next hop of its routes: the fixed
+/// gateways and the learned ones (`auto`), whatever the uplinks' health, and never to a
+/// gateway itself. Without any gateway known, none of it is.
+#[test]
+fn the_routers_own_ipv6_is_balanced_only_by_the_uplinks_gateways() {
+    let own6 = |p: &Plan| -> Vec<String> {
+        p.nft
+            .lines()
+            .filter(|l| l.contains("meta nfproto ipv6 meta mark 0"))
+            .map(|l| l.trim().to_string())
+            .collect()
+    };
+    let c = dual("2001:db8:2::1");
+    let p = plan(
+        &c,
+        &ids(&c),
+        &all_usable(&c),
+        &dual_facts("2001:db8:2::253", 64),
+    );
+    assert_eq!(
+        own6(&p),
+        [
+            "meta nfproto ipv6 meta mark 0 ip6 daddr { 2001:db8:2::1, fe80::c0c } return",
+            "meta nfproto ipv6 meta mark 0 rt ip6 nexthop != { 2001:db8:2::1, fe80::c0c } return",
+        ]
+    );
+    // Health does not change the chain: a failover replaces no table.
+    let p_down = plan(
+        &c,
+        &ids(&c),
+        &BTreeSet::new(),
+        &dual_facts("2001:db8:2::253", 64),
+    );
+    assert_eq!(own6(&p_down), own6(&p));
+    let auto = cfg(
+        "[lan]\ninterfaces=[\"lan0\"]\n[[uplink]]\nname=\"isp1\"\ninterface=\"wan1\"\ngateway=\"10.37.1.1\"\ngateway6=\"auto\"\n[uplink.check]\ntargets=[\"2001:db8:ff::100\"]\n",
+    );
+    let mut facts = dual_facts("2001:db8:2::253", 64);
+    assert_eq!(
+        own6(&plan(&auto, &ids(&auto), &all_usable(&auto), &facts)),
+        ["meta nfproto ipv6 meta mark 0 return"],
+        "nothing learned yet"
+    );
+    if let Some(l) = facts.links.as_mut().and_then(|l| l.get_mut("wan1")) {
+        l.gateway6 = Some("fe80::1".parse().expect("ip"));
+    }
+    assert_eq!(
+        own6(&plan(&auto, &ids(&auto), &all_usable(&auto), &facts)),
+        [
+            "meta nfproto ipv6 meta mark 0 ip6 daddr { fe80::1 } return",
+            "meta nfproto ipv6 meta mark 0 rt ip6 nexthop != { fe80::1 } return",
+        ]
+    );
+}
