@@ -9,7 +9,7 @@ mod common;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use common::{count, Daemon, Lab, WaitFor};
+use common::{count, tcp_hellos, Daemon, Lab, WaitFor};
 use multiwan_lab::topology::{router_addr6, SERVER_ADDR, SERVER_ADDR6};
 use multiwan_lab::traffic;
 
@@ -172,17 +172,7 @@ fn inbound_ipv6_is_answered_over_its_uplink_and_the_router_balances_its_own() {
     }
     // The router's own IPv6 connections alternate over both uplinks, each from its address.
     let ep: SocketAddr = lab.topo.server_endpoint6().into();
-    let seen: Vec<Option<IpAddr>> = lab
-        .topo
-        .router
-        .spawn(move || {
-            (0..6)
-                .map(|_| traffic::tcp_hello_ip(ep, Duration::from_secs(2)).ok())
-                .collect()
-        })
-        .expect("spawn")
-        .join()
-        .expect("join");
+    let seen = tcp_hellos(&lab.topo.router, ep);
     let by: Vec<Option<usize>> = seen
         .iter()
         .map(|s| s.and_then(|a| lab.topo.isp_of(a)))
@@ -215,17 +205,7 @@ fn the_routers_own_ipv6_to_an_uplinks_subnet_is_not_balanced() {
     let _servers = [gateway, neighbour].map(|ep| traffic::Server::start(isp2, ep).expect("server"));
     let wan2 = Some(IpAddr::from(router_addr6(2)));
     for ep in [gateway, neighbour] {
-        let seen: Vec<Option<IpAddr>> = lab
-            .topo
-            .router
-            .spawn(move || {
-                (0..6)
-                    .map(|_| traffic::tcp_hello_ip(ep, Duration::from_secs(2)).ok())
-                    .collect()
-            })
-            .expect("spawn")
-            .join()
-            .expect("join");
+        let seen = tcp_hellos(&lab.topo.router, ep);
         assert!(seen.iter().all(|s| *s == wan2), "to {ep}: {seen:?}");
     }
 }

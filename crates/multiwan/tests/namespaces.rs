@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{count, two_uplinks, Lab};
+use common::{count, tcp_hellos, two_uplinks, Lab};
 use multiwan_lab::topology::{IspSpec, TopologySpec};
 use multiwan_lab::traffic;
 
@@ -575,20 +575,10 @@ fn an_uplinks_own_subnet_is_not_balanced() {
     lab.apply(&two_uplinks("round-robin", 1, 1));
     let ep: SocketAddr = ([10, 37, 2, 1], 7200).into();
     let _server = traffic::Server::start(&lab.topo.isps[1].ns, ep).expect("server");
-    let hellos = |ns: &multiwan_lab::netns::Netns| -> Vec<Option<IpAddr>> {
-        ns.spawn(move || {
-            (0..6)
-                .map(|_| traffic::tcp_hello_ip(ep, Duration::from_secs(2)).ok())
-                .collect()
-        })
-        .expect("spawn")
-        .join()
-        .expect("join")
-    };
     let wan2 = Some(IpAddr::from([10, 37, 2, 253]));
-    let from_lan = hellos(&lab.topo.hosts[0].ns);
+    let from_lan = tcp_hellos(&lab.topo.hosts[0].ns, ep);
     assert!(from_lan.iter().all(|s| *s == wan2), "{from_lan:?}");
-    let from_router = hellos(&lab.topo.router);
+    let from_router = tcp_hellos(&lab.topo.router, ep);
     assert!(from_router.iter().all(|s| *s == wan2), "{from_router:?}");
     let v = lab.tcp_from_host(0, 4);
     assert_eq!((count(&v, 0), count(&v, 1)), (2, 2), "{v:?}");

@@ -224,6 +224,19 @@ impl Lab {
     }
 }
 
+/// Six TCP connections from `ns` to `ep`, one after another: the source address each was
+/// answered from (`None` for one that failed).
+pub fn tcp_hellos(ns: &multiwan_lab::netns::Netns, ep: SocketAddr) -> Vec<Option<IpAddr>> {
+    ns.spawn(move || {
+        (0..6)
+            .map(|_| traffic::tcp_hello_ip(ep, Duration::from_secs(2)).ok())
+            .collect()
+    })
+    .expect("spawn")
+    .join()
+    .expect("join")
+}
+
 pub fn count(v: &[Option<usize>], isp: usize) -> usize {
     v.iter().filter(|x| **x == Some(isp)).count()
 }
