@@ -228,6 +228,96 @@ fn ping_reference(topo: &Topology, n: usize, dual: bool, interval: &str, secs: u
     Ok(cpu)
 }
 
+/// An ICMP echo request of multiwan's probe size (16 bytes); the kernel fills in an ICMPv6
+/// checksum, an ICMPv4 one is computed here.
+fn echo(v4: bool, seq: u16) -> [u8; 16] {
+    let mut p = [0u8; 16];
+    p[0] = if v4 { 8 } else { 128 };
+    p[4..6].copy_from_slice(&0x4c42u16.to_be_bytes());
+    p[6..8].copy_from_slice(&seq.to_be_bytes());
+    if v4 {
+        let sum: u32 = p
+            .chunks(2)
+            .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+            .sum();
+        let folded = (sum & 0xffff) + (sum >> 16);
+        let folded = (folded & 0xffff) + (folded >> 16);
+        p[2..4].copy_from_slice(&(!(folded as u16)).to_be_bytes());
+    }
+    p
+}
+
+/// CPU share of one core that a thread takes which does nothing but send the same probes as
+/// multiwan: every `interval` one echo request per uplink and family, on a raw socket with the
+/// uplink's mark and bound to its interface, to the same target; the answers are dropped
+/// unread by a socket filter. Measured in the router namespace while multiwan runs, over
+/// `secs` seconds: the floor under any prober of these packets on this network (its wake-ups
+/// and the kernel's work of sending), so the last column says what the daemon adds to it.
+fn sent_alone(topo: &Topology, n: usize, dual: bool, interval: Duration, secs: u64) -> Result<f64> {
+    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+    use std::net::{IpAddr, SocketAddr};
+    let mut probes: Vec<(String, u32, IpAddr)> = Vec::new();
+    for (i, mark) in uplink_marks(topo, n)?.iter().enumerate() {
+        let ifname = topo.isps[i].router_if.clone();
+        probes.push((
+            ifname.clone(),
+            mark.parse()?,
+            crate::topology::SERVER_ADDR.into(),
+        ));
+        if dual {
+            probes.push((ifname, mark.parse()?, crate::topology::SERVER_ADDR6.into()));
+        }
+    }
+    let run = move || -> Result<f64> {
+        let mut socks = Vec::new();
+        for (ifname, mark, target) in &probes {
+            let (domain, proto) = match target {
+                IpAddr::V4(_) => (Domain::IPV4, Protocol::ICMPV4),
+                IpAddr::V6(_) => (Domain::IPV6, Protocol::ICMPV6),
+            };
+            let s = Socket::new(domain, Type::RAW, Some(proto))?;
+            s.bind_device(Some(ifname.as_bytes()))?;
+            s.set_mark(*mark)?;
+            // BPF `ret #0`: every answer is dropped before it is queued.
+            s.attach_filter(&[nix::libc::sock_filter {
+                code: 0x06,
+                jt: 0,
+                jf: 0,
+                k: 0,
+            }])?;
+            socks.push((
+                s,
+                SockAddr::from(SocketAddr::new(*target, 0)),
+                target.is_ipv4(),
+            ));
+        }
+        let stat = || {
+            std::fs::read_to_string("/proc/thread-self/schedstat")
+                .ok()
+                .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        let (c0, t0) = (stat(), Instant::now());
+        let (mut next, end) = (t0, t0 + Duration::from_secs(secs));
+        let mut seq = 0u16;
+        while next < end {
+            for (s, to, v4) in &socks {
+                s.send_to(&echo(*v4, seq), to)?;
+            }
+            seq = seq.wrapping_add(1);
+            next += interval;
+            if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
+        Ok((stat() - c0) as f64 / t0.elapsed().as_nanos() as f64)
+    };
+    topo.router
+        .spawn(run)?
+        .join()
+        .map_err(|_| anyhow::anyhow!("the probe-sending loop panicked"))?
+}
+
 /// How the ISP's side of each uplink's link takes the router's frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Delivery {
@@ -342,6 +432,8 @@ pub(super) fn footprint(bin: &Path, quick: bool) -> Result<Section> {
             "median (range) of its windows",
             "iputils ping, same probes",
             "multiwan / ping",
+            "the same probes, sent alone",
+            "multiwan / sent alone",
         ],
     );
     for v in variants(quick) {
@@ -350,6 +442,7 @@ pub(super) fn footprint(bin: &Path, quick: bool) -> Result<Section> {
     s.note("ISP side of each link: on a plain veth pair the receiving namespace processes a frame inside the sender's system call, so each probe would be charged with the ISP forwarding it, the server answering and the answer's way back into the router. \"own thread\" gives each ISP's side of the link threaded NAPI (GRO on, `rx-udp-gro-forwarding` so that a socket's frames qualify): that work runs in a `napi/cpe-N` kernel thread, as a real NIC hands frames to the wire and takes answers in an interrupt; the router's namespace is not changed. The plain row is kept to show the difference");
     s.note("iputils ping, same probes: one `ping -i INTERVAL -m MARK -I wanN` per uplink and family, in the router namespace while multiwan runs, with the uplink's mark and interface, each checked afterwards to have had its probes answered — what sending the same probes with the standard tool costs on this network; below 1 in the last column, the whole daemon costs less than its probes would cost sent by ping");
     let size = std::fs::metadata(bin).map(|m| m.len()).unwrap_or(0);
+    s.note("the same probes, sent alone: one thread in the router namespace, while multiwan runs, that only sends the same echo requests (same size, interval, marks, interfaces and targets; one raw socket per uplink and family) and lets a socket filter drop their answers: the wake-ups plus the kernel's work of sending these packets on this network, the floor under any prober of them; the last column is what the whole daemon costs against that floor");
     s.note(format!(
         "the router binary measured here: {:.2} MB ({size} bytes, {}); quoted from issue 11, before the reshaping (IPv4 only then, run directory on disk, plain veth): 3.1 MB, idle RSS 4.3–4.5 MiB and 0.21 % of a core with 2 uplinks; quoted from the previous BENCHMARKS.md (commit cfee635, measured on 70ecfae: the same code with lld and the profiled code order, before set-element dumps were read by our own parser; ping for the same probes cost 0.285 % at 2 uplinks in that run, a busy one): 2.28 MB, RSS 1.3 MiB (2 uplinks) to 1.8 MiB (8 dual-stack), private 0.26–0.54 MiB, CPU 0.253 % (2 uplinks), 0.412 % (2, plain veth), 0.394 % (2 dual-stack), 0.406 % (8), 0.705 % (8 dual-stack), 0.056 % (2 at 1 s); before it (commit 859cdec: linked by GNU ld in its default code order; ping for the same probes cost 0.261 % at 2 uplinks then): 2.29 MB, RSS 2.0–2.3 MiB (binary pages 1868 KiB), private 0.25–0.53 MiB, CPU 0.153 % (2 uplinks), 0.256 % (2, plain veth), 0.253 % (2 dual-stack), 0.288 % (8), 0.496 % (8 dual-stack), 0.043 % (2 at 1 s); CPU rows differ between runs of the same code by up to a half (the machine's noise: compare the ping column); before that (commit 36e91bd, before the one-sort change and packed relocations): 2.53 MB, RSS 2.2–2.5 MiB (binary pages 2060 KiB); before it (commit d3380ef, clap's parser linked, the daemon inheriting RUST_BACKTRACE=1): 2.74 MB, RSS 2.7–3.0 MiB; earlier still (glibc, linked dynamically): 3.04 MB, RSS 4.8–5.5 MiB",
         size as f64 / 1e6,
@@ -454,6 +547,8 @@ fn measure(s: &mut Section, bin: &Path, v: &Variant, secs: u64) -> Result<()> {
     let (rss, pss, anon) = memory_kib(pid);
     // ping has no periodic extra work: 20 s tell its share as well as 30.
     let ping = ping_reference(&topo, n, v.dual, v.ping_interval, secs.min(20))?;
+    let interval = Duration::from_secs_f64(v.ping_interval.parse()?);
+    let alone = sent_alone(&topo, n, v.dual, interval, secs.min(20))?;
     s.note(format!(
         "{what}, RSS by mapping: {}",
         rss_by_mapping(pid, bin)
@@ -471,6 +566,8 @@ fn measure(s: &mut Section, bin: &Path, v: &Variant, secs: u64) -> Result<()> {
         spread(&shares),
         format!("{:.3} %", 100.0 * ping),
         format!("{:.2}", cpu / ping),
+        format!("{:.3} %", 100.0 * alone),
+        format!("{:.2}", cpu / alone),
     ]);
     Ok(())
 }
