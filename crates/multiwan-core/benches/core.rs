@@ -73,7 +73,14 @@ fn bench_explain(c: &mut Criterion) {
     };
     let health = Health::from_states(&cfg, BTreeMap::new(), multiwan_core::net::Family::V4);
     c.bench_function("explain 16 uplinks 1000 rules src-hash", |b| {
-        b.iter(|| explain(black_box(&cfg), &health, &q))
+        b.iter(|| {
+            explain(
+                black_box(&cfg),
+                &health,
+                &multiwan_core::Facts::default(),
+                &q,
+            )
+        })
     });
 }
 

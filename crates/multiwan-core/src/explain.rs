@@ -8,6 +8,16 @@
 //! family, and ports only with TCP or UDP, as in a `[[rule]]`. The uplinks' health comes as a
 //! [`Health`]: their states and the usable set the plan is built from — the daemon's own,
 //! fail-open included — so `explain` never calls refused what the kernel sends out.
+//!
+//! Before any of that, the connections the hook chains never balance are told apart
+//! ([`NotBalanced`], module `unbalanced`): to the router, broadcast, multicast, link-local,
+//! on a connected subnet (an uplink's, where main's own route wins, or another
+//! interface's), and the router's own with `[balance] local = false`. That needs the
+//! kernel's [`Facts`]; without them (`explain -c`) the answer says it could not tell.
+
+mod unbalanced;
+
+pub use unbalanced::NotBalanced;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -16,7 +26,7 @@ use std::net::IpAddr;
 use crate::health::{self, State};
 use crate::model::{Config, Method, Mode, Proto};
 use crate::net::Family;
-use crate::plan::{hash_buckets, HASH_BUCKETS, HASH_SEED};
+use crate::plan::{hash_buckets, Facts, HASH_BUCKETS, HASH_SEED};
 
 /// The connection to explain (its family is its source address's; see [`Query::check`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -210,6 +220,9 @@ pub enum Verdict {
     /// No usable uplink: refused with ICMP unreachable, or dropped silently with
     /// `when_all_down = "blackhole"`.
     NoUplink,
+    /// Never balanced: it leaves (or is delivered) by main's routing, unmarked, whatever
+    /// the rules and the uplinks' health.
+    NotBalanced(NotBalanced),
 }
 
 /// The full answer.
@@ -230,6 +243,10 @@ pub struct Explanation {
     /// The candidates are fail-open's: every uplink fails its probes, and those in use stay
     /// in use.
     pub fail_open: bool,
+    /// No interface facts (offline): whether the destination is the router's or on a
+    /// connected subnet, or the source the router's own — connections the kernel does not
+    /// balance — could not be told.
+    pub facts_unknown: bool,
 }
 
 fn matches(r: &crate::model::Rule, q: &Query) -> bool {
@@ -262,10 +279,30 @@ fn matches(r: &crate::model::Rule, q: &Query) -> bool {
 }
 
 /// Explains where a new connection matching `q` goes, given the uplinks' health in the
-/// query's family; a query that describes no connection is refused ([`Query::check`]).
-pub fn explain(cfg: &Config, health: &Health, q: &Query) -> Result<Explanation, QueryError> {
+/// query's family and what the kernel reports about the interfaces (`Facts::default()`
+/// offline); a query that describes no connection is refused ([`Query::check`]).
+pub fn explain(
+    cfg: &Config,
+    health: &Health,
+    facts: &Facts,
+    q: &Query,
+) -> Result<Explanation, QueryError> {
     q.check()?;
     let family = Family::of(&q.src);
+    // A config where no uplink carries IPv6 balances none of it (below): nothing to tell.
+    let balanced_family = family == Family::V4 || cfg.uplinks.iter().any(|u| u.has(family));
+    if let Some(why) = unbalanced::classify(cfg, facts, q).filter(|_| balanced_family) {
+        return Ok(Explanation {
+            rule: None,
+            mode: Mode::Balance,
+            method: cfg.balance.method,
+            candidates: Vec::new(),
+            excluded: Vec::new(),
+            verdict: Verdict::NotBalanced(why),
+            fail_open: false,
+            facts_unknown: false,
+        });
+    }
     let rule = cfg.rules.iter().find(|r| matches(r, q));
     let (members, mode) = match rule {
         Some(r) => (r.uplinks.clone(), r.mode),
@@ -357,6 +394,7 @@ pub fn explain(cfg: &Config, health: &Health, q: &Query) -> Result<Explanation, 
         candidates,
         excluded,
         verdict,
+        facts_unknown: facts.links.is_none(),
     })
 }
 
@@ -532,7 +570,7 @@ mode = "bypass"
     /// Explains `q` with the health the planner derives from `states` alone.
     fn run(cfg: &Config, states: &BTreeMap<String, State>, q: &Query) -> Explanation {
         let health = Health::from_states(cfg, states.clone(), Family::of(&q.src));
-        explain(cfg, &health, q).expect("a valid query")
+        explain(cfg, &health, &Facts::default(), q).expect("a valid query")
     }
 
     fn q(src: &str) -> Query {
@@ -667,7 +705,7 @@ mode = "bypass"
             mixed.proto = Some(Proto::Tcp);
             mixed.dport = Some(80);
             let health = Health::from_states(&cfg, BTreeMap::new(), Family::of(&mixed.src));
-            let e = explain(&cfg, &health, &mixed).expect_err("mixed families");
+            let e = explain(&cfg, &health, &Facts::default(), &mixed).expect_err("mixed families");
             assert!(matches!(e, QueryError::MixedFamilies { .. }), "{e:?}");
             assert!(e.to_string().starts_with(want), "{e}");
         }
@@ -680,7 +718,7 @@ mode = "bypass"
         let with = |proto: Option<Proto>, sport: Option<u16>, dport: Option<u16>| {
             let mut c = q("192.168.1.5");
             (c.proto, c.sport, c.dport) = (proto, sport, dport);
-            explain(&cfg, &health, &c).map(|_| ())
+            explain(&cfg, &health, &Facts::default(), &c).map(|_| ())
         };
         let no_proto = with(None, None, Some(80)).expect_err("dport without proto");
         assert_eq!(
@@ -723,7 +761,7 @@ mode = "bypass"
             usable,
             fail_open,
         };
-        let e = explain(&cfg, &health, &q("192.168.1.5")).expect("valid");
+        let e = explain(&cfg, &health, &Facts::default(), &q("192.168.1.5")).expect("valid");
         assert_eq!(e.verdict, Verdict::Uplink("u2".into()));
         assert_eq!(e.candidates, vec![("u2".to_string(), 1)]);
         assert!(e.fail_open);

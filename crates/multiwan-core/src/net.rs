@@ -140,6 +140,15 @@ pub enum IpNet {
     V6(Ipv6Net),
 }
 
+impl fmt::Display for IpNet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IpNet::V4(n) => n.fmt(f),
+            IpNet::V6(n) => n.fmt(f),
+        }
+    }
+}
+
 impl FromStr for IpNet {
     type Err = NetParseError;
 
@@ -167,6 +176,20 @@ impl Ipv4Net {
         }
         let net = Self { addr, prefix };
         (u32::from(addr) & !net.mask() == 0).then_some(net)
+    }
+
+    /// The prefix of length `prefix` that holds `addr` (its host bits cleared): the network
+    /// of an interface address such as `10.37.1.2/24`.
+    pub fn holding(addr: Ipv4Addr, prefix: u8) -> Option<Self> {
+        let prefix = prefix.min(32);
+        let bits = Self { addr, prefix }.mask();
+        Self::new(Ipv4Addr::from(u32::from(addr) & bits), prefix)
+    }
+
+    /// The subnet's broadcast address (all host bits set), when it has one: not for a /31
+    /// (two hosts, RFC 3021) or a /32.
+    pub fn broadcast(&self) -> Option<Ipv4Addr> {
+        (self.prefix <= 30).then(|| Ipv4Addr::from(u32::from(self.addr) | !self.mask()))
     }
 
     /// The network address.

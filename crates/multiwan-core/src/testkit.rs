@@ -112,6 +112,7 @@ fn present(cfg: &Config) -> Facts {
             Link {
                 up: true,
                 addrs: vec![Ipv4Addr::from(0x0a00_0002 + (i << 8))],
+                onlink4: Vec::new(),
                 gateway: Some(Ipv4Addr::from(0x0a00_0001 + (i << 8))),
                 addrs6: vec![std::net::Ipv6Addr::from(
                     0x2001_0db8_0000_0000_0000_0000_0000_0002u128 + (u128::from(i) << 80),

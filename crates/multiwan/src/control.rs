@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
 use anyhow::{anyhow, bail, Context, Result};
 use multiwan_core::explain::{explain, parse_proto, Health, Query, QueryError, Verdict};
 use multiwan_core::model::{Config, Mode};
+use multiwan_core::Facts;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 /// Version of the wire format. Bumped on incompatible changes only; fields may be added.
@@ -325,7 +326,8 @@ pub struct ExplainInfo {
     pub method: String,
     pub candidates: Vec<Candidate>,
     pub excluded: Vec<Excluded>,
-    /// `uplink` (exactly `uplink`), `shares` (one of `shares`), `main` or `none`.
+    /// `uplink` (exactly `uplink`), `shares` (one of `shares`), `main`, `none`, or
+    /// `not_balanced` (never balanced: `not_balanced` says why).
     pub verdict: String,
     pub uplink: Option<String>,
     pub shares: Vec<Candidate>,
@@ -333,6 +335,27 @@ pub struct ExplainInfo {
     /// stay in use (as the kernel does).
     #[serde(default)]
     pub fail_open: bool,
+    /// Why the connection is never balanced (verdict `not_balanced`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_balanced: Option<NotBalancedInfo>,
+    /// No interface facts (`explain -c`): whether the destination is the router's or on a
+    /// connected subnet (never balanced), or the source the router's own, was not told.
+    #[serde(default)]
+    pub facts_unknown: bool,
+}
+
+/// Why a connection is not balanced: it leaves (or is delivered) by main's routing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NotBalancedInfo {
+    /// `local`, `broadcast`, `multicast`, `link_local`, `router_own`, `uplink_subnet` or
+    /// `other_subnet`.
+    pub kind: String,
+    /// The sentence, e.g. "10.37.1.1 is on isp1's connected subnet 10.37.1.0/24; it
+    /// leaves by main's route via eth1".
+    pub reason: String,
+    /// The interface main's route leaves by (the subnet kinds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
 }
 
 /// An uplink with its weight (candidates) or share (0..=1, shares).
@@ -462,21 +485,24 @@ pub fn query_of(q: &ExplainQuery) -> std::result::Result<Query, QueryError> {
     Ok(query)
 }
 
-/// The health `multiwan explain -c` assumes: every uplink up, in the query's family.
+/// The health `multiwan explain -c` assumes: every uplink up, in the query's family (and no
+/// interface facts: `Facts::default()`).
 pub fn offline_health(cfg: &Config, q: &ExplainQuery) -> Health {
     Health::from_states(cfg, BTreeMap::new(), multiwan_core::net::Family::of(&q.src))
 }
 
-/// Answers an `explain` query against the uplinks' health in the query's family: the
-/// daemon's (its states and the usable set it planned with, fail-open included), or
-/// [`offline_health`] for `multiwan explain -c`. Pure, so both give the same answer for the
-/// same health.
+/// Answers an `explain` query against the uplinks' health in the query's family and the
+/// kernel's facts: the daemon's (its states and the usable set it planned with, fail-open
+/// included; the facts it planned with), or [`offline_health`] and no facts for
+/// `multiwan explain -c`. Pure, so both give the same answer for the same health and facts.
 pub fn explain_query(
     cfg: &Config,
     health: &Health,
+    facts: &Facts,
     q: &ExplainQuery,
 ) -> std::result::Result<ExplainInfo, QueryError> {
-    let e = explain(cfg, health, &query_of(q)?)?;
+    let query = query_of(q)?;
+    let e = explain(cfg, health, facts, &query)?;
     let (verdict, uplink, shares) = match &e.verdict {
         Verdict::Uplink(u) => ("uplink", Some(u.clone()), Vec::new()),
         Verdict::Shares(s) => (
@@ -491,6 +517,15 @@ pub fn explain_query(
         ),
         Verdict::Main => ("main", None, Vec::new()),
         Verdict::NoUplink => ("none", None, Vec::new()),
+        Verdict::NotBalanced(_) => ("not_balanced", None, Vec::new()),
+    };
+    let not_balanced = match &e.verdict {
+        Verdict::NotBalanced(why) => Some(NotBalancedInfo {
+            kind: why.kind().into(),
+            reason: why.describe(&query),
+            interface: why.interface().map(str::to_string),
+        }),
+        _ => None,
     };
     Ok(ExplainInfo {
         rule: e.rule,
@@ -516,6 +551,8 @@ pub fn explain_query(
         uplink,
         shares,
         fail_open: e.fail_open,
+        not_balanced,
+        facts_unknown: e.facts_unknown,
     })
 }
 

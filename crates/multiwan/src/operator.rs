@@ -267,7 +267,9 @@ pub fn explain(a: &ExplainArgs) -> Result<(), Failure> {
     let info: ExplainInfo = match &a.config {
         Some(path) => {
             let cfg = load_config(path)?;
-            control::explain_query(&cfg, &control::offline_health(&cfg, &q), &q).map_err(usage)?
+            let health = control::offline_health(&cfg, &q);
+            control::explain_query(&cfg, &health, &multiwan_core::Facts::default(), &q)
+                .map_err(usage)?
         }
         None => ask(&a.conn.run_dir, Request::Explain(q.clone()))?,
     };
@@ -296,6 +298,15 @@ pub fn render_explain(q: &ExplainQuery, e: &ExplainInfo, offline: bool) -> Strin
             ""
         }
     );
+    if let Some(nb) = &e.not_balanced {
+        o += &format!(
+            "not balanced: {}
+",
+            nb.reason
+        );
+        o += "goes to:    main's route, unmarked (multiwan does not balance it)\n";
+        return o;
+    }
     o += &match &e.rule {
         Some(r) => format!("matches rule {r} (mode {})\n", e.mode),
         None => format!("matches no rule: the default policy ({})\n", e.method),
@@ -335,6 +346,9 @@ pub fn render_explain(q: &ExplainQuery, e: &ExplainInfo, offline: bool) -> Strin
         "main" => "goes to:    the main routing table (not balanced)\n".into(),
         _ => "goes to:    nowhere: no usable uplink, the connection is refused\n".into(),
     };
+    if e.facts_unknown {
+        o += "note:       without the daemon's interface facts explain cannot tell whether the destination is the router's or on a connected subnet, or the source the router's own (such connections keep main's route, not balanced)\n";
+    }
     o
 }
 

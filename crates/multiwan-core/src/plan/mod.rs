@@ -27,7 +27,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::model::{Config, KernelOpts};
 pub use crate::net::Family;
-use crate::net::Ipv6Net;
+use crate::net::{Ipv4Net, Ipv6Net};
 
 pub use marks::{assign_ids, PlanError};
 pub use policies::{hash_buckets, smooth_rotation, Decision, PolicyPlan};
@@ -68,6 +68,11 @@ pub struct Link {
     pub up: bool,
     /// IPv4 addresses on the interface.
     pub addrs: Vec<Ipv4Addr>,
+    /// The IPv4 networks on the interface's link: the prefix of each address as the kernel
+    /// holds it (the peer's on a point-to-point address) — the connected subnets main routes
+    /// out of the interface by a route of their own. Only `explain` reads them (the plan
+    /// does not depend on them).
+    pub onlink4: Vec<Ipv4Net>,
     /// The gateway of a default route through this interface that multiwan did not install
     /// (typically the DHCP client's), for `gateway = "auto"`.
     pub gateway: Option<Ipv4Addr>,

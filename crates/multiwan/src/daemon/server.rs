@@ -291,7 +291,7 @@ fn serve(
         Request::Explain(q) => {
             let snap = snapshot(tx)?;
             let health = snap.health_of(Family::of(&q.src));
-            match control::explain_query(&snap.cfg, &health, &q) {
+            match control::explain_query(&snap.cfg, &health, &snap.facts, &q) {
                 Ok(e) => write_line(s, &Response::ok(e)),
                 Err(e) => write_line(s, &RequestError::usage(e.to_string()).response()),
             }

@@ -28,7 +28,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
-use multiwan_core::net::Ipv6Net;
+use multiwan_core::net::{Ipv4Net, Ipv6Net};
 use multiwan_core::plan::{Family, IpRule, Link, Plan, PolicyMap, Route, RTPROT_MULTIWAN};
 use multiwan_core::Facts;
 
@@ -574,7 +574,12 @@ impl Kernel for System {
             for a in self.rt.addrs(family)? {
                 if let Some(l) = by_index.get(&a.index).and_then(|n| out.get_mut(*n)) {
                     match (a.ip, a.net) {
-                        (IpAddr::V4(ip), _) => l.addrs.push(ip),
+                        (IpAddr::V4(ip), net) => {
+                            l.addrs.push(ip);
+                            if let IpAddr::V4(n) = net {
+                                l.onlink4.extend(Ipv4Net::holding(n, a.prefix_len));
+                            }
+                        }
                         (IpAddr::V6(ip), net) => {
                             l.addrs6.push(ip);
                             if let IpAddr::V6(n) = net {

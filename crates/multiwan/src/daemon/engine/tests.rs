@@ -44,6 +44,7 @@ fn facts(up: &[(&str, bool)]) -> Facts {
                 Link {
                     up: *up,
                     addrs: vec![format!("10.37.{}.253", i + 1).parse().expect("ip")],
+                    onlink4: vec![format!("10.37.{}.0/24", i + 1).parse().expect("net")],
                     gateway: None,
                     addrs6: vec![format!("2001:db8:{}::253", i + 1).parse().expect("ip")],
                     gateway6: None,

@@ -1,0 +1,417 @@
+//! The new connections multiwan deliberately leaves to main's routing, as the hook chains
+//! decide it (`plan/hooks.rs`): to the router itself, broadcast, multicast or IPv6
+//! link-local (`NEW4`/`NEW6`); a LAN connection main routes out of an uplink by a route of
+//! its own (the none-mark lookup of `egress`: the uplink's connected subnet) or out of no
+//! uplink at all (another LAN, a VPN); and with `[balance] local = false` the router's own.
+//! Pure: judged from the config and the kernel's [`Facts`] (the interfaces' addresses and
+//! their networks); offline (no facts) only what the addresses alone tell.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use super::Query;
+use crate::model::Config;
+use crate::net::{Family, IpNet};
+use crate::plan::{Facts, Link};
+
+/// Why a new connection is not balanced: it leaves (or is delivered) by main's routing,
+/// unmarked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotBalanced {
+    /// The destination is the router itself: one of its addresses, or loopback.
+    Local,
+    /// The destination is a broadcast address: the limited one or a subnet's.
+    Broadcast,
+    /// The destination is multicast.
+    Multicast,
+    /// The destination is IPv6 link-local (`fe80::/10`): it never leaves its link.
+    LinkLocal,
+    /// The source is the router's own address and `[balance] local = false`.
+    RouterOwn,
+    /// The destination is on the connected subnet of an uplink's interface: main's own
+    /// route sends it out of that interface, not a balanced uplink's.
+    UplinkSubnet {
+        /// The uplinks on the interface (one unless they share it).
+        uplinks: Vec<String>,
+        /// The interface.
+        interface: String,
+        /// The subnet.
+        net: IpNet,
+    },
+    /// The destination is on the connected subnet of an interface no uplink uses (another
+    /// LAN, a tunnel): its route leaves by no uplink.
+    OtherSubnet {
+        /// The interface.
+        interface: String,
+        /// The subnet.
+        net: IpNet,
+    },
+}
+
+impl NotBalanced {
+    /// A short machine name: `local`, `broadcast`, `multicast`, `link_local`, `router_own`,
+    /// `uplink_subnet`, `other_subnet`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            NotBalanced::Local => "local",
+            NotBalanced::Broadcast => "broadcast",
+            NotBalanced::Multicast => "multicast",
+            NotBalanced::LinkLocal => "link_local",
+            NotBalanced::RouterOwn => "router_own",
+            NotBalanced::UplinkSubnet { .. } => "uplink_subnet",
+            NotBalanced::OtherSubnet { .. } => "other_subnet",
+        }
+    }
+
+    /// The interface main's route leaves by, when it is known.
+    pub fn interface(&self) -> Option<&str> {
+        match self {
+            NotBalanced::UplinkSubnet { interface, .. }
+            | NotBalanced::OtherSubnet { interface, .. } => Some(interface),
+            _ => None,
+        }
+    }
+
+    /// The sentence for `q`, e.g. "10.37.1.1 is on isp1's connected subnet 10.37.1.0/24;
+    /// it leaves by main's route via eth1".
+    pub fn describe(&self, q: &Query) -> String {
+        Describe(self, q).to_string()
+    }
+}
+
+struct Describe<'a>(&'a NotBalanced, &'a Query);
+
+impl fmt::Display for Describe<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let dst = match self.1.dst {
+            Some(d) => d.to_string(),
+            None => "the destination".into(),
+        };
+        match self.0 {
+            NotBalanced::Local => write!(
+                f,
+                "{dst} is the router's own address: the connection is delivered locally"
+            ),
+            NotBalanced::Broadcast => write!(f, "{dst} is a broadcast address"),
+            NotBalanced::Multicast => write!(f, "{dst} is multicast"),
+            NotBalanced::LinkLocal => {
+                write!(f, "{dst} is link-local (fe80::/10) and never leaves its link")
+            }
+            NotBalanced::RouterOwn => write!(
+                f,
+                "{} is the router's own address and [balance] local = false: the router's connections keep main's routing",
+                self.1.src
+            ),
+            NotBalanced::UplinkSubnet {
+                uplinks,
+                interface,
+                net,
+            } => write!(
+                f,
+                "{dst} is on {}'s connected subnet {net}; it leaves by main's route via {interface}",
+                uplinks.join("/")
+            ),
+            NotBalanced::OtherSubnet { interface, net } => write!(
+                f,
+                "{dst} is on {interface}'s connected subnet {net}, which is no uplink's; it leaves by main's route via {interface}"
+            ),
+        }
+    }
+}
+
+/// Whether `ip` is one of the router's addresses (loopback included).
+fn is_router(links: Option<&std::collections::BTreeMap<String, Link>>, ip: IpAddr) -> bool {
+    ip.is_loopback()
+        || links.is_some_and(|l| {
+            l.values().any(|k| match ip {
+                IpAddr::V4(a) => k.addrs.contains(&a),
+                IpAddr::V6(a) => k.addrs6.contains(&a),
+            })
+        })
+}
+
+/// The most specific connected subnet holding `dst` (as the kernel's longest-prefix match
+/// picks), with its interface.
+fn connected(facts: &Facts, dst: IpAddr) -> Option<(&str, IpNet)> {
+    let mut best: Option<(&str, IpNet, u8)> = None;
+    for (name, l) in facts.links.as_ref()? {
+        let nets: Vec<(IpNet, u8)> = match dst {
+            IpAddr::V4(d) => l
+                .onlink4
+                .iter()
+                .filter(|n| n.contains(d))
+                .map(|n| (IpNet::V4(*n), n.prefix()))
+                .collect(),
+            IpAddr::V6(d) => l
+                .onlink6
+                .iter()
+                .filter(|n| n.contains(d))
+                .map(|n| (IpNet::V6(*n), n.prefix()))
+                .collect(),
+        };
+        for (net, len) in nets {
+            if best.is_none_or(|b| len > b.2) {
+                best = Some((name.as_str(), net, len));
+            }
+        }
+    }
+    best.map(|(n, net, _)| (n, net))
+}
+
+/// Why the kernel would not balance `q`, if it would not; `None` also when the facts are
+/// unknown and the addresses alone do not tell.
+pub(super) fn classify(cfg: &Config, facts: &Facts, q: &Query) -> Option<NotBalanced> {
+    let links = facts.links.as_ref();
+    if let Some(dst) = q.dst {
+        if is_router(links, dst) {
+            return Some(NotBalanced::Local);
+        }
+        let broadcast = match dst {
+            IpAddr::V4(d) => {
+                d.is_broadcast()
+                    || links.is_some_and(|l| {
+                        l.values()
+                            .flat_map(|k| &k.onlink4)
+                            .any(|n| n.broadcast() == Some(d))
+                    })
+            }
+            IpAddr::V6(_) => false,
+        };
+        if broadcast {
+            return Some(NotBalanced::Broadcast);
+        }
+        if dst.is_multicast() {
+            return Some(NotBalanced::Multicast);
+        }
+        if matches!(dst, IpAddr::V6(d) if d.is_unicast_link_local()) {
+            return Some(NotBalanced::LinkLocal);
+        }
+    }
+    let router = is_router(links, q.src);
+    if router && !cfg.balance.local {
+        return Some(NotBalanced::RouterOwn);
+    }
+    let (interface, net) = connected(facts, q.dst?)?;
+    let uplinks: Vec<String> = cfg
+        .uplinks
+        .iter()
+        .filter(|u| u.interface == interface)
+        .map(|u| u.name.clone())
+        .collect();
+    if uplinks.is_empty() {
+        return Some(NotBalanced::OtherSubnet {
+            interface: interface.to_string(),
+            net,
+        });
+    }
+    // The router's own IPv6 is judged by the interface alone (`output`: IPv6 routes have no
+    // realm to tell main's on-link route from multiwan's default), so it is balanced.
+    if router && Family::of(&q.src) == Family::V6 {
+        return None;
+    }
+    Some(NotBalanced::UplinkSubnet {
+        uplinks,
+        interface: interface.to_string(),
+        net,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::explain::{explain, Explanation, Health, Verdict};
+    use crate::model::{load, Proto};
+
+    const CFG: &str = r#"
+[lan]
+interfaces = ["lan0", "lan1"]
+[[uplink]]
+name = "isp1"
+interface = "wan1"
+gateway = "10.37.1.1"
+gateway6 = "fe80::1"
+[[uplink]]
+name = "isp2"
+interface = "wan2"
+gateway = "10.37.2.1"
+"#;
+
+    fn link(addrs: &[&str], v6: &[&str]) -> Link {
+        let mut l = Link {
+            up: true,
+            ..Link::default()
+        };
+        for a in addrs {
+            let (ip, len) = a.split_once('/').expect("addr/len");
+            let ip = ip.parse().expect("ip");
+            l.addrs.push(ip);
+            l.onlink4
+                .extend(crate::net::Ipv4Net::holding(ip, len.parse().expect("len")));
+        }
+        for a in v6 {
+            let (ip, len) = a.split_once('/').expect("addr/len");
+            let ip = ip.parse().expect("ip");
+            l.addrs6.push(ip);
+            l.onlink6
+                .extend(crate::net::Ipv6Net::holding(ip, len.parse().expect("len")));
+        }
+        l
+    }
+
+    /// The router of the lab: two uplinks on their /24s, two LANs, one of them on a /16
+    /// that holds a more specific LAN /24.
+    fn facts() -> Facts {
+        let links = BTreeMap::from([
+            (
+                "wan1".to_string(),
+                link(&["10.37.1.253/24"], &["2001:db8:1::253/64"]),
+            ),
+            ("wan2".to_string(), link(&["10.37.2.253/24"], &[])),
+            (
+                "lan0".to_string(),
+                link(&["192.168.0.1/24"], &["fd37:157::1/64"]),
+            ),
+            ("lan1".to_string(), link(&["10.37.9.1/24"], &[])),
+        ]);
+        Facts {
+            links: Some(links),
+            ..Facts::default()
+        }
+    }
+
+    fn ask(text: &str, facts: &Facts, src: &str, dst: &str) -> Explanation {
+        let cfg = load("t", text).expect("cfg");
+        let src: IpAddr = src.parse().expect("ip");
+        let q = Query {
+            src,
+            dst: Some(dst.parse().expect("ip")),
+            proto: Some(Proto::Tcp),
+            sport: None,
+            dport: Some(80),
+        };
+        let health = Health::from_states(&cfg, BTreeMap::new(), Family::of(&src));
+        explain(&cfg, &health, facts, &q).expect("valid")
+    }
+
+    fn why(e: &Explanation) -> Option<&NotBalanced> {
+        match &e.verdict {
+            Verdict::NotBalanced(w) => Some(w),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn an_uplinks_connected_subnet_leaves_by_mains_route() {
+        let e = ask(CFG, &facts(), "192.168.0.20", "10.37.1.1");
+        let w = why(&e).expect("not balanced");
+        assert_eq!(w.kind(), "uplink_subnet");
+        assert_eq!(w.interface(), Some("wan1"));
+        let q = Query {
+            src: "192.168.0.20".parse().expect("ip"),
+            dst: Some("10.37.1.1".parse().expect("ip")),
+            proto: None,
+            sport: None,
+            dport: None,
+        };
+        assert_eq!(
+            w.describe(&q),
+            "10.37.1.1 is on isp1's connected subnet 10.37.1.0/24; it leaves by main's route via wan1"
+        );
+        assert!(e.candidates.is_empty() && e.rule.is_none() && !e.facts_unknown);
+        // The second uplink's subnet too, and IPv6: the uplink's on-link /64.
+        let e = ask(CFG, &facts(), "192.168.0.20", "10.37.2.7");
+        assert!(
+            matches!(why(&e), Some(NotBalanced::UplinkSubnet { uplinks, .. }) if uplinks == &["isp2"])
+        );
+        let e = ask(CFG, &facts(), "fd37:157::20", "2001:db8:1::1");
+        assert_eq!(why(&e).map(NotBalanced::kind), Some("uplink_subnet"));
+    }
+
+    #[test]
+    fn the_internet_is_balanced_and_offline_says_it_could_not_tell() {
+        let e = ask(CFG, &facts(), "192.168.0.20", "1.2.3.4");
+        assert!(matches!(e.verdict, Verdict::Shares(_)), "{e:?}");
+        assert!(!e.facts_unknown);
+        // Offline the gateway looks like any destination, and the answer says so.
+        let e = ask(CFG, &Facts::default(), "192.168.0.20", "10.37.1.1");
+        assert!(matches!(e.verdict, Verdict::Shares(_)), "{e:?}");
+        assert!(e.facts_unknown);
+    }
+
+    #[test]
+    fn the_routers_own_broadcast_multicast_and_link_local_are_never_balanced() {
+        let f = facts();
+        for (dst, kind) in [
+            ("10.37.1.253", "local"),
+            ("192.168.0.1", "local"),
+            ("127.0.0.1", "local"),
+            ("255.255.255.255", "broadcast"),
+            ("192.168.0.255", "broadcast"),
+            ("10.37.1.255", "broadcast"),
+            ("224.0.0.251", "multicast"),
+            ("239.1.2.3", "multicast"),
+        ] {
+            let e = ask(CFG, &f, "192.168.0.20", dst);
+            assert_eq!(why(&e).map(NotBalanced::kind), Some(kind), "{dst}");
+        }
+        for (dst, kind) in [
+            ("fd37:157::1", "local"),
+            ("::1", "local"),
+            ("ff02::fb", "multicast"),
+            ("fe80::1", "link_local"),
+        ] {
+            let e = ask(CFG, &f, "fd37:157::20", dst);
+            assert_eq!(why(&e).map(NotBalanced::kind), Some(kind), "{dst}");
+        }
+        // What the addresses alone tell holds offline too.
+        let e = ask(CFG, &Facts::default(), "192.168.0.20", "224.0.0.251");
+        assert_eq!(why(&e).map(NotBalanced::kind), Some("multicast"));
+    }
+
+    #[test]
+    fn another_interfaces_subnet_is_not_balanced_longest_prefix_first() {
+        let mut f = facts();
+        // wan1 on a /16 that holds lan1's /24: the /24 wins, as in the kernel's lookup.
+        let links = f.links.as_mut().expect("links");
+        links.insert("wan1".into(), link(&["10.37.1.253/16"], &[]));
+        let e = ask(CFG, &f, "192.168.0.20", "10.37.9.5");
+        assert_eq!(
+            why(&e),
+            Some(&NotBalanced::OtherSubnet {
+                interface: "lan1".into(),
+                net: "10.37.9.0/24".parse().expect("net"),
+            })
+        );
+        let e = ask(CFG, &f, "192.168.0.20", "10.37.200.5");
+        assert_eq!(why(&e).and_then(NotBalanced::interface), Some("wan1"));
+    }
+
+    #[test]
+    fn the_routers_own_connections_follow_balance_local() {
+        let f = facts();
+        // local = true (the default): balanced, except main's own routes out of an uplink.
+        let e = ask(CFG, &f, "10.37.1.253", "1.2.3.4");
+        assert!(matches!(e.verdict, Verdict::Shares(_)), "{e:?}");
+        let e = ask(CFG, &f, "10.37.1.253", "10.37.2.1");
+        assert_eq!(why(&e).map(NotBalanced::kind), Some("uplink_subnet"));
+        let e = ask(CFG, &f, "10.37.1.253", "192.168.0.20");
+        assert_eq!(why(&e).map(NotBalanced::kind), Some("other_subnet"));
+        // IPv6 has no realm to tell main's on-link route apart: `output` balances it.
+        let e = ask(CFG, &f, "2001:db8:1::253", "2001:db8:1::1");
+        assert!(matches!(e.verdict, Verdict::Uplink(_)), "{e:?}");
+        // local = false: the router's connections keep main's routing.
+        let off = format!("{CFG}[balance]\nlocal = false\n");
+        for (src, dst) in [
+            ("10.37.1.253", "1.2.3.4"),
+            ("2001:db8:1::253", "2001:db8:9::1"),
+        ] {
+            let e = ask(&off, &f, src, dst);
+            assert_eq!(why(&e), Some(&NotBalanced::RouterOwn), "{src}");
+        }
+        // A LAN host is balanced as before.
+        let e = ask(&off, &f, "192.168.0.20", "1.2.3.4");
+        assert!(matches!(e.verdict, Verdict::Shares(_)), "{e:?}");
+    }
+}
