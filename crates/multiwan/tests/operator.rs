@@ -24,9 +24,13 @@ fn cli_json(lab: &Lab, args: &[&str]) -> Value {
     serde_json::from_slice(&out.stdout).expect("json")
 }
 
-/// Opens idle connections (held open) from host `h`.
+/// Opens idle connections (held open) from host `h` to the server.
 fn hold(lab: &Lab, h: usize, n: usize) -> Vec<std::net::TcpStream> {
-    let ep = lab.topo.server_endpoint();
+    hold_to(lab, h, lab.topo.server_endpoint(), n)
+}
+
+/// Opens idle connections (held open) from host `h` to `ep`.
+fn hold_to(lab: &Lab, h: usize, ep: std::net::SocketAddrV4, n: usize) -> Vec<std::net::TcpStream> {
     lab.topo.hosts[h]
         .ns
         .spawn(move || {
@@ -231,6 +235,75 @@ fn explain_agrees_with_where_connections_go() {
         text.contains("matches rule pin") && text.contains("goes to:    isp2"),
         "{text}"
     );
+}
+
+/// A destination on an uplink's connected subnet (ISP 2's gateway: its modem, DHCP server)
+/// is main's, not balanced: `explain` says so, naming the subnet and the interface, for a
+/// LAN host and for the router itself — and the kernel agrees: every connection to it is
+/// unmarked in conntrack and leaves by wan2, while the internet is balanced over both.
+#[test]
+fn explain_says_an_uplinks_connected_subnet_is_not_balanced() {
+    let lab = Lab::new(2, 1);
+    let _d = lab.start_daemon(&two_uplinks_checked("round-robin"));
+    let ep = std::net::SocketAddrV4::new([10, 37, 2, 1].into(), 7200);
+    let _modem = multiwan_lab::traffic::Server::start(&lab.topo.isps[1].ns, ep).expect("a server");
+    let h0 = lab.topo.hosts[0].addr.to_string();
+    let ask = |src: &str, dst: &str| {
+        cli_json(
+            &lab,
+            &[
+                "explain", "--src", src, "--dst", dst, "--proto", "tcp", "--dport", "7200",
+            ],
+        )
+    };
+    let e = ask(&h0, "10.37.2.1");
+    assert_eq!(e["verdict"], "not_balanced", "{e}");
+    assert_eq!(e["not_balanced"]["kind"], "uplink_subnet", "{e}");
+    assert_eq!(e["not_balanced"]["interface"], "wan2", "{e}");
+    assert_eq!(
+        e["not_balanced"]["reason"],
+        "10.37.2.1 is on isp2's connected subnet 10.37.2.0/24; it leaves by main's route via wan2",
+        "{e}"
+    );
+    assert!(
+        e["uplink"].is_null() && e["candidates"] == Value::Array(vec![]),
+        "{e}"
+    );
+    assert_eq!(e["facts_unknown"], false, "{e}");
+    let r = ask("10.37.1.253", "10.37.2.1");
+    assert_eq!(r["not_balanced"]["kind"], "uplink_subnet", "{r}");
+    // The internet is balanced.
+    let server = multiwan_lab::topology::SERVER_ADDR.to_string();
+    assert_eq!(ask(&h0, &server)["verdict"], "shares");
+    let text = lab.multiwan(&[
+        "explain",
+        "--src",
+        &h0,
+        "--dst",
+        "10.37.2.1",
+        "--run-dir",
+        &lab.run_dir(),
+    ]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("not balanced: 10.37.2.1 is on isp2's connected subnet 10.37.2.0/24")
+            && !text.contains("candidates"),
+        "{text}"
+    );
+    // The kernel: the connections to the modem carry no uplink's mark, and all of them
+    // arrive (by wan2, masqueraded there); those to the server are spread over both.
+    let _held = (hold_to(&lab, 0, ep, 4), hold(&lab, 0, 4));
+    let flows = cli_json(&lab, &["flows"]);
+    let flows = flows.as_array().expect("array");
+    let to_modem: Vec<&Value> = flows.iter().filter(|f| f["dport"] == 7200).collect();
+    assert_eq!(to_modem.len(), 4, "{flows:?}");
+    for f in &to_modem {
+        assert!(f["uplink"].is_null(), "unmarked: {f}");
+        assert_eq!(f["nat_src"], "10.37.2.253", "{f}");
+    }
+    let to_server: Vec<&Value> = flows.iter().filter(|f| f["dport"] == 7000).collect();
+    let on = |u: &str| to_server.iter().filter(|f| f["uplink"] == u).count();
+    assert_eq!((on("isp1"), on("isp2")), (2, 2), "{flows:?}");
 }
 
 #[test]
