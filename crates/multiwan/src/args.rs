@@ -141,10 +141,13 @@ pub struct Conn {
 #[derive(Debug, Clone)]
 #[cfg_attr(not(without_clap), derive(Args))]
 pub struct ExplainArgs {
-    /// Source address of the new connection (a LAN host, or the router itself).
+    /// Source address of the new connection (a LAN host, or the router itself: with
+    /// `[balance] local = false` the router's own connections are not balanced).
     #[cfg_attr(not(without_clap), arg(long))]
     pub src: IpAddr,
-    /// Destination address.
+    /// Destination address. One multiwan never balances is answered "not balanced", with
+    /// why: the router's own address, broadcast, multicast, IPv6 link-local, or on a
+    /// connected subnet (an uplink's: its gateway, modem or DHCP server; another LAN's).
     #[cfg_attr(not(without_clap), arg(long))]
     pub dst: Option<IpAddr>,
     /// Protocol: tcp, udp or icmp.
@@ -156,7 +159,9 @@ pub struct ExplainArgs {
     /// Destination port.
     #[cfg_attr(not(without_clap), arg(long))]
     pub dport: Option<u16>,
-    /// Explain against this config with every uplink up, without a daemon.
+    /// Explain against this config with every uplink up, without a daemon (and without the
+    /// interfaces' addresses: whether the destination is on a connected subnet, or the
+    /// source the router's own, is not told).
     #[cfg_attr(not(without_clap), arg(short, long))]
     pub config: Option<PathBuf>,
     #[cfg_attr(not(without_clap), command(flatten))]

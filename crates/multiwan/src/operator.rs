@@ -299,12 +299,12 @@ pub fn render_explain(q: &ExplainQuery, e: &ExplainInfo, offline: bool) -> Strin
         }
     );
     if let Some(nb) = &e.not_balanced {
-        o += &format!(
-            "not balanced: {}
-",
-            nb.reason
-        );
-        o += "goes to:    main's route, unmarked (multiwan does not balance it)\n";
+        o += &format!("not balanced: {}\n", nb.reason);
+        o += if nb.kind == "local" {
+            "goes to:    the router itself (multiwan does not balance it)\n"
+        } else {
+            "goes to:    main's route, unmarked (multiwan does not balance it)\n"
+        };
         return o;
     }
     o += &match &e.rule {
@@ -347,7 +347,12 @@ pub fn render_explain(q: &ExplainQuery, e: &ExplainInfo, offline: bool) -> Strin
         _ => "goes to:    nowhere: no usable uplink, the connection is refused\n".into(),
     };
     if e.facts_unknown {
-        o += "note:       without the daemon's interface facts explain cannot tell whether the destination is the router's or on a connected subnet, or the source the router's own (such connections keep main's route, not balanced)\n";
+        let dst = q.dst.map(|d| d.to_string());
+        o += &format!(
+            "note:       offline: not known whether {} is on a connected subnet or the router's, or {} the router's own (those are not balanced)\n",
+            dst.as_deref().unwrap_or("the destination"),
+            q.src
+        );
     }
     o
 }
