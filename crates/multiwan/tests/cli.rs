@@ -241,6 +241,26 @@ fn explain_works_offline_without_root_or_daemon() {
         text.contains("matches rule vpn") && text.contains("main routing table"),
         "{text}"
     );
+    // Without the daemon's facts it cannot tell a connected subnet from the internet, and
+    // says so; what the address alone tells (multicast) it still tells.
+    assert!(
+        text.contains("note:       offline: not known whether 10.8.3.4 is on a connected subnet"),
+        "{text}"
+    );
+    assert_eq!(v["facts_unknown"], true, "{v}");
+    let out = bin()
+        .arg("explain")
+        .arg("-c")
+        .arg(example("dsl-lte-backup.toml"))
+        .args(["--src", "192.168.1.20", "--dst", "224.0.0.251", "--json"])
+        .output()
+        .expect("run");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(
+        (&v["verdict"], &v["not_balanced"]["kind"]),
+        (&"not_balanced".into(), &"multicast".into()),
+        "{v}"
+    );
 }
 
 /// The tester's config: isp1 carries IPv4 only, isp2 IPv6 too; a port rule and a net rule.

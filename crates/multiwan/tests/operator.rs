@@ -306,6 +306,56 @@ fn explain_says_an_uplinks_connected_subnet_is_not_balanced() {
     assert_eq!((on("isp1"), on("isp2")), (2, 2), "{flows:?}");
 }
 
+/// With `[balance] local = false` the router's own connections keep main's routing:
+/// `explain` from the router's address says so, and the kernel agrees (the router's
+/// connection to the server carries no uplink's mark), while a LAN host's is balanced.
+#[test]
+fn explain_says_the_routers_own_connections_are_not_balanced_without_local() {
+    let lab = Lab::new(2, 1);
+    let _d = lab.start_daemon(&format!(
+        "{}local = false\n",
+        two_uplinks_checked("round-robin")
+    ));
+    let server = multiwan_lab::topology::SERVER_ADDR.to_string();
+    let ask = |src: &str| {
+        cli_json(
+            &lab,
+            &[
+                "explain", "--src", src, "--dst", &server, "--proto", "tcp", "--dport", "7000",
+            ],
+        )
+    };
+    let r = ask("10.37.1.253");
+    assert_eq!(r["verdict"], "not_balanced", "{r}");
+    assert_eq!(r["not_balanced"]["kind"], "router_own", "{r}");
+    assert_eq!(
+        ask(&lab.topo.hosts[0].addr.to_string())["verdict"],
+        "shares"
+    );
+    let ep = lab.topo.server_endpoint();
+    let _held = lab
+        .topo
+        .router
+        .spawn(move || {
+            let mut s = std::net::TcpStream::connect_timeout(&ep.into(), Duration::from_secs(2))
+                .expect("the router connects by main's route");
+            s.write_all(b"PUT 1000000\n").expect("write");
+            s
+        })
+        .expect("spawn")
+        .join()
+        .expect("join");
+    let flows = cli_json(&lab, &["flows"]);
+    let mine: Vec<&Value> = flows
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter(|f| f["dport"] == 7000)
+        .collect();
+    assert_eq!(mine.len(), 1, "{flows}");
+    assert!(mine[0]["uplink"].is_null(), "not an uplink's: {flows}");
+}
+
 #[test]
 fn metrics_parse_and_report_the_uplinks() {
     let lab = Lab::new(2, 1);
