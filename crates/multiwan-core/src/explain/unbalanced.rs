@@ -205,8 +205,13 @@ pub(super) fn classify(cfg: &Config, facts: &Facts, q: &Query) -> Option<NotBala
         });
     }
     // The router's own IPv6 is judged by the interface alone (`output`: IPv6 routes have no
-    // realm to tell main's on-link route from multiwan's default), so it is balanced.
-    if router && Family::of(&q.src) == Family::V6 {
+    // realm to tell main's on-link route from multiwan's default): out of an interface of an
+    // uplink carrying IPv6 it is balanced.
+    let v6_uplink = cfg
+        .uplinks
+        .iter()
+        .any(|u| u.interface == interface && u.has(Family::V6));
+    if router && Family::of(&q.src) == Family::V6 && v6_uplink {
         return None;
     }
     Some(NotBalanced::UplinkSubnet {
@@ -398,9 +403,18 @@ gateway = "10.37.2.1"
         assert_eq!(why(&e).map(NotBalanced::kind), Some("uplink_subnet"));
         let e = ask(CFG, &f, "10.37.1.253", "192.168.0.20");
         assert_eq!(why(&e).map(NotBalanced::kind), Some("other_subnet"));
-        // IPv6 has no realm to tell main's on-link route apart: `output` balances it.
+        // IPv6 has no realm to tell main's on-link route apart: `output` balances it (out
+        // of an interface whose uplink carries IPv6; isp2 carries none).
         let e = ask(CFG, &f, "2001:db8:1::253", "2001:db8:1::1");
         assert!(matches!(e.verdict, Verdict::Uplink(_)), "{e:?}");
+        let mut f6 = f.clone();
+        let links = f6.links.as_mut().expect("links");
+        links.insert(
+            "wan2".into(),
+            link(&["10.37.2.253/24"], &["2001:db8:2::253/64"]),
+        );
+        let e = ask(CFG, &f6, "2001:db8:1::253", "2001:db8:2::1");
+        assert_eq!(why(&e).map(NotBalanced::kind), Some("uplink_subnet"));
         // local = false: the router's connections keep main's routing.
         let off = format!("{CFG}[balance]\nlocal = false\n");
         for (src, dst) in [
