@@ -11,7 +11,7 @@ use std::net::IpAddr;
 
 use super::Query;
 use crate::model::Config;
-use crate::net::{Family, IpNet};
+use crate::net::IpNet;
 use crate::plan::{Facts, Link};
 
 /// Why a new connection is not balanced: it leaves (or is delivered) by main's routing,
@@ -204,16 +204,9 @@ pub(super) fn classify(cfg: &Config, facts: &Facts, q: &Query) -> Option<NotBala
             net,
         });
     }
-    // The router's own IPv6 is judged by the interface alone (`output`: IPv6 routes have no
-    // realm to tell main's on-link route from multiwan's default): out of an interface of an
-    // uplink carrying IPv6 it is balanced.
-    let v6_uplink = cfg
-        .uplinks
-        .iter()
-        .any(|u| u.interface == interface && u.has(Family::V6));
-    if router && Family::of(&q.src) == Family::V6 && v6_uplink {
-        return None;
-    }
+    // The router's own connections too: `output` keeps main's route when it is not one of
+    // multiwan's (IPv4: not its realm; IPv6: its next hop, the destination itself, is no
+    // uplink's gateway — `hooks::own_routes6`).
     Some(NotBalanced::UplinkSubnet {
         uplinks,
         interface: interface.to_string(),
@@ -228,6 +221,7 @@ mod tests {
     use super::*;
     use crate::explain::{explain, Explanation, Health, Verdict};
     use crate::model::{load, Proto};
+    use crate::net::Family;
 
     const CFG: &str = r#"
 [lan]
@@ -403,18 +397,12 @@ gateway = "10.37.2.1"
         assert_eq!(why(&e).map(NotBalanced::kind), Some("uplink_subnet"));
         let e = ask(CFG, &f, "10.37.1.253", "192.168.0.20");
         assert_eq!(why(&e).map(NotBalanced::kind), Some("other_subnet"));
-        // IPv6 has no realm to tell main's on-link route apart: `output` balances it (out
-        // of an interface whose uplink carries IPv6; isp2 carries none).
-        let e = ask(CFG, &f, "2001:db8:1::253", "2001:db8:1::1");
-        assert!(matches!(e.verdict, Verdict::Uplink(_)), "{e:?}");
-        let mut f6 = f.clone();
-        let links = f6.links.as_mut().expect("links");
-        links.insert(
-            "wan2".into(),
-            link(&["10.37.2.253/24"], &["2001:db8:2::253/64"]),
-        );
-        let e = ask(CFG, &f6, "2001:db8:1::253", "2001:db8:2::1");
+        // IPv6 the same: its next hop on the connected /64 is no uplink's gateway
+        // (`hooks::own_routes6`); beyond it, the router's IPv6 is balanced.
+        let e = ask(CFG, &f, "2001:db8:1::253", "2001:db8:1::7");
         assert_eq!(why(&e).map(NotBalanced::kind), Some("uplink_subnet"));
+        let e = ask(CFG, &f, "2001:db8:1::253", "2001:db8:9::1");
+        assert!(matches!(e.verdict, Verdict::Uplink(_)), "{e:?}");
         // local = false: the router's connections keep main's routing.
         let off = format!("{CFG}[balance]\nlocal = false\n");
         for (src, dst) in [
