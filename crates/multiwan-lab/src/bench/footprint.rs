@@ -125,22 +125,25 @@ fn rss_by_mapping(pid: u32, bin: &Path) -> String {
     )
 }
 
+/// The calling thread's CPU time so far in nanoseconds (the scheduler's accounting), 0 when
+/// it cannot be read.
+fn thread_cpu_ns() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .unwrap_or(0)
+}
+
 /// CPU share of one core that a thread costs which does nothing but wake `per_sec` times a
 /// second: the floor of any prober on this machine.
 fn wake_floor(per_sec: u32, secs: u64) -> f64 {
     let h = std::thread::spawn(move || {
-        let stat = || {
-            std::fs::read_to_string("/proc/thread-self/schedstat")
-                .ok()
-                .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        let (c0, t0) = (stat(), Instant::now());
+        let (c0, t0) = (thread_cpu_ns(), Instant::now());
         let end = t0 + Duration::from_secs(secs);
         while Instant::now() < end {
             std::thread::sleep(Duration::from_secs(1) / per_sec);
         }
-        (stat() - c0) as f64 / t0.elapsed().as_nanos() as f64
+        (thread_cpu_ns() - c0) as f64 / t0.elapsed().as_nanos() as f64
     });
     h.join().unwrap_or(f64::NAN)
 }
@@ -291,13 +294,7 @@ fn sent_alone(topo: &Topology, n: usize, dual: bool, interval: Duration, secs: u
                 target.is_ipv4(),
             ));
         }
-        let stat = || {
-            std::fs::read_to_string("/proc/thread-self/schedstat")
-                .ok()
-                .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        let (c0, t0) = (stat(), Instant::now());
+        let (c0, t0) = (thread_cpu_ns(), Instant::now());
         let (mut next, end) = (t0, t0 + Duration::from_secs(secs));
         let mut seq = 0u16;
         while next < end {
@@ -310,7 +307,7 @@ fn sent_alone(topo: &Topology, n: usize, dual: bool, interval: Duration, secs: u
                 std::thread::sleep(wait);
             }
         }
-        Ok((stat() - c0) as f64 / t0.elapsed().as_nanos() as f64)
+        Ok((thread_cpu_ns() - c0) as f64 / t0.elapsed().as_nanos() as f64)
     };
     topo.router
         .spawn(run)?
