@@ -133,23 +133,25 @@ fn is_router(links: Option<&std::collections::BTreeMap<String, Link>>, ip: IpAdd
 /// The most specific connected subnet holding `dst` (as the kernel's longest-prefix match
 /// picks), with its interface.
 fn connected(facts: &Facts, dst: IpAddr) -> Option<(&str, IpNet)> {
-    let mut best: Option<(&str, IpNet, u8)> = None;
-    for (name, l) in facts.links.as_ref()? {
-        let nets: Vec<(IpNet, u8)> = match dst {
+    let holding = |l: &Link| -> Option<(IpNet, u8)> {
+        match dst {
             IpAddr::V4(d) => l
                 .onlink4
                 .iter()
                 .filter(|n| n.contains(d))
-                .map(|n| (IpNet::V4(*n), n.prefix()))
-                .collect(),
+                .max_by_key(|n| n.prefix())
+                .map(|n| (IpNet::V4(*n), n.prefix())),
             IpAddr::V6(d) => l
                 .onlink6
                 .iter()
                 .filter(|n| n.contains(d))
-                .map(|n| (IpNet::V6(*n), n.prefix()))
-                .collect(),
-        };
-        for (net, len) in nets {
+                .max_by_key(|n| n.prefix())
+                .map(|n| (IpNet::V6(*n), n.prefix())),
+        }
+    };
+    let mut best: Option<(&str, IpNet, u8)> = None;
+    for (name, l) in facts.links.as_ref()? {
+        if let Some((net, len)) = holding(l) {
             if best.is_none_or(|b| len > b.2) {
                 best = Some((name.as_str(), net, len));
             }
