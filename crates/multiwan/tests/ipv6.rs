@@ -210,6 +210,46 @@ fn the_routers_own_ipv6_to_an_uplinks_subnet_is_not_balanced() {
     }
 }
 
+/// A socket of the router's own bound to an uplink's interface (`ping -6 -I wan2`,
+/// SO_BINDTODEVICE) leaves by that interface from its address, whatever uplink the
+/// balancing would pick for an unbound one.
+#[test]
+fn an_ipv6_socket_bound_to_an_uplinks_interface_stays_on_it() {
+    use std::io::{BufRead, BufReader, Write};
+    let lab = Lab::new(2, 1);
+    lab.apply(&dual("round-robin"));
+    let server: SocketAddr = lab.topo.server_endpoint6().into();
+    let seen: Vec<Option<String>> = lab
+        .topo
+        .router
+        .spawn(move || {
+            (0..6)
+                .map(|_| {
+                    let s =
+                        socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None)
+                            .ok()?;
+                    s.bind_device(Some(b"wan2")).ok()?;
+                    s.connect_timeout(&server.into(), Duration::from_secs(2))
+                        .ok()?;
+                    let mut s = std::net::TcpStream::from(s);
+                    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+                    s.write_all(b"HELLO\n").ok()?;
+                    let mut line = String::new();
+                    BufReader::new(s).read_line(&mut line).ok()?;
+                    Some(line.trim().to_string())
+                })
+                .collect()
+        })
+        .expect("spawn")
+        .join()
+        .expect("join");
+    let wan2 = router_addr6(2).to_string();
+    assert!(
+        seen.iter().all(|a| a.as_deref() == Some(wan2.as_str())),
+        "bound to wan2, every connection leaves by it: {seen:?}"
+    );
+}
+
 #[test]
 fn down_restores_every_ipv6_rule_route_and_sysctl_and_spares_foreign_ones() {
     let lab = Lab::new(2, 1);
