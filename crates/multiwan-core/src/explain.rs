@@ -17,7 +17,7 @@
 
 mod unbalanced;
 
-pub use unbalanced::NotBalanced;
+pub use unbalanced::{Lookups, NotBalanced, Routed};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -287,11 +287,24 @@ pub fn explain(
     facts: &Facts,
     q: &Query,
 ) -> Result<Explanation, QueryError> {
+    explain_routed(cfg, health, facts, None, q)
+}
+
+/// [`explain`], with the kernel's answers to the hook chains' route lookups for `q` (the
+/// daemon asks them): then static routes, VPN routes and other tables' rules are seen too,
+/// not only the connected subnets.
+pub fn explain_routed(
+    cfg: &Config,
+    health: &Health,
+    facts: &Facts,
+    lookups: Option<&Lookups>,
+    q: &Query,
+) -> Result<Explanation, QueryError> {
     q.check()?;
     let family = Family::of(&q.src);
     // A config where no uplink carries IPv6 balances none of it (below): nothing to tell.
     let balanced_family = family == Family::V4 || cfg.uplinks.iter().any(|u| u.has(family));
-    if let Some(why) = unbalanced::classify(cfg, facts, q).filter(|_| balanced_family) {
+    if let Some(why) = unbalanced::classify(cfg, facts, lookups, q).filter(|_| balanced_family) {
         return Ok(Explanation {
             rule: None,
             mode: Mode::Balance,

@@ -17,7 +17,9 @@ use std::path::{Path, PathBuf};
 use std::collections::BTreeMap;
 
 use anyhow::{anyhow, bail, Context, Result};
-use multiwan_core::explain::{explain, parse_proto, Health, Query, QueryError, Verdict};
+use multiwan_core::explain::{
+    explain_routed, parse_proto, Health, Lookups, Query, QueryError, Verdict,
+};
 use multiwan_core::model::{Config, Mode};
 use multiwan_core::Facts;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
@@ -493,16 +495,18 @@ pub fn offline_health(cfg: &Config, q: &ExplainQuery) -> Health {
 
 /// Answers an `explain` query against the uplinks' health in the query's family and the
 /// kernel's facts: the daemon's (its states and the usable set it planned with, fail-open
-/// included; the facts it planned with), or [`offline_health`] and no facts for
-/// `multiwan explain -c`. Pure, so both give the same answer for the same health and facts.
+/// included; the facts it planned with; the kernel's answers to the hook chains' route
+/// lookups, which see static and VPN routes), or [`offline_health`] and no facts or lookups
+/// for `multiwan explain -c`. Pure, so both give the same answer for the same inputs.
 pub fn explain_query(
     cfg: &Config,
     health: &Health,
     facts: &Facts,
+    lookups: Option<&Lookups>,
     q: &ExplainQuery,
 ) -> std::result::Result<ExplainInfo, QueryError> {
     let query = query_of(q)?;
-    let e = explain(cfg, health, facts, &query)?;
+    let e = explain_routed(cfg, health, facts, lookups, &query)?;
     let (verdict, uplink, shares) = match &e.verdict {
         Verdict::Uplink(u) => ("uplink", Some(u.clone()), Vec::new()),
         Verdict::Shares(s) => (

@@ -268,7 +268,7 @@ pub fn explain(a: &ExplainArgs) -> Result<(), Failure> {
         Some(path) => {
             let cfg = load_config(path)?;
             let health = control::offline_health(&cfg, &q);
-            control::explain_query(&cfg, &health, &multiwan_core::Facts::default(), &q)
+            control::explain_query(&cfg, &health, &multiwan_core::Facts::default(), None, &q)
                 .map_err(usage)?
         }
         None => ask(&a.conn.run_dir, Request::Explain(q.clone()))?,

@@ -306,6 +306,65 @@ fn explain_says_an_uplinks_connected_subnet_is_not_balanced() {
     assert_eq!((on("isp1"), on("isp2")), (2, 2), "{flows:?}");
 }
 
+/// A static route of main's (to the server, via ISP 2's gateway) and a route out of a
+/// non-uplink interface (a network behind a LAN router) are seen by `explain`, which asks
+/// the kernel the hook chains' own lookups: not balanced, naming the route — and the kernel
+/// agrees: every connection to the server is unmarked and leaves by wan2.
+#[test]
+fn explain_sees_static_routes_and_routes_out_of_other_interfaces() {
+    let lab = Lab::new(2, 1);
+    let _d = lab.start_daemon(&two_uplinks_checked("round-robin"));
+    let server = multiwan_lab::topology::SERVER_ADDR.to_string();
+    let h0 = lab.topo.hosts[0].addr.to_string();
+    let r = &lab.topo.router;
+    r.ip(&[
+        "route",
+        "add",
+        &format!("{server}/32"),
+        "via",
+        "10.37.2.1",
+        "dev",
+        "wan2",
+    ])
+    .expect("a static route");
+    r.ip(&["route", "add", "10.99.0.0/24", "via", &h0, "dev", "lan0"])
+        .expect("a network behind a LAN router");
+    let ask = |src: &str, dst: &str| {
+        cli_json(
+            &lab,
+            &[
+                "explain", "--src", src, "--dst", dst, "--proto", "tcp", "--dport", "7000",
+            ],
+        )
+    };
+    let e = ask(&h0, &server);
+    assert_eq!(e["verdict"], "not_balanced", "{e}");
+    assert_eq!(e["not_balanced"]["kind"], "uplink_route", "{e}");
+    assert_eq!(e["not_balanced"]["interface"], "wan2", "{e}");
+    assert_eq!(
+        e["not_balanced"]["reason"],
+        format!("main routes {server} by a route of its own, {server} via 10.37.2.1 dev wan2 (table main), out of isp2's interface (not by a default route): multiwan leaves it to main"),
+        "{e}"
+    );
+    let own = multiwan_lab::topology::ROUTER_LAN_ADDR.to_string();
+    assert_eq!(ask(&own, &server)["not_balanced"]["kind"], "uplink_route");
+    let e = ask(&h0, "10.99.0.5");
+    assert_eq!(e["not_balanced"]["kind"], "other_route", "{e}");
+    assert_eq!(e["not_balanced"]["interface"], "lan0", "{e}");
+    // Elsewhere the internet is still balanced.
+    assert_eq!(ask(&h0, "172.16.0.99")["verdict"], "shares");
+    // The kernel: the connections to the server carry no uplink's mark and leave by wan2.
+    let _held = hold(&lab, 0, 4);
+    let flows = cli_json(&lab, &["flows"]);
+    let flows = flows.as_array().expect("array");
+    let to_server: Vec<&Value> = flows.iter().filter(|f| f["dport"] == 7000).collect();
+    assert_eq!(to_server.len(), 4, "{flows:?}");
+    for f in &to_server {
+        assert!(f["uplink"].is_null(), "unmarked: {f}");
+        assert_eq!(f["nat_src"], "10.37.2.253", "{f}");
+    }
+}
+
 /// With `[balance] local = false` the router's own connections keep main's routing:
 /// `explain` from the router's address says so, and the kernel agrees (the router's
 /// connection to the server carries no uplink's mark), while a LAN host's is balanced.

@@ -3,8 +3,11 @@
 //! link-local (`NEW4`/`NEW6`); a LAN connection main routes out of an uplink by a route of
 //! its own (the none-mark lookup of `egress`: the uplink's connected subnet) or out of no
 //! uplink at all (another LAN, a VPN); and with `[balance] local = false` the router's own.
-//! Pure: judged from the config and the kernel's [`Facts`] (the interfaces' addresses and
-//! their networks); offline (no facts) only what the addresses alone tell.
+//! Pure: judged from the config, the kernel's [`Facts`] (the interfaces' addresses and
+//! their networks) and, from the daemon, the kernel's answers to the very lookups the hook
+//! chains make ([`Lookups`]: what sees static routes, VPN routes and other tables' rules);
+//! without those, from the connected subnets alone; offline (no facts) only what the
+//! addresses alone tell.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -13,6 +16,50 @@ use super::Query;
 use crate::model::Config;
 use crate::net::IpNet;
 use crate::plan::{Facts, Link};
+
+/// A route the kernel matched for a lookup (what `ip route get … fibmatch` prints).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Routed {
+    /// The table it is in (254: main).
+    pub table: u32,
+    /// Its destination network.
+    pub net: IpNet,
+    /// Its gateway; none when the destination is on the link.
+    pub via: Option<IpAddr>,
+    /// The interface it leaves by.
+    pub interface: String,
+}
+
+impl fmt::Display for Routed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.net)?;
+        if let Some(v) = self.via {
+            write!(f, " via {v}")?;
+        }
+        write!(f, " dev {}", self.interface)?;
+        match self.table {
+            MAIN_TABLE => write!(f, " (table main)"),
+            t => write!(f, " (table {t})"),
+        }
+    }
+}
+
+/// The main table's number.
+const MAIN_TABLE: u32 = 254;
+
+/// The kernel's answers to the route lookups the hook chains make for a new connection
+/// (`plan/hooks.rs`), asked by the daemon for `explain` with the query's addresses; `None`
+/// where the kernel has no route.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Lookups {
+    /// Asked with multiwan's none mark (`egress`'s first lookup, for a LAN connection): a
+    /// route of main's own, never its default; one out of an uplink keeps the connection
+    /// main's.
+    pub none_mark: Option<Routed>,
+    /// Asked unmarked: the route the connection takes if multiwan leaves it alone; one out
+    /// of an interface no uplink uses is never balanced.
+    pub unmarked: Option<Routed>,
+}
 
 /// Why a new connection is not balanced: it leaves (or is delivered) by main's routing,
 /// unmarked.
@@ -46,11 +93,25 @@ pub enum NotBalanced {
         /// The subnet.
         net: IpNet,
     },
+    /// Main routes the destination out of an uplink's interface by a route of its own (a
+    /// static route, not its default): multiwan leaves such routes to main.
+    UplinkRoute {
+        /// The uplinks on the route's interface.
+        uplinks: Vec<String>,
+        /// The route.
+        route: Routed,
+    },
+    /// The connection's route (main's or another table's, by someone else's rule) leaves by
+    /// an interface no uplink uses: a VPN, another LAN, a static route.
+    OtherRoute {
+        /// The route.
+        route: Routed,
+    },
 }
 
 impl NotBalanced {
     /// A short machine name: `local`, `broadcast`, `multicast`, `link_local`, `router_own`,
-    /// `uplink_subnet`, `other_subnet`.
+    /// `uplink_subnet`, `other_subnet`, `uplink_route`, `other_route`.
     pub fn kind(&self) -> &'static str {
         match self {
             NotBalanced::Local => "local",
@@ -60,6 +121,8 @@ impl NotBalanced {
             NotBalanced::RouterOwn => "router_own",
             NotBalanced::UplinkSubnet { .. } => "uplink_subnet",
             NotBalanced::OtherSubnet { .. } => "other_subnet",
+            NotBalanced::UplinkRoute { .. } => "uplink_route",
+            NotBalanced::OtherRoute { .. } => "other_route",
         }
     }
 
@@ -68,6 +131,9 @@ impl NotBalanced {
         match self {
             NotBalanced::UplinkSubnet { interface, .. }
             | NotBalanced::OtherSubnet { interface, .. } => Some(interface),
+            NotBalanced::UplinkRoute { route, .. } | NotBalanced::OtherRoute { route } => {
+                Some(&route.interface)
+            }
             _ => None,
         }
     }
@@ -115,6 +181,16 @@ impl fmt::Display for Describe<'_> {
                 f,
                 "{dst} is on {interface}'s connected subnet {net}, which is no uplink's; it leaves by main's route via {interface}"
             ),
+            NotBalanced::UplinkRoute { uplinks, route } => write!(
+                f,
+                "main routes {dst} by a route of its own, {route}, out of {}'s interface (not by a default route): multiwan leaves it to main",
+                uplinks.join("/")
+            ),
+            NotBalanced::OtherRoute { route } => write!(
+                f,
+                "{dst} is routed by {route}, and {} is no uplink's interface: the connection leaves by it, unbalanced",
+                route.interface
+            ),
         }
     }
 }
@@ -160,9 +236,74 @@ fn connected(facts: &Facts, dst: IpAddr) -> Option<(&str, IpNet)> {
     best.map(|(n, net, _)| (n, net))
 }
 
+/// What a connection that takes `route` is: on a connected subnet (the route is the one
+/// the facts hold for the interface's network) or routed by a route of someone's.
+fn by_route(cfg: &Config, facts: &Facts, route: &Routed, dst: IpAddr) -> NotBalanced {
+    let uplinks = uplinks_on(cfg, &route.interface);
+    let subnet = route.via.is_none()
+        && route.table == MAIN_TABLE
+        && connected(facts, dst) == Some((route.interface.as_str(), route.net));
+    match (uplinks.is_empty(), subnet) {
+        (false, true) => NotBalanced::UplinkSubnet {
+            uplinks,
+            interface: route.interface.clone(),
+            net: route.net,
+        },
+        (false, false) => NotBalanced::UplinkRoute {
+            uplinks,
+            route: route.clone(),
+        },
+        (true, true) => NotBalanced::OtherSubnet {
+            interface: route.interface.clone(),
+            net: route.net,
+        },
+        (true, false) => NotBalanced::OtherRoute {
+            route: route.clone(),
+        },
+    }
+}
+
+fn uplinks_on(cfg: &Config, interface: &str) -> Vec<String> {
+    cfg.uplinks
+        .iter()
+        .filter(|u| u.interface == interface)
+        .map(|u| u.name.clone())
+        .collect()
+}
+
+/// Judged by the kernel's answers to the hook chains' lookups. A LAN connection: `egress`
+/// keeps it main's when the none-mark lookup finds main's own route out of an uplink, and
+/// balances it only when its unmarked route leaves by an uplink. The router's own: `output`
+/// balances only its routes by multiwan's uplinks (IPv4: only multiwan's tables carry its
+/// realm; IPv6: the next hop must be an uplink's gateway, which the connected-subnet check
+/// after this tells).
+fn by_lookups(
+    cfg: &Config,
+    facts: &Facts,
+    l: &Lookups,
+    dst: IpAddr,
+    router: bool,
+) -> Option<NotBalanced> {
+    let on_uplink = |r: &Routed| !uplinks_on(cfg, &r.interface).is_empty();
+    if !router {
+        if let Some(n) = l.none_mark.as_ref().filter(|n| on_uplink(n)) {
+            return Some(by_route(cfg, facts, n, dst));
+        }
+    }
+    let u = l.unmarked.as_ref()?;
+    let ours = u.table == cfg.kernel.table_base;
+    let own_main4 = router && dst.is_ipv4() && u.table == MAIN_TABLE;
+    (!ours && (!on_uplink(u) || own_main4)).then(|| by_route(cfg, facts, u, dst))
+}
+
 /// Why the kernel would not balance `q`, if it would not; `None` also when the facts are
 /// unknown and the addresses alone do not tell.
-pub(super) fn classify(cfg: &Config, facts: &Facts, q: &Query) -> Option<NotBalanced> {
+pub(super) fn classify(
+    cfg: &Config,
+    facts: &Facts,
+    lookups: Option<&Lookups>,
+    q: &Query,
+) -> Option<NotBalanced> {
     let links = facts.links.as_ref();
     if let Some(dst) = q.dst {
         if is_router(links, dst) {
@@ -193,13 +334,19 @@ pub(super) fn classify(cfg: &Config, facts: &Facts, q: &Query) -> Option<NotBala
     if router && !cfg.balance.local {
         return Some(NotBalanced::RouterOwn);
     }
-    let (interface, net) = connected(facts, q.dst?)?;
-    let uplinks: Vec<String> = cfg
-        .uplinks
-        .iter()
-        .filter(|u| u.interface == interface)
-        .map(|u| u.name.clone())
-        .collect();
+    let dst = q.dst?;
+    if let Some(l) = lookups {
+        if let Some(why) = by_lookups(cfg, facts, l, dst, router) {
+            return Some(why);
+        }
+        // A LAN connection the lookups found balanced is; the router's own IPv6 still
+        // depends on its next hop (below).
+        if !(router && dst.is_ipv6()) {
+            return None;
+        }
+    }
+    let (interface, net) = connected(facts, dst)?;
+    let uplinks = uplinks_on(cfg, interface);
     if uplinks.is_empty() {
         return Some(NotBalanced::OtherSubnet {
             interface: interface.to_string(),
@@ -327,6 +474,138 @@ gateway = "10.37.2.1"
             matches!(why(&e), Some(NotBalanced::UplinkSubnet { uplinks, .. }) if uplinks == &["isp2"])
         );
         let e = ask(CFG, &facts(), "fd37:157::20", "2001:db8:1::1");
+        assert_eq!(why(&e).map(NotBalanced::kind), Some("uplink_subnet"));
+    }
+
+    fn routed(table: u32, net: &str, via: Option<&str>, dev: &str) -> Routed {
+        Routed {
+            table,
+            net: net.parse().expect("net"),
+            via: via.map(|v| v.parse().expect("ip")),
+            interface: dev.into(),
+        }
+    }
+
+    fn ask_routed(src: &str, dst: &str, l: &Lookups) -> Explanation {
+        let cfg = load("t", CFG).expect("cfg");
+        let src: IpAddr = src.parse().expect("ip");
+        let q = Query {
+            src,
+            dst: Some(dst.parse().expect("ip")),
+            proto: Some(Proto::Tcp),
+            sport: None,
+            dport: Some(80),
+        };
+        let health = Health::from_states(&cfg, BTreeMap::new(), Family::of(&src));
+        crate::explain::explain_routed(&cfg, &health, &facts(), Some(l), &q).expect("valid")
+    }
+
+    /// The multipath default of multiwan's own table (1000): what an unmarked lookup of a
+    /// balanced connection finds.
+    fn balanced() -> Option<Routed> {
+        Some(routed(1000, "0.0.0.0/0", Some("10.37.1.1"), "wan1"))
+    }
+
+    #[test]
+    fn the_kernels_lookups_tell_static_and_vpn_routes_from_balanced_ones() {
+        // A static route of main's out of an uplink: egress's none-mark lookup finds it.
+        let stat = routed(254, "203.0.113.0/24", Some("10.37.1.1"), "wan1");
+        let l = Lookups {
+            none_mark: Some(stat.clone()),
+            unmarked: Some(stat.clone()),
+        };
+        let e = ask_routed("192.168.0.20", "203.0.113.9", &l);
+        let w = why(&e).expect("not balanced");
+        assert_eq!(w.kind(), "uplink_route");
+        assert_eq!(w.interface(), Some("wan1"));
+        let q = Query {
+            src: "192.168.0.20".parse().expect("ip"),
+            dst: Some("203.0.113.9".parse().expect("ip")),
+            proto: None,
+            sport: None,
+            dport: None,
+        };
+        assert_eq!(
+            w.describe(&q),
+            "main routes 203.0.113.9 by a route of its own, 203.0.113.0/24 via 10.37.1.1 dev wan1 (table main), out of isp1's interface (not by a default route): multiwan leaves it to main"
+        );
+        // A VPN's route (main's, or a table of someone else's rule): no uplink's interface.
+        for table in [254, 52] {
+            let vpn = routed(table, "10.8.0.0/24", None, "wg0");
+            let l = Lookups {
+                none_mark: (table == 254).then(|| vpn.clone()),
+                unmarked: Some(vpn.clone()),
+            };
+            let e = ask_routed("192.168.0.20", "10.8.0.7", &l);
+            assert!(
+                matches!(why(&e), Some(NotBalanced::OtherRoute { route }) if route == &vpn),
+                "{e:?}"
+            );
+        }
+        // The connected subnet, as the lookup finds it, is told as such.
+        let sub = routed(254, "10.37.1.0/24", None, "wan1");
+        let l = Lookups {
+            none_mark: Some(sub.clone()),
+            unmarked: Some(sub),
+        };
+        let e = ask_routed("192.168.0.20", "10.37.1.1", &l);
+        assert_eq!(why(&e).map(NotBalanced::kind), Some("uplink_subnet"));
+        // Balanced: the unmarked lookup ends in multiwan's table, or in someone else's table
+        // out of an uplink (egress balances that too); or no lookup answered at all.
+        for unmarked in [
+            balanced(),
+            Some(routed(77, "0.0.0.0/0", Some("10.37.2.1"), "wan2")),
+            None,
+        ] {
+            let l = Lookups {
+                none_mark: None,
+                unmarked,
+            };
+            let e = ask_routed("192.168.0.20", "1.2.3.4", &l);
+            assert!(why(&e).is_none(), "{l:?}: {e:?}");
+        }
+        // The lookups see past the connected subnets: a LAN /24 main routes by a more
+        // specific static route out of an uplink is not that LAN's.
+        let l = Lookups {
+            none_mark: Some(routed(254, "10.37.9.128/25", Some("10.37.2.1"), "wan2")),
+            unmarked: None,
+        };
+        let e = ask_routed("192.168.0.20", "10.37.9.200", &l);
+        assert_eq!(why(&e).map(NotBalanced::kind), Some("uplink_route"));
+    }
+
+    #[test]
+    fn the_routers_own_is_judged_by_its_unmarked_route() {
+        // Main's static route out of an uplink: IPv4 `output` balances only multiwan's
+        // routes (its realm), so the router's own keeps main's.
+        let stat = routed(254, "203.0.113.0/24", Some("10.37.1.1"), "wan1");
+        let l = Lookups {
+            none_mark: None,
+            unmarked: Some(stat),
+        };
+        let e = ask_routed("192.168.0.1", "203.0.113.9", &l);
+        assert_eq!(why(&e).map(NotBalanced::kind), Some("uplink_route"));
+        // Out of a VPN: never balanced.
+        let l = Lookups {
+            none_mark: None,
+            unmarked: Some(routed(254, "10.8.0.0/24", None, "wg0")),
+        };
+        let e = ask_routed("192.168.0.1", "10.8.0.7", &l);
+        assert_eq!(why(&e).map(NotBalanced::kind), Some("other_route"));
+        // By multiwan's table: balanced.
+        let l = Lookups {
+            none_mark: None,
+            unmarked: balanced(),
+        };
+        let e = ask_routed("192.168.0.1", "1.2.3.4", &l);
+        assert!(why(&e).is_none(), "{e:?}");
+        // The router's own IPv6 to an uplink's subnet: still not balanced (its next hop is
+        // no gateway), though the lookup found an uplink's interface.
+        let l = Lookups {
+            none_mark: None,
+            unmarked: Some(routed(254, "2001:db8:1::/64", None, "wan1")),
+        };
+        let e = ask_routed("fd37:157::1", "2001:db8:1::9", &l);
         assert_eq!(why(&e).map(NotBalanced::kind), Some("uplink_subnet"));
     }
 

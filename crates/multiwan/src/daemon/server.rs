@@ -260,6 +260,21 @@ impl Protocol<UnixStream> for Control {
     }
 }
 
+/// The kernel's answers to the hook chains' lookups for an `explain` query with a
+/// destination; without them (none, or the kernel refused to answer: logged) `explain`
+/// judges by the connected subnets alone.
+fn lookups(snap: &Snapshot, q: &control::ExplainQuery) -> Option<multiwan_core::explain::Lookups> {
+    let dst = q.dst.filter(|d| Family::of(d) == Family::of(&q.src))?;
+    let own = q.src.is_loopback()
+        || snap.facts.links.iter().flatten().any(|(_, l)| match q.src {
+            std::net::IpAddr::V4(a) => l.addrs.contains(&a),
+            std::net::IpAddr::V6(a) => l.addrs6.contains(&a),
+        });
+    crate::kernel::explain_lookups(snap.cfg.kernel.mark_none(), q.src, dst, own)
+        .map_err(|e| tracing::debug!(error = %format!("{e:#}"), "explain: route lookups"))
+        .ok()
+}
+
 fn write_line<T: serde::Serialize>(s: &mut UnixStream, r: &Response<T>) -> Result<()> {
     let mut line = serde_json::to_string(r)?;
     line.push('\n');
@@ -291,7 +306,8 @@ fn serve(
         Request::Explain(q) => {
             let snap = snapshot(tx)?;
             let health = snap.health_of(Family::of(&q.src));
-            match control::explain_query(&snap.cfg, &health, &snap.facts, &q) {
+            let lookups = lookups(&snap, &q);
+            match control::explain_query(&snap.cfg, &health, &snap.facts, lookups.as_ref(), &q) {
                 Ok(e) => write_line(s, &Response::ok(e)),
                 Err(e) => write_line(s, &RequestError::usage(e.to_string()).response()),
             }

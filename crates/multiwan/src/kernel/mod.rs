@@ -505,6 +505,30 @@ impl System {
     }
 }
 
+/// The kernel's answers to the route lookups the hook chains make for a new connection from
+/// `src` to `dst` (for `explain`): with multiwan's none mark and unmarked, as `egress` asks
+/// for a LAN connection; the router's own (`own`: `src` is one of its addresses) unmarked,
+/// as an output lookup. Read-only.
+pub fn explain_lookups(
+    mark_none: u32,
+    src: IpAddr,
+    dst: IpAddr,
+    own: bool,
+) -> Result<multiwan_core::explain::Lookups> {
+    let mut rt = Rtnl::open()?;
+    let names: BTreeMap<u32, String> = rt.links()?.into_iter().map(|l| (l.index, l.name)).collect();
+    let mut ask = |mark: u32| -> Result<Option<multiwan_core::explain::Routed>> {
+        Ok(rt
+            .route_get(dst, Some(src), own, mark)?
+            .and_then(|m| netlink::routed(&m, &names)))
+    };
+    let none_mark = if own { None } else { ask(mark_none)? };
+    Ok(multiwan_core::explain::Lookups {
+        none_mark,
+        unmarked: ask(0)?,
+    })
+}
+
 /// A policy with the state the kernel held before (for rollback).
 fn previous_policy(p: &PolicyMap, s: &PolicyState) -> PolicyMap {
     let mut prev = p.clone();

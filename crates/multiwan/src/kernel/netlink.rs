@@ -10,6 +10,8 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use anyhow::{anyhow, Context, Result};
+use multiwan_core::explain::Routed;
+use multiwan_core::net::{IpNet, Ipv4Net, Ipv6Net};
 use multiwan_core::plan::{Family, IpRule, Nexthop, Route, RouteKind, RuleAction, RTPROT_MULTIWAN};
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_REPLACE};
 use netlink_packet_route::address::{
@@ -18,8 +20,8 @@ use netlink_packet_route::address::{
 use netlink_packet_route::link::{LinkFlags, LinkHeader};
 use netlink_packet_route::neighbour::{NeighbourAttribute, NeighbourMessage, NeighbourState};
 use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteNextHop, RouteProtocol,
-    RouteRealm, RouteScope, RouteType,
+    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteNextHop,
+    RouteProtocol, RouteRealm, RouteScope, RouteType,
 };
 use netlink_packet_route::rule::{RuleAction as NlRuleAction, RuleAttribute, RuleMessage};
 use netlink_packet_route::AddressFamily;
@@ -205,6 +207,60 @@ impl Rtnl {
             Err(r) => return Err(r.into_error()),
         }
         Ok(out)
+    }
+
+    /// The route the kernel matches for a packet to `dst` from `src` with firewall mark
+    /// `mark` (`ip route get … fibmatch`, rules included). A forwarded packet's source is not
+    /// the router's: it is asked as arriving from loopback, which is how the nftables `fib`
+    /// expression asks; the router's own as an output lookup. `None` when the kernel has no
+    /// route (unreachable, prohibited, or a rule that ends the lookup).
+    pub fn route_get(
+        &mut self,
+        dst: IpAddr,
+        src: Option<IpAddr>,
+        own: bool,
+        mark: u32,
+    ) -> Result<Option<RouteMessage>> {
+        let family = match dst {
+            IpAddr::V4(_) => Family::V4,
+            IpAddr::V6(_) => Family::V6,
+        };
+        let addr = |a: IpAddr| match a {
+            IpAddr::V4(a) => RouteAddress::Inet(a),
+            IpAddr::V6(a) => RouteAddress::Inet6(a),
+        };
+        let mut req = RouteMessage::default();
+        req.header.address_family = af(family);
+        req.header.destination_prefix_length = full_len(family);
+        req.header.flags = RouteFlags::FibMatch;
+        req.attributes.push(RouteAttribute::Destination(addr(dst)));
+        if let Some(src) = src {
+            req.header.source_prefix_length = full_len(family);
+            req.attributes.push(RouteAttribute::Source(addr(src)));
+            if !own {
+                let lo = nix::net::if_::if_nametoindex("lo").context("the loopback interface")?;
+                req.attributes.push(RouteAttribute::Iif(lo));
+            }
+        }
+        req.attributes.push(RouteAttribute::Mark(mark));
+        match self.0.try_ask::<_, RtMsg>(RtRequest::GetRoute(req), 0)? {
+            Ok(list) => Ok(list.into_iter().find_map(|m| match m {
+                RtMsg::NewRoute(r) => Some(r),
+                _ => None,
+            })),
+            Err(r)
+                if [
+                    nix::libc::ENETUNREACH,
+                    nix::libc::EHOSTUNREACH,
+                    nix::libc::EACCES,
+                    nix::libc::EINVAL,
+                ]
+                .contains(&r.errno) =>
+            {
+                Ok(None)
+            }
+            Err(r) => Err(r.into_error()),
+        }
     }
 
     /// Routes of `family` through interface `index` in every table (kernel-filtered by
@@ -438,6 +494,40 @@ fn oif(attrs: &[RouteAttribute]) -> Option<u32> {
     attrs.iter().find_map(|a| match a {
         RouteAttribute::Oif(i) => Some(*i),
         _ => None,
+    })
+}
+
+/// The route a lookup matched ([`Rtnl::route_get`]) as `explain` reads it: `None` when it
+/// leaves by no interface (a route without one, or of an interface not in `names`). Of a
+/// multipath route the first next hop.
+pub fn routed(m: &RouteMessage, names: &BTreeMap<u32, String>) -> Option<Routed> {
+    let family = family_of(m.header.address_family)?;
+    let len = m.header.destination_prefix_length;
+    let dst = m.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Destination(RouteAddress::Inet(d)) => Some(IpAddr::V4(*d)),
+        RouteAttribute::Destination(RouteAddress::Inet6(d)) => Some(IpAddr::V6(*d)),
+        _ => None,
+    });
+    let net = match (family, dst) {
+        (Family::V4, Some(IpAddr::V4(d))) => IpNet::V4(Ipv4Net::holding(d, len)?),
+        (Family::V6, Some(IpAddr::V6(d))) => IpNet::V6(Ipv6Net::holding(d, len)?),
+        (Family::V4, None) => IpNet::V4(Ipv4Net::holding(std::net::Ipv4Addr::UNSPECIFIED, 0)?),
+        (Family::V6, None) => IpNet::V6(Ipv6Net::holding(std::net::Ipv6Addr::UNSPECIFIED, 0)?),
+        _ => return None,
+    };
+    let first = m.attributes.iter().find_map(|a| match a {
+        RouteAttribute::MultiPath(hops) => hops.first(),
+        _ => None,
+    });
+    let (index, via) = match first {
+        Some(h) => (h.interface_index, gateway(&h.attributes)),
+        None => (oif(&m.attributes)?, gateway(&m.attributes)),
+    };
+    Some(Routed {
+        table: table_of(m),
+        net,
+        via,
+        interface: names.get(&index)?.clone(),
     })
 }
 
