@@ -643,6 +643,65 @@ fn a_removed_uplinks_interface_gets_its_sysctls_back() {
     assert_eq!(before, lab.kernel_snapshot(), "down restores the rest");
 }
 
+/// A port forward used from a host on the uplink's own subnet (a device on the modem's or
+/// the upstream router's LAN): the LAN host's answers go to that host directly, by main's
+/// connected route, as the host's own packets came — not by the uplink's table to the
+/// gateway, which would see only one direction of the connection.
+#[test]
+fn port_forward_answers_to_a_host_on_the_uplinks_subnet_go_to_it_directly() {
+    let lab = Lab::new(2, 1);
+    lab.apply(&two_uplinks("round-robin", 1, 1));
+    let host = lab.topo.hosts[0].addr;
+    let r = &lab.topo.router;
+    let fwd = lab.dir.join("admin.nft");
+    std::fs::write(
+        &fwd,
+        format!("table ip admin {{\n chain pre {{\n  type nat hook prerouting priority dstnat; policy accept;\n  iifname \"wan2\" tcp dport 8080 dnat to {host}:7000\n }}\n}}\n"),
+    )
+    .expect("write");
+    r.exec("nft", &["-f", &fwd.display().to_string()])
+        .expect("admin table");
+    let _lan_server = traffic::Server::start(
+        &lab.topo.hosts[0].ns,
+        std::net::SocketAddrV4::new(host, 7000),
+    )
+    .expect("lan server");
+    let isp2 = &lab.topo.isps[1].ns;
+    isp2.ip(&["addr", "add", "10.37.2.77/24", "dev", "cpe"])
+        .expect("a host on wan2's link");
+    let probe = lab.dir.join("nexthop.nft");
+    std::fs::write(
+        &probe,
+        "table ip nexthop_probe {\n chain post {\n  type filter hook postrouting priority 0; policy accept;\n  ip daddr 10.37.2.77 rt ip nexthop 10.37.2.1 counter\n  ip daddr 10.37.2.77 rt ip nexthop 10.37.2.77 counter\n }\n}\n",
+    )
+    .expect("write");
+    r.exec("nft", &["-f", &probe.display().to_string()])
+        .expect("probe table");
+    let neighbour: std::net::IpAddr = [10, 37, 2, 77].into();
+    let fwd_ep: std::net::SocketAddr = ([10, 37, 2, 253], 8080).into();
+    let seen = isp2
+        .spawn(move || traffic::tcp_hello_from_ip(neighbour, fwd_ep, Duration::from_secs(2)).ok())
+        .expect("spawn")
+        .join()
+        .expect("join");
+    assert_eq!(seen, Some(neighbour), "the LAN host answers the neighbour");
+    let chain = r
+        .exec("nft", &["list", "chain", "ip", "nexthop_probe", "post"])
+        .expect("nft");
+    let counts: Vec<u64> = chain
+        .lines()
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            let i = w.iter().position(|x| *x == "packets")?;
+            w.get(i + 1)?.parse().ok()
+        })
+        .collect();
+    assert!(
+        counts.len() == 2 && counts[0] == 0 && counts[1] > 0,
+        "answers to the neighbour go to it, not by the gateway: {chain}"
+    );
+}
+
 /// The router's packets to an on-link host of an uplink's subnet leave directly: a reply to
 /// a neighbour or modem connecting in (it is resolved with ARP, not sent to the gateway),
 /// and a socket bound to an uplink's interface (`ping -I wan2`, SO_BINDTODEVICE) works

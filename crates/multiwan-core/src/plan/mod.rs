@@ -70,8 +70,8 @@ pub struct Link {
     pub addrs: Vec<Ipv4Addr>,
     /// The IPv4 networks on the interface's link: the prefix of each address as the kernel
     /// holds it (the peer's on a point-to-point address) — the connected subnets main routes
-    /// out of the interface by a route of their own. Only `explain` reads them (the plan
-    /// does not depend on them).
+    /// out of the interface by a route of their own. `explain` reads them, and `prerouting`
+    /// for the replies of port forwards to hosts on the uplink's own link.
     pub onlink4: Vec<Ipv4Net>,
     /// The gateway of a default route through this interface that multiwan did not install
     /// (typically the DHCP client's), for `gateway = "auto"`.
