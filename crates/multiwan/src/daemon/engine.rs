@@ -871,6 +871,23 @@ impl<K: Kernel> Engine<K> {
                 return;
             }
         };
+        // Interfaces that now follow a learned gateway: read it before judging their
+        // uplinks, which would otherwise start down for want of a gateway until the next read.
+        let gateways_changed = Family::ALL
+            .iter()
+            .any(|f| auto_gateways(&cfg, *f) != auto_gateways(&self.cfg, *f));
+        if gateways_changed {
+            match self.kernel.facts(
+                &auto_gateways(&cfg, Family::V4),
+                &auto_gateways(&cfg, Family::V6),
+            ) {
+                Ok(facts) => {
+                    let refused = std::mem::take(&mut self.facts.refused);
+                    self.facts = Facts { refused, ..facts };
+                }
+                Err(e) => tracing::error!(error = %format!("{e:#}"), "cannot read interfaces"),
+            }
+        }
         let mut uplinks = BTreeMap::new();
         let mut changed = Vec::new();
         for u in &cfg.uplinks {
@@ -924,9 +941,6 @@ impl<K: Kernel> Engine<K> {
             });
             uplinks.insert(u.name.clone(), UplinkRt { v4, v6 });
         }
-        let gateways_changed = Family::ALL
-            .iter()
-            .any(|f| auto_gateways(&cfg, *f) != auto_gateways(&self.cfg, *f));
         self.families = family_states(&cfg);
         self.cfg = cfg;
         self.ids = ids;
@@ -937,12 +951,10 @@ impl<K: Kernel> Engine<K> {
         self.probers_stale = true;
         self.dirty = true;
         // A new config may route differently (a corrected gateway): try what was refused.
-        if !self.facts.refused.is_empty() {
+        // The uplinks kept are judged again by the facts read above.
+        if !self.facts.refused.is_empty() || gateways_changed {
             self.facts.refused.clear();
             self.judge_links(now);
-        }
-        if gateways_changed {
-            self.on_kernel_changed(Change::ALL, now);
         }
         tracing::info!(uplinks = self.cfg.uplinks.len(), "configuration reloaded");
     }

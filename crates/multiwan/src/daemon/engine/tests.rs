@@ -886,3 +886,30 @@ fn a_failing_update_backs_off_doubling_and_resets_on_success() {
     assert!(w.e.failing.is_none());
     assert_eq!(w.default_targets(), ["up_isp2"]);
 }
+
+/// A reload that adds an uplink following a learned gateway (`gateway = "auto"`) reads the
+/// gateway before it judges the new uplink: up at once and in the plan, not down for want of
+/// a gateway until the next read.
+#[test]
+fn a_reload_adding_an_auto_uplink_starts_it_with_its_learned_gateway() {
+    let mut w = World::with_links(CFG, &["wan1", "wan2", "wan3", "lan0"]);
+    w.fake_link("wan3").gateway = Some("10.37.3.1".parse().expect("ip"));
+    let added = format!(
+        "{CFG}[[uplink]]\nname = \"isp3\"\ninterface = \"wan3\"\ngateway = \"auto\"\n[uplink.check]\ntargets = [\"172.16.0.100\"]\n"
+    );
+    let calls = w.e.hook_calls.len();
+    w.e.reload(Some(cfg(&added)), w.t);
+    assert_eq!(w.state("isp3"), "up", "judged with its learned gateway");
+    w.e.tick(w.t);
+    assert_eq!(
+        targets_of(&w, Family::V4),
+        ["up_isp1", "up_isp2", "up_isp3"]
+    );
+    let plan = w.e.last_plan.as_ref().expect("planned");
+    assert!(
+        format!("{:?}", plan.routes).contains("10.37.3.1"),
+        "{:?}",
+        plan.routes
+    );
+    assert_eq!(w.e.hook_calls.len(), calls, "no transition: no hook");
+}
