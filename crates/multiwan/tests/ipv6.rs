@@ -250,6 +250,84 @@ fn an_ipv6_socket_bound_to_an_uplinks_interface_stays_on_it() {
     );
 }
 
+/// A host on an uplink's own IPv6 link using the admin's port forward (to a LAN host) or
+/// connecting to the router itself is answered directly, by main's on-link route, not by the
+/// uplink's table through the gateway, though the connection came in on the uplink and
+/// carries its mark.
+#[test]
+fn an_ipv6_neighbour_connecting_in_is_answered_directly() {
+    let lab = Lab::new(2, 1);
+    lab.apply(&dual("round-robin"));
+    let isp2 = &lab.topo.isps[1].ns;
+    isp2.ip(&[
+        "-6",
+        "addr",
+        "add",
+        "2001:db8:2::77/64",
+        "dev",
+        "cpe",
+        "nodad",
+    ])
+    .expect("a host on wan2's link");
+    let ep: SocketAddr = SocketAddr::new(router_addr6(2).into(), 7300);
+    let _server = traffic::Server::start(&lab.topo.router, ep).expect("server");
+    let host6 = lab.topo.hosts[0].addr6;
+    let admin = format!(
+        "table ip6 admin_fwd {{\n chain pre {{\n  type nat hook prerouting priority dstnat; policy accept;\n  iifname \"wan2\" tcp dport 7200 dnat to [{host6}]:7200\n }}\n}}\n"
+    );
+    let f = lab.dir.join("admin.nft");
+    std::fs::write(&f, admin).expect("write");
+    lab.topo
+        .router
+        .exec("nft", &["-f", &f.display().to_string()])
+        .expect("the admin's port forward");
+    let _lan_server =
+        traffic::Server::start(&lab.topo.hosts[0].ns, SocketAddr::new(host6.into(), 7200))
+            .expect("lan server");
+    let fwd: SocketAddr = SocketAddr::new(router_addr6(2).into(), 7200);
+    let probe = lab.dir.join("nexthop.nft");
+    std::fs::write(
+        &probe,
+        "table ip6 nexthop_probe {\n chain post {\n  type filter hook postrouting priority 0; policy accept;\n  ip6 daddr 2001:db8:2::77 rt ip6 nexthop 2001:db8:2::1 counter\n  ip6 daddr 2001:db8:2::77 rt ip6 nexthop 2001:db8:2::77 counter\n }\n}\n",
+    )
+    .expect("write");
+    lab.topo
+        .router
+        .exec("nft", &["-f", &probe.display().to_string()])
+        .expect("probe table");
+    let neighbour: IpAddr = "2001:db8:2::77".parse().expect("ip");
+    let seen = isp2
+        .spawn(move || {
+            [ep, fwd]
+                .map(|to| traffic::tcp_hello_from_ip(neighbour, to, Duration::from_secs(2)).ok())
+        })
+        .expect("spawn")
+        .join()
+        .expect("join");
+    assert_eq!(
+        seen,
+        [Some(neighbour); 2],
+        "the router and the port forward answer the neighbour"
+    );
+    let chain = lab
+        .topo
+        .router
+        .exec("nft", &["list", "chain", "ip6", "nexthop_probe", "post"])
+        .expect("nft");
+    let counts: Vec<u64> = chain
+        .lines()
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            let i = w.iter().position(|x| *x == "packets")?;
+            w.get(i + 1)?.parse().ok()
+        })
+        .collect();
+    assert!(
+        counts.len() == 2 && counts[0] == 0 && counts[1] > 0,
+        "answers to the neighbour go to it, not by the gateway: {chain}"
+    );
+}
+
 #[test]
 fn down_restores_every_ipv6_rule_route_and_sysctl_and_spares_foreign_ones() {
     let lab = Lab::new(2, 1);

@@ -51,77 +51,6 @@ fn fragile(ctx: &Ctx, facts: &Facts) -> String {
     w
 }
 
-/// The LAN side's packets of a connection that came in on an uplink (a port forward) to a
-/// host on that uplink's own connected subnet (a device on the modem's or upstream router's
-/// LAN) are not given the uplink's mark: main's connected route takes them to the host
-/// directly, as the host sent its packets, rather than the uplink's table sending them to
-/// the gateway — which would see one direction of the connection only (a stateful gateway
-/// drops it as invalid). Read from the facts: nothing offline.
-fn on_link_replies(ctx: &Ctx, facts: &Facts, lan: &str, mask: &str) -> String {
-    let mut w = String::new();
-    let Some(links) = facts.links.as_ref() else {
-        return w;
-    };
-    let dual = has_ipv6(ctx.cfg);
-    for (i, u) in ctx.cfg.uplinks.iter().enumerate() {
-        let Some(link) = links.get(&u.interface) else {
-            continue;
-        };
-        if shares_interface(ctx.cfg, i) {
-            continue;
-        }
-        // Not a default route's "network" (a point-to-point link's device route: all of the
-        // family) nor IPv6 link-local, which is never forwarded.
-        let v4: Vec<_> = link.onlink4.iter().filter(|n| n.prefix() > 0).collect();
-        let v6: Vec<_> = link
-            .onlink6
-            .iter()
-            .filter(|n| n.prefix() > 0 && !n.addr().is_unicast_link_local())
-            .collect();
-        let nets4 = outermost(v4.iter().map(|n| n.to_string()), |a, b| {
-            v4[a].prefix() <= v4[b].prefix() && v4[a].contains(v4[b].addr())
-        });
-        let mut sets = vec![("ip", nets4)];
-        if dual && u.ipv6.is_some() {
-            let nets6 = outermost(v6.iter().map(|n| n.to_string()), |a, b| {
-                v6[a].prefix() <= v6[b].prefix() && v6[a].contains(v6[b].addr())
-            });
-            sets.push(("ip6", nets6));
-        }
-        for (proto, nets) in sets {
-            if nets.is_empty() {
-                continue;
-            }
-            let _ = writeln!(
-                w,
-                "\t\tiifname {lan} ct mark and {mask} == {} {proto} daddr {{ {} }} return",
-                hex(ctx.mark(i)),
-                nets.join(", ")
-            );
-        }
-    }
-    w
-}
-
-/// The texts of the networks (by index) that no other one holds (`covers(a, b)`: network
-/// `a` holds network `b`), sorted and without duplicates: an nft interval set refuses
-/// overlapping elements.
-fn outermost(
-    nets: impl Iterator<Item = String>,
-    covers: impl Fn(usize, usize) -> bool,
-) -> Vec<String> {
-    let nets: Vec<String> = nets.collect();
-    let mut out: Vec<String> = (0..nets.len())
-        .filter(|&b| {
-            !(0..nets.len()).any(|a| a != b && covers(a, b) && (nets[a] != nets[b] || a < b))
-        })
-        .map(|b| nets[b].clone())
-        .collect();
-    crate::order::sort(&mut out);
-    out.dedup();
-    out
-}
-
 pub(super) fn prerouting(ctx: &Ctx, facts: &Facts) -> String {
     let cfg = ctx.cfg;
     let mask = hex(ctx.k.mark_mask);
@@ -164,7 +93,6 @@ pub(super) fn prerouting(ctx: &Ctx, facts: &Facts) -> String {
         w,
         "\t\ttype filter hook prerouting priority mangle; policy accept;"
     );
-    w.push_str(&on_link_replies(ctx, facts, &lan, &mask));
     let _ = writeln!(
         w,
         "\t\tiifname {lan} ct mark and {mask} vmap @{RESTORE_MAP}"
@@ -288,85 +216,5 @@ mod tests {
         };
         let f = Facts::default();
         insta::assert_snapshot!(format!("{}{}", prerouting(&ctx, &f), output(&ctx, &f)));
-    }
-
-    /// A port forward's replies to a host on the uplink's own subnet are left to main's
-    /// connected route: one rule per uplink and family, with the networks no other holds;
-    /// none for an interface two uplinks share, none offline, none for a family the uplink
-    /// does not carry.
-    #[test]
-    fn port_forward_replies_to_an_uplinks_own_subnet_keep_mains_route() {
-        use crate::model::Config;
-        use crate::net::{Ipv4Net, Ipv6Net};
-        use crate::plan::Link;
-        use std::collections::BTreeMap;
-        let c = cfg(&format!(
-            "{TWO}[[uplink]]\nname = \"isp4\"\ninterface = \"eth1\"\ngateway = \"10.37.1.2\"\n"
-        ));
-        let c1 = cfg(&TWO.replace(
-            "gateway = \"10.37.1.1\"\n",
-            "gateway = \"10.37.1.1\"\ngateway6 = \"fe80::1\"\n",
-        ));
-        let v4 = |a: [u8; 4], p: u8| Ipv4Net::holding(a.into(), p).expect("net");
-        let link = |nets: Vec<Ipv4Net>, nets6: Vec<Ipv6Net>| Link {
-            up: true,
-            onlink4: nets,
-            onlink6: nets6,
-            ..Link::default()
-        };
-        let six = Ipv6Net::holding("2001:db8:1::5".parse().expect("ip"), 64).expect("net");
-        let f = Facts {
-            links: Some(BTreeMap::from([
-                (
-                    "eth1".to_string(),
-                    link(
-                        vec![
-                            v4([10, 37, 1, 253], 24),
-                            v4([10, 37, 1, 9], 32),
-                            v4([10, 37, 1, 7], 24),
-                        ],
-                        vec![
-                            six,
-                            Ipv6Net::holding("fe80::".parse().expect("ip"), 64).expect("net"),
-                            Ipv6Net::holding("::".parse().expect("ip"), 0).expect("net"),
-                        ],
-                    ),
-                ),
-                (
-                    "eth2".to_string(),
-                    link(
-                        vec![v4([10, 37, 2, 253], 24), v4([100, 64, 0, 1], 32)],
-                        vec![six],
-                    ),
-                ),
-            ])),
-            ..Facts::default()
-        };
-        let text = |c: &Config, f: &Facts| {
-            let ids = ids(c);
-            let ctx = Ctx {
-                cfg: c,
-                k: KernelOpts::default(),
-                ids: &ids,
-            };
-            prerouting(&ctx, f)
-                .lines()
-                .filter(|l| l.contains(" return"))
-                .map(str::trim)
-                .collect::<Vec<_>>()
-                .join("\n")
-        };
-        assert_eq!(
-            text(&c1, &f),
-            "iifname \"eth0\" ct mark and 0xff000000 == 0x01000000 ip daddr { 10.37.1.0/24 } return\n\
-             iifname \"eth0\" ct mark and 0xff000000 == 0x01000000 ip6 daddr { 2001:db8:1::/64 } return\n\
-             iifname \"eth0\" ct mark and 0xff000000 == 0x02000000 ip daddr { 10.37.2.0/24, 100.64.0.1 } return"
-        );
-        // eth1 is shared by two uplinks: their inbound connections carry no mark.
-        assert_eq!(
-            text(&c, &f),
-            "iifname \"eth0\" ct mark and 0xff000000 == 0x02000000 ip daddr { 10.37.2.0/24, 100.64.0.1 } return"
-        );
-        assert_eq!(text(&c1, &Facts::default()), "");
     }
 }

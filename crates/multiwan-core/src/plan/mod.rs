@@ -70,8 +70,8 @@ pub struct Link {
     pub addrs: Vec<Ipv4Addr>,
     /// The IPv4 networks on the interface's link: the prefix of each address as the kernel
     /// holds it (the peer's on a point-to-point address) — the connected subnets main routes
-    /// out of the interface by a route of their own. `explain` reads them, and `prerouting`
-    /// for the replies of port forwards to hosts on the uplink's own link.
+    /// out of the interface by a route of their own. `explain` reads them, and the restore
+    /// chains for the replies of port forwards to hosts on the uplink's own link.
     pub onlink4: Vec<Ipv4Net>,
     /// The gateway of a default route through this interface that multiwan did not install
     /// (typically the DHCP client's), for `gateway = "auto"`.
@@ -619,7 +619,7 @@ pub fn plan_dual(
     // The table body, twice: as installed, and without the policies' state for the digest.
     let body = |with_state: bool| {
         let mut w = String::new();
-        w.push_str(&marks::chains(&ctx));
+        w.push_str(&marks::chains(&ctx, facts));
         w.push_str(&marks::restore_map(&ctx));
         for pol in &pols {
             for m in &pol.maps {
