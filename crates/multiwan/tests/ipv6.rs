@@ -328,6 +328,50 @@ fn an_ipv6_neighbour_connecting_in_is_answered_directly() {
     );
 }
 
+/// `explain` sees a static IPv6 route of main's out of an uplink (it asks the kernel the
+/// hook chains' own lookups), and the kernel agrees: every IPv6 connection to the server
+/// leaves by that route's uplink, while elsewhere IPv6 is still balanced.
+#[test]
+fn explain_sees_a_static_ipv6_route_and_the_kernel_agrees() {
+    let lab = Lab::new(2, 1);
+    let _d = lab.start_daemon(&dual("round-robin"));
+    let server = SERVER_ADDR6.to_string();
+    lab.topo
+        .router
+        .ip(&[
+            "-6",
+            "route",
+            "add",
+            &format!("{server}/128"),
+            "via",
+            "2001:db8:2::1",
+            "dev",
+            "wan2",
+        ])
+        .expect("a static route");
+    let host6 = lab.topo.hosts[0].addr6.to_string();
+    let ask = |dst: &str| -> serde_json::Value {
+        let out = lab.multiwan(&[
+            "explain",
+            "--src",
+            &host6,
+            "--dst",
+            dst,
+            "--json",
+            "--run-dir",
+            &lab.run_dir(),
+        ]);
+        serde_json::from_slice(&out.stdout).expect("explain json")
+    };
+    let e = ask(&server);
+    assert_eq!(e["not_balanced"]["kind"], "uplink_route", "{e}");
+    assert_eq!(e["not_balanced"]["interface"], "wan2", "{e}");
+    let e = ask("2001:db8:ff::99");
+    assert_eq!(e["verdict"], "shares", "{e}");
+    let v = lab.tcp6_from_host(0, 4);
+    assert_eq!(count(&v, 1), 4, "{v:?}");
+}
+
 #[test]
 fn down_restores_every_ipv6_rule_route_and_sysctl_and_spares_foreign_ones() {
     let lab = Lab::new(2, 1);
