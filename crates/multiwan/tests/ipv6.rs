@@ -87,6 +87,22 @@ fn icmp6_from_host(lab: &Lab, h: usize, n: usize) -> usize {
         .count()
 }
 
+/// ISP 2's namespace, with a host `2001:db8:2::77` on wan2's link (beside the gateway).
+fn neighbour_on_wan2(lab: &Lab) -> &multiwan_lab::netns::Netns {
+    let isp2 = &lab.topo.isps[1].ns;
+    isp2.ip(&[
+        "-6",
+        "addr",
+        "add",
+        "2001:db8:2::77/64",
+        "dev",
+        "cpe",
+        "nodad",
+    ])
+    .expect("a host on wan2's link");
+    isp2
+}
+
 #[test]
 fn round_robin_splits_ipv6_exactly_and_natted_per_uplink() {
     let lab = Lab::new(2, 1);
@@ -189,17 +205,7 @@ fn inbound_ipv6_is_answered_over_its_uplink_and_the_router_balances_its_own() {
 fn the_routers_own_ipv6_to_an_uplinks_subnet_is_not_balanced() {
     let lab = Lab::new(2, 1);
     lab.apply(&dual("round-robin"));
-    let isp2 = &lab.topo.isps[1].ns;
-    isp2.ip(&[
-        "-6",
-        "addr",
-        "add",
-        "2001:db8:2::77/64",
-        "dev",
-        "cpe",
-        "nodad",
-    ])
-    .expect("a host on wan2's link");
+    let isp2 = neighbour_on_wan2(&lab);
     let gateway: SocketAddr = "[2001:db8:2::1]:7200".parse().expect("addr");
     let neighbour: SocketAddr = "[2001:db8:2::77]:7201".parse().expect("addr");
     let _servers = [gateway, neighbour].map(|ep| traffic::Server::start(isp2, ep).expect("server"));
@@ -258,17 +264,7 @@ fn an_ipv6_socket_bound_to_an_uplinks_interface_stays_on_it() {
 fn an_ipv6_neighbour_connecting_in_is_answered_directly() {
     let lab = Lab::new(2, 1);
     lab.apply(&dual("round-robin"));
-    let isp2 = &lab.topo.isps[1].ns;
-    isp2.ip(&[
-        "-6",
-        "addr",
-        "add",
-        "2001:db8:2::77/64",
-        "dev",
-        "cpe",
-        "nodad",
-    ])
-    .expect("a host on wan2's link");
+    let isp2 = neighbour_on_wan2(&lab);
     let ep: SocketAddr = SocketAddr::new(router_addr6(2).into(), 7300);
     let _server = traffic::Server::start(&lab.topo.router, ep).expect("server");
     let host6 = lab.topo.hosts[0].addr6;
@@ -285,16 +281,11 @@ fn an_ipv6_neighbour_connecting_in_is_answered_directly() {
         traffic::Server::start(&lab.topo.hosts[0].ns, SocketAddr::new(host6.into(), 7200))
             .expect("lan server");
     let fwd: SocketAddr = SocketAddr::new(router_addr6(2).into(), 7200);
-    let probe = lab.dir.join("nexthop.nft");
-    std::fs::write(
-        &probe,
-        "table ip6 nexthop_probe {\n chain post {\n  type filter hook postrouting priority 0; policy accept;\n  ip6 daddr 2001:db8:2::77 rt ip6 nexthop 2001:db8:2::1 counter\n  ip6 daddr 2001:db8:2::77 rt ip6 nexthop 2001:db8:2::77 counter\n }\n}\n",
-    )
-    .expect("write");
-    lab.topo
-        .router
-        .exec("nft", &["-f", &probe.display().to_string()])
-        .expect("probe table");
+    common::watch_next_hops(
+        &lab,
+        "2001:db8:2::77".parse().expect("ip"),
+        "2001:db8:2::1".parse().expect("ip"),
+    );
     let neighbour: IpAddr = "2001:db8:2::77".parse().expect("ip");
     let seen = isp2
         .spawn(move || {
@@ -309,21 +300,9 @@ fn an_ipv6_neighbour_connecting_in_is_answered_directly() {
         [Some(neighbour); 2],
         "the router and the port forward answer the neighbour"
     );
-    let chain = lab
-        .topo
-        .router
-        .exec("nft", &["list", "chain", "ip6", "nexthop_probe", "post"])
-        .expect("nft");
-    let counts: Vec<u64> = chain
-        .lines()
-        .filter_map(|l| {
-            let w: Vec<&str> = l.split_whitespace().collect();
-            let i = w.iter().position(|x| *x == "packets")?;
-            w.get(i + 1)?.parse().ok()
-        })
-        .collect();
+    let (via_gateway, direct, chain) = common::next_hop_counts(&lab, "ip6");
     assert!(
-        counts.len() == 2 && counts[0] == 0 && counts[1] > 0,
+        via_gateway == 0 && direct > 0,
         "answers to the neighbour go to it, not by the gateway: {chain}"
     );
 }

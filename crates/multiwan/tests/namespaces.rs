@@ -669,14 +669,11 @@ fn port_forward_answers_to_a_host_on_the_uplinks_subnet_go_to_it_directly() {
     let isp2 = &lab.topo.isps[1].ns;
     isp2.ip(&["addr", "add", "10.37.2.77/24", "dev", "cpe"])
         .expect("a host on wan2's link");
-    let probe = lab.dir.join("nexthop.nft");
-    std::fs::write(
-        &probe,
-        "table ip nexthop_probe {\n chain post {\n  type filter hook postrouting priority 0; policy accept;\n  ip daddr 10.37.2.77 rt ip nexthop 10.37.2.1 counter\n  ip daddr 10.37.2.77 rt ip nexthop 10.37.2.77 counter\n }\n}\n",
-    )
-    .expect("write");
-    r.exec("nft", &["-f", &probe.display().to_string()])
-        .expect("probe table");
+    common::watch_next_hops(
+        &lab,
+        "10.37.2.77".parse().expect("ip"),
+        "10.37.2.1".parse().expect("ip"),
+    );
     let neighbour: std::net::IpAddr = [10, 37, 2, 77].into();
     let fwd_ep: std::net::SocketAddr = ([10, 37, 2, 253], 8080).into();
     let seen = isp2
@@ -685,19 +682,9 @@ fn port_forward_answers_to_a_host_on_the_uplinks_subnet_go_to_it_directly() {
         .join()
         .expect("join");
     assert_eq!(seen, Some(neighbour), "the LAN host answers the neighbour");
-    let chain = r
-        .exec("nft", &["list", "chain", "ip", "nexthop_probe", "post"])
-        .expect("nft");
-    let counts: Vec<u64> = chain
-        .lines()
-        .filter_map(|l| {
-            let w: Vec<&str> = l.split_whitespace().collect();
-            let i = w.iter().position(|x| *x == "packets")?;
-            w.get(i + 1)?.parse().ok()
-        })
-        .collect();
+    let (via_gateway, direct, chain) = common::next_hop_counts(&lab, "ip");
     assert!(
-        counts.len() == 2 && counts[0] == 0 && counts[1] > 0,
+        via_gateway == 0 && direct > 0,
         "answers to the neighbour go to it, not by the gateway: {chain}"
     );
 }
@@ -718,16 +705,11 @@ fn on_link_replies_and_interface_bound_sockets_stay_on_their_uplink() {
     let ep: SocketAddr = ([10, 37, 2, 253], 7300).into();
     let _server = traffic::Server::start(&lab.topo.router, ep).expect("server");
     // Which next hop the router's packets to the neighbour take, counted after routing.
-    let probe = lab.dir.join("nexthop.nft");
-    std::fs::write(
-        &probe,
-        "table ip nexthop_probe {\n chain post {\n  type filter hook postrouting priority 0; policy accept;\n  ip daddr 10.37.2.77 rt ip nexthop 10.37.2.1 counter\n  ip daddr 10.37.2.77 rt ip nexthop 10.37.2.77 counter\n }\n}\n",
-    )
-    .expect("write");
-    lab.topo
-        .router
-        .exec("nft", &["-f", &probe.display().to_string()])
-        .expect("probe table");
+    common::watch_next_hops(
+        &lab,
+        "10.37.2.77".parse().expect("ip"),
+        "10.37.2.1".parse().expect("ip"),
+    );
     let neighbour: IpAddr = [10, 37, 2, 77].into();
     let seen = isp2
         .spawn(move || traffic::tcp_hello_from_ip(neighbour, ep, Duration::from_secs(2)).ok())
@@ -739,21 +721,9 @@ fn on_link_replies_and_interface_bound_sockets_stay_on_their_uplink() {
         Some(neighbour),
         "the neighbour's connection is answered"
     );
-    let chain = lab
-        .topo
-        .router
-        .exec("nft", &["list", "chain", "ip", "nexthop_probe", "post"])
-        .expect("nft");
-    let counts: Vec<u64> = chain
-        .lines()
-        .filter_map(|l| {
-            let w: Vec<&str> = l.split_whitespace().collect();
-            let i = w.iter().position(|x| *x == "packets")?;
-            w.get(i + 1)?.parse().ok()
-        })
-        .collect();
+    let (via_gateway, direct, chain) = common::next_hop_counts(&lab, "ip");
     assert!(
-        counts.len() == 2 && counts[0] == 0 && counts[1] > 0,
+        via_gateway == 0 && direct > 0,
         "replies to the neighbour go to it, not by the gateway: {chain}"
     );
     let server = lab.topo.server_endpoint();

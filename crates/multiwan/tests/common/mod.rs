@@ -237,6 +237,47 @@ pub fn tcp_hellos(ns: &multiwan_lab::netns::Netns, ep: SocketAddr) -> Vec<Option
     .expect("join")
 }
 
+/// Counts, after routing, the router's packets to `dst` by their next hop: `gateway`, or
+/// `dst` itself (on the link). Installs the test's own nft table in the router's namespace.
+pub fn watch_next_hops(lab: &Lab, dst: IpAddr, gateway: IpAddr) {
+    let (fam, ip) = match dst {
+        IpAddr::V4(_) => ("ip", "ip"),
+        IpAddr::V6(_) => ("ip6", "ip6"),
+    };
+    let path = lab.dir.join(format!("nexthop-{fam}.nft"));
+    std::fs::write(
+        &path,
+        format!(
+            "table {fam} nexthop_probe {{\n chain post {{\n  type filter hook postrouting priority 0; policy accept;\n  {ip} daddr {dst} rt {ip} nexthop {gateway} counter\n  {ip} daddr {dst} rt {ip} nexthop {dst} counter\n }}\n}}\n"
+        ),
+    )
+    .expect("write");
+    lab.topo
+        .router
+        .exec("nft", &["-f", &path.display().to_string()])
+        .expect("next-hop counters");
+}
+
+/// What [`watch_next_hops`] counted for `family` (`ip` or `ip6`): packets by the gateway,
+/// packets straight to the destination, and the chain's listing (for messages).
+pub fn next_hop_counts(lab: &Lab, family: &str) -> (u64, u64, String) {
+    let chain = lab
+        .topo
+        .router
+        .exec("nft", &["list", "chain", family, "nexthop_probe", "post"])
+        .expect("nft");
+    let counts: Vec<u64> = chain
+        .lines()
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            let i = w.iter().position(|x| *x == "packets")?;
+            w.get(i + 1)?.parse().ok()
+        })
+        .collect();
+    assert_eq!(counts.len(), 2, "{chain}");
+    (counts[0], counts[1], chain)
+}
+
 pub fn count(v: &[Option<usize>], isp: usize) -> usize {
     v.iter().filter(|x| **x == Some(isp)).count()
 }
