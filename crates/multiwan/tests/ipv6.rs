@@ -221,34 +221,10 @@ fn the_routers_own_ipv6_to_an_uplinks_subnet_is_not_balanced() {
 /// balancing would pick for an unbound one.
 #[test]
 fn an_ipv6_socket_bound_to_an_uplinks_interface_stays_on_it() {
-    use std::io::{BufRead, BufReader, Write};
     let lab = Lab::new(2, 1);
     lab.apply(&dual("round-robin"));
     let server: SocketAddr = lab.topo.server_endpoint6().into();
-    let seen: Vec<Option<String>> = lab
-        .topo
-        .router
-        .spawn(move || {
-            (0..6)
-                .map(|_| {
-                    let s =
-                        socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None)
-                            .ok()?;
-                    s.bind_device(Some(b"wan2")).ok()?;
-                    s.connect_timeout(&server.into(), Duration::from_secs(2))
-                        .ok()?;
-                    let mut s = std::net::TcpStream::from(s);
-                    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-                    s.write_all(b"HELLO\n").ok()?;
-                    let mut line = String::new();
-                    BufReader::new(s).read_line(&mut line).ok()?;
-                    Some(line.trim().to_string())
-                })
-                .collect()
-        })
-        .expect("spawn")
-        .join()
-        .expect("join");
+    let seen = common::hellos_bound_to(&lab, "wan2", server);
     let wan2 = router_addr6(2).to_string();
     assert!(
         seen.iter().all(|a| a.as_deref() == Some(wan2.as_str())),
@@ -271,12 +247,7 @@ fn an_ipv6_neighbour_connecting_in_is_answered_directly() {
     let admin = format!(
         "table ip6 admin_fwd {{\n chain pre {{\n  type nat hook prerouting priority dstnat; policy accept;\n  iifname \"wan2\" tcp dport 7200 dnat to [{host6}]:7200\n }}\n}}\n"
     );
-    let f = lab.dir.join("admin.nft");
-    std::fs::write(&f, admin).expect("write");
-    lab.topo
-        .router
-        .exec("nft", &["-f", &f.display().to_string()])
-        .expect("the admin's port forward");
+    common::load_nft(&lab, "admin", &admin);
     let _lan_server =
         traffic::Server::start(&lab.topo.hosts[0].ns, SocketAddr::new(host6.into(), 7200))
             .expect("lan server");
@@ -704,12 +675,7 @@ fn inbound_ipv6_through_the_admins_port_forward_is_answered_over_its_uplink() {
     let admin = format!(
         "table ip6 admin_fwd {{\n chain pre {{\n  type nat hook prerouting priority dstnat; policy accept;\n  tcp dport 7200 dnat to [{host6}]:7200\n }}\n}}\n"
     );
-    let f = lab.dir.join("admin.nft");
-    std::fs::write(&f, admin).expect("write");
-    lab.topo
-        .router
-        .exec("nft", &["-f", &f.display().to_string()])
-        .expect("the admin's port forward");
+    common::load_nft(&lab, "admin", &admin);
     let answered = inbound_from_the_server(&lab, &lab.topo.hosts[0].ns, 7200);
     for (n, ok) in answered.iter().enumerate() {
         assert!(ok, "the port forward on wan{} answers over it", n + 1);

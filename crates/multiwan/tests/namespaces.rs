@@ -652,15 +652,11 @@ fn port_forward_answers_to_a_host_on_the_uplinks_subnet_go_to_it_directly() {
     let lab = Lab::new(2, 1);
     lab.apply(&two_uplinks("round-robin", 1, 1));
     let host = lab.topo.hosts[0].addr;
-    let r = &lab.topo.router;
-    let fwd = lab.dir.join("admin.nft");
-    std::fs::write(
-        &fwd,
-        format!("table ip admin {{\n chain pre {{\n  type nat hook prerouting priority dstnat; policy accept;\n  iifname \"wan2\" tcp dport 8080 dnat to {host}:7000\n }}\n}}\n"),
-    )
-    .expect("write");
-    r.exec("nft", &["-f", &fwd.display().to_string()])
-        .expect("admin table");
+    common::load_nft(
+        &lab,
+        "admin",
+        &format!("table ip admin {{\n chain pre {{\n  type nat hook prerouting priority dstnat; policy accept;\n  iifname \"wan2\" tcp dport 8080 dnat to {host}:7000\n }}\n}}\n"),
+    );
     let _lan_server = traffic::Server::start(
         &lab.topo.hosts[0].ns,
         std::net::SocketAddrV4::new(host, 7000),
@@ -695,7 +691,6 @@ fn port_forward_answers_to_a_host_on_the_uplinks_subnet_go_to_it_directly() {
 /// whatever uplink the balancing picks for it (routed by its interface's table).
 #[test]
 fn on_link_replies_and_interface_bound_sockets_stay_on_their_uplink() {
-    use std::io::{BufRead, BufReader, Write};
     use std::net::{IpAddr, SocketAddr};
     let lab = Lab::new(2, 1);
     lab.apply(&two_uplinks("round-robin", 1, 1));
@@ -727,30 +722,7 @@ fn on_link_replies_and_interface_bound_sockets_stay_on_their_uplink() {
         "replies to the neighbour go to it, not by the gateway: {chain}"
     );
     let server = lab.topo.server_endpoint();
-    let bound: Vec<Option<String>> = lab
-        .topo
-        .router
-        .spawn(move || {
-            (0..6)
-                .map(|_| {
-                    let s =
-                        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-                            .ok()?;
-                    s.bind_device(Some(b"wan2")).ok()?;
-                    s.connect_timeout(&SocketAddr::from(server).into(), Duration::from_secs(2))
-                        .ok()?;
-                    let mut s = std::net::TcpStream::from(s);
-                    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-                    s.write_all(b"HELLO\n").ok()?;
-                    let mut line = String::new();
-                    BufReader::new(s).read_line(&mut line).ok()?;
-                    Some(line.trim().to_string())
-                })
-                .collect()
-        })
-        .expect("spawn")
-        .join()
-        .expect("join");
+    let bound = common::hellos_bound_to(&lab, "wan2", SocketAddr::from(server));
     assert!(
         bound.iter().all(|a| a.as_deref() == Some("10.37.2.253")),
         "bound to wan2, every connection leaves by it: {bound:?}"

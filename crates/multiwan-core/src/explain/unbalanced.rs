@@ -368,7 +368,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::explain::{explain, Explanation, Health, Verdict};
+    use crate::explain::{explain_routed, Explanation, Health, Verdict};
     use crate::model::{load, Proto};
     use crate::net::Family;
 
@@ -430,17 +430,36 @@ gateway = "10.37.2.1"
     }
 
     fn ask(text: &str, facts: &Facts, src: &str, dst: &str) -> Explanation {
+        ask_with(text, facts, None, src, dst)
+    }
+
+    /// A TCP connection to port 80 from `src` to `dst`, explained with `lookups`.
+    fn ask_with(
+        text: &str,
+        facts: &Facts,
+        lookups: Option<&Lookups>,
+        src: &str,
+        dst: &str,
+    ) -> Explanation {
         let cfg = load("t", text).expect("cfg");
-        let src: IpAddr = src.parse().expect("ip");
         let q = Query {
-            src,
-            dst: Some(dst.parse().expect("ip")),
             proto: Some(Proto::Tcp),
-            sport: None,
             dport: Some(80),
+            ..bare(src, dst)
         };
-        let health = Health::from_states(&cfg, BTreeMap::new(), Family::of(&src));
-        explain(&cfg, &health, facts, &q).expect("valid")
+        let health = Health::from_states(&cfg, BTreeMap::new(), Family::of(&q.src));
+        explain_routed(&cfg, &health, facts, lookups, &q).expect("valid")
+    }
+
+    /// A query of only addresses.
+    fn bare(src: &str, dst: &str) -> Query {
+        Query {
+            src: src.parse().expect("ip"),
+            dst: Some(dst.parse().expect("ip")),
+            proto: None,
+            sport: None,
+            dport: None,
+        }
     }
 
     fn why(e: &Explanation) -> Option<&NotBalanced> {
@@ -456,15 +475,8 @@ gateway = "10.37.2.1"
         let w = why(&e).expect("not balanced");
         assert_eq!(w.kind(), "uplink_subnet");
         assert_eq!(w.interface(), Some("wan1"));
-        let q = Query {
-            src: "192.168.0.20".parse().expect("ip"),
-            dst: Some("10.37.1.1".parse().expect("ip")),
-            proto: None,
-            sport: None,
-            dport: None,
-        };
         assert_eq!(
-            w.describe(&q),
+            w.describe(&bare("192.168.0.20", "10.37.1.1")),
             "10.37.1.1 is on isp1's connected subnet 10.37.1.0/24; it leaves by main's route via wan1"
         );
         assert!(e.candidates.is_empty() && e.rule.is_none() && !e.facts_unknown);
@@ -487,17 +499,7 @@ gateway = "10.37.2.1"
     }
 
     fn ask_routed(src: &str, dst: &str, l: &Lookups) -> Explanation {
-        let cfg = load("t", CFG).expect("cfg");
-        let src: IpAddr = src.parse().expect("ip");
-        let q = Query {
-            src,
-            dst: Some(dst.parse().expect("ip")),
-            proto: Some(Proto::Tcp),
-            sport: None,
-            dport: Some(80),
-        };
-        let health = Health::from_states(&cfg, BTreeMap::new(), Family::of(&src));
-        crate::explain::explain_routed(&cfg, &health, &facts(), Some(l), &q).expect("valid")
+        ask_with(CFG, &facts(), Some(l), src, dst)
     }
 
     /// The multipath default of multiwan's own table (1000): what an unmarked lookup of a
@@ -518,15 +520,8 @@ gateway = "10.37.2.1"
         let w = why(&e).expect("not balanced");
         assert_eq!(w.kind(), "uplink_route");
         assert_eq!(w.interface(), Some("wan1"));
-        let q = Query {
-            src: "192.168.0.20".parse().expect("ip"),
-            dst: Some("203.0.113.9".parse().expect("ip")),
-            proto: None,
-            sport: None,
-            dport: None,
-        };
         assert_eq!(
-            w.describe(&q),
+            w.describe(&bare("192.168.0.20", "203.0.113.9")),
             "main routes 203.0.113.9 by a route of its own, 203.0.113.0/24 via 10.37.1.1 dev wan1 (table main), out of isp1's interface (not by a default route): multiwan leaves it to main"
         );
         // A VPN's route (main's, or a table of someone else's rule): no uplink's interface.

@@ -237,6 +237,49 @@ pub fn tcp_hellos(ns: &multiwan_lab::netns::Netns, ep: SocketAddr) -> Vec<Option
     .expect("join")
 }
 
+/// Loads `text`, an nft table of the test's own (the admin's port forward, say), in the
+/// router's namespace.
+pub fn load_nft(lab: &Lab, name: &str, text: &str) {
+    let path = lab.dir.join(format!("{name}.nft"));
+    std::fs::write(&path, text).expect("write");
+    lab.topo
+        .router
+        .exec("nft", &["-f", &path.display().to_string()])
+        .unwrap_or_else(|e| panic!("loading {name}: {e:#}"));
+}
+
+/// Six TCP connections from the router's own sockets bound to interface `ifname`
+/// (SO_BINDTODEVICE, as `ping -I`) to `server`: the source address the server saw for each.
+pub fn hellos_bound_to(lab: &Lab, ifname: &'static str, server: SocketAddr) -> Vec<Option<String>> {
+    use std::io::{BufRead, BufReader, Write};
+    lab.topo
+        .router
+        .spawn(move || {
+            (0..6)
+                .map(|_| {
+                    let s = socket2::Socket::new(
+                        socket2::Domain::for_address(server),
+                        socket2::Type::STREAM,
+                        None,
+                    )
+                    .ok()?;
+                    s.bind_device(Some(ifname.as_bytes())).ok()?;
+                    s.connect_timeout(&server.into(), Duration::from_secs(2))
+                        .ok()?;
+                    let mut s = std::net::TcpStream::from(s);
+                    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+                    s.write_all(b"HELLO\n").ok()?;
+                    let mut line = String::new();
+                    BufReader::new(s).read_line(&mut line).ok()?;
+                    Some(line.trim().to_string())
+                })
+                .collect()
+        })
+        .expect("spawn")
+        .join()
+        .expect("join")
+}
+
 /// Counts, after routing, the router's packets to `dst` by their next hop: `gateway`, or
 /// `dst` itself (on the link). Installs the test's own nft table in the router's namespace.
 pub fn watch_next_hops(lab: &Lab, dst: IpAddr, gateway: IpAddr) {
