@@ -876,6 +876,7 @@ impl<K: Kernel> Engine<K> {
         let gateways_changed = Family::ALL
             .iter()
             .any(|f| auto_gateways(&cfg, *f) != auto_gateways(&self.cfg, *f));
+        let mut reread = false;
         if gateways_changed {
             match self.kernel.facts(
                 &auto_gateways(&cfg, Family::V4),
@@ -885,7 +886,11 @@ impl<K: Kernel> Engine<K> {
                     let refused = std::mem::take(&mut self.facts.refused);
                     self.facts = Facts { refused, ..facts };
                 }
-                Err(e) => tracing::error!(error = %format!("{e:#}"), "cannot read interfaces"),
+                // Read again under the new config below, as any change of the kernel is.
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "cannot read interfaces");
+                    reread = true;
+                }
             }
         }
         let mut uplinks = BTreeMap::new();
@@ -955,6 +960,9 @@ impl<K: Kernel> Engine<K> {
         if !self.facts.refused.is_empty() || gateways_changed {
             self.facts.refused.clear();
             self.judge_links(now);
+        }
+        if reread {
+            self.on_kernel_changed(Change::ALL, now);
         }
         tracing::info!(uplinks = self.cfg.uplinks.len(), "configuration reloaded");
     }
