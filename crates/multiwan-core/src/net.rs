@@ -88,6 +88,11 @@ impl Ipv6Net {
     pub fn contains(&self, ip: Ipv6Addr) -> bool {
         u128::from(ip) & self.mask() == u128::from(self.addr)
     }
+
+    /// Whether `other` lies wholly inside this prefix (itself included).
+    pub fn covers(&self, other: &Self) -> bool {
+        self.prefix <= other.prefix && self.contains(other.addr)
+    }
 }
 
 impl fmt::Display for Ipv6Net {
@@ -213,6 +218,11 @@ impl Ipv4Net {
     /// Whether `ip` is inside this prefix.
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
         u32::from(ip) & self.mask() == u32::from(self.addr)
+    }
+
+    /// Whether `other` lies wholly inside this prefix (itself included).
+    pub fn covers(&self, other: &Self) -> bool {
+        self.prefix <= other.prefix && self.contains(other.addr)
     }
 }
 

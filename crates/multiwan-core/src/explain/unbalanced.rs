@@ -195,17 +195,6 @@ impl fmt::Display for Describe<'_> {
     }
 }
 
-/// Whether `ip` is one of the router's addresses (loopback included).
-fn is_router(links: Option<&std::collections::BTreeMap<String, Link>>, ip: IpAddr) -> bool {
-    ip.is_loopback()
-        || links.is_some_and(|l| {
-            l.values().any(|k| match ip {
-                IpAddr::V4(a) => k.addrs.contains(&a),
-                IpAddr::V6(a) => k.addrs6.contains(&a),
-            })
-        })
-}
-
 /// The most specific connected subnet holding `dst` (as the kernel's longest-prefix match
 /// picks), with its interface.
 fn connected(facts: &Facts, dst: IpAddr) -> Option<(&str, IpNet)> {
@@ -306,7 +295,7 @@ pub(super) fn classify(
 ) -> Option<NotBalanced> {
     let links = facts.links.as_ref();
     if let Some(dst) = q.dst {
-        if is_router(links, dst) {
+        if facts.is_local(dst) {
             return Some(NotBalanced::Local);
         }
         let broadcast = match dst {
@@ -330,7 +319,7 @@ pub(super) fn classify(
             return Some(NotBalanced::LinkLocal);
         }
     }
-    let router = is_router(links, q.src);
+    let router = facts.is_local(q.src);
     if router && !cfg.balance.local {
         return Some(NotBalanced::RouterOwn);
     }

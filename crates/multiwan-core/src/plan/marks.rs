@@ -4,10 +4,11 @@
 //! mark to restore chain — which is also where the installed ids are read back from.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 
 use super::{has_ipv6, hex, shares_interface, Ctx, Facts, RESTORE_MAP};
 use crate::model::Config;
+use crate::net::{Ipv4Net, Ipv6Net};
 
 /// Errors that can only be found with runtime inputs (the config itself is valid).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -80,15 +81,9 @@ fn on_link_replies(ctx: &Ctx, facts: &Facts, i: usize) -> String {
         .iter()
         .filter(|n| n.prefix() > 0 && !n.addr().is_unicast_link_local())
         .collect();
-    let nets4 = outermost(v4.iter().map(|n| n.to_string()), |a, b| {
-        v4[a].prefix() <= v4[b].prefix() && v4[a].contains(v4[b].addr())
-    });
-    let mut sets = vec![("ip", nets4)];
+    let mut sets = vec![("ip", outermost(v4, Ipv4Net::prefix, Ipv4Net::covers))];
     if has_ipv6(ctx.cfg) && u.ipv6.is_some() {
-        let nets6 = outermost(v6.iter().map(|n| n.to_string()), |a, b| {
-            v6[a].prefix() <= v6[b].prefix() && v6[a].contains(v6[b].addr())
-        });
-        sets.push(("ip6", nets6));
+        sets.push(("ip6", outermost(v6, Ipv6Net::prefix, Ipv6Net::covers)));
     }
     for (proto, nets) in sets {
         if !nets.is_empty() {
@@ -102,22 +97,23 @@ fn on_link_replies(ctx: &Ctx, facts: &Facts, i: usize) -> String {
     w
 }
 
-/// The texts of the networks (by index) that no other one holds (`covers(a, b)`: network
-/// `a` holds network `b`), sorted and without duplicates: an nft interval set refuses
-/// overlapping elements.
-fn outermost(
-    nets: impl Iterator<Item = String>,
-    covers: impl Fn(usize, usize) -> bool,
+/// The texts of the networks that no other one covers, sorted: an nft interval set refuses
+/// overlapping elements. Shortest prefixes first, so a covering network is kept before the
+/// ones it covers (an equal one included).
+fn outermost<N: fmt::Display>(
+    mut nets: Vec<&N>,
+    prefix: fn(&N) -> u8,
+    covers: fn(&N, &N) -> bool,
 ) -> Vec<String> {
-    let nets: Vec<String> = nets.collect();
-    let mut out: Vec<String> = (0..nets.len())
-        .filter(|&b| {
-            !(0..nets.len()).any(|a| a != b && covers(a, b) && (nets[a] != nets[b] || a < b))
-        })
-        .map(|b| nets[b].clone())
-        .collect();
+    nets.sort_by_key(|n| prefix(n));
+    let mut kept: Vec<&N> = Vec::new();
+    for n in nets {
+        if !kept.iter().any(|k| covers(k, n)) {
+            kept.push(n);
+        }
+    }
+    let mut out: Vec<String> = kept.iter().map(|n| n.to_string()).collect();
     crate::order::sort(&mut out);
-    out.dedup();
     out
 }
 
@@ -209,7 +205,6 @@ mod tests {
     #[test]
     fn port_forward_replies_to_an_uplinks_own_subnet_keep_mains_route() {
         use crate::model::Config;
-        use crate::net::{Ipv4Net, Ipv6Net};
         use crate::plan::Link;
         use std::collections::BTreeMap;
         let c = cfg(&format!(

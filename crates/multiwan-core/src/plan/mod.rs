@@ -117,6 +117,17 @@ impl Facts {
         out
     }
 
+    /// Whether `ip` is one of the router's addresses (loopback included); never offline.
+    pub fn is_local(&self, ip: IpAddr) -> bool {
+        ip.is_loopback()
+            || self.links.as_ref().is_some_and(|l| {
+                l.values().any(|k| match ip {
+                    IpAddr::V4(a) => k.addrs.contains(&a),
+                    IpAddr::V6(a) => k.addrs6.contains(&a),
+                })
+            })
+    }
+
     /// Whether routes through `ifname` can be installed.
     pub fn routable(&self, ifname: &str, needs_addr: bool) -> bool {
         match &self.links {

@@ -265,11 +265,7 @@ impl Protocol<UnixStream> for Control {
 /// judges by the connected subnets alone.
 fn lookups(snap: &Snapshot, q: &control::ExplainQuery) -> Option<multiwan_core::explain::Lookups> {
     let dst = q.dst.filter(|d| Family::of(d) == Family::of(&q.src))?;
-    let own = q.src.is_loopback()
-        || snap.facts.links.iter().flatten().any(|(_, l)| match q.src {
-            std::net::IpAddr::V4(a) => l.addrs.contains(&a),
-            std::net::IpAddr::V6(a) => l.addrs6.contains(&a),
-        });
+    let own = snap.facts.is_local(q.src);
     crate::kernel::explain_lookups(snap.cfg.kernel.mark_none(), q.src, dst, own)
         .map_err(|e| tracing::debug!(error = %format!("{e:#}"), "explain: route lookups"))
         .ok()

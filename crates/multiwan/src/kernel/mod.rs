@@ -519,7 +519,7 @@ pub fn explain_lookups(
     let names: BTreeMap<u32, String> = rt.links()?.into_iter().map(|l| (l.index, l.name)).collect();
     let mut ask = |mark: u32| -> Result<Option<multiwan_core::explain::Routed>> {
         Ok(rt
-            .route_get(dst, Some(src), own, mark)?
+            .route_get(dst, src, own, mark)?
             .and_then(|m| netlink::routed(&m, &names)))
     };
     let none_mark = if own { None } else { ask(mark_none)? };

@@ -217,7 +217,7 @@ impl Rtnl {
     pub fn route_get(
         &mut self,
         dst: IpAddr,
-        src: Option<IpAddr>,
+        src: IpAddr,
         own: bool,
         mark: u32,
     ) -> Result<Option<RouteMessage>> {
@@ -234,13 +234,11 @@ impl Rtnl {
         req.header.destination_prefix_length = full_len(family);
         req.header.flags = RouteFlags::FibMatch;
         req.attributes.push(RouteAttribute::Destination(addr(dst)));
-        if let Some(src) = src {
-            req.header.source_prefix_length = full_len(family);
-            req.attributes.push(RouteAttribute::Source(addr(src)));
-            if !own {
-                let lo = nix::net::if_::if_nametoindex("lo").context("the loopback interface")?;
-                req.attributes.push(RouteAttribute::Iif(lo));
-            }
+        req.header.source_prefix_length = full_len(family);
+        req.attributes.push(RouteAttribute::Source(addr(src)));
+        if !own {
+            let lo = nix::net::if_::if_nametoindex("lo").context("the loopback interface")?;
+            req.attributes.push(RouteAttribute::Iif(lo));
         }
         req.attributes.push(RouteAttribute::Mark(mark));
         match self.0.try_ask::<_, RtMsg>(RtRequest::GetRoute(req), 0)? {
