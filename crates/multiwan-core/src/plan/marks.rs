@@ -105,7 +105,7 @@ fn outermost<N: fmt::Display>(
     prefix: fn(&N) -> u8,
     covers: fn(&N, &N) -> bool,
 ) -> Vec<String> {
-    nets.sort_by_key(|n| prefix(n));
+    crate::order::sort_by_key(&mut nets, |n| prefix(n));
     let mut kept: Vec<&N> = Vec::new();
     for n in nets {
         if !kept.iter().any(|k| covers(k, n)) {
