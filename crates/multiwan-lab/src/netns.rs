@@ -298,8 +298,12 @@ impl Netns {
                     }
                     Err(e) => {
                         let _ = tx.send(Err(e));
-                        // Never run the closure outside its namespace.
-                        std::process::abort();
+                        // Never run the closure outside its namespace. This happens when the
+                        // namespace is removed (an interrupt's clean-up) between the open and
+                        // the setns: the file is then a plain one. End only this thread, and
+                        // quietly: the caller already has the error, and `resume_unwind`
+                        // calls no panic hook.
+                        std::panic::resume_unwind(Box::new(format!("setns: {e}")));
                     }
                 }
                 f()
@@ -391,4 +395,25 @@ pub fn run_with_input(c: &mut Command, input: &str) -> Result<String> {
     }
     wrote.with_context(|| format!("writing the input of {c:?}"))?;
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An interrupt's clean-up can remove a namespace between `spawn`'s open and its setns:
+    /// the open then finds the plain file `ip netns del` has unmounted but not yet unlinked.
+    /// That must be an error of this call, never an abort of the whole lab (a Ctrl-C then
+    /// ended the lab with SIGABRT instead of 130).
+    #[test]
+    fn spawn_into_a_namespace_removed_under_it_is_an_error_not_an_abort() {
+        let ns = Netns::create(&format!("mwtest{}-setns", std::process::id())).expect("netns");
+        let path = format!("/run/netns/{}", ns.name());
+        nix::mount::umount2(path.as_str(), nix::mount::MntFlags::MNT_DETACH).expect("umount");
+        assert!(std::fs::metadata(&path).expect("the file stays").is_file());
+        let err = ns.spawn(|| 1).expect_err("ran outside its namespace");
+        assert!(err.to_string().contains("setns into"), "{err}");
+        drop(ns);
+        assert!(!Path::new(&path).exists(), "{path} left behind");
+    }
 }
