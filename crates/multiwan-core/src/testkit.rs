@@ -234,6 +234,17 @@ fn check_plan(cfg: &Config, p: &Plan) {
             _ => {}
         }
     }
+    // Every declared counter's count is carried into a replacing table, each its own.
+    let counts: BTreeMap<String, u64> = counters
+        .iter()
+        .zip(41..)
+        .map(|(c, n)| (c.to_string(), n))
+        .collect();
+    let carried = p.nft_transaction_carrying(&counts);
+    for (c, n) in &counts {
+        let decl = format!("counter {c} {{\n\t\tpackets {n} bytes 0\n\t}}");
+        assert_eq!(carried.matches(&decl).count(), 1, "counter {c} not carried");
+    }
     check_routing(cfg, p);
 }
 

@@ -473,13 +473,36 @@ pub struct Plan {
     pub tables: BTreeSet<u32>,
 }
 
+/// A named counter's declaration in the table: empty, or starting from `packets` (carried
+/// on from the table it replaces). The one place both forms are written, so
+/// [`Plan::nft_transaction_carrying`] always finds what the plan declared.
+pub(crate) fn counter_decl(name: &str, packets: Option<u64>) -> String {
+    match packets {
+        None => format!("\tcounter {name} {{\n\t}}\n"),
+        Some(p) => format!("\tcounter {name} {{\n\t\tpackets {p} bytes 0\n\t}}\n"),
+    }
+}
+
 impl Plan {
     /// The nft script that replaces the table atomically in one transaction.
     pub fn nft_transaction(&self) -> String {
-        format!(
-            "add table {NFT_FAMILY} {NFT_TABLE}\ndelete table {NFT_FAMILY} {NFT_TABLE}\n{}",
-            self.nft
-        )
+        self.nft_transaction_carrying(&BTreeMap::new())
+    }
+
+    /// [`Plan::nft_transaction`] with each named counter the plan declares starting from
+    /// its packet count in `counts` (read from the table being replaced), so a reload that
+    /// adds an uplink never resets the others' counts (Prometheus would see a counter go
+    /// backwards). A name the plan does not declare is ignored.
+    pub fn nft_transaction_carrying(&self, counts: &BTreeMap<String, u64>) -> String {
+        let mut nft = self.nft.clone();
+        for (name, packets) in counts {
+            nft = nft.replacen(
+                &counter_decl(name, None),
+                &counter_decl(name, Some(*packets)),
+                1,
+            );
+        }
+        format!("add table {NFT_FAMILY} {NFT_TABLE}\ndelete table {NFT_FAMILY} {NFT_TABLE}\n{nft}")
     }
 }
 

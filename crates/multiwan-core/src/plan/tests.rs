@@ -659,3 +659,34 @@ fn the_routers_own_ipv6_is_balanced_only_by_the_uplinks_gateways() {
         ]
     );
 }
+
+/// A replacing table carries each uplink's connection count into its own counter
+/// (`conns_isp` is a prefix of `conns_isp2`), leaves the others empty, and ignores a name
+/// it does not declare.
+#[test]
+fn counters_carry_into_a_replacing_table_each_into_its_own() {
+    let c = cfg(&TWO.replace("name = \"isp1\"", "name = \"isp\""));
+    let p = plan(&c, &ids(&c), &all_usable(&c), &Facts::default());
+    let counts = BTreeMap::from([
+        ("conns_isp2".to_string(), 47),
+        ("conns_gone".to_string(), 9),
+    ]);
+    let carried = p.nft_transaction_carrying(&counts);
+    assert!(
+        carried.contains("\tcounter conns_isp {\n\t}\n"),
+        "{carried}"
+    );
+    assert!(
+        carried.contains("\tcounter conns_isp2 {\n\t\tpackets 47 bytes 0\n\t}\n"),
+        "{carried}"
+    );
+    assert!(
+        carried.contains("\tcounter conns_lte {\n\t}\n"),
+        "{carried}"
+    );
+    assert!(!carried.contains("conns_gone"));
+    assert_eq!(
+        p.nft_transaction_carrying(&BTreeMap::new()),
+        p.nft_transaction()
+    );
+}

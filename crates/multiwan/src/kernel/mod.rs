@@ -385,7 +385,7 @@ impl System {
                 Some(_) => self.nft.named_counters().unwrap_or_default(),
                 None => BTreeMap::new(),
             };
-            nft::load(&nft::with_counters(&plan.nft_transaction(), &counts), false)?;
+            nft::load(&plan.nft_transaction_carrying(&counts), false)?;
             steps.push(Step::TableLoaded {
                 existed: before.digest.is_some(),
             });

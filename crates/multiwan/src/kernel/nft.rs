@@ -452,18 +452,6 @@ fn numgen_rule(map: &str, random: bool, modulus: u32) -> RuleAttribute {
     RuleAttribute::Expressions(vec![ListAttribute::from(ng), ListAttribute::from(lookup)])
 }
 
-/// `script` with each named counter it declares empty (`counter NAME {` then `}`, as the
-/// plan writes them) starting from its packet count in `counts` instead of zero.
-pub fn with_counters(script: &str, counts: &BTreeMap<String, u64>) -> String {
-    let mut out = script.to_string();
-    for (name, packets) in counts {
-        let empty = format!("\tcounter {name} {{\n\t}}");
-        let carried = format!("\tcounter {name} {{\n\t\tpackets {packets} bytes 0\n\t}}");
-        out = out.replacen(&empty, &carried, 1);
-    }
-    out
-}
-
 /// Loads a whole ruleset transaction (`check`: only validate it, `nft -c`).
 pub fn load(script: &str, check: bool) -> Result<()> {
     let args: &[&str] = if check {
@@ -484,20 +472,6 @@ pub fn load(script: &str, check: bool) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The counts of a table being replaced are carried into the new one's declarations;
-    /// a counter the new table lacks, or an unknown name, changes nothing.
-    #[test]
-    fn counters_carry_into_a_replacing_table() {
-        let script =
-            "table inet multiwan {\n\tcounter conns_a {\n\t}\n\n\tcounter conns_ab {\n\t}\n}\n";
-        let counts = BTreeMap::from([("conns_a".to_string(), 47), ("conns_gone".to_string(), 9)]);
-        assert_eq!(
-            with_counters(script, &counts),
-            "table inet multiwan {\n\tcounter conns_a {\n\t\tpackets 47 bytes 0\n\t}\n\n\tcounter conns_ab {\n\t}\n}\n"
-        );
-        assert_eq!(with_counters(script, &BTreeMap::new()), script);
-    }
 
     /// A rotation of thousands of slots (weights 1000:999:997) is split into messages whose
     /// element list fits its 16-bit attribute length, and every element arrives.
