@@ -122,7 +122,11 @@ pub(super) fn chains(ctx: &Ctx, facts: &Facts) -> String {
     let mut w = String::new();
     for (i, u) in ctx.cfg.uplinks.iter().enumerate() {
         let mark = ctx.mark(i);
-        let _ = writeln!(w, "{}", super::counter_decl(&format!("conns_{}", u.name), None));
+        let _ = writeln!(
+            w,
+            "{}",
+            super::counter_decl(&format!("conns_{}", u.name), None)
+        );
         let _ = writeln!(
             w,
             "\tchain up_{} {{\n\t\tcounter name \"conns_{}\"\n\t\t{}\n\t\t{}\n\t}}\n",
