@@ -194,8 +194,27 @@ pub struct Status {
     /// Every uplink is down by probes alone, and the ones in use stay in use (fail-open).
     #[serde(default)]
     pub fail_open: bool,
+    /// Kernel updates that failed since start (each retried; see `kernel_error`).
+    #[serde(default)]
+    pub kernel_failures: u64,
+    /// The kernel refuses the daemon's updates now: the last plan it took stays installed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_error: Option<KernelError>,
     pub uplinks: Vec<UplinkStatus>,
     pub rules: Vec<RuleStatus>,
+}
+
+/// A kernel update failing now, in `status` and `state.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelError {
+    /// The error, as logged.
+    pub error: String,
+    /// Unix time of the first failure with this error.
+    pub since: u64,
+    /// Failures in a row with this error.
+    pub failures: u64,
+    /// Milliseconds from the last failure to the next try (it doubles, up to 5 s).
+    pub retry_in_ms: u64,
 }
 
 /// One uplink in `status`.

@@ -53,6 +53,14 @@ fn human_secs(s: f64) -> String {
     }
 }
 
+fn human_ms(ms: u64) -> String {
+    if ms < 1000 {
+        format!("{ms} ms")
+    } else {
+        format!("{:.1} s", ms as f64 / 1000.0)
+    }
+}
+
 fn bytes(b: u64) -> String {
     let units = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = b as f64;
@@ -95,6 +103,16 @@ pub fn render_status(s: &Status) -> String {
         if s.reconciles == 1 { "" } else { "s" },
         s.config
     );
+    if let Some(k) = &s.kernel_error {
+        o += &format!(
+            "KERNEL UPDATE FAILING for {} ({} {} in a row, retrying {} after the last): {}\nThe kernel keeps the last update it took; health changes since then are not in it (see the daemon's log, `multiwan doctor`)\n\n",
+            ago(k.since),
+            k.failures,
+            if k.failures == 1 { "failure" } else { "failures" },
+            human_ms(k.retry_in_ms),
+            k.error
+        );
+    }
     if s.fail_open {
         o += "FAIL-OPEN: every uplink fails its probes (a dead target, or every ISP down at once); the uplinks in use stay in use ([balance] fail_open)\n\n";
     }
@@ -463,7 +481,49 @@ pub fn write_out(path: Option<&Path>, bytes: &[u8]) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::endpoint;
+    use super::{endpoint, render_status};
+    use crate::control::{KernelError, Status};
+
+    #[test]
+    fn status_says_when_the_kernel_refuses_updates() {
+        let mut s = Status {
+            pid: 7,
+            started: 0,
+            config: "/etc/multiwan/multiwan.toml".into(),
+            method: "round-robin".into(),
+            reconciles: 3,
+            fail_open: false,
+            kernel_failures: 0,
+            kernel_error: None,
+            uplinks: vec![],
+            rules: vec![],
+        };
+        assert!(!render_status(&s).contains("KERNEL"));
+        s.kernel_failures = 4;
+        s.kernel_error = Some(KernelError {
+            error: "nft: Operation not permitted".into(),
+            since: 0,
+            failures: 4,
+            retry_in_ms: 1600,
+        });
+        let text = render_status(&s);
+        assert!(
+            text.contains("KERNEL UPDATE FAILING for ")
+                && text.contains(
+                    "(4 failures in a row, retrying 1.6 s after the last): nft: Operation not permitted\n"
+                ),
+            "{text}"
+        );
+        // The JSON form carries it too, and an older daemon's reply (without it) still reads.
+        let json = serde_json::to_value(&s).expect("json");
+        assert_eq!(json["kernel_error"]["failures"], 4);
+        let mut old = json.clone();
+        let o = old.as_object_mut().expect("object");
+        o.remove("kernel_error");
+        o.remove("kernel_failures");
+        let back: Status = serde_json::from_value(old).expect("older reply");
+        assert_eq!((back.kernel_error, back.kernel_failures), (None, 0));
+    }
 
     #[test]
     fn ipv6_endpoints_are_bracketed() {

@@ -57,6 +57,20 @@ struct Failing {
     /// The wait before the next try of `plan`.
     delay: Duration,
     retry_at: Instant,
+    /// When the first failure with this error happened (for `status`).
+    since: SystemTime,
+}
+
+impl Failing {
+    /// What `status` and `state.json` show of it.
+    fn shown(&self) -> crate::control::KernelError {
+        crate::control::KernelError {
+            error: self.error.clone(),
+            since: unix_s(self.since),
+            failures: self.repeats,
+            retry_in_ms: u64::try_from(self.delay.as_millis()).unwrap_or(u64::MAX),
+        }
+    }
 }
 
 /// One family of one uplink: its monitor and what the daemon keeps about it.
@@ -206,6 +220,9 @@ pub struct Engine<K: Kernel> {
     to_flush: BTreeSet<(String, Family)>,
     pub last_plan: Option<Plan>,
     pub reconciles: u64,
+    /// Kernel updates that failed since start (refused routes not counted: those leave
+    /// their uplink family out and the rest goes in).
+    kernel_failures: u64,
     started: SystemTime,
     subscribers: Vec<snapshot::Subscriber>,
     /// Uplinks disabled by the operator (persisted in the run directory).
@@ -300,6 +317,7 @@ impl<K: Kernel> Engine<K> {
             to_flush: BTreeSet::new(),
             last_plan: None,
             reconciles: 0,
+            kernel_failures: 0,
             started: SystemTime::now(),
             subscribers: Vec::new(),
             disabled,
@@ -667,6 +685,10 @@ impl<K: Kernel> Engine<K> {
             let usable6 = self.compute_usable(Family::V6);
             let p = plan_dual(&self.cfg, &self.ids, &usable4, &usable6, &self.facts);
             if self.last_plan.as_ref() == Some(&p) {
+                // What failed to go in is no longer wanted: the kernel holds what is.
+                if let Some(f) = self.failing.take() {
+                    tracing::info!(failures = f.repeats, error = %f.error, "the failing kernel update is no longer needed: the kernel holds the plan");
+                }
                 break;
             }
             if self
@@ -765,6 +787,7 @@ impl<K: Kernel> Engine<K> {
     /// An update failed for a reason no uplink family explains: wait before trying `p` again,
     /// and log an error once, then again at 2, 4, 8, … repeats.
     fn failed(&mut self, p: Plan, e: &anyhow::Error, now: Instant) {
+        self.kernel_failures += 1;
         let error = format!("{e:#}");
         let f = match self.failing.take() {
             Some(mut f) if f.error == error => {
@@ -787,6 +810,7 @@ impl<K: Kernel> Engine<K> {
                     repeats: 1,
                     delay: RETRY_FIRST,
                     retry_at: now,
+                    since: SystemTime::now(),
                 }
             }
         };
@@ -798,13 +822,13 @@ impl<K: Kernel> Engine<K> {
                 "cannot update the kernel; will retry"
             );
         }
-        if f.repeats == 1 {
-            self.write_state();
-        }
         self.failing = Some(Failing {
             retry_at: now + f.delay,
             ..f
         });
+        if self.failing.as_ref().is_some_and(|f| f.repeats == 1) {
+            self.write_state();
+        }
     }
 
     /// Deletes the connections of the uplinks (and families) that just went down, except

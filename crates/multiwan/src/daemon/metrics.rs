@@ -504,7 +504,21 @@ impl Exposition {
             None,
             MetricType::Counter,
         )?;
-        m.encode_counter(&st.reconciles, None::<&Exemplar<NoLabelSet, f64>>)
+        m.encode_counter(&st.reconciles, None::<&Exemplar<NoLabelSet, f64>>)?;
+        let mut m = enc.encode_descriptor(
+            "multiwan_kernel_update_failures",
+            "Kernel updates that failed (each is retried).",
+            None,
+            MetricType::Counter,
+        )?;
+        m.encode_counter(&st.kernel_failures, None::<&Exemplar<NoLabelSet, f64>>)?;
+        let mut m = enc.encode_descriptor(
+            "multiwan_kernel_update_failing",
+            "1 while the kernel refuses the daemon's updates (it keeps the last one it took).",
+            None,
+            MetricType::Gauge,
+        )?;
+        m.encode_gauge(&i64::from(st.kernel_error.is_some()))
     }
     fn histogram(&self, enc: &mut DescriptorEncoder) -> std::fmt::Result {
         let mut m = enc.encode_descriptor(
@@ -626,6 +640,13 @@ mod tests {
             method: "round-robin".into(),
             reconciles: 4,
             fail_open: false,
+            kernel_failures: 7,
+            kernel_error: Some(crate::control::KernelError {
+                error: "injected".into(),
+                since: 0,
+                failures: 2,
+                retry_in_ms: 200,
+            }),
             uplinks: vec![up],
             rules: vec![crate::control::RuleStatus {
                 name: "web \"80\"".into(),
@@ -698,6 +719,14 @@ mod tests {
         );
         assert_eq!(value("multiwan_reconciles_total", ("", "")), None);
         assert!(text.contains("\nmultiwan_reconciles_total 4\n"), "{text}");
+        assert!(
+            text.contains("\nmultiwan_kernel_update_failures_total 7\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nmultiwan_kernel_update_failing 1\n"),
+            "{text}"
+        );
         assert!(text.contains("multiwan_uplink_state{uplink=\"isp1\",state=\"degraded\"} 1\n"));
         assert!(text.contains("multiwan_uplink_state{uplink=\"isp1\",state=\"up\"} 0\n"));
         assert!(text.contains("multiwan_probes_total{uplink=\"isp1\",result=\"lost\"} 1\n"));
@@ -731,6 +760,8 @@ mod tests {
             ("multiwan_uplink_transmit_bytes_total", "counter", "Bytes sent on the uplink's interface."),
             ("multiwan_rule_hits_total", "counter", "New connections that matched the rule."),
             ("multiwan_reconciles_total", "counter", "Kernel updates made by the daemon."),
+            ("multiwan_kernel_update_failures_total", "counter", "Kernel updates that failed (each is retried)."),
+            ("multiwan_kernel_update_failing", "gauge", "1 while the kernel refuses the daemon's updates (it keeps the last one it took)."),
         ] {
             assert!(
                 text.contains(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n")),

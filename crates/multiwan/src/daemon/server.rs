@@ -620,6 +620,8 @@ pub fn status(snap: &Snapshot) -> Status {
         method: snap.cfg.balance.method.as_str().into(),
         reconciles: snap.reconciles,
         fail_open: snap.fail_open || snap.fail_open6,
+        kernel_failures: snap.kernel_failures,
+        kernel_error: snap.kernel_error.clone(),
         uplinks,
         rules,
     }

@@ -68,6 +68,10 @@ pub struct Snapshot {
     pub pid: u32,
     pub started: u64,
     pub reconciles: u64,
+    /// Kernel updates that failed since start.
+    pub kernel_failures: u64,
+    /// The kernel update failing now, if one is.
+    pub kernel_error: Option<crate::control::KernelError>,
     pub ids: BTreeMap<String, u32>,
     pub facts: Facts,
     pub uplinks: BTreeMap<String, UplinkSnap>,

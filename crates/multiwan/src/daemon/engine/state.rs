@@ -36,6 +36,8 @@ impl<K: Kernel> Engine<K> {
             pid: std::process::id(),
             started: unix_s(self.started),
             reconciles: self.reconciles,
+            kernel_failures: self.kernel_failures,
+            kernel_error: self.failing.as_ref().map(super::Failing::shown),
             ids: self.ids.clone(),
             facts: self.facts.clone(),
             uplinks: self
@@ -79,6 +81,7 @@ impl<K: Kernel> Engine<K> {
             config: self.config_path.clone(),
             started: unix_s(self.started),
             reconciles: self.reconciles,
+            kernel_error: self.failing.as_ref().map(super::Failing::shown),
             fail_open: self.failing_open(),
             uplinks: self
                 .cfg
@@ -154,6 +157,9 @@ struct StateFile {
     config: String,
     started: u64,
     reconciles: u64,
+    /// The kernel refuses the daemon's updates now (absent while it takes them).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kernel_error: Option<crate::control::KernelError>,
     /// Every uplink of a family is down by probes alone and the ones in use stay in use.
     fail_open: bool,
     uplinks: Vec<UplinkState>,

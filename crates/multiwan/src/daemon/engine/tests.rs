@@ -248,6 +248,74 @@ fn a_failed_update_is_retried_and_nothing_is_lost() {
     );
 }
 
+/// `state.json` as the daemon last wrote it.
+fn state_file(w: &World) -> serde_json::Value {
+    let b = std::fs::read(w._dir.0.join("state.json")).expect("state.json");
+    serde_json::from_slice(&b).expect("json")
+}
+
+#[test]
+fn a_failing_update_is_shown_until_the_kernel_takes_one() {
+    let mut w = World::new(CFG);
+    assert!(w.e.snapshot().kernel_error.is_none());
+    assert!(state_file(&w).get("kernel_error").is_none());
+    w.e.kernel.fail_applies = 3;
+    for _ in 0..6 {
+        w.round(&["isp2"]);
+    }
+    assert_eq!(w.state("isp1"), "down");
+    let shown = w.e.snapshot().kernel_error.expect("failing now");
+    assert_eq!(shown.error, "injected apply failure");
+    assert_eq!((shown.failures, shown.retry_in_ms), (1, 100));
+    assert_eq!(w.e.snapshot().kernel_failures, 1);
+    // Written at the first failure, for scripts that read state.json.
+    assert_eq!(
+        state_file(&w)["kernel_error"]["error"],
+        "injected apply failure"
+    );
+    // Each retry counts; the wait doubles.
+    w.round(&["isp2"]);
+    w.round(&["isp2"]);
+    w.round(&["isp2"]);
+    let shown = w.e.snapshot().kernel_error.expect("still failing");
+    assert_eq!((shown.failures, shown.retry_in_ms), (3, 400));
+    // The kernel takes the update: nothing failing any more, the total kept.
+    for _ in 0..5 {
+        w.round(&["isp2"]);
+    }
+    assert!(!w.e.is_dirty());
+    assert!(w.e.snapshot().kernel_error.is_none());
+    assert_eq!(w.e.snapshot().kernel_failures, 3);
+    assert!(state_file(&w).get("kernel_error").is_none());
+}
+
+#[test]
+fn a_failing_update_no_longer_needed_is_no_longer_shown() {
+    // isp1 goes down, the update fails; isp1 comes back before a retry went through: the
+    // kernel holds the wanted plan again, so nothing is failing.
+    let mut w = World::new(CFG);
+    w.e.kernel.fail_applies = usize::MAX;
+    for _ in 0..6 {
+        w.round(&["isp2"]);
+    }
+    assert_eq!(w.state("isp1"), "down");
+    assert!(w.e.snapshot().kernel_error.is_some());
+    for _ in 0..30 {
+        w.round(&["isp1", "isp2"]);
+        if w.state("isp1") == "up" {
+            break;
+        }
+    }
+    assert_eq!(w.state("isp1"), "up");
+    assert!(!w.e.is_dirty());
+    assert!(
+        w.e.snapshot().kernel_error.is_none(),
+        "{:?}",
+        w.e.snapshot().kernel_error
+    );
+    assert!(state_file(&w).get("kernel_error").is_none());
+}
+
 #[test]
 fn a_lost_link_is_down_at_once_without_probes() {
     let mut w = World::new(CFG);
