@@ -498,20 +498,21 @@ impl Exposition {
                 .map(|r| (vec![("rule", r.name.clone())], r.hits))
                 .collect(),
         )?;
-        let mut m = enc.encode_descriptor(
-            "multiwan_reconciles",
-            "Kernel updates made by the daemon.",
-            None,
-            MetricType::Counter,
-        )?;
-        m.encode_counter(&st.reconciles, None::<&Exemplar<NoLabelSet, f64>>)?;
-        let mut m = enc.encode_descriptor(
-            "multiwan_kernel_update_failures",
-            "Kernel updates that failed (each is retried).",
-            None,
-            MetricType::Counter,
-        )?;
-        m.encode_counter(&st.kernel_failures, None::<&Exemplar<NoLabelSet, f64>>)?;
+        for (name, help, v) in [
+            (
+                "multiwan_reconciles",
+                "Kernel updates made by the daemon.",
+                st.reconciles,
+            ),
+            (
+                "multiwan_kernel_update_failures",
+                "Kernel updates that failed (each is retried).",
+                st.kernel_failures,
+            ),
+        ] {
+            enc.encode_descriptor(name, help, None, MetricType::Counter)?
+                .encode_counter(&v, None::<&Exemplar<NoLabelSet, f64>>)?;
+        }
         let mut m = enc.encode_descriptor(
             "multiwan_kernel_update_failing",
             "1 while the kernel refuses the daemon's updates (it keeps the last one it took).",
