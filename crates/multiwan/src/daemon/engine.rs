@@ -822,11 +822,13 @@ impl<K: Kernel> Engine<K> {
                 "cannot update the kernel; will retry"
             );
         }
+        let first = f.repeats == 1;
         self.failing = Some(Failing {
             retry_at: now + f.delay,
             ..f
         });
-        if self.failing.as_ref().is_some_and(|f| f.repeats == 1) {
+        // After `failing` is set: state.json shows the error.
+        if first {
             self.write_state();
         }
     }
