@@ -41,6 +41,13 @@ impl fmt::Display for Family {
     }
 }
 
+/// The IPv6 global unicast space, `2000::/3` (RFC 4291 §2.4): what lies beyond a gateway, as
+/// opposed to link-local, unique local and multicast addresses.
+pub const GLOBAL_UNICAST6: Ipv6Net = Ipv6Net {
+    addr: Ipv6Addr::new(0x2000, 0, 0, 0, 0, 0, 0, 0),
+    prefix: 3,
+};
+
 /// An IPv6 address with a prefix length, e.g. `2001:db8::/32` or a host `2001:db8::1/128`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Ipv6Net {

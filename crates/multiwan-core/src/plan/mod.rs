@@ -27,7 +27,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::model::{Config, KernelOpts};
 pub use crate::net::Family;
-use crate::net::{Ipv4Net, Ipv6Net};
+pub use crate::net::GLOBAL_UNICAST6;
+use crate::net::{IpNet, Ipv4Net, Ipv6Net};
 
 pub use marks::{assign_ids, PlanError};
 pub use policies::{hash_buckets, smooth_rotation, Decision, PolicyPlan};
@@ -186,6 +187,9 @@ pub struct IpRule {
     pub from: Option<IpAddr>,
     /// The interface a socket is bound to (`oif`: the router's own traffic only).
     pub oif: Option<String>,
+    /// The destinations it is for (`to`): only IPv6 bound sockets' rules have one, the
+    /// global unicast space ([`GLOBAL_UNICAST6`]).
+    pub to: Option<IpNet>,
     /// What a matching packet gets.
     pub action: RuleAction,
 }
@@ -209,6 +213,10 @@ impl IpRule {
         if let Some((mark, mask)) = self.fwmark {
             a.push("fwmark".into());
             a.push(format!("{mark:#x}/{mask:#x}"));
+        }
+        if let Some(to) = self.to {
+            a.push("to".into());
+            a.push(to.to_string());
         }
         if let Some(oif) = &self.oif {
             a.push("oif".into());
@@ -240,6 +248,20 @@ pub struct Nexthop {
     pub dev: String,
     /// The multipath weight: the uplink's weight, reduced (1 in an uplink's own table).
     pub weight: u32,
+}
+
+impl Nexthop {
+    /// Whether the next hop is installed `onlink` (RTNH_F_ONLINK): an IPv6 gateway that is
+    /// not link-local. The kernel checks a new IPv6 route's global gateway with a lookup
+    /// whose oif is the route's interface, which the uplink's `oif` rule would answer with
+    /// the uplink's own default route (a gateway behind a gateway, EHOSTUNREACH); with
+    /// `onlink` it checks the gateway against main's routes on that interface alone. The
+    /// plan only ever has a global IPv6 gateway that is on the interface's link
+    /// (`Link::on_link6`), so the flag asserts nothing that is not already known.
+    /// Link-local gateways are never looked up, and IPv4 has no such check.
+    pub fn onlink(&self) -> bool {
+        matches!(self.via, Some(IpAddr::V6(a)) if !a.is_unicast_link_local())
+    }
 }
 
 /// The realm (`RTA_FLOW`, "to" realm) of every next hop of multiwan's IPv4 routes (the
@@ -296,6 +318,9 @@ impl Route {
             }
             a.push("dev".into());
             a.push(nh.dev.clone());
+            if nh.onlink() {
+                a.push("onlink".into());
+            }
             if let Some(r) = self.realm {
                 a.push("realm".into());
                 a.push(r.to_string());
@@ -318,6 +343,9 @@ impl Route {
                 a.push(nh.dev.clone());
                 a.push("weight".into());
                 a.push(nh.weight.to_string());
+                if nh.onlink() {
+                    a.push("onlink".into());
+                }
                 if let Some(r) = self.realm {
                     a.push("realms".into());
                     a.push(r.to_string());

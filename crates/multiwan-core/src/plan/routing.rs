@@ -13,8 +13,12 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::policies::reduce;
-use super::{has_ipv6, Ctx, Facts, Family, IpRule, Nexthop, Route, RouteKind, RuleAction, Sysctl};
+use super::{
+    has_ipv6, Ctx, Facts, Family, IpRule, Nexthop, Route, RouteKind, RuleAction, Sysctl,
+    GLOBAL_UNICAST6,
+};
 use crate::model::{Config, Uplink, WhenAllDown, LATE_RULE_PRIORITY};
+use crate::net::IpNet;
 use crate::order::Collect;
 
 /// The next hop of an uplink's route if it can be installed now: `Some(None)` for a device
@@ -101,6 +105,7 @@ pub(super) fn build(
         fwmark: None,
         from: None,
         oif: None,
+        to: None,
         action: RuleAction::MainNoDefault,
     }];
     let mut routes = Vec::new();
@@ -115,6 +120,7 @@ pub(super) fn build(
             fwmark: fw,
             from: None,
             oif: None,
+            to: None,
             action: RuleAction::Lookup(table),
         });
         rules.push(IpRule {
@@ -123,6 +129,7 @@ pub(super) fn build(
             fwmark: fw,
             from: None,
             oif: None,
+            to: None,
             action: RuleAction::Unreachable,
         });
         if !u.has(family) {
@@ -153,6 +160,7 @@ pub(super) fn build(
         fwmark: Some((k.mark_main(), k.mark_mask)),
         from: None,
         oif: None,
+        to: None,
         action: RuleAction::Lookup(254),
     });
     // The `egress` chain asks with the none mark whether main routes a LAN connection out of
@@ -164,6 +172,7 @@ pub(super) fn build(
         fwmark: Some((k.mark_none(), k.mark_mask)),
         from: None,
         oif: None,
+        to: None,
         action: RuleAction::MainNoDefault,
     });
     rules.push(IpRule {
@@ -172,6 +181,7 @@ pub(super) fn build(
         fwmark: Some((k.mark_none(), k.mark_mask)),
         from: None,
         oif: None,
+        to: None,
         action: if cfg.balance.when_all_down == WhenAllDown::Blackhole {
             RuleAction::Blackhole
         } else {
@@ -194,8 +204,8 @@ pub(super) fn build(
 }
 
 /// The rules of an uplink's interface, for the uplink that owns it: the router's own
-/// addresses on it answer over it (seed 004 §4.2.2), and, for IPv4, a socket bound to it is
-/// routed by its table.
+/// addresses on it answer over it (seed 004 §4.2.2), and a socket bound to it is routed by
+/// its table.
 fn interface_rules(
     u: &Uplink,
     table: u32,
@@ -203,25 +213,24 @@ fn interface_rules(
     facts: &Facts,
     family: Family,
 ) -> Vec<IpRule> {
-    let mut rules = Vec::new();
-    // IPv4 only: IPv6 checks a new route's gateway with a lookup that has the route's
-    // interface as its oif, which such a rule would answer with the uplink's default route
-    // (a gateway behind a gateway): the kernel then refuses every IPv6 route via a global
-    // gateway (EHOSTUNREACH).
-    if family == Family::V4 {
-        // A socket bound to the interface (`ping -I wan1`, SO_BINDTODEVICE) is routed by the
-        // uplink's table whatever mark the balancing gives it: the marked table's route
-        // leaves by another interface, the lookup misses, and the kernel would take the
-        // destination as on-link there and lose the packet.
-        rules.push(IpRule {
-            family,
-            priority,
-            fwmark: None,
-            from: None,
-            oif: Some(u.interface.clone()),
-            action: RuleAction::Lookup(table),
-        });
-    }
+    // A socket bound to the interface (`ping -I wan1`, SO_BINDTODEVICE) is routed by the
+    // uplink's table whatever mark the balancing gives it: the marked table's route leaves by
+    // another interface, the lookup misses (IPv6: a bound socket's lookup is strict about the
+    // device) and the packet is lost (IPv4: taken as on-link there; IPv6: the mark's
+    // `unreachable` rule, ENETUNREACH to a UDP sender, a lost SYN for TCP). For IPv6 this
+    // rule needs the uplinks' routes installed `onlink` ([`Nexthop::onlink`]), and it is only
+    // for global destinations: a link-local one (always bound to its interface, by its scope)
+    // or a unique local one is on the link or nowhere, and main routes it; the uplink's table
+    // would send it to the gateway.
+    let mut rules = vec![IpRule {
+        family,
+        priority,
+        fwmark: None,
+        from: None,
+        oif: Some(u.interface.clone()),
+        to: (family == Family::V6).then_some(IpNet::V6(GLOBAL_UNICAST6)),
+        action: RuleAction::Lookup(table),
+    }];
     for a in facts.addrs_of(&u.interface, family) {
         rules.push(IpRule {
             family,
@@ -229,6 +238,7 @@ fn interface_rules(
             fwmark: None,
             from: Some(a),
             oif: None,
+            to: None,
             action: RuleAction::Lookup(table),
         });
     }
@@ -265,6 +275,7 @@ fn catch_all(
         fwmark: None,
         from: None,
         oif: None,
+        to: None,
         action: RuleAction::Lookup(table),
     };
     (rule, route)

@@ -21,7 +21,7 @@ use netlink_packet_route::link::{LinkFlags, LinkHeader};
 use netlink_packet_route::neighbour::{NeighbourAttribute, NeighbourMessage, NeighbourState};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteNextHop,
-    RouteProtocol, RouteRealm, RouteScope, RouteType,
+    RouteNextHopFlags, RouteProtocol, RouteRealm, RouteScope, RouteType,
 };
 use netlink_packet_route::rule::{RuleAction as NlRuleAction, RuleAttribute, RuleMessage};
 use netlink_packet_route::AddressFamily;
@@ -444,6 +444,9 @@ fn route_message(r: &Route, index: &BTreeMap<String, u32>) -> Result<RouteMessag
             m.attributes
                 .push(RouteAttribute::Oif(ifindex(index, &nh.dev)?));
             m.attributes.extend(r.realm.map(realm_attribute));
+            if nh.onlink() {
+                m.header.flags |= RouteFlags::Onlink;
+            }
         }
         hops => {
             let mut list = Vec::new();
@@ -451,6 +454,9 @@ fn route_message(r: &Route, index: &BTreeMap<String, u32>) -> Result<RouteMessag
                 let mut h = RouteNextHop::default();
                 h.interface_index = ifindex(index, &nh.dev)?;
                 h.hops = u8::try_from(nh.weight.clamp(1, 256) - 1).unwrap_or(u8::MAX);
+                if nh.onlink() {
+                    h.flags |= RouteNextHopFlags::Onlink;
+                }
                 if let Some(via) = nh.via {
                     h.attributes
                         .push(RouteAttribute::Gateway(RouteAddress::from(via)));
@@ -672,6 +678,11 @@ fn rule_message(r: &IpRule) -> RuleMessage {
     if let Some(oif) = &r.oif {
         m.attributes.push(RuleAttribute::Oifname(oif.clone()));
     }
+    if let Some(to) = r.to {
+        let (addr, len) = net_parts(to);
+        m.header.dst_len = len;
+        m.attributes.push(RuleAttribute::Destination(addr));
+    }
     match r.action {
         RuleAction::MainNoDefault => {
             m.header.action = NlRuleAction::ToTable;
@@ -688,6 +699,23 @@ fn rule_message(r: &IpRule) -> RuleMessage {
         RuleAction::Blackhole => m.header.action = NlRuleAction::Blackhole,
     }
     m
+}
+
+/// A prefix as a rule's address attribute and the header's prefix length.
+fn net_parts(n: IpNet) -> (IpAddr, u8) {
+    match n {
+        IpNet::V4(n) => (IpAddr::V4(n.addr()), n.prefix()),
+        IpNet::V6(n) => (IpAddr::V6(n.addr()), n.prefix()),
+    }
+}
+
+/// The prefix of a rule's address attribute and prefix length (`None` with host bits set,
+/// which multiwan never writes).
+fn net_of(ip: IpAddr, len: u8) -> Option<IpNet> {
+    match ip {
+        IpAddr::V4(a) => Ipv4Net::new(a, len).map(IpNet::V4),
+        IpAddr::V6(a) => Ipv6Net::new(a, len).map(IpNet::V6),
+    }
 }
 
 /// Whether a rule is multiwan's.
@@ -721,9 +749,13 @@ pub fn parse_rule(m: &RuleMessage) -> Option<IpRule> {
     let mut table = u32::from(m.header.table);
     let mut suppress = None;
     let mut oif = None;
+    let mut to = None;
     for a in &m.attributes {
         match a {
             RuleAttribute::Oifname(name) => oif = Some(name.clone()),
+            RuleAttribute::Destination(ip) if Family::of(ip) == family => {
+                to = net_of(*ip, m.header.dst_len)
+            }
             RuleAttribute::Priority(p) => priority = *p,
             RuleAttribute::FwMark(v) => fwmark = Some(*v),
             RuleAttribute::FwMask(v) => fwmask = *v,
@@ -741,7 +773,7 @@ pub fn parse_rule(m: &RuleMessage) -> Option<IpRule> {
             _ => return None,
         }
     }
-    if m.header.dst_len != 0 || (m.header.src_len != 0 && from.is_none()) {
+    if (m.header.dst_len != 0 && to.is_none()) || (m.header.src_len != 0 && from.is_none()) {
         return None;
     }
     let action = match (m.header.action, suppress) {
@@ -757,6 +789,7 @@ pub fn parse_rule(m: &RuleMessage) -> Option<IpRule> {
         fwmark: fwmark.map(|v| (v, fwmask)),
         from,
         oif,
+        to,
         action,
     })
 }
@@ -774,6 +807,7 @@ mod tests {
                 fwmark: None,
                 from: None,
                 oif: Some("wan1".into()),
+                to: None,
                 action: RuleAction::Lookup(1001),
             },
             IpRule {
@@ -782,6 +816,7 @@ mod tests {
                 fwmark: None,
                 from: None,
                 oif: None,
+                to: None,
                 action: RuleAction::MainNoDefault,
             },
             IpRule {
@@ -790,6 +825,7 @@ mod tests {
                 fwmark: Some((0x10000, 0xff0000)),
                 from: None,
                 oif: None,
+                to: None,
                 action: RuleAction::Lookup(1001),
             },
             IpRule {
@@ -798,6 +834,7 @@ mod tests {
                 fwmark: Some((0xff0000, 0xff0000)),
                 from: None,
                 oif: None,
+                to: None,
                 action: RuleAction::Blackhole,
             },
             IpRule {
@@ -806,6 +843,7 @@ mod tests {
                 fwmark: None,
                 from: Some("10.0.0.1".parse().expect("ip")),
                 oif: None,
+                to: None,
                 action: RuleAction::Lookup(1001),
             },
             IpRule {
@@ -814,6 +852,16 @@ mod tests {
                 fwmark: None,
                 from: Some("2001:db8:1::253".parse().expect("ip")),
                 oif: None,
+                to: None,
+                action: RuleAction::Lookup(1001),
+            },
+            IpRule {
+                family: Family::V6,
+                priority: 1000,
+                fwmark: None,
+                from: None,
+                oif: Some("wan1".into()),
+                to: Some(IpNet::V6(multiwan_core::net::GLOBAL_UNICAST6)),
                 action: RuleAction::Lookup(1001),
             },
         ] {
@@ -828,6 +876,7 @@ mod tests {
             fwmark: None,
             from: None,
             oif: None,
+            to: None,
             action: RuleAction::Lookup(5),
         });
         m.attributes.push(RuleAttribute::Iifname("eth0".into()));
@@ -879,6 +928,55 @@ mod tests {
         let mut ours = prefix.clone();
         ours.header.protocol = proto();
         assert_eq!(onlink_destination(&ours), None);
+    }
+
+    #[test]
+    fn global_ipv6_gateways_are_onlink_and_link_local_ones_are_not() {
+        let index: BTreeMap<String, u32> =
+            [("eth1".to_string(), 3), ("eth2".to_string(), 4)].into();
+        let hop = |via: &str, dev: &str| Nexthop {
+            via: Some(via.parse().expect("ip")),
+            dev: dev.into(),
+            weight: 1,
+        };
+        let route = |nexthops| Route {
+            family: Family::V6,
+            table: 1000,
+            nexthops,
+            kind: RouteKind::Unicast,
+            realm: None,
+        };
+        let single = |via| route_message(&route(vec![hop(via, "eth1")]), &index).expect("message");
+        assert!(single("2001:db8:1::1")
+            .header
+            .flags
+            .contains(RouteFlags::Onlink));
+        assert!(!single("fe80::1").header.flags.contains(RouteFlags::Onlink));
+        let multi = route_message(
+            &route(vec![hop("2001:db8:1::1", "eth1"), hop("fe80::1", "eth2")]),
+            &index,
+        )
+        .expect("message");
+        let flags: Vec<bool> = multi
+            .attributes
+            .iter()
+            .find_map(|a| match a {
+                RouteAttribute::MultiPath(hops) => Some(
+                    hops.iter()
+                        .map(|h| h.flags.contains(RouteNextHopFlags::Onlink))
+                        .collect(),
+                ),
+                _ => None,
+            })
+            .expect("multipath");
+        assert_eq!(flags, [true, false]);
+        let v4 = Route {
+            family: Family::V4,
+            nexthops: vec![hop("10.0.0.1", "eth1")],
+            ..route(Vec::new())
+        };
+        let m = route_message(&v4, &index).expect("message");
+        assert!(!m.header.flags.contains(RouteFlags::Onlink));
     }
 
     #[test]

@@ -280,6 +280,43 @@ pub fn hellos_bound_to(lab: &Lab, ifname: &'static str, server: SocketAddr) -> V
         .expect("join")
 }
 
+/// Six UDP exchanges with `server` from the router, each from a new socket bound to `ifname`
+/// (SO_BINDTODEVICE): the source address the server saw, or the error (a send the routing
+/// refused, no reply).
+pub fn udp_hellos_bound_to(
+    lab: &Lab,
+    ifname: &'static str,
+    server: SocketAddr,
+) -> Vec<Result<String, String>> {
+    lab.topo
+        .router
+        .spawn(move || {
+            (0..6)
+                .map(|_| -> Result<String, String> {
+                    let s = socket2::Socket::new(
+                        socket2::Domain::for_address(server),
+                        socket2::Type::DGRAM,
+                        None,
+                    )
+                    .map_err(|e| e.to_string())?;
+                    s.bind_device(Some(ifname.as_bytes()))
+                        .map_err(|e| e.to_string())?;
+                    let s = std::net::UdpSocket::from(s);
+                    s.set_read_timeout(Some(Duration::from_secs(2)))
+                        .map_err(|e| e.to_string())?;
+                    s.send_to(b"hello", server)
+                        .map_err(|e| format!("send: {e}"))?;
+                    let mut buf = [0u8; 64];
+                    let (n, _) = s.recv_from(&mut buf).map_err(|e| format!("recv: {e}"))?;
+                    Ok(String::from_utf8_lossy(&buf[..n]).trim().to_string())
+                })
+                .collect()
+        })
+        .expect("spawn")
+        .join()
+        .expect("join")
+}
+
 /// Counts, after routing, the router's packets to `dst` by their next hop: `gateway`, or
 /// `dst` itself (on the link). Installs the test's own nft table in the router's namespace.
 pub fn watch_next_hops(lab: &Lab, dst: IpAddr, gateway: IpAddr) {
