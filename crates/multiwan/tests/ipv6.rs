@@ -10,7 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use common::{count, tcp_hellos, Daemon, Lab, WaitFor};
-use multiwan_lab::topology::{router_addr6, SERVER_ADDR, SERVER_ADDR6};
+use multiwan_lab::topology::{router_addr, router_addr6, SERVER_ADDR, SERVER_ADDR6};
 use multiwan_lab::traffic;
 
 /// Two dual-stack uplinks, `method`, probing the server beyond each ISP in both families.
@@ -221,14 +221,23 @@ fn the_routers_own_ipv6_to_an_uplinks_subnet_is_not_balanced() {
 /// picks for them: a bound IPv6 lookup is strict about the device, so without the uplink's
 /// `oif` rule a connection balanced to the other uplink found no route and hit its mark's
 /// `unreachable` rule (a UDP send failed with ENETUNREACH, a TCP SYN was lost for a second,
-/// a ping's first echo was lost). Round-robin alternates, so each series of six gives half
+/// a ping's first echo was lost); each is counted under its interface's uplink (`flows`,
+/// the flush when an uplink fails). Round-robin alternates, so each series of six gives half
 /// of its connections the other uplink. A link-local destination on the interface is still
 /// main's, not sent to the gateway.
 #[test]
 fn an_ipv6_socket_bound_to_an_uplinks_interface_stays_on_it() {
     let lab = Lab::new(2, 1);
-    lab.apply(&dual("round-robin"));
+    let d = lab.start_daemon(&dual("round-robin"));
+    d.wait_for("both families up", Duration::from_secs(10), |d| {
+        d.state().is_some_and(|s| {
+            (0..2).all(|i| {
+                s["uplinks"][i]["state"] == "up" && s["uplinks"][i]["ipv6"]["state"] == "up"
+            })
+        })
+    });
     let server: SocketAddr = lab.topo.server_endpoint6().into();
+    let server4: SocketAddr = lab.topo.server_endpoint().into();
     for (dev, n) in [("wan1", 1), ("wan2", 2)] {
         let addr = router_addr6(n).to_string();
         let tcp = common::hellos_bound_to(&lab, dev, server);
@@ -266,6 +275,22 @@ fn an_ipv6_socket_bound_to_an_uplinks_interface_stays_on_it() {
                 "ping -6 -I {dev}: every echo is answered: {out}"
             );
         }
+    }
+    // IPv4 alike (its rules have no destination prefix).
+    for (dev, n) in [("wan1", 1), ("wan2", 2)] {
+        let addr = router_addr(n).to_string();
+        let tcp = common::hellos_bound_to(&lab, dev, server4);
+        let udp = common::udp_hellos_bound_to(&lab, dev, server4);
+        assert!(
+            tcp.iter().all(|a| a.as_deref() == Some(addr.as_str()))
+                && udp.iter().all(|a| a.as_deref() == Ok(addr.as_str())),
+            "IPv4 bound to {dev} leaves by it: {tcp:?} {udp:?}"
+        );
+    }
+    let v6: [IpAddr; 2] = [router_addr6(1).into(), router_addr6(2).into()];
+    let v4: [IpAddr; 2] = [router_addr(1).into(), router_addr(2).into()];
+    for (server, [a1, a2]) in [(server, v6), (server4, v4)] {
+        common::assert_flows_follow_their_source(&lab, server, &[(a1, "isp1"), (a2, "isp2")]);
     }
     let netstat = lab
         .topo

@@ -9,6 +9,43 @@ use std::fmt::Write as _;
 use super::{hex, shares_interface, Ctx};
 use crate::model::{Snat, Snat6};
 
+/// A new connection carries the mark of the uplink it actually leaves by. The router's own
+/// socket bound to an uplink's interface (`ping -I wan1`, SO_BINDTODEVICE) keeps that
+/// interface whatever uplink the `output` hook picked for it (the bound-interface rules),
+/// and so does a connection another user's earlier rule sends out of another uplink: its
+/// connection mark is set to that interface's uplink, so its answers, `flows`, and the flush
+/// when an uplink fails all follow where it went. Only marks of uplinks on other interfaces
+/// are changed (not the main or none marks, not an interface two uplinks share); the nat
+/// hook sees the first packet of each connection only.
+fn egress_marks(ctx: &Ctx) -> String {
+    let cfg = ctx.cfg;
+    let mut w = String::new();
+    for (i, u) in cfg.uplinks.iter().enumerate() {
+        if shares_interface(cfg, i) {
+            continue;
+        }
+        let mut others: Vec<u32> = (0..cfg.uplinks.len())
+            .filter(|&j| cfg.uplinks[j].interface != u.interface)
+            .map(|j| ctx.mark(j))
+            .collect();
+        crate::order::sort(&mut others);
+        others.dedup();
+        if others.is_empty() {
+            continue;
+        }
+        let others: Vec<String> = others.into_iter().map(hex).collect();
+        let _ = writeln!(
+            w,
+            "\t\toifname \"{}\" ct mark and {} {{ {} }} {}",
+            u.interface,
+            hex(ctx.k.mark_mask),
+            others.join(", "),
+            ctx.set_mark_stmts(ctx.mark(i), true)
+        );
+    }
+    w
+}
+
 pub(super) fn postrouting(ctx: &Ctx) -> String {
     let cfg = ctx.cfg;
     let mask = hex(ctx.k.mark_mask);
@@ -18,6 +55,7 @@ pub(super) fn postrouting(ctx: &Ctx) -> String {
         w,
         "\t\ttype nat hook postrouting priority srcnat; policy accept;"
     );
+    w.push_str(&egress_marks(ctx));
     let mut fallback_done = BTreeSet::new();
     let mut fallbacks = Vec::new();
     let mut fallbacks6 = Vec::new();

@@ -317,6 +317,30 @@ pub fn udp_hellos_bound_to(
         .expect("join")
 }
 
+/// Asserts that every connection `multiwan flows` lists from one of `sources` (the router's
+/// address on an uplink, with that uplink's name) to `server` is counted under that uplink:
+/// a socket bound to an uplink's interface is that uplink's, whatever the balancing picked.
+pub fn assert_flows_follow_their_source(lab: &Lab, server: SocketAddr, sources: &[(IpAddr, &str)]) {
+    let out = lab.multiwan(&["flows", "--json", "--run-dir", &lab.run_dir()]);
+    let flows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("flows json");
+    let mut seen = 0;
+    for f in flows.as_array().expect("array") {
+        if f["dst"] != server.ip().to_string() || f["dport"] != server.port() {
+            continue;
+        }
+        for (src, uplink) in sources {
+            if f["src"] == src.to_string() {
+                assert_eq!(f["uplink"], *uplink, "a connection from {src}: {f}");
+                seen += 1;
+            }
+        }
+    }
+    assert!(
+        seen > 0,
+        "no connection from {sources:?} to {server}: {flows}"
+    );
+}
+
 /// Counts, after routing, the router's packets to `dst` by their next hop: `gateway`, or
 /// `dst` itself (on the link). Installs the test's own nft table in the router's namespace.
 pub fn watch_next_hops(lab: &Lab, dst: IpAddr, gateway: IpAddr) {
