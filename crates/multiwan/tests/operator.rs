@@ -661,24 +661,34 @@ fn control_socket_bounds_size_idle_connections_and_concurrency() {
     drop(idle);
     // Watch streams never end on their own: they take at most half the workers, so with 16
     // asked for, 8 stream, 8 are refused at once, and `status` is still served meanwhile.
-    let watchers: Vec<_> = (0..16)
-        .map(|_| {
-            let mut s = std::os::unix::net::UnixStream::connect(&sock).expect("connect");
-            s.write_all(b"{\"version\":1,\"request\":\"watch\"}\n")
-                .expect("watch");
-            s
-        })
-        .collect();
-    let firsts: Vec<String> = watchers
-        .iter()
-        .map(|s| {
-            s.set_read_timeout(Some(Duration::from_secs(5)))
-                .expect("timeout");
-            let mut line = String::new();
-            let _ = BufReader::new(s).read_line(&mut line);
-            line
-        })
-        .collect();
+    // A worker frees its slot a moment after its client has the answer, so a request right
+    // after another may still find every worker taken on a busy machine ("requests in
+    // progress"): such a watcher asks again.
+    let ask = || {
+        let mut s = std::os::unix::net::UnixStream::connect(&sock).expect("connect");
+        s.write_all(b"{\"version\":1,\"request\":\"watch\"}\n")
+            .expect("watch");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        s
+    };
+    let first_line = |s: &std::os::unix::net::UnixStream| {
+        let mut line = String::new();
+        let _ = BufReader::new(s).read_line(&mut line);
+        line
+    };
+    let mut watchers: Vec<_> = (0..16).map(|_| ask()).collect();
+    let mut firsts: Vec<String> = watchers.iter().map(first_line).collect();
+    for (s, line) in watchers.iter_mut().zip(&mut firsts) {
+        for _ in 0..50 {
+            if !line.contains("requests in progress") {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            *s = ask();
+            *line = first_line(s);
+        }
+    }
     let refused = firsts
         .iter()
         .filter(|l| l.contains("\"ok\":false") && l.contains("8 watch streams open"))
