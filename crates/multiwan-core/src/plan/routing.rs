@@ -220,8 +220,8 @@ fn interface_rules(
     // `unreachable` rule, ENETUNREACH to a UDP sender, a lost SYN for TCP). For IPv6 this
     // rule needs the uplinks' routes installed `onlink` ([`Nexthop::onlink`]), and it is only
     // for global destinations: a link-local one (always bound to its interface, by its scope)
-    // or a unique local one is on the link or nowhere, and main routes it; the uplink's table
-    // would send it to the gateway.
+    // is on the link, and the uplink's table would send it to the gateway; unique local and
+    // other non-global destinations are left to main and the marks as before.
     let mut rules = vec![IpRule {
         family,
         priority,
