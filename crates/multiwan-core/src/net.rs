@@ -152,6 +152,40 @@ pub enum IpNet {
     V6(Ipv6Net),
 }
 
+impl IpNet {
+    /// The prefix of `addr`'s family; host bits must be zero.
+    pub fn new(addr: IpAddr, prefix: u8) -> Option<Self> {
+        match addr {
+            IpAddr::V4(a) => Ipv4Net::new(a, prefix).map(IpNet::V4),
+            IpAddr::V6(a) => Ipv6Net::new(a, prefix).map(IpNet::V6),
+        }
+    }
+
+    /// The prefix of length `prefix` that holds `addr` (its host bits cleared).
+    pub fn holding(addr: IpAddr, prefix: u8) -> Option<Self> {
+        match addr {
+            IpAddr::V4(a) => Ipv4Net::holding(a, prefix).map(IpNet::V4),
+            IpAddr::V6(a) => Ipv6Net::holding(a, prefix).map(IpNet::V6),
+        }
+    }
+
+    /// The network address.
+    pub fn addr(&self) -> IpAddr {
+        match self {
+            IpNet::V4(n) => n.addr().into(),
+            IpNet::V6(n) => n.addr().into(),
+        }
+    }
+
+    /// The prefix length.
+    pub fn prefix(&self) -> u8 {
+        match self {
+            IpNet::V4(n) => n.prefix(),
+            IpNet::V6(n) => n.prefix(),
+        }
+    }
+}
+
 impl fmt::Display for IpNet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -339,6 +373,18 @@ impl FromStr for PortRange {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn either_family_prefix_from_an_address_and_a_length() {
+        let a: IpAddr = "2001:db8:1::253".parse().unwrap();
+        let n = IpNet::holding(a, 64).unwrap();
+        assert_eq!((n.to_string(), n.prefix()), ("2001:db8:1::/64".into(), 64));
+        assert_eq!(IpNet::new(n.addr(), n.prefix()), Some(n));
+        assert_eq!(IpNet::new(a, 64), None, "host bits set");
+        let v4 = IpNet::holding("10.37.1.253".parse().unwrap(), 24).unwrap();
+        assert_eq!(v4, "10.37.1.0/24".parse().unwrap());
+        assert_eq!(v4.addr(), "10.37.1.0".parse::<IpAddr>().unwrap());
+    }
 
     #[test]
     fn prefixes() {

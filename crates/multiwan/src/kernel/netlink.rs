@@ -11,7 +11,7 @@ use std::net::IpAddr;
 
 use anyhow::{anyhow, Context, Result};
 use multiwan_core::explain::Routed;
-use multiwan_core::net::{IpNet, Ipv4Net, Ipv6Net};
+use multiwan_core::net::IpNet;
 use multiwan_core::plan::{Family, IpRule, Nexthop, Route, RouteKind, RuleAction, RTPROT_MULTIWAN};
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_REPLACE};
 use netlink_packet_route::address::{
@@ -513,10 +513,9 @@ pub fn routed(m: &RouteMessage, names: &BTreeMap<u32, String>) -> Option<Routed>
         _ => None,
     });
     let net = match (family, dst) {
-        (Family::V4, Some(IpAddr::V4(d))) => IpNet::V4(Ipv4Net::holding(d, len)?),
-        (Family::V6, Some(IpAddr::V6(d))) => IpNet::V6(Ipv6Net::holding(d, len)?),
-        (Family::V4, None) => IpNet::V4(Ipv4Net::holding(std::net::Ipv4Addr::UNSPECIFIED, 0)?),
-        (Family::V6, None) => IpNet::V6(Ipv6Net::holding(std::net::Ipv6Addr::UNSPECIFIED, 0)?),
+        (_, Some(d)) if Family::of(&d) == family => IpNet::holding(d, len)?,
+        (Family::V4, None) => IpNet::holding(std::net::Ipv4Addr::UNSPECIFIED.into(), 0)?,
+        (Family::V6, None) => IpNet::holding(std::net::Ipv6Addr::UNSPECIFIED.into(), 0)?,
         _ => return None,
     };
     let first = m.attributes.iter().find_map(|a| match a {
@@ -679,9 +678,8 @@ fn rule_message(r: &IpRule) -> RuleMessage {
         m.attributes.push(RuleAttribute::Oifname(oif.clone()));
     }
     if let Some(to) = r.to {
-        let (addr, len) = net_parts(to);
-        m.header.dst_len = len;
-        m.attributes.push(RuleAttribute::Destination(addr));
+        m.header.dst_len = to.prefix();
+        m.attributes.push(RuleAttribute::Destination(to.addr()));
     }
     match r.action {
         RuleAction::MainNoDefault => {
@@ -699,23 +697,6 @@ fn rule_message(r: &IpRule) -> RuleMessage {
         RuleAction::Blackhole => m.header.action = NlRuleAction::Blackhole,
     }
     m
-}
-
-/// A prefix as a rule's address attribute and the header's prefix length.
-fn net_parts(n: IpNet) -> (IpAddr, u8) {
-    match n {
-        IpNet::V4(n) => (IpAddr::V4(n.addr()), n.prefix()),
-        IpNet::V6(n) => (IpAddr::V6(n.addr()), n.prefix()),
-    }
-}
-
-/// The prefix of a rule's address attribute and prefix length (`None` with host bits set,
-/// which multiwan never writes).
-fn net_of(ip: IpAddr, len: u8) -> Option<IpNet> {
-    match ip {
-        IpAddr::V4(a) => Ipv4Net::new(a, len).map(IpNet::V4),
-        IpAddr::V6(a) => Ipv6Net::new(a, len).map(IpNet::V6),
-    }
 }
 
 /// Whether a rule is multiwan's.
@@ -754,7 +735,7 @@ pub fn parse_rule(m: &RuleMessage) -> Option<IpRule> {
         match a {
             RuleAttribute::Oifname(name) => oif = Some(name.clone()),
             RuleAttribute::Destination(ip) if Family::of(ip) == family => {
-                to = net_of(*ip, m.header.dst_len)
+                to = IpNet::new(*ip, m.header.dst_len)
             }
             RuleAttribute::Priority(p) => priority = *p,
             RuleAttribute::FwMark(v) => fwmark = Some(*v),

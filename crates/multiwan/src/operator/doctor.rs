@@ -488,26 +488,12 @@ fn rules(cfg: &Config, o: &Observed, out: &mut Vec<Finding>) {
 
 /// The subnets of the addresses on `ifname` (IPv6 ones for `v6`), as written in a config.
 fn subnets(o: &Observed, ifname: &str, v6: bool) -> Vec<multiwan_core::net::IpNet> {
-    use multiwan_core::net::{IpNet, Ipv4Net, Ipv6Net};
     let addrs = o.links.get(ifname).map(|l| l.addrs.as_slice());
     addrs
         .unwrap_or_default()
         .iter()
-        .filter_map(|(a, p)| match (a, v6) {
-            (IpAddr::V4(a), false) => {
-                let host = 32u32.saturating_sub(u32::from(*p));
-                let net = u32::from(*a).checked_shr(host).unwrap_or(0);
-                let net = net.checked_shl(host).unwrap_or(0);
-                Ipv4Net::new(net.into(), *p).map(IpNet::V4)
-            }
-            (IpAddr::V6(a), true) => {
-                let host = 128u32.saturating_sub(u32::from(*p));
-                let net = u128::from(*a).checked_shr(host).unwrap_or(0);
-                let net = net.checked_shl(host).unwrap_or(0);
-                Ipv6Net::new(net.into(), *p).map(IpNet::V6)
-            }
-            _ => None,
-        })
+        .filter(|(a, p)| a.is_ipv6() == v6 && *p <= if v6 { 128 } else { 32 })
+        .filter_map(|(a, p)| multiwan_core::net::IpNet::holding(*a, *p))
         .collect()
 }
 
